@@ -1,0 +1,71 @@
+use chrono::{DateTime, FixedOffset, NaiveDate};
+use serde::{Deserialize, Serialize};
+
+use super::events::{AttendanceStatus, DepartureReason, Focus, Format};
+use crate::instruments::Score;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum GroupCommand {
+    CreateGroup {
+        group_id: String,
+        name: String,
+        focus: Focus,
+        format: Format,
+        capacity: u32,
+        facilitators: Vec<String>,
+        starts_on: Option<NaiveDate>,
+    },
+    AssignFacilitator {
+        clinician_id: String,
+    },
+    RemoveFacilitator {
+        clinician_id: String,
+    },
+    JoinGroup {
+        client_id: String,
+        joined_on: NaiveDate,
+    },
+    LeaveGroup {
+        client_id: String,
+        left_on: NaiveDate,
+        reason: DepartureReason,
+    },
+    ScheduleSession {
+        session_id: String,
+        starts_at: DateTime<FixedOffset>,
+        duration_minutes: u32,
+    },
+    CancelSession {
+        session_id: String,
+        reason: String,
+    },
+    /// Marks for several members at once; a member marked before gets a correction.
+    RecordAttendance {
+        session_id: String,
+        records: Vec<AttendanceMark>,
+    },
+    /// A questionnaire; with a session it defaults to the session's start time and
+    /// must be taken by a member on the session's date.
+    RecordFeedback {
+        client_id: String,
+        session_id: Option<String>,
+        instrument: String,
+        items: Vec<Score>,
+        administered_at: Option<DateTime<FixedOffset>>,
+    },
+    CloseGroup {
+        closed_on: NaiveDate,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttendanceMark {
+    pub client_id: String,
+    pub status: AttendanceStatus,
+}
+
+/// Limits that keep one group's stream and state bounded and sane.
+pub const MAX_CAPACITY: u32 = 50;
+pub const MAX_NAME_LEN: usize = 200;
+pub const MAX_SESSION_MINUTES: u32 = 600;
+pub const MAX_REASON_LEN: usize = 500;

@@ -1,0 +1,90 @@
+use chrono::NaiveDate;
+
+use crate::instruments::ItemError;
+use crate::{Rejection, RejectionKind};
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("group not found")]
+    GroupNotFound,
+    #[error("group already exists")]
+    AlreadyExists,
+    #[error("group was closed on {0}")]
+    GroupClosed(NaiveDate),
+    #[error("group is at its capacity of {0} members")]
+    AtCapacity(u32),
+    #[error("client {0} is already a member of this group")]
+    AlreadyMember(String),
+    #[error("client {0} is not a member of this group")]
+    NotAMember(String),
+    #[error("client {client_id} was not a member of this group on {date}")]
+    NotAMemberOn { client_id: String, date: NaiveDate },
+    #[error("left_on {left_on} is before joined_on {joined_on}")]
+    LeftBeforeJoined {
+        left_on: NaiveDate,
+        joined_on: NaiveDate,
+    },
+    #[error("joined_on {joined_on} is before the previous departure on {left_on}")]
+    JoinedBeforePreviousDeparture {
+        joined_on: NaiveDate,
+        left_on: NaiveDate,
+    },
+    #[error("clinician {0} already facilitates this group")]
+    AlreadyFacilitator(String),
+    #[error("clinician {0} does not facilitate this group")]
+    NotAFacilitator(String),
+    #[error("a group keeps at least one facilitator")]
+    LastFacilitator,
+    #[error("session {0} already exists")]
+    SessionExists(String),
+    #[error("session {0} not found")]
+    SessionNotFound(String),
+    #[error("session {0} is cancelled")]
+    SessionCancelled(String),
+    #[error("{0}")]
+    InvalidItems(ItemError),
+    #[error("unknown instrument {0}")]
+    UnknownInstrument(String),
+}
+
+impl GroupError {
+    pub(crate) fn invalid(field: &str, message: impl Into<String>) -> GroupError {
+        GroupError::Invalid {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Rejection for GroupError {
+    fn kind(&self) -> RejectionKind {
+        use GroupError::*;
+        let rule = |field: &str| RejectionKind::Rule {
+            field: Some(field.to_string()),
+        };
+        match self {
+            Invalid { field, .. } => RejectionKind::Invalid {
+                field: field.clone(),
+            },
+            InvalidItems(e) => RejectionKind::Invalid {
+                field: e.field.clone(),
+            },
+            UnknownInstrument(_) => RejectionKind::Invalid {
+                field: "instrument".into(),
+            },
+            GroupNotFound => RejectionKind::NotFound,
+            SessionNotFound(_) => RejectionKind::NotFound,
+            AlreadyExists | SessionExists(_) => RejectionKind::Conflict,
+            GroupClosed(_) | LastFacilitator => RejectionKind::Rule { field: None },
+            AtCapacity(_) | AlreadyMember(_) | NotAMember(_) | NotAMemberOn { .. } => {
+                rule("client_id")
+            }
+            LeftBeforeJoined { .. } => rule("left_on"),
+            JoinedBeforePreviousDeparture { .. } => rule("joined_on"),
+            AlreadyFacilitator(_) | NotAFacilitator(_) => rule("clinician_id"),
+            SessionCancelled(_) => rule("session_id"),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Circle's domain: what can be commanded, what happened, and the rules between.
+//!
+//! Pure by design: no I/O, no clock, no randomness. Time and ids come in with the
+//! command; encryption of personal data happens in `services` before a command gets
+//! here, so the domain only ever sees sealed bytes.
+//!
+//! - [`group`]: a therapy group with its members, sessions, attendance and feedback.
+//! - [`client`]: a client's registration, consents, erasure and stand-alone measures.
+//! - [`instruments`]: the versioned questionnaire catalogue and exact scores.
+//! - [`upcast`]: reading events stored by older versions of this code.
+
+pub mod client;
+pub mod group;
+pub mod ids;
+pub mod instruments;
+mod rejection;
+pub mod upcast;
+
+pub use rejection::{Rejection, RejectionKind};
