@@ -80,7 +80,9 @@ fn upcast_once(event_type: &str, from: u32, mut payload: Value) -> Result<Value,
     };
     match (event_type, from) {
         ("MemberJoined", 1) => {
-            let object = payload.as_object_mut().ok_or_else(|| fail("not an object"))?;
+            let object = payload
+                .as_object_mut()
+                .ok_or_else(|| fail("not an object"))?;
             let joined_at = object
                 .remove("joined_at")
                 .and_then(|v| v.as_str().map(String::from))
@@ -123,7 +125,10 @@ mod tests {
         };
         let (event_type, version, payload) = encode(&event);
         assert_eq!((event_type.as_str(), version), ("MemberJoined", 2));
-        assert_eq!(payload, json!({"client_id": "c1", "joined_on": "2024-03-05"}));
+        assert_eq!(
+            payload,
+            json!({"client_id": "c1", "joined_on": "2024-03-05"})
+        );
         assert_eq!(
             decode::<GroupEvent>(&event_type, version, payload).unwrap(),
             event

@@ -1,0 +1,18 @@
+//! Circle's I/O: the event stores, the command path, the HTTP API and the `circle`
+//! binary's building blocks. Domain rules live in `circle-events`; this crate only
+//! moves data between them and the outside world.
+//!
+//! Start at [`app::Application::build`]: it wires a [`store::Store`], the
+//! [`appender::Appender`] (group commit), the [`commands::CommandService`] and the
+//! [`http`] router from [`config::Settings`].
+
+pub mod app;
+pub mod appender;
+pub mod auth;
+pub mod commands;
+pub mod config;
+pub mod crypto;
+pub mod demo;
+pub mod http;
+pub mod metrics;
+pub mod store;

@@ -11,6 +11,7 @@ pub struct SealedPersonalData {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConsentScope {
     Treatment,
@@ -21,6 +22,7 @@ pub enum ConsentScope {
 /// Why personal data was erased. A fixed set, because free text in an immutable log
 /// could itself carry personal data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErasureReason {
     ClientRequest,

@@ -555,9 +555,7 @@ fn a_measure_between_sessions_needs_a_time_and_membership_on_that_day() {
             field: "administered_at".into()
         }
     );
-    assert!(group
-        .decide(between(Some("2026-01-01T09:00:00Z")))
-        .is_err());
+    assert!(group.decide(between(Some("2026-01-01T09:00:00Z"))).is_err());
     assert_eq!(
         group
             .decide(between(Some("2026-01-20T09:00:00Z")))

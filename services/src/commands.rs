@@ -1,0 +1,365 @@
+//! The command path: load aggregate state, let the aggregate decide, append.
+//!
+//! Aggregate state is cached in memory per aggregate and advanced with the events the
+//! aggregate itself produced, so a command never re-reads its history: the cost of a
+//! command does not grow with the stream. Commands on one aggregate are serialized by
+//! a per-aggregate lock; commands on different aggregates run concurrently and meet in
+//! the [`Appender`], which commits them together.
+//!
+//! The cache is only an optimization. The store checks every append against the
+//! stream's real version; if another process appended first, the cache is brought
+//! forward from the log and the command is decided again, a bounded number of times.
+//! Unlike cqrs-es 0.5's snapshot stores, state is never advanced twice: `handle`
+//! applies the new events to a clone, and that clone replaces the cache only after
+//! the commit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use circle_events::upcast::{self, DecodeError};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::appender::{Appender, SharedStoreError};
+use crate::auth::Principal;
+use crate::metrics::Metrics;
+use crate::store::{
+    write_response, Append, AppendResult, EventMetadata, IdempotencyRecord, KeyAction, NewEvent,
+    Store, StoreError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    #[error(transparent)]
+    Rejected(E),
+    #[error("not allowed for this caller")]
+    Forbidden,
+    #[error("expected version {expected}, but the current version is {actual}")]
+    VersionMismatch { expected: u64, actual: u64 },
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
+    #[error("too many concurrent changes to this record; try again")]
+    Contended,
+    #[error(transparent)]
+    Store(#[from] SharedStoreError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("event at position {position} is unreadable")]
+    Decode {
+        position: i64,
+        #[source]
+        source: DecodeError,
+    },
+}
+
+/// Everything about a command that is not the command itself.
+#[derive(Clone, Debug)]
+pub struct CommandContext {
+    pub principal: Principal,
+    /// Stable across retries of a request: groups the events of one user action.
+    pub correlation_id: Uuid,
+    /// Domain time supplied by the caller for back-filled records; defaults to now.
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub idempotency: Option<IdempotencyRequest>,
+    pub if_match: Option<u64>,
+    /// The `id` reported back (the created resource, or the aggregate).
+    pub response_id: String,
+    /// HTTP status of a success, remembered for idempotent replays.
+    pub success_status: u16,
+    pub command_name: &'static str,
+    pub key_action: Option<KeyAction>,
+}
+
+#[derive(Clone, Debug)]
+pub struct IdempotencyRequest {
+    pub key: String,
+    pub request_hash: Vec<u8>,
+}
+
+/// The answer to a successful write: `{id, version, position}` and its status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Receipt {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// Aggregate state at a known stream version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cached<A> {
+    pub aggregate: A,
+    pub version: u64,
+    pub last_position: i64,
+}
+
+type Slot<A> = Arc<tokio::sync::Mutex<Option<Cached<A>>>>;
+
+/// Cached aggregates of one type, each behind its own lock.
+pub struct Repository<A: Aggregate> {
+    store: Store,
+    slots: Mutex<HashMap<String, Slot<A>>>,
+}
+
+impl<A: Aggregate + Clone> Repository<A> {
+    pub fn new(store: Store) -> Repository<A> {
+        Repository {
+            store,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, id: &str) -> Slot<A> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(id.to_string()).or_default().clone()
+    }
+
+    /// Brings cached state forward with whatever the log holds beyond it.
+    async fn catch_up(&self, id: &str, cached: &mut Option<Cached<A>>) -> Result<(), LoadError> {
+        let state = cached.get_or_insert_with(|| Cached {
+            aggregate: A::default(),
+            version: 0,
+            last_position: 0,
+        });
+        let events = self.store.load_stream(A::TYPE, id, state.version).await?;
+        for recorded in events {
+            let event = upcast::decode::<A::Event>(
+                &recorded.event_type,
+                recorded.event_version,
+                recorded.payload,
+            )
+            .map_err(|source| LoadError::Decode {
+                position: recorded.position,
+                source,
+            })?;
+            state.aggregate.apply(event);
+            state.version = recorded.sequence as u64;
+            state.last_position = recorded.position;
+        }
+        Ok(())
+    }
+
+    /// Current state, read through the cache and checked against the log.
+    pub async fn load(&self, id: &str) -> Result<Cached<A>, LoadError> {
+        let slot = self.slot(id);
+        let mut cached = slot.lock().await;
+        self.catch_up(id, &mut cached).await?;
+        Ok(cached.clone().unwrap_or_else(|| Cached {
+            aggregate: A::default(),
+            version: 0,
+            last_position: 0,
+        }))
+    }
+
+    /// State rebuilt from the full log, bypassing the cache (for verification).
+    pub async fn replay(&self, id: &str) -> Result<Cached<A>, LoadError> {
+        let mut fresh = None;
+        self.catch_up(id, &mut fresh).await?;
+        Ok(fresh.unwrap_or_else(|| Cached {
+            aggregate: A::default(),
+            version: 0,
+            last_position: 0,
+        }))
+    }
+}
+
+pub struct CommandService {
+    appender: Appender,
+    store: Store,
+    metrics: Metrics,
+    max_attempts: u32,
+}
+
+impl CommandService {
+    pub fn new(store: Store, appender: Appender, metrics: Metrics, max_attempts: u32) -> Self {
+        CommandService {
+            appender,
+            store,
+            metrics,
+            max_attempts: max_attempts.max(1),
+        }
+    }
+
+    /// Runs one command against one aggregate. `allowed` sees the current state and
+    /// says whether this caller may act on it (a clinician's own groups, say).
+    pub async fn execute<A>(
+        &self,
+        repository: &Repository<A>,
+        aggregate_id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+        allowed: impl Fn(&A) -> bool,
+    ) -> Result<Receipt, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + Clone,
+        A::Command: Clone,
+    {
+        let outcome = self
+            .execute_inner(repository, aggregate_id, command, ctx, allowed)
+            .await;
+        let label = match &outcome {
+            Ok(_) => "accepted",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Forbidden) => "forbidden",
+            Err(CommandError::VersionMismatch { .. } | CommandError::IdempotencyKeyReused) => {
+                "conflict"
+            }
+            Err(CommandError::Contended) => "contended",
+            Err(CommandError::Store(_) | CommandError::Load(_)) => "error",
+        };
+        self.metrics.observe_command(ctx.command_name, label);
+        outcome
+    }
+
+    async fn execute_inner<A>(
+        &self,
+        repository: &Repository<A>,
+        aggregate_id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+        allowed: impl Fn(&A) -> bool,
+    ) -> Result<Receipt, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + Clone,
+        A::Command: Clone,
+    {
+        if let Some(idem) = &ctx.idempotency {
+            let stored = self
+                .store
+                .find_response(&idem.key)
+                .await
+                .map_err(LoadError::Store)?;
+            if let Some(stored) = stored {
+                return replay_answer(idem, stored.request_hash, stored.status, stored.body);
+            }
+        }
+        let slot = repository.slot(aggregate_id);
+        let mut cached = slot.lock().await;
+        if cached.is_none() {
+            repository.catch_up(aggregate_id, &mut cached).await?;
+        }
+        for _attempt in 0..self.max_attempts {
+            // One clone per attempt: it becomes the next state if the append commits.
+            let Some(current) = cached.clone() else {
+                repository.catch_up(aggregate_id, &mut cached).await?;
+                continue;
+            };
+            if let Some(expected) = ctx.if_match {
+                if expected != current.version {
+                    // The cache may trail another process: check the log before refusing.
+                    repository.catch_up(aggregate_id, &mut cached).await?;
+                    let actual = cached.as_ref().map_or(0, |c| c.version);
+                    if expected != actual {
+                        return Err(CommandError::VersionMismatch { expected, actual });
+                    }
+                    continue;
+                }
+            }
+            if !allowed(&current.aggregate) {
+                return Err(CommandError::Forbidden);
+            }
+            let mut next = current.aggregate;
+            let sink = EventSink::default();
+            next.handle(command.clone(), &(), &sink)
+                .await
+                .map_err(CommandError::Rejected)?;
+            let events = sink.collect().await;
+            if events.is_empty() {
+                return Ok(Receipt {
+                    status: 200,
+                    body: write_response(&ctx.response_id, current.version, current.last_position),
+                });
+            }
+            let count = events.len() as u64;
+            let append = self.append_for::<A>(aggregate_id, current.version, events, ctx);
+            match self.appender.append(append).await? {
+                AppendResult::Committed {
+                    version,
+                    last_position,
+                } => {
+                    debug_assert_eq!(version, current.version + count);
+                    *cached = Some(Cached {
+                        aggregate: next,
+                        version,
+                        last_position,
+                    });
+                    return Ok(Receipt {
+                        status: ctx.success_status,
+                        body: write_response(&ctx.response_id, version, last_position),
+                    });
+                }
+                AppendResult::Conflict { .. } => {
+                    repository.catch_up(aggregate_id, &mut cached).await?;
+                }
+                AppendResult::AlreadyAnswered(stored) => {
+                    let idem = ctx.idempotency.as_ref().ok_or(CommandError::Contended)?;
+                    return replay_answer(idem, stored.request_hash, stored.status, stored.body);
+                }
+            }
+        }
+        Err(CommandError::Contended)
+    }
+
+    fn append_for<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        expected_version: u64,
+        events: Vec<A::Event>,
+        ctx: &CommandContext,
+    ) -> Append {
+        let occurred_at = ctx.occurred_at.unwrap_or_else(Utc::now);
+        let command_id = Uuid::new_v4();
+        let events = events
+            .iter()
+            .map(|event| {
+                let (event_type, event_version, payload) = upcast::encode(event);
+                NewEvent {
+                    event_type,
+                    event_version,
+                    payload,
+                    metadata: EventMetadata {
+                        event_id: Uuid::new_v4(),
+                        occurred_at,
+                        actor_id: ctx.principal.actor_id.clone(),
+                        actor_role: ctx.principal.role.as_str().to_string(),
+                        correlation_id: ctx.correlation_id,
+                        causation_id: Some(command_id),
+                    },
+                }
+            })
+            .collect();
+        Append {
+            aggregate_type: A::TYPE,
+            aggregate_id: aggregate_id.to_string(),
+            expected_version,
+            events,
+            idempotency: ctx.idempotency.as_ref().map(|idem| IdempotencyRecord {
+                key: idem.key.clone(),
+                request_hash: idem.request_hash.clone(),
+                status: ctx.success_status,
+                response_id: ctx.response_id.clone(),
+            }),
+            key_action: ctx.key_action.clone(),
+        }
+    }
+}
+
+fn replay_answer<E: std::error::Error>(
+    idem: &IdempotencyRequest,
+    stored_hash: Vec<u8>,
+    status: u16,
+    body: Value,
+) -> Result<Receipt, CommandError<E>> {
+    if stored_hash == idem.request_hash {
+        Ok(Receipt { status, body })
+    } else {
+        Err(CommandError::IdempotencyKeyReused)
+    }
+}

@@ -1,0 +1,106 @@
+//! Settings: compiled-in defaults (`config/defaults.toml`), then an optional file,
+//! then flags and `CIRCLE_*` environment variables. No address, port or secret is
+//! written in code.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../config/defaults.toml");
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub database_max_connections: u32,
+    pub nats_url: Option<String>,
+    pub admin_token: Option<String>,
+    /// Base64 of 32 bytes; wraps every client's data key.
+    pub master_key: Option<String>,
+    pub body_limit_bytes: usize,
+    pub command_attempts: u32,
+    pub append_batch_max: usize,
+    pub log: String,
+}
+
+/// Values from flags or the environment; `None` keeps the file's value.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub nats_url: Option<String>,
+    pub admin_token: Option<String>,
+    pub master_key: Option<String>,
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> anyhow::Result<Settings> {
+        let mut table: toml::Table = DEFAULTS.parse().context("parsing built-in defaults")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let user: toml::Table = text
+                .parse()
+                .with_context(|| format!("parsing config file {}", path.display()))?;
+            table.extend(user);
+        }
+        let mut settings: Settings = toml::Value::Table(table)
+            .try_into()
+            .context("reading settings")?;
+        let Overrides {
+            listen,
+            data_dir,
+            database_url,
+            nats_url,
+            admin_token,
+            master_key,
+        } = overrides;
+        settings.listen = listen.unwrap_or(settings.listen);
+        settings.data_dir = data_dir.unwrap_or(settings.data_dir);
+        settings.database_url = database_url
+            .or(settings.database_url)
+            .filter(|u| !u.is_empty());
+        settings.nats_url = nats_url.or(settings.nats_url).filter(|u| !u.is_empty());
+        settings.admin_token = admin_token.or(settings.admin_token);
+        settings.master_key = master_key.or(settings.master_key);
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_flags_win_over_files() {
+        let settings = Settings::load(None, Overrides::default()).unwrap();
+        assert!(settings.database_url.is_none());
+        let dir = std::env::temp_dir().join(format!("circle-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("circle.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:9000\"\ncommand_attempts = 9\n").unwrap();
+        let settings = Settings::load(
+            Some(&file),
+            Overrides {
+                listen: Some("127.0.0.1:0".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(settings.listen, "127.0.0.1:0");
+        assert_eq!(settings.command_attempts, 9);
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_not_a_silent_default() {
+        let dir = std::env::temp_dir().join(format!("circle-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("circle.toml");
+        std::fs::write(&file, "lisen = \"0.0.0.0:9000\"\n").unwrap();
+        assert!(Settings::load(Some(&file), Overrides::default()).is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! Crypto-shredding. Each client's personal fields are sealed with that client's own
+//! AES-256-GCM key; the key is stored outside the log, wrapped by the master key from
+//! configuration. Erasure destroys the wrapped key, after which the sealed bytes in
+//! the immutable log are noise to everyone.
+
+use aes_gcm::aead::rand_core::RngCore;
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use circle_events::client::SealedPersonalData;
+use serde::{Deserialize, Serialize};
+
+const NONCE_LEN: usize = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("master key must be 32 bytes, base64-encoded")]
+    BadMasterKey,
+    #[error("a sealed value could not be opened (wrong key or tampered data)")]
+    Unreadable,
+}
+
+/// Personal fields of a client. Only ever stored sealed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PersonalData {
+    pub display_name: Option<String>,
+    pub contact: Option<String>,
+    pub birth_year: Option<i32>,
+}
+
+impl PersonalData {
+    pub fn is_empty(&self) -> bool {
+        self == &PersonalData::default()
+    }
+}
+
+/// A fresh client key: `key` seals data now, `wrapped` is what the store keeps.
+pub struct NewClientKey {
+    key: [u8; 32],
+    pub wrapped: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct Vault {
+    master: Aes256Gcm,
+}
+
+impl Vault {
+    pub fn from_base64(master_key: &str) -> Result<Vault, VaultError> {
+        let bytes = STANDARD
+            .decode(master_key.trim())
+            .map_err(|_| VaultError::BadMasterKey)?;
+        if bytes.len() != 32 {
+            return Err(VaultError::BadMasterKey);
+        }
+        Ok(Vault {
+            master: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
+        })
+    }
+
+    /// A new random master key, base64-encoded, for first-run setups.
+    pub fn generate_master_key() -> String {
+        let mut bytes = [0u8; 32];
+        OsRng.fill_bytes(&mut bytes);
+        STANDARD.encode(bytes)
+    }
+
+    pub fn new_client_key(&self, client_id: &str) -> NewClientKey {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        let wrapped = seal_bytes(&self.master, client_id, &key);
+        NewClientKey { key, wrapped }
+    }
+
+    pub fn seal(
+        &self,
+        key: &NewClientKey,
+        client_id: &str,
+        data: &PersonalData,
+    ) -> SealedPersonalData {
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key.key));
+        let plain = serde_json::to_vec(data).unwrap_or_default();
+        SealedPersonalData {
+            sealed: STANDARD.encode(seal_bytes(&cipher, client_id, &plain)),
+        }
+    }
+
+    /// Opens sealed personal data with the client's wrapped key.
+    pub fn open(
+        &self,
+        wrapped_key: &[u8],
+        client_id: &str,
+        sealed: &SealedPersonalData,
+    ) -> Result<PersonalData, VaultError> {
+        let key = open_bytes(&self.master, client_id, wrapped_key)?;
+        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| VaultError::Unreadable)?;
+        let bytes = STANDARD
+            .decode(&sealed.sealed)
+            .map_err(|_| VaultError::Unreadable)?;
+        let plain = open_bytes(&cipher, client_id, &bytes)?;
+        serde_json::from_slice(&plain).map_err(|_| VaultError::Unreadable)
+    }
+}
+
+/// `nonce || ciphertext`, bound to the client id as associated data so a sealed value
+/// cannot be moved to another client.
+fn seal_bytes(cipher: &Aes256Gcm, client_id: &str, plain: &[u8]) -> Vec<u8> {
+    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+    let mut out = nonce.to_vec();
+    let sealed = cipher
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plain,
+                aad: client_id.as_bytes(),
+            },
+        )
+        .unwrap_or_default();
+    out.extend(sealed);
+    out
+}
+
+fn open_bytes(cipher: &Aes256Gcm, client_id: &str, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
+    if sealed.len() < NONCE_LEN {
+        return Err(VaultError::Unreadable);
+    }
+    let (nonce, body) = sealed.split_at(NONCE_LEN);
+    cipher
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: body,
+                aad: client_id.as_bytes(),
+            },
+        )
+        .map_err(|_| VaultError::Unreadable)
+}
+
+/// A random secret for API tokens: `circle_` and 32 random bytes, URL-safe.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    format!("circle_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault() -> Vault {
+        Vault::from_base64(&Vault::generate_master_key()).unwrap()
+    }
+
+    #[test]
+    fn sealed_personal_data_opens_only_with_its_key_and_client() {
+        let vault = vault();
+        let key = vault.new_client_key("c1");
+        let data = PersonalData {
+            display_name: Some("Ada".into()),
+            contact: Some("ada@example.org".into()),
+            birth_year: Some(1985),
+        };
+        let sealed = vault.seal(&key, "c1", &data);
+        assert!(!sealed.sealed.contains("Ada"));
+        assert_eq!(vault.open(&key.wrapped, "c1", &sealed).unwrap(), data);
+        assert!(vault.open(&key.wrapped, "c2", &sealed).is_err());
+        let other = vault.new_client_key("c1");
+        assert!(vault.open(&other.wrapped, "c1", &sealed).is_err());
+        assert!(vault().open(&key.wrapped, "c1", &sealed).is_err());
+    }
+
+    #[test]
+    fn a_master_key_must_be_32_bytes() {
+        assert!(Vault::from_base64("c2hvcnQ=").is_err());
+        assert!(Vault::from_base64("not base64!").is_err());
+    }
+}

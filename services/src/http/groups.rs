@@ -1,0 +1,677 @@
+//! Group routes: the group itself, its members, sessions, attendance and feedback.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use chrono::{DateTime, FixedOffset, NaiveDate};
+use circle_events::group::{
+    AttendanceMark, AttendanceStatus, DepartureReason, Focus, Format, Group, GroupCommand,
+};
+use circle_events::instruments::Score;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::extract::{Caller, JsonBody, WriteHeaders};
+use super::{
+    id_or_new, may_write_group, path_id, receipt_response, AppState, Problem, Write, READERS,
+    WRITERS,
+};
+use crate::auth::Role;
+use crate::commands::Cached;
+
+const DEFAULT_CAPACITY: u32 = 10;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupRequest {
+    /// Generated when absent.
+    group_id: Option<String>,
+    name: String,
+    focus: Focus,
+    format: Format,
+    /// Defaults to 10.
+    capacity: Option<u32>,
+    /// Clinician ids; a clinician creating a group must list themselves.
+    facilitators: Vec<String>,
+    starts_on: Option<NaiveDate>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WriteResponse {
+    /// The created resource, or the record written to.
+    id: String,
+    /// Aggregate version after the write; pass as `If-Match` to guard the next one.
+    version: u64,
+    /// Global log position of the write's last event; pass as `min_position` to read
+    /// your own write from reports.
+    position: i64,
+}
+
+async fn execute(
+    state: &AppState,
+    write: Write<'_>,
+    group_id: &str,
+    command: GroupCommand,
+    name: &'static str,
+    response_id: &str,
+    success: StatusCode,
+) -> Result<Response, Problem> {
+    write.caller.require(WRITERS)?;
+    let ctx = write.context(name, response_id, success, None);
+    let receipt = state
+        .commands
+        .execute(&state.groups, group_id, command, &ctx, |group| {
+            may_write_group(write.caller, group)
+        })
+        .await?;
+    Ok(receipt_response(receipt))
+}
+
+#[utoipa::path(post, path = "/api/v1/groups", request_body = CreateGroupRequest,
+    responses((status = 201, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "groups")]
+pub async fn create_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: WriteHeaders,
+    body: JsonBody<CreateGroupRequest>,
+) -> Result<Response, Problem> {
+    let request = body.value;
+    let group_id = id_or_new("group_id", request.group_id, "grp")?;
+    if caller.0.role == Role::Clinician
+        && !request
+            .facilitators
+            .iter()
+            .any(|f| Some(f) == caller.0.clinician_id.as_ref())
+    {
+        return Err(Problem::field(
+            StatusCode::FORBIDDEN,
+            "facilitators",
+            "a clinician may only create groups they facilitate",
+        ));
+    }
+    let command = GroupCommand::CreateGroup {
+        group_id: group_id.clone(),
+        name: request.name,
+        focus: request.focus,
+        format: request.format,
+        capacity: request.capacity.unwrap_or(DEFAULT_CAPACITY),
+        facilitators: request.facilitators,
+        starts_on: request.starts_on,
+    };
+    let write = Write {
+        caller: &caller,
+        headers: &headers,
+        request_hash: &body.request_hash,
+    };
+    execute(
+        &state,
+        write,
+        &group_id,
+        command,
+        "create_group",
+        &group_id,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignFacilitatorRequest {
+    clinician_id: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{group_id}/facilitators", request_body = AssignFacilitatorRequest,
+    params(("group_id" = String, Path)),
+    responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "groups")]
+pub async fn assign_facilitator(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: WriteHeaders,
+    Path(group_id): Path<String>,
+    body: JsonBody<AssignFacilitatorRequest>,
+) -> Result<Response, Problem> {
+    path_id("group_id", &group_id)?;
+    let command = GroupCommand::AssignFacilitator {
+        clinician_id: body.value.clinician_id,
+    };
+    let write = Write {
+        caller: &caller,
+        headers: &headers,
+        request_hash: &body.request_hash,
+    };
+    execute(
+        &state,
+        write,
+        &group_id,
+        command,
+        "assign_facilitator",
+        &group_id,
+        StatusCode::OK,
+    )
+    .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinGroupRequest {
+    client_id: String,
+    joined_on: NaiveDate,
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{group_id}/members", request_body = JoinGroupRequest,
+    params(("group_id" = String, Path)),
+    responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "groups")]
+pub async fn join_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: WriteHeaders,
+    Path(group_id): Path<String>,
+    body: JsonBody<JoinGroupRequest>,
+) -> Result<Response, Problem> {
+    path_id("group_id", &group_id)?;
+    let request = body.value;
+    path_id("client_id", &request.client_id)?;
+    let client = state.clients.load(&request.client_id).await?;
+    if !client.aggregate.exists() {
+        return Err(Problem::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "client_id",
+            "no client is registered with this id",
+        ));
+    }
+    if client.aggregate.erased.is_some() {
+        return Err(Problem::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "client_id",
+            "this client's data has been erased",
+        ));
+    }
+    let command = GroupCommand::JoinGroup {
+        client_id: request.client_id,
+        joined_on: request.joined_on,
+    };
+    let write = Write {
+        caller: &caller,
+        headers: &headers,
+        request_hash: &body.request_hash,
+    };
+    execute(
+        &state,
+        write,
+        &group_id,
+        command,
+        "join_group",
+        &group_id,
+        StatusCode::OK,
+    )
+    .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaveGroupRequest {
+    left_on: NaiveDate,
+    reason: DepartureReason,
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{group_id}/members/{client_id}/departure", request_body = LeaveGroupRequest,
+    params(("group_id" = String, Path), ("client_id" = String, Path)),
+    responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "groups")]
+pub async fn leave_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: WriteHeaders,
+    Path((group_id, client_id)): Path<(String, String)>,
+    body: JsonBody<LeaveGroupRequest>,
+) -> Result<Response, Problem> {
+    path_id("group_id", &group_id)?;
+    path_id("client_id", &client_id)?;
+    let command = GroupCommand::LeaveGroup {
+        client_id,
+        left_on: body.value.left_on,
+        reason: body.value.reason,
+    };
+    let write = Write {
+        caller: &caller,
+        headers: &headers,
+        request_hash: &body.request_hash,
+    };
+    execute(
+        &state,
+        write,
+        &group_id,
+        command,
+        "leave_group",
+        &group_id,
+        StatusCode::OK,
+    )
+    .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSessionRequest {
+    /// Generated when absent.
+    session_id: Option<String>,
+    /// RFC 3339 with offset; its local date decides who was a member that day.
+    starts_at: DateTime<FixedOffset>,
+    duration_minutes: u32,
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{group_id}/sessions", request_body = ScheduleSessionRequest,
+    params(("group_id" = String, Path)),
+    responses((status = 201, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "groups")]
+pub async fn schedule_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: WriteHeaders,
+    Path(group_id): Path<String>,
+    body: JsonBody<ScheduleSessionRequest>,
+) -> Result<Response, Problem> {
+    path_id("group_id", &group_id)?;
+    let request = body.value;
+    let session_id = id_or_new("session_id", request.session_id, "ses")?;
+    let command = GroupCommand::ScheduleSession {
+        session_id: session_id.clone(),
+        starts_at: request.starts_at,
+        duration_minutes: request.duration_minutes,
+    };
+    let write = Write {
+        caller: &caller,
+        headers: &headers,
+        request_hash: &body.request_hash,
+    };
+    execute(
+        &state,
+        write,
+        &group_id,
+        command,
+        "schedule_session",
+        &session_id,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelSessionRequest {
+    reason: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{group_id}/sessions/{session_id}/cancellation", request_body = CancelSessionRequest,
+    params(("group_id" = String, Path), ("session_id" = String, Path)),
+    responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "groups")]
+pub async fn cancel_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: WriteHeaders,
+    Path((group_id, session_id)): Path<(String, String)>,
+    body: JsonBody<CancelSessionRequest>,
+) -> Result<Response, Problem> {
+    path_id("group_id", &group_id)?;
+    path_id("session_id", &session_id)?;
+    let command = GroupCommand::CancelSession {
+        session_id: session_id.clone(),
+        reason: body.value.reason,
+    };
+    let write = Write {
+        caller: &caller,
+        headers: &headers,
+        request_hash: &body.request_hash,
+    };
+    execute(
+        &state,
+        write,
+        &group_id,
+        command,
+        "cancel_session",
+        &session_id,
+        StatusCode::OK,
+    )
+    .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttendanceRecord {
+    client_id: String,
+    status: AttendanceStatus,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordAttendanceRequest {
+    /// One mark per member; marking a member again is recorded as a correction.
+    records: Vec<AttendanceRecord>,
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{group_id}/sessions/{session_id}/attendance", request_body = RecordAttendanceRequest,
+    params(("group_id" = String, Path), ("session_id" = String, Path)),
+    responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "groups")]
+pub async fn record_attendance(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: WriteHeaders,
+    Path((group_id, session_id)): Path<(String, String)>,
+    body: JsonBody<RecordAttendanceRequest>,
+) -> Result<Response, Problem> {
+    path_id("group_id", &group_id)?;
+    path_id("session_id", &session_id)?;
+    let command = GroupCommand::RecordAttendance {
+        session_id: session_id.clone(),
+        records: body
+            .value
+            .records
+            .into_iter()
+            .map(|r| AttendanceMark {
+                client_id: r.client_id,
+                status: r.status,
+            })
+            .collect(),
+    };
+    let write = Write {
+        caller: &caller,
+        headers: &headers,
+        request_hash: &body.request_hash,
+    };
+    execute(
+        &state,
+        write,
+        &group_id,
+        command,
+        "record_attendance",
+        &session_id,
+        StatusCode::OK,
+    )
+    .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordFeedbackRequest {
+    client_id: String,
+    /// `PHQ-9`, `GAD-7`, `ORS`, `SRS` or `GSRS`.
+    instrument: String,
+    /// Item scores in the instrument's order: integers 0–3 for PHQ-9 and GAD-7,
+    /// 0.0–10.0 with at most one decimal for ORS, SRS and GSRS.
+    #[schema(value_type = Vec<f64>)]
+    items: Vec<Value>,
+    /// Defaults to the session's start.
+    administered_at: Option<DateTime<FixedOffset>>,
+}
+
+/// Reads item scores exactly, naming the first bad one.
+pub(super) fn parse_items(items: &[Value]) -> Result<Vec<Score>, Problem> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            Score::from_json(v)
+                .map_err(|e| Problem::bad_request(format!("items[{i}]"), e.to_string()))
+        })
+        .collect()
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{group_id}/sessions/{session_id}/feedback", request_body = RecordFeedbackRequest,
+    params(("group_id" = String, Path), ("session_id" = String, Path)),
+    responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "groups")]
+pub async fn record_feedback(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: WriteHeaders,
+    Path((group_id, session_id)): Path<(String, String)>,
+    body: JsonBody<RecordFeedbackRequest>,
+) -> Result<Response, Problem> {
+    path_id("group_id", &group_id)?;
+    path_id("session_id", &session_id)?;
+    let request = body.value;
+    let command = GroupCommand::RecordFeedback {
+        client_id: request.client_id,
+        session_id: Some(session_id.clone()),
+        instrument: request.instrument,
+        items: parse_items(&request.items)?,
+        administered_at: request.administered_at,
+    };
+    let write = Write {
+        caller: &caller,
+        headers: &headers,
+        request_hash: &body.request_hash,
+    };
+    execute(
+        &state,
+        write,
+        &group_id,
+        command,
+        "record_feedback",
+        &session_id,
+        StatusCode::OK,
+    )
+    .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseGroupRequest {
+    closed_on: NaiveDate,
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{group_id}/closure", request_body = CloseGroupRequest,
+    params(("group_id" = String, Path)),
+    responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "groups")]
+pub async fn close_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: WriteHeaders,
+    Path(group_id): Path<String>,
+    body: JsonBody<CloseGroupRequest>,
+) -> Result<Response, Problem> {
+    path_id("group_id", &group_id)?;
+    let command = GroupCommand::CloseGroup {
+        closed_on: body.value.closed_on,
+    };
+    let write = Write {
+        caller: &caller,
+        headers: &headers,
+        request_hash: &body.request_hash,
+    };
+    execute(
+        &state,
+        write,
+        &group_id,
+        command,
+        "close_group",
+        &group_id,
+        StatusCode::OK,
+    )
+    .await
+}
+
+// ---- reads ----
+
+#[derive(Serialize, ToSchema)]
+pub struct MemberView {
+    client_id: String,
+    joined_on: NaiveDate,
+    left_on: Option<NaiveDate>,
+    reason: Option<DepartureReason>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AttendanceView {
+    client_id: String,
+    status: AttendanceStatus,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionView {
+    session_id: String,
+    starts_at: DateTime<FixedOffset>,
+    duration_minutes: u32,
+    cancelled: bool,
+    attendance: Vec<AttendanceView>,
+    feedback_recorded: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GroupView {
+    group_id: String,
+    name: String,
+    focus: Focus,
+    format: Format,
+    capacity: u32,
+    facilitators: Vec<String>,
+    starts_on: Option<NaiveDate>,
+    closed_on: Option<NaiveDate>,
+    active_members: usize,
+    /// Every membership period, past and present.
+    members: Vec<MemberView>,
+    sessions: Vec<SessionView>,
+    version: u64,
+    position: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GroupSummary {
+    group_id: String,
+    name: String,
+    focus: Focus,
+    format: Format,
+    capacity: u32,
+    active_members: usize,
+    closed_on: Option<NaiveDate>,
+}
+
+fn may_read_group(caller: &Caller, group: &Group) -> bool {
+    match caller.0.role {
+        Role::Admin | Role::Auditor => true,
+        Role::Clinician => caller
+            .0
+            .clinician_id
+            .as_ref()
+            .is_some_and(|id| group.facilitators.contains(id)),
+        Role::Reporter => false,
+    }
+}
+
+fn group_view(cached: Cached<Group>) -> Option<GroupView> {
+    let group = cached.aggregate;
+    let profile = group.profile.clone()?;
+    let active_members = group.active_members().count();
+    let members = group
+        .memberships
+        .iter()
+        .flat_map(|(client_id, periods)| {
+            periods.iter().map(move |p| MemberView {
+                client_id: client_id.clone(),
+                joined_on: p.joined_on,
+                left_on: p.left_on,
+                reason: p.reason,
+            })
+        })
+        .collect();
+    let mut sessions: Vec<SessionView> = group
+        .sessions
+        .iter()
+        .map(|(session_id, s)| SessionView {
+            session_id: session_id.clone(),
+            starts_at: s.starts_at,
+            duration_minutes: s.duration_minutes,
+            cancelled: s.cancelled.is_some(),
+            attendance: s
+                .attendance
+                .iter()
+                .map(|(client_id, mark)| AttendanceView {
+                    client_id: client_id.clone(),
+                    status: mark.status,
+                })
+                .collect(),
+            feedback_recorded: s.feedback_recorded,
+        })
+        .collect();
+    sessions.sort_by(|a, b| {
+        a.starts_at
+            .cmp(&b.starts_at)
+            .then(a.session_id.cmp(&b.session_id))
+    });
+    Some(GroupView {
+        group_id: profile.group_id,
+        name: profile.name,
+        focus: profile.focus,
+        format: profile.format,
+        capacity: profile.capacity,
+        facilitators: group.facilitators.into_iter().collect(),
+        starts_on: profile.starts_on,
+        closed_on: group.closed_on,
+        active_members,
+        members,
+        sessions,
+        version: cached.version,
+        position: cached.last_position,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/groups/{group_id}", params(("group_id" = String, Path)),
+    responses((status = 200, body = GroupView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "groups")]
+pub async fn get_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(group_id): Path<String>,
+) -> Result<Json<GroupView>, Problem> {
+    caller.require(READERS)?;
+    path_id("group_id", &group_id)?;
+    let cached = state.groups.load(&group_id).await?;
+    if cached.aggregate.exists() && !may_read_group(&caller, &cached.aggregate) {
+        return Err(Problem::forbidden("this group is not one you facilitate"));
+    }
+    group_view(cached)
+        .map(Json)
+        .ok_or_else(|| Problem::not_found("group not found"))
+}
+
+#[utoipa::path(get, path = "/api/v1/groups",
+    responses((status = 200, body = Vec<GroupSummary>), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "groups")]
+pub async fn list_groups(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<GroupSummary>>, Problem> {
+    caller.require(READERS)?;
+    let mut summaries = Vec::new();
+    for group_id in state
+        .store
+        .aggregate_ids(<Group as cqrs_es::Aggregate>::TYPE)
+        .await?
+    {
+        let cached = state.groups.load(&group_id).await?;
+        if !may_read_group(&caller, &cached.aggregate) {
+            continue;
+        }
+        let group = &cached.aggregate;
+        if let Some(profile) = &group.profile {
+            summaries.push(GroupSummary {
+                group_id: profile.group_id.clone(),
+                name: profile.name.clone(),
+                focus: profile.focus,
+                format: profile.format,
+                capacity: profile.capacity,
+                active_members: group.active_members().count(),
+                closed_on: group.closed_on,
+            });
+        }
+    }
+    Ok(Json(summaries))
+}

@@ -1,0 +1,232 @@
+//! The HTTP API (`/api/v1`, see `../shared/API.md`), health, readiness and metrics.
+//!
+//! Handlers are thin: parse and check the request, ask the caller's role, build a
+//! command and hand it to the [`CommandService`]. Every refusal is a [`Problem`].
+
+mod clients;
+mod extract;
+mod groups;
+pub mod openapi;
+mod problem;
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use circle_events::client::Client;
+use circle_events::group::Group;
+use circle_events::ids::is_valid_id;
+use sha2::{Digest, Sha256};
+
+pub use problem::{FieldError, Problem};
+
+use crate::auth::{Authenticator, Role};
+use crate::commands::{CommandContext, CommandService, IdempotencyRequest, Repository};
+use crate::crypto::Vault;
+use crate::metrics::Metrics;
+use crate::store::{KeyAction, Store};
+use extract::{Caller, WriteHeaders};
+
+pub struct Services {
+    pub store: Store,
+    pub commands: CommandService,
+    pub groups: Repository<Group>,
+    pub clients: Repository<Client>,
+    pub auth: Authenticator,
+    pub vault: Vault,
+    pub metrics: Metrics,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Services>);
+
+impl Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    let api = Router::new()
+        .route(
+            "/groups",
+            post(groups::create_group).get(groups::list_groups),
+        )
+        .route("/groups/{group_id}", get(groups::get_group))
+        .route(
+            "/groups/{group_id}/facilitators",
+            post(groups::assign_facilitator),
+        )
+        .route("/groups/{group_id}/members", post(groups::join_group))
+        .route(
+            "/groups/{group_id}/members/{client_id}/departure",
+            post(groups::leave_group),
+        )
+        .route(
+            "/groups/{group_id}/sessions",
+            post(groups::schedule_session),
+        )
+        .route(
+            "/groups/{group_id}/sessions/{session_id}/cancellation",
+            post(groups::cancel_session),
+        )
+        .route(
+            "/groups/{group_id}/sessions/{session_id}/attendance",
+            post(groups::record_attendance),
+        )
+        .route(
+            "/groups/{group_id}/sessions/{session_id}/feedback",
+            post(groups::record_feedback),
+        )
+        .route("/groups/{group_id}/closure", post(groups::close_group))
+        .route("/clients", post(clients::register_client))
+        .route("/clients/{client_id}", get(clients::get_client))
+        .route(
+            "/clients/{client_id}/consents",
+            post(clients::change_consent),
+        )
+        .route("/clients/{client_id}/erasure", post(clients::erase_client))
+        .route(
+            "/clients/{client_id}/measures",
+            post(clients::record_measure),
+        )
+        .route("/openapi.json", get(openapi::serve));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts and times every request by route template, never by concrete path.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    state.metrics.observe_http(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "not ready");
+            Problem::unavailable().into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Checks an id taken from the path.
+fn path_id(field: &str, value: &str) -> Result<(), Problem> {
+    if is_valid_id(value) {
+        Ok(())
+    } else {
+        Err(Problem::bad_request(
+            field,
+            "must be 1 to 64 characters from A-Z, a-z, 0-9, _ and -",
+        ))
+    }
+}
+
+/// An id from the body, or a new one when the caller left it out.
+fn id_or_new(field: &str, given: Option<String>, prefix: &str) -> Result<String, Problem> {
+    match given {
+        Some(id) => path_id(field, &id).map(|_| id),
+        None => Ok(format!("{prefix}_{}", uuid::Uuid::new_v4().simple())),
+    }
+}
+
+/// What every write passes to the command service.
+struct Write<'a> {
+    caller: &'a Caller,
+    headers: &'a WriteHeaders,
+    request_hash: &'a [u8],
+}
+
+impl Write<'_> {
+    fn context(
+        &self,
+        command_name: &'static str,
+        response_id: &str,
+        success: StatusCode,
+        key_action: Option<KeyAction>,
+    ) -> CommandContext {
+        let principal = self.caller.0.clone();
+        // The same key from another caller is another request.
+        let idempotency = self.headers.idempotency_key.as_ref().map(|key| {
+            let mut hasher = Sha256::new();
+            hasher.update(self.request_hash);
+            hasher.update(principal.actor_id.as_bytes());
+            IdempotencyRequest {
+                key: key.clone(),
+                request_hash: hasher.finalize().to_vec(),
+            }
+        });
+        CommandContext {
+            principal,
+            correlation_id: self.headers.correlation_id,
+            occurred_at: None,
+            idempotency,
+            if_match: self.headers.if_match,
+            response_id: response_id.to_string(),
+            success_status: success.as_u16(),
+            command_name,
+            key_action,
+        }
+    }
+}
+
+fn receipt_response(receipt: crate::commands::Receipt) -> Response {
+    let status = StatusCode::from_u16(receipt.status).unwrap_or(StatusCode::OK);
+    (status, Json(receipt.body)).into_response()
+}
+
+const WRITERS: &[Role] = &[Role::Admin, Role::Clinician];
+const READERS: &[Role] = &[Role::Admin, Role::Clinician, Role::Auditor];
+
+/// Whether a caller may act on a group: admins always, clinicians when they
+/// facilitate it. A group that does not exist is let through so the aggregate can
+/// answer 404.
+fn may_write_group(caller: &Caller, group: &Group) -> bool {
+    match caller.0.role {
+        Role::Admin => true,
+        Role::Clinician => {
+            !group.exists()
+                || caller
+                    .0
+                    .clinician_id
+                    .as_ref()
+                    .is_some_and(|id| group.facilitators.contains(id))
+        }
+        Role::Auditor | Role::Reporter => false,
+    }
+}

@@ -1,0 +1,152 @@
+//! Prometheus metrics. One `circle_` prefix, base units, bounded labels only: route
+//! templates, command names and outcomes, never an id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::store::{Append, AppendResult};
+
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+struct Inner {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    commands: IntCounterVec,
+    events_appended: IntCounter,
+    append_duration: Histogram,
+    batch_size: Histogram,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Self::build().expect("metric definitions are static and valid")
+    }
+
+    fn build() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new("circle_http_requests_total", "HTTP requests answered"),
+            &["route", "method", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "circle_http_request_duration_seconds",
+                "Time to answer an HTTP request",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "method"],
+        )?;
+        let commands = IntCounterVec::new(
+            Opts::new("circle_commands_total", "Commands handled, by outcome"),
+            &["command", "outcome"],
+        )?;
+        let events_appended = IntCounter::new(
+            "circle_events_appended_total",
+            "Events committed to the log",
+        )?;
+        let append_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "circle_store_append_duration_seconds",
+                "Time to commit one batch of appends",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "circle_store_append_batch_size",
+                "Commands committed together in one transaction",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("circle_build_info", "Build information; always 1"),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(commands.clone()))?;
+        registry.register(Box::new(events_appended.clone()))?;
+        registry.register(Box::new(append_duration.clone()))?;
+        registry.register(Box::new(batch_size.clone()))?;
+        registry.register(Box::new(build_info))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "circle",
+            ),
+        ))?;
+        Ok(Metrics(Arc::new(Inner {
+            registry,
+            http_requests,
+            http_duration,
+            commands,
+            events_appended,
+            append_duration,
+            batch_size,
+        })))
+    }
+
+    pub fn observe_http(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        self.0
+            .http_requests
+            .with_label_values(&[route, method, &status.to_string()])
+            .inc();
+        self.0
+            .http_duration
+            .with_label_values(&[route, method])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_command(&self, command: &str, outcome: &str) {
+        self.0.commands.with_label_values(&[command, outcome]).inc();
+    }
+
+    pub fn observe_batch(
+        &self,
+        appends: &[Append],
+        results: Option<&Vec<AppendResult>>,
+        elapsed: Duration,
+    ) {
+        self.0.append_duration.observe(elapsed.as_secs_f64());
+        self.0.batch_size.observe(appends.len() as f64);
+        let committed: usize = results
+            .into_iter()
+            .flatten()
+            .zip(appends)
+            .filter(|(result, _)| matches!(result, AppendResult::Committed { .. }))
+            .map(|(_, append)| append.events.len())
+            .sum();
+        self.0.events_appended.inc_by(committed as u64);
+    }
+
+    /// The text exposition format (`text/plain; version=0.0.4`).
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let families = self.0.registry.gather();
+        if TextEncoder::new().encode(&families, &mut buffer).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

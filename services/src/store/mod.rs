@@ -1,0 +1,311 @@
+//! The event store: one ordered log of every event, owned by Circle.
+//!
+//! Two backends behind one type: PostgreSQL (production, tests) and SQLite in a data
+//! directory (the embedded default). Both give the same guarantees, checked by one
+//! test suite (`tests/store.rs`):
+//!
+//! - a global `position` that is gap-free and becomes visible in order: appends take a
+//!   lock on the log head, so a reader following `position > n` never skips an event
+//!   committed out of order;
+//! - optimistic concurrency per aggregate (expected version);
+//! - idempotency keys stored in the same transaction as the events they produced;
+//! - per-client encryption keys stored beside, never inside, the events.
+//!
+//! Appends arrive in batches from the [`crate::appender`]: many concurrent commands
+//! share one transaction, which is how the store goes past one-commit-per-command.
+
+mod postgres;
+mod sqlite;
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("event store unavailable")]
+    Unavailable(#[from] sqlx::Error),
+    #[error("stored data is not readable: {0}")]
+    Corrupt(String),
+    #[error("applying migrations")]
+    Migration(#[source] sqlx::Error),
+}
+
+/// Who did it and in which chain of actions: recorded with every event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    pub event_id: Uuid,
+    /// Domain time: when it happened (may be back-filled by the caller).
+    pub occurred_at: DateTime<Utc>,
+    pub actor_id: String,
+    pub actor_role: String,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub event_version: u32,
+    pub payload: Value,
+    pub metadata: EventMetadata,
+}
+
+/// Side effects on the key table that must commit atomically with their event.
+#[derive(Clone, Debug)]
+pub enum KeyAction {
+    Store {
+        client_id: String,
+        wrapped_key: Vec<u8>,
+    },
+    Destroy {
+        client_id: String,
+    },
+}
+
+/// Remembers the answer to a request so a retry with the same key gets it again.
+#[derive(Clone, Debug)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub request_hash: Vec<u8>,
+    pub status: u16,
+    /// The `id` of the answer (the created resource, or the aggregate).
+    pub response_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredResponse {
+    pub request_hash: Vec<u8>,
+    pub status: u16,
+    pub body: Value,
+}
+
+/// One command's events for one aggregate, appended all or nothing.
+#[derive(Clone, Debug)]
+pub struct Append {
+    pub aggregate_type: &'static str,
+    pub aggregate_id: String,
+    pub expected_version: u64,
+    pub events: Vec<NewEvent>,
+    pub idempotency: Option<IdempotencyRecord>,
+    pub key_action: Option<KeyAction>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AppendResult {
+    Committed {
+        version: u64,
+        last_position: i64,
+    },
+    /// Someone else appended first; `actual_version` is the stream's real version.
+    Conflict {
+        actual_version: u64,
+    },
+    /// The idempotency key was already used; here is what it answered.
+    AlreadyAnswered(StoredResponse),
+}
+
+/// An event as the log holds it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecordedEvent {
+    pub position: i64,
+    pub event_id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: u32,
+    pub payload: Value,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub actor_id: String,
+    pub actor_role: String,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+}
+
+/// An API token as stored: only its hash is kept.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredToken {
+    pub role: String,
+    pub clinician_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientKey {
+    Missing,
+    Destroyed,
+    Wrapped(Vec<u8>),
+}
+
+#[derive(Clone)]
+pub enum Store {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Store::Postgres($store) => $call,
+            Store::Sqlite($store) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Connects to PostgreSQL and applies migrations.
+    pub async fn postgres(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        Ok(Store::Postgres(
+            PgStore::connect(url, max_connections).await?,
+        ))
+    }
+
+    /// Opens (or creates) the embedded store in `data_dir` and applies migrations.
+    pub async fn embedded(data_dir: &Path) -> Result<Store, StoreError> {
+        Ok(Store::Sqlite(SqliteStore::open(data_dir).await?))
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgresql",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Appends a batch of independent appends in one transaction. Each gets its own
+    /// result; a conflict in one does not fail the others.
+    pub async fn commit_batch(&self, batch: &[Append]) -> Result<Vec<AppendResult>, StoreError> {
+        dispatch!(self, s => s.commit_batch(batch).await)
+    }
+
+    /// One aggregate's events with `sequence > after_sequence`, in order.
+    pub async fn load_stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        dispatch!(self, s => s.load_stream(aggregate_type, aggregate_id, after_sequence).await)
+    }
+
+    /// The log in global order: up to `limit` events with `position > after`.
+    pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        dispatch!(self, s => s.read_all(after, limit).await)
+    }
+
+    pub async fn head_position(&self) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.head_position().await)
+    }
+
+    /// Ids of all aggregates of a type, in creation order.
+    pub async fn aggregate_ids(&self, aggregate_type: &str) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.aggregate_ids(aggregate_type).await)
+    }
+
+    pub async fn find_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError> {
+        dispatch!(self, s => s.find_response(key).await)
+    }
+
+    pub async fn client_key(&self, client_id: &str) -> Result<ClientKey, StoreError> {
+        dispatch!(self, s => s.client_key(client_id).await)
+    }
+
+    pub async fn insert_token(
+        &self,
+        token_hash: &str,
+        token: &StoredToken,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.insert_token(token_hash, token).await)
+    }
+
+    pub async fn find_token(&self, token_hash: &str) -> Result<Option<StoredToken>, StoreError> {
+        dispatch!(self, s => s.find_token(token_hash).await)
+    }
+
+    /// Reachable and migrated.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ping().await)
+    }
+}
+
+/// The answer a successful write gives, also what an idempotency key replays.
+pub fn write_response(id: &str, version: u64, position: i64) -> Value {
+    serde_json::json!({ "id": id, "version": version, "position": position })
+}
+
+/// Decides, for appends checked against the current stream versions and stored
+/// idempotency keys, which ones commit and at which positions. Shared by both
+/// backends so they cannot disagree.
+pub(crate) struct BatchPlan {
+    pub results: Vec<AppendResult>,
+    /// `(index into batch, first position, first sequence)` for each accepted append.
+    pub accepted: Vec<(usize, i64, i64)>,
+    pub next_head: i64,
+}
+
+pub(crate) fn plan_batch(
+    batch: &[Append],
+    head: i64,
+    mut version_of: impl FnMut(&str, &str) -> u64,
+    mut stored_response: impl FnMut(&str) -> Option<StoredResponse>,
+) -> BatchPlan {
+    use std::collections::HashMap;
+    let mut versions: HashMap<(&str, &str), u64> = HashMap::new();
+    let mut answered: HashMap<&str, StoredResponse> = HashMap::new();
+    let mut results = Vec::with_capacity(batch.len());
+    let mut accepted = Vec::new();
+    let mut position = head;
+    for (index, append) in batch.iter().enumerate() {
+        if let Some(idem) = &append.idempotency {
+            let previous = answered
+                .get(idem.key.as_str())
+                .cloned()
+                .or_else(|| stored_response(&idem.key));
+            if let Some(previous) = previous {
+                results.push(AppendResult::AlreadyAnswered(previous));
+                continue;
+            }
+        }
+        let stream = (append.aggregate_type, append.aggregate_id.as_str());
+        let current = *versions
+            .entry(stream)
+            .or_insert_with(|| version_of(stream.0, stream.1));
+        if current != append.expected_version {
+            results.push(AppendResult::Conflict {
+                actual_version: current,
+            });
+            continue;
+        }
+        let count = append.events.len() as i64;
+        let version = current + count as u64;
+        versions.insert(stream, version);
+        accepted.push((index, position + 1, current as i64 + 1));
+        position += count;
+        if let Some(idem) = &append.idempotency {
+            answered.insert(
+                &idem.key,
+                StoredResponse {
+                    request_hash: idem.request_hash.clone(),
+                    status: idem.status,
+                    body: write_response(&idem.response_id, version, position),
+                },
+            );
+        }
+        results.push(AppendResult::Committed {
+            version,
+            last_position: position,
+        });
+    }
+    BatchPlan {
+        results,
+        accepted,
+        next_head: position,
+    }
+}

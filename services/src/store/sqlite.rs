@@ -1,0 +1,353 @@
+//! Embedded backend: SQLite in the data directory, for running Circle without
+//! PostgreSQL. SQLite has one writer at a time, so positions taken inside a write
+//! transaction are commit-ordered by construction.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use uuid::Uuid;
+
+use super::*;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+impl SqliteStore {
+    pub async fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| corrupt(&format!("creating {}", data_dir.display()), e))?;
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(data_dir.join("circle.sqlite3"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let store = SqliteStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await.map_err(StoreError::Migration)?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::Migration)?;
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::Migration)?;
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            sqlx::raw_sql(sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::Migration)?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+                .bind(version)
+                .bind(timestamp(&Utc::now()))
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::Migration)?;
+        }
+        tx.commit().await.map_err(StoreError::Migration)?;
+        Ok(())
+    }
+
+    pub async fn commit_batch(&self, batch: &[Append]) -> Result<Vec<AppendResult>, StoreError> {
+        // IMMEDIATE takes the write lock up front instead of failing to upgrade later.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut versions = HashMap::new();
+        for append in batch {
+            let version: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(sequence), 0) FROM events
+                 WHERE aggregate_type = ? AND aggregate_id = ?",
+            )
+            .bind(append.aggregate_type)
+            .bind(&append.aggregate_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            versions.insert(
+                (
+                    append.aggregate_type.to_string(),
+                    append.aggregate_id.clone(),
+                ),
+                version as u64,
+            );
+        }
+        let mut responses = HashMap::new();
+        for record in batch.iter().filter_map(|a| a.idempotency.as_ref()) {
+            if let Some(found) = find_response(&mut tx, &record.key).await? {
+                responses.insert(record.key.clone(), found);
+            }
+        }
+        let plan = plan_batch(
+            batch,
+            head,
+            |t, i| {
+                versions
+                    .get(&(t.to_string(), i.to_string()))
+                    .copied()
+                    .unwrap_or(0)
+            },
+            |key| responses.get(key).cloned(),
+        );
+        let recorded_at = timestamp(&Utc::now());
+        for &(index, first_position, first_sequence) in &plan.accepted {
+            let append = &batch[index];
+            for (offset, event) in append.events.iter().enumerate() {
+                let meta = &event.metadata;
+                sqlx::query(
+                    "INSERT INTO events (position, event_id, aggregate_type, aggregate_id,
+                        sequence, event_type, event_version, payload, occurred_at, recorded_at,
+                        actor_id, actor_role, correlation_id, causation_id)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(first_position + offset as i64)
+                .bind(meta.event_id.to_string())
+                .bind(append.aggregate_type)
+                .bind(&append.aggregate_id)
+                .bind(first_sequence + offset as i64)
+                .bind(&event.event_type)
+                .bind(event.event_version as i64)
+                .bind(event.payload.to_string())
+                .bind(timestamp(&meta.occurred_at))
+                .bind(&recorded_at)
+                .bind(&meta.actor_id)
+                .bind(&meta.actor_role)
+                .bind(meta.correlation_id.to_string())
+                .bind(meta.causation_id.map(|c| c.to_string()))
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let (
+                Some(record),
+                AppendResult::Committed {
+                    version,
+                    last_position,
+                },
+            ) = (&append.idempotency, &plan.results[index])
+            {
+                sqlx::query(
+                    "INSERT INTO idempotency_keys (key, request_hash, status, response, created_at)
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(&record.key)
+                .bind(&record.request_hash)
+                .bind(record.status as i64)
+                .bind(write_response(&record.response_id, *version, *last_position).to_string())
+                .bind(&recorded_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            match &append.key_action {
+                Some(KeyAction::Store {
+                    client_id,
+                    wrapped_key,
+                }) => {
+                    sqlx::query(
+                        "INSERT INTO client_keys (client_id, wrapped_key, created_at)
+                         VALUES (?, ?, ?)",
+                    )
+                    .bind(client_id)
+                    .bind(wrapped_key)
+                    .bind(&recorded_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Some(KeyAction::Destroy { client_id }) => {
+                    sqlx::query(
+                        "UPDATE client_keys SET wrapped_key = NULL, destroyed_at = ?
+                         WHERE client_id = ?",
+                    )
+                    .bind(&recorded_at)
+                    .bind(client_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {}
+            }
+        }
+        tx.commit().await?;
+        Ok(plan.results)
+    }
+
+    pub async fn load_stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND sequence > ?
+             ORDER BY sequence",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(after_sequence as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(recorded_event).collect()
+    }
+
+    pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM events WHERE position > ? ORDER BY position LIMIT ?")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(recorded_event).collect()
+    }
+
+    pub async fn head_position(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn aggregate_ids(&self, aggregate_type: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT aggregate_id FROM events WHERE aggregate_type = ? AND sequence = 1
+             ORDER BY position",
+        )
+        .bind(aggregate_type)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn find_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        find_response(&mut conn, key).await
+    }
+
+    pub async fn client_key(&self, client_id: &str) -> Result<ClientKey, StoreError> {
+        let row: Option<(Option<Vec<u8>>,)> =
+            sqlx::query_as("SELECT wrapped_key FROM client_keys WHERE client_id = ?")
+                .bind(client_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            None => ClientKey::Missing,
+            Some((None,)) => ClientKey::Destroyed,
+            Some((Some(key),)) => ClientKey::Wrapped(key),
+        })
+    }
+
+    pub async fn insert_token(
+        &self,
+        token_hash: &str,
+        token: &StoredToken,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO api_tokens (token_hash, role, clinician_id, created_at)
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(token_hash)
+        .bind(&token.role)
+        .bind(&token.clinician_id)
+        .bind(timestamp(&Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn find_token(&self, token_hash: &str) -> Result<Option<StoredToken>, StoreError> {
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT role, clinician_id FROM api_tokens WHERE token_hash = ?")
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(role, clinician_id)| StoredToken { role, clinician_id }))
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: i64 = sqlx::query_scalar("SELECT count(*) FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn find_response(
+    conn: &mut sqlx::SqliteConnection,
+    key: &str,
+) -> Result<Option<StoredResponse>, StoreError> {
+    let row: Option<(Vec<u8>, i64, String)> =
+        sqlx::query_as("SELECT request_hash, status, response FROM idempotency_keys WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+    row.map(|(request_hash, status, body)| {
+        Ok(StoredResponse {
+            request_hash,
+            status: status as u16,
+            body: serde_json::from_str(&body).map_err(|e| corrupt("idempotency response", e))?,
+        })
+    })
+    .transpose()
+}
+
+fn recorded_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let time = |column: &str| -> Result<DateTime<Utc>, StoreError> {
+        let text: String = row.try_get(column)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| corrupt(column, e))
+    };
+    let uuid = |text: String| Uuid::parse_str(&text).map_err(|e| corrupt("uuid", e));
+    let payload: String = row.try_get("payload")?;
+    Ok(RecordedEvent {
+        position: row.try_get("position")?,
+        event_id: uuid(row.try_get("event_id")?)?,
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: row.try_get("sequence")?,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get::<i64, _>("event_version")? as u32,
+        payload: serde_json::from_str(&payload).map_err(|e| corrupt("payload", e))?,
+        occurred_at: time("occurred_at")?,
+        recorded_at: time("recorded_at")?,
+        actor_id: row.try_get("actor_id")?,
+        actor_role: row.try_get("actor_role")?,
+        correlation_id: uuid(row.try_get("correlation_id")?)?,
+        causation_id: row
+            .try_get::<Option<String>, _>("causation_id")?
+            .map(uuid)
+            .transpose()?,
+    })
+}
