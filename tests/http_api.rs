@@ -1,1 +1,547 @@
+//! The HTTP API on a real PostgreSQL, as a dashboard or a script would use it.
 
+use circle_services::auth::Role;
+use circle_tests::{spawn_app, TestApp};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+async fn create_group(
+    app: &TestApp,
+    token: &str,
+    group_id: &str,
+    capacity: u32,
+    facilitator: &str,
+) -> i64 {
+    let answer = app
+        .post(
+            "/api/v1/groups",
+            token,
+            json!({"group_id": group_id, "name": "Tuesday anxiety", "focus": "anxiety",
+                   "format": "open", "capacity": capacity, "facilitators": [facilitator]}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+    answer.position()
+}
+
+async fn register(app: &TestApp, token: &str, client_id: &str) -> i64 {
+    let answer = app
+        .post(
+            "/api/v1/clients",
+            token,
+            json!({"client_id": client_id, "display_name": "Ada L.", "birth_year": 1985,
+                   "contact": "ada@example.org"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+    answer.position()
+}
+
+fn phq9(items: [i64; 9]) -> Value {
+    json!({"client_id": "c1", "instrument": "PHQ-9", "items": items})
+}
+
+#[tokio::test]
+async fn a_week_of_group_work_is_recorded_with_increasing_positions() {
+    let app = spawn_app().await;
+    let admin = app.admin.clone();
+    let mut positions = vec![create_group(&app, &admin, "g1", 10, "dr_a").await];
+    for client in ["c1", "c2", "c3"] {
+        positions.push(register(&app, &admin, client).await);
+    }
+    for client in ["c1", "c2", "c3"] {
+        let joined = app
+            .post(
+                "/api/v1/groups/g1/members",
+                &admin,
+                json!({"client_id": client, "joined_on": "2026-01-06"}),
+            )
+            .await;
+        assert_eq!(joined.status, StatusCode::OK, "{:?}", joined.body);
+        positions.push(joined.position());
+    }
+    let session = app
+        .post(
+            "/api/v1/groups/g1/sessions",
+            &admin,
+            json!({"session_id": "s1", "starts_at": "2026-01-13T18:00:00+01:00", "duration_minutes": 90}),
+        )
+        .await;
+    assert_eq!(session.status, StatusCode::CREATED);
+    assert_eq!(session.body["id"], "s1");
+    positions.push(session.position());
+    let attendance = app
+        .post(
+            "/api/v1/groups/g1/sessions/s1/attendance",
+            &admin,
+            json!({"records": [{"client_id": "c1", "status": "present"},
+                               {"client_id": "c2", "status": "late"},
+                               {"client_id": "c3", "status": "no_show"}]}),
+        )
+        .await;
+    assert_eq!(attendance.status, StatusCode::OK, "{:?}", attendance.body);
+    positions.push(attendance.position());
+    let feedback = app
+        .post(
+            "/api/v1/groups/g1/sessions/s1/feedback",
+            &admin,
+            phq9([1, 2, 1, 0, 1, 2, 1, 0, 0]),
+        )
+        .await;
+    assert_eq!(feedback.status, StatusCode::OK, "{:?}", feedback.body);
+    positions.push(feedback.position());
+
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    // Three attendance marks are three events, so the group is at version 9.
+    assert_eq!(feedback.body["version"], 9);
+    assert_eq!(app.head().await, *positions.last().unwrap());
+
+    let group = app.get("/api/v1/groups/g1", &admin).await;
+    assert_eq!(group.body["active_members"], 3);
+    assert_eq!(
+        group.body["sessions"][0]["attendance"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+async fn group_with_session(app: &TestApp) {
+    let admin = app.admin.clone();
+    create_group(app, &admin, "g1", 10, "dr_a").await;
+    register(app, &admin, "c1").await;
+    app.post(
+        "/api/v1/groups/g1/members",
+        &admin,
+        json!({"client_id": "c1", "joined_on": "2026-01-06"}),
+    )
+    .await;
+    app.post(
+        "/api/v1/groups/g1/sessions",
+        &admin,
+        json!({"session_id": "s1", "starts_at": "2026-01-13T18:00:00+01:00", "duration_minutes": 90}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_phq9_item_of_4_is_refused_naming_the_item_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    group_with_session(&app).await;
+    let before = app.head().await;
+    let answer = app
+        .post(
+            "/api/v1/groups/g1/sessions/s1/feedback",
+            &app.admin,
+            phq9([1, 2, 1, 4, 1, 2, 1, 0, 0]),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.content_type, "application/problem+json");
+    assert_eq!(answer.field(), "items[3]");
+    assert_eq!(answer.body["status"], 400);
+    assert_eq!(app.head().await, before);
+}
+
+#[tokio::test]
+async fn malformed_input_is_a_400_naming_the_field() {
+    let app = spawn_app().await;
+    group_with_session(&app).await;
+    let before = app.head().await;
+    let cases = [
+        (
+            "/api/v1/groups/g1/sessions/s1/feedback",
+            json!({"client_id": "c1", "instrument": "ORS", "items": [1.25, 2, 3, 4]}),
+            "items[0]",
+        ),
+        (
+            "/api/v1/groups/g1/sessions/s1/feedback",
+            json!({"client_id": "c1", "instrument": "ORS", "items": [1, "2", 3, 4]}),
+            "items[1]",
+        ),
+        (
+            "/api/v1/groups/g1/members/c1/departure",
+            json!({"left_on": "2026-02-01", "reason": "bored"}),
+            "reason",
+        ),
+        (
+            "/api/v1/groups/g1/members/c1/departure",
+            json!({"left_on": "yesterday", "reason": "other"}),
+            "left_on",
+        ),
+        (
+            "/api/v1/groups/g1/sessions/s1/attendance",
+            json!({"records": [{"client_id": "c1", "status": "asleep"}]}),
+            "records[0].status",
+        ),
+        (
+            "/api/v1/groups",
+            json!({"name": "x", "focus": "grief", "format": "open", "capacity": 0, "facilitators": ["a"]}),
+            "capacity",
+        ),
+        (
+            "/api/v1/groups",
+            json!({"focus": "grief", "format": "open", "facilitators": ["a"]}),
+            "name",
+        ),
+        (
+            "/api/v1/groups",
+            json!({"group_id": "has space", "name": "x", "focus": "grief", "format": "open", "facilitators": ["a"]}),
+            "group_id",
+        ),
+        ("/api/v1/clients", json!({"birth_year": 1800}), "birth_year"),
+    ];
+    for (path, body, field) in cases {
+        let answer = app.post(path, &app.admin, body.clone()).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{path} {body}: {:?}",
+            answer.body
+        );
+        assert_eq!(answer.content_type, "application/problem+json");
+        assert_eq!(answer.field(), field, "{path} {body}: {:?}", answer.body);
+    }
+    let not_json = app
+        .send(
+            Method::POST,
+            "/api/v1/groups",
+            Some(&app.admin),
+            &[("content-type", "application/json")],
+            None,
+        )
+        .await;
+    assert_eq!(not_json.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.head().await,
+        before,
+        "nothing stored for refused commands"
+    );
+}
+
+#[tokio::test]
+async fn the_eleventh_member_of_a_group_of_ten_is_refused() {
+    let app = spawn_app().await;
+    let admin = app.admin.clone();
+    create_group(&app, &admin, "g1", 10, "dr_a").await;
+    for n in 0..11 {
+        register(&app, &admin, &format!("c{n}")).await;
+    }
+    for n in 0..10 {
+        let answer = app
+            .post(
+                "/api/v1/groups/g1/members",
+                &admin,
+                json!({"client_id": format!("c{n}"), "joined_on": "2026-01-06"}),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    let before = app.head().await;
+    let eleventh = app
+        .post(
+            "/api/v1/groups/g1/members",
+            &admin,
+            json!({"client_id": "c10", "joined_on": "2026-01-06"}),
+        )
+        .await;
+    assert_eq!(eleventh.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(eleventh.field(), "client_id");
+    assert_eq!(app.head().await, before);
+}
+
+#[tokio::test]
+async fn joining_needs_a_registered_client_and_an_existing_group() {
+    let app = spawn_app().await;
+    create_group(&app, &app.admin, "g1", 10, "dr_a").await;
+    let unknown = app
+        .post(
+            "/api/v1/groups/g1/members",
+            &app.admin,
+            json!({"client_id": "ghost", "joined_on": "2026-01-06"}),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(unknown.field(), "client_id");
+    register(&app, &app.admin, "c1").await;
+    let no_group = app
+        .post(
+            "/api/v1/groups/nope/members",
+            &app.admin,
+            json!({"client_id": "c1", "joined_on": "2026-01-06"}),
+        )
+        .await;
+    assert_eq!(no_group.status, StatusCode::NOT_FOUND);
+    assert_eq!(no_group.content_type, "application/problem+json");
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_twice_records_one_event() {
+    let app = spawn_app().await;
+    create_group(&app, &app.admin, "g1", 10, "dr_a").await;
+    register(&app, &app.admin, "c1").await;
+    let body = json!({"client_id": "c1", "joined_on": "2026-01-06"});
+    let key = [("Idempotency-Key", "join-c1-g1")];
+    let first = app
+        .send(
+            Method::POST,
+            "/api/v1/groups/g1/members",
+            Some(&app.admin),
+            &key,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    let head = app.head().await;
+    let again = app
+        .send(
+            Method::POST,
+            "/api/v1/groups/g1/members",
+            Some(&app.admin),
+            &key,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body, first.body);
+    assert_eq!(app.head().await, head, "no new event");
+
+    let other = json!({"client_id": "c1", "joined_on": "2026-01-07"});
+    let reused = app
+        .send(
+            Method::POST,
+            "/api/v1/groups/g1/members",
+            Some(&app.admin),
+            &key,
+            Some(&other),
+        )
+        .await;
+    assert_eq!(reused.status, StatusCode::CONFLICT);
+    assert_eq!(reused.field(), "Idempotency-Key");
+    assert_eq!(app.head().await, head);
+}
+
+#[tokio::test]
+async fn concurrent_retries_with_one_idempotency_key_record_one_event() {
+    let app = spawn_app().await;
+    create_group(&app, &app.admin, "g1", 10, "dr_a").await;
+    let before = app.head().await;
+    let body = json!({"session_id": "s1", "starts_at": "2026-01-13T18:00:00+01:00", "duration_minutes": 90});
+    let key = [("Idempotency-Key", "schedule-s1")];
+    let answers = futures_util::future::join_all((0..8).map(|_| {
+        app.send(
+            Method::POST,
+            "/api/v1/groups/g1/sessions",
+            Some(&app.admin),
+            &key,
+            Some(&body),
+        )
+    }))
+    .await;
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+        assert_eq!(answer.body, answers[0].body);
+    }
+    assert_eq!(app.head().await, before + 1);
+}
+
+#[tokio::test]
+async fn if_match_guards_against_lost_updates() {
+    let app = spawn_app().await;
+    let created = app
+        .post("/api/v1/groups", &app.admin, json!({"group_id": "g1", "name": "x", "focus": "grief", "format": "closed", "facilitators": ["dr_a"]}))
+        .await;
+    assert_eq!(created.body["version"], 1);
+    let body = json!({"clinician_id": "dr_b"});
+    let stale = app
+        .send(
+            Method::POST,
+            "/api/v1/groups/g1/facilitators",
+            Some(&app.admin),
+            &[("If-Match", "0")],
+            Some(&body),
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::CONFLICT);
+    assert_eq!(stale.field(), "If-Match");
+    let fresh = app
+        .send(
+            Method::POST,
+            "/api/v1/groups/g1/facilitators",
+            Some(&app.admin),
+            &[("If-Match", "1")],
+            Some(&body),
+        )
+        .await;
+    assert_eq!(fresh.status, StatusCode::OK);
+    assert_eq!(fresh.body["version"], 2);
+}
+
+#[tokio::test]
+async fn roles_decide_who_may_write_and_read() {
+    let app = spawn_app().await;
+    create_group(&app, &app.admin, "g1", 10, "dr_a").await;
+    let body = json!({"session_id": "s1", "starts_at": "2026-01-13T18:00:00+01:00", "duration_minutes": 90});
+
+    let anonymous = app
+        .send(
+            Method::POST,
+            "/api/v1/groups/g1/sessions",
+            None,
+            &[],
+            Some(&body),
+        )
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.content_type, "application/problem+json");
+    let forged = app
+        .post(
+            "/api/v1/groups/g1/sessions",
+            "circle_not-a-real-token",
+            body.clone(),
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+
+    let other_clinician = app.token(Role::Clinician, Some("dr_b")).await;
+    let before = app.head().await;
+    let refused = app
+        .post("/api/v1/groups/g1/sessions", &other_clinician, body.clone())
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.head().await, before);
+    assert_eq!(
+        app.get("/api/v1/groups/g1", &other_clinician).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let own_list = app.get("/api/v1/groups", &other_clinician).await;
+    assert_eq!(own_list.body, json!([]));
+
+    let facilitator = app.token(Role::Clinician, Some("dr_a")).await;
+    let allowed = app
+        .post("/api/v1/groups/g1/sessions", &facilitator, body.clone())
+        .await;
+    assert_eq!(allowed.status, StatusCode::CREATED);
+    let events = app.state.store.read_all(before, 10).await.unwrap();
+    assert_eq!(events[0].actor_id, "dr_a");
+    assert_eq!(events[0].actor_role, "clinician");
+
+    let auditor = app.token(Role::Auditor, None).await;
+    assert_eq!(
+        app.get("/api/v1/groups/g1", &auditor).await.status,
+        StatusCode::OK
+    );
+    let write = app
+        .post(
+            "/api/v1/groups/g1/closure",
+            &auditor,
+            json!({"closed_on": "2026-06-30"}),
+        )
+        .await;
+    assert_eq!(write.status, StatusCode::FORBIDDEN);
+    let reporter = app.token(Role::Reporter, None).await;
+    assert_eq!(
+        app.get("/api/v1/groups/g1", &reporter).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn personal_data_is_sealed_in_the_log_and_gone_after_erasure() {
+    let app = spawn_app().await;
+    register(&app, &app.admin, "c1").await;
+    let events = app.state.store.read_all(0, 10).await.unwrap();
+    let stored = serde_json::to_string(&events).unwrap();
+    assert!(
+        !stored.contains("Ada"),
+        "display name must not be stored in plain text"
+    );
+    assert!(!stored.contains("ada@example.org"));
+
+    let before = app.get("/api/v1/clients/c1", &app.admin).await;
+    assert_eq!(before.body["personal"]["display_name"], "Ada L.");
+    let auditor = app.token(Role::Auditor, None).await;
+    assert_eq!(
+        app.get("/api/v1/clients/c1", &auditor).await.body["personal"],
+        Value::Null
+    );
+
+    let clinician = app.token(Role::Clinician, Some("dr_a")).await;
+    let not_theirs = app
+        .post(
+            "/api/v1/clients/c1/erasure",
+            &clinician,
+            json!({"reason": "client_request"}),
+        )
+        .await;
+    assert_eq!(not_theirs.status, StatusCode::FORBIDDEN);
+    let erased = app
+        .post(
+            "/api/v1/clients/c1/erasure",
+            &app.admin,
+            json!({"reason": "client_request"}),
+        )
+        .await;
+    assert_eq!(erased.status, StatusCode::OK, "{:?}", erased.body);
+    let after = app.get("/api/v1/clients/c1", &app.admin).await;
+    assert_eq!(after.body["erased"], true);
+    assert_eq!(after.body["personal"], Value::Null);
+    // The sealed bytes are still in the log, but their key is gone.
+    assert_eq!(
+        app.state.store.client_key("c1").await.unwrap(),
+        circle_services::store::ClientKey::Destroyed
+    );
+    let consent = app
+        .post(
+            "/api/v1/clients/c1/consents",
+            &app.admin,
+            json!({"scope": "research", "granted": true}),
+        )
+        .await;
+    assert_eq!(consent.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_a_413_problem() {
+    let app = spawn_app().await;
+    let huge = json!({"name": "x".repeat(100_000), "focus": "grief", "format": "open", "facilitators": ["a"]});
+    let answer = app.post("/api/v1/groups", &app.admin, huge).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.content_type, "application/problem+json");
+}
+
+#[tokio::test]
+async fn operations_endpoints_answer() {
+    let app = spawn_app().await;
+    create_group(&app, &app.admin, "g1", 10, "dr_a").await;
+    let health = app.send(Method::GET, "/healthz", None, &[], None).await;
+    assert_eq!(health.status, StatusCode::OK);
+    let ready = app.send(Method::GET, "/readyz", None, &[], None).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    let metrics = app.send(Method::GET, "/metrics", None, &[], None).await;
+    assert_eq!(metrics.content_type, "text/plain; version=0.0.4");
+    let text = metrics.body.as_str().unwrap();
+    for name in [
+        "circle_http_requests_total{method=\"POST\",route=\"/api/v1/groups\",status=\"201\"} 1",
+        "circle_commands_total{command=\"create_group\",outcome=\"accepted\"} 1",
+        "circle_events_appended_total 1",
+        "circle_build_info{version=",
+        "circle_store_append_duration_seconds_bucket",
+        "circle_process_resident_memory_bytes",
+    ] {
+        assert!(text.contains(name), "metrics lack {name}:\n{text}");
+    }
+    let openapi = app
+        .send(Method::GET, "/api/v1/openapi.json", None, &[], None)
+        .await;
+    let paths = openapi.body["paths"].as_object().unwrap();
+    for path in [
+        "/api/v1/groups",
+        "/api/v1/groups/{group_id}/members",
+        "/api/v1/groups/{group_id}/sessions/{session_id}/feedback",
+        "/api/v1/clients/{client_id}/erasure",
+    ] {
+        assert!(paths.contains_key(path), "openapi lacks {path}");
+    }
+}

@@ -1,1 +1,267 @@
+//! One store test suite, run against both backends: PostgreSQL and embedded SQLite.
 
+use chrono::Utc;
+use circle_events::group::{Focus, Format, Group, GroupCommand};
+use circle_services::store::cqrs::CqrsStore;
+use circle_services::store::{
+    Append, AppendResult, ClientKey, EventMetadata, IdempotencyRecord, KeyAction, NewEvent, Store,
+};
+use cqrs_es::{CqrsFramework, EventStore};
+use serde_json::json;
+use uuid::Uuid;
+
+fn event(n: u32) -> NewEvent {
+    NewEvent {
+        event_type: "SessionCancelled".into(),
+        event_version: 1,
+        payload: json!({"session_id": format!("s{n}"), "reason": "test"}),
+        metadata: EventMetadata {
+            event_id: Uuid::new_v4(),
+            occurred_at: Utc::now(),
+            actor_id: "dr_a".into(),
+            actor_role: "clinician".into(),
+            correlation_id: Uuid::new_v4(),
+            causation_id: Some(Uuid::new_v4()),
+        },
+    }
+}
+
+fn append(id: &str, expected_version: u64, events: u32) -> Append {
+    Append {
+        aggregate_type: "group",
+        aggregate_id: id.into(),
+        expected_version,
+        events: (0..events).map(event).collect(),
+        idempotency: None,
+        key_action: None,
+    }
+}
+
+async fn appends_are_read_back_in_order_with_their_metadata(store: Store) {
+    let first = append("g1", 0, 3);
+    let results = store
+        .commit_batch(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![AppendResult::Committed {
+            version: 3,
+            last_position: 3
+        }]
+    );
+    let results = store
+        .commit_batch(&[append("g2", 0, 1), append("g1", 3, 2)])
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![
+            AppendResult::Committed {
+                version: 1,
+                last_position: 4
+            },
+            AppendResult::Committed {
+                version: 5,
+                last_position: 6
+            },
+        ]
+    );
+    let all = store.read_all(0, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+    let stream = store.load_stream("group", "g1", 0).await.unwrap();
+    assert_eq!(
+        stream.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    let e = &all[0];
+    assert_eq!(e.event_id, first.events[0].metadata.event_id);
+    assert_eq!(e.actor_id, "dr_a");
+    assert_eq!(e.actor_role, "clinician");
+    assert_eq!(e.correlation_id, first.events[0].metadata.correlation_id);
+    assert_eq!(e.causation_id, first.events[0].metadata.causation_id);
+    assert_eq!(e.payload, first.events[0].payload);
+    assert!(e.recorded_at >= e.occurred_at);
+    assert_eq!(store.read_all(4, 1).await.unwrap()[0].position, 5);
+    assert_eq!(store.load_stream("group", "g1", 3).await.unwrap().len(), 2);
+    assert_eq!(store.head_position().await.unwrap(), 6);
+    assert_eq!(
+        store.aggregate_ids("group").await.unwrap(),
+        vec!["g1", "g2"]
+    );
+}
+
+async fn a_stale_expected_version_conflicts_without_failing_the_batch(store: Store) {
+    store.commit_batch(&[append("g1", 0, 2)]).await.unwrap();
+    let results = store
+        .commit_batch(&[append("g1", 1, 1), append("g2", 0, 1), append("g1", 2, 1)])
+        .await
+        .unwrap();
+    assert_eq!(results[0], AppendResult::Conflict { actual_version: 2 });
+    assert_eq!(
+        results[1],
+        AppendResult::Committed {
+            version: 1,
+            last_position: 3
+        }
+    );
+    assert_eq!(
+        results[2],
+        AppendResult::Committed {
+            version: 3,
+            last_position: 4
+        }
+    );
+    // Two appends expecting the same version in one batch: only the first wins.
+    let results = store
+        .commit_batch(&[append("g3", 0, 1), append("g3", 0, 1)])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], AppendResult::Committed { .. }));
+    assert_eq!(results[1], AppendResult::Conflict { actual_version: 1 });
+    assert_eq!(store.head_position().await.unwrap(), 5);
+}
+
+async fn an_idempotency_key_answers_the_same_and_appends_once(store: Store) {
+    let with_key = |expected| {
+        let mut a = append("g1", expected, 1);
+        a.idempotency = Some(IdempotencyRecord {
+            key: "k1".into(),
+            request_hash: vec![1, 2, 3],
+            status: 201,
+            response_id: "s9".into(),
+        });
+        a
+    };
+    let results = store
+        .commit_batch(&[with_key(0), with_key(0)])
+        .await
+        .unwrap();
+    assert_eq!(
+        results[0],
+        AppendResult::Committed {
+            version: 1,
+            last_position: 1
+        }
+    );
+    let AppendResult::AlreadyAnswered(answer) = &results[1] else {
+        panic!("second use of the key must replay: {results:?}");
+    };
+    assert_eq!(
+        answer.body,
+        json!({"id": "s9", "version": 1, "position": 1})
+    );
+    assert_eq!(answer.status, 201);
+    let later = store.commit_batch(&[with_key(1)]).await.unwrap();
+    assert!(matches!(later[0], AppendResult::AlreadyAnswered(_)));
+    let stored = store.find_response("k1").await.unwrap().unwrap();
+    assert_eq!(stored.request_hash, vec![1, 2, 3]);
+    assert_eq!(store.head_position().await.unwrap(), 1);
+}
+
+async fn client_keys_are_stored_and_destroyed_with_their_events(store: Store) {
+    let mut register = append("c1", 0, 1);
+    register.aggregate_type = "client";
+    register.key_action = Some(KeyAction::Store {
+        client_id: "c1".into(),
+        wrapped_key: vec![7; 60],
+    });
+    store.commit_batch(&[register]).await.unwrap();
+    assert_eq!(
+        store.client_key("c1").await.unwrap(),
+        ClientKey::Wrapped(vec![7; 60])
+    );
+    // A conflicting append does not run its key action.
+    let mut stale = append("c1", 0, 1);
+    stale.aggregate_type = "client";
+    stale.key_action = Some(KeyAction::Destroy {
+        client_id: "c1".into(),
+    });
+    store.commit_batch(&[stale]).await.unwrap();
+    assert_eq!(
+        store.client_key("c1").await.unwrap(),
+        ClientKey::Wrapped(vec![7; 60])
+    );
+    let mut erase = append("c1", 1, 1);
+    erase.aggregate_type = "client";
+    erase.key_action = Some(KeyAction::Destroy {
+        client_id: "c1".into(),
+    });
+    store.commit_batch(&[erase]).await.unwrap();
+    assert_eq!(store.client_key("c1").await.unwrap(), ClientKey::Destroyed);
+    assert_eq!(store.client_key("c2").await.unwrap(), ClientKey::Missing);
+}
+
+async fn stock_cqrs_es_runs_on_the_store(store: Store) {
+    let cqrs = CqrsFramework::new(CqrsStore::<Group>::new(store.clone()), vec![], ());
+    cqrs.execute(
+        "g1",
+        GroupCommand::CreateGroup {
+            group_id: "g1".into(),
+            name: "Grief".into(),
+            focus: Focus::Grief,
+            format: Format::Closed,
+            capacity: 8,
+            facilitators: vec!["dr_a".into()],
+            starts_on: None,
+        },
+    )
+    .await
+    .unwrap();
+    cqrs.execute(
+        "g1",
+        GroupCommand::AssignFacilitator {
+            clinician_id: "dr_b".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let refused = cqrs
+        .execute(
+            "g1",
+            GroupCommand::AssignFacilitator {
+                clinician_id: "dr_b".into(),
+            },
+        )
+        .await;
+    assert!(refused.is_err());
+    let events = CqrsStore::<Group>::new(store.clone())
+        .load_events("g1")
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].sequence, 2);
+    assert_eq!(store.head_position().await.unwrap(), 2);
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(circle_tests::postgres_store().await).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(circle_tests::sqlite_store().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    appends_are_read_back_in_order_with_their_metadata,
+    a_stale_expected_version_conflicts_without_failing_the_batch,
+    an_idempotency_key_answers_the_same_and_appends_once,
+    client_keys_are_stored_and_destroyed_with_their_events,
+    stock_cqrs_es_runs_on_the_store,
+);

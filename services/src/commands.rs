@@ -230,6 +230,10 @@ impl CommandService {
         A: Aggregate<Services = ()> + Clone,
         A::Command: Clone,
     {
+        let slot = repository.slot(aggregate_id);
+        let mut cached = slot.lock().await;
+        // Checked under the aggregate's lock: a retry racing its original waits for
+        // it here and then gets its answer, instead of being decided a second time.
         if let Some(idem) = &ctx.idempotency {
             let stored = self
                 .store
@@ -240,8 +244,6 @@ impl CommandService {
                 return replay_answer(idem, stored.request_hash, stored.status, stored.body);
             }
         }
-        let slot = repository.slot(aggregate_id);
-        let mut cached = slot.lock().await;
         if cached.is_none() {
             repository.catch_up(aggregate_id, &mut cached).await?;
         }

@@ -196,7 +196,7 @@ async fn seed_group(
     index: usize,
     first_week: NaiveDate,
 ) -> anyhow::Result<()> {
-    let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1) * 0x1000_0001);
+    let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ ((index as u64 + 1) * 0x1000_0001));
     let start = first_week + Duration::days(plan.weekday_offset);
     let at_noon =
         |date: NaiveDate| Utc.from_utc_datetime(&date.and_hms_opt(12, 0, 0).unwrap_or_default());
@@ -231,7 +231,7 @@ async fn seed_group(
             2 => Course::DropsOut {
                 after_week: 3 + index as i64,
             },
-            5 if index % 2 == 0 => Course::DropsOut { after_week: 7 },
+            5 if index.is_multiple_of(2) => Course::DropsOut { after_week: 7 },
             4 => Course::Worsens,
             7 => Course::Flat,
             _ => Course::Improves,
