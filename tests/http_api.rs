@@ -545,3 +545,33 @@ async fn operations_endpoints_answer() {
         assert!(paths.contains_key(path), "openapi lacks {path}");
     }
 }
+
+#[tokio::test]
+async fn promtool_accepts_the_metrics_exposition() {
+    let app = spawn_app().await;
+    create_group(&app, &app.admin, "g1", 10, "dr_a").await;
+    app.get("/api/v1/groups/g1", &app.admin).await;
+    let metrics = app.send(Method::GET, "/metrics", None, &[], None).await;
+    let text = metrics.body.as_str().unwrap().to_string();
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed: scripts/test installs it");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,1 +1,415 @@
-fn main() {}
+//! Commands per second on PostgreSQL: Circle's command path versus stock cqrs-es 0.5
+//! with postgres-es 0.5, side by side, on the same `Group` aggregate and command.
+//!
+//! Run: `scripts/bench` (or `cargo bench -p circle-services --bench commands` with
+//! CIRCLE_BENCH_DATABASE_URL set). Each system gets its own fresh schema.
+//!
+//! 1. Throughput with 1, 8 and 32 concurrent writers. Every writer records session
+//!    feedback (an SRS) on groups drawn in turn from a shared pool of 64, so writers
+//!    sometimes meet on the same group, as clinicians in one practice would.
+//! 2. Cost as one group's history grows: one writer, the group prefilled to 500 and
+//!    then 4,000 events.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use circle_events::group::{Focus, Format, Group, GroupCommand, GroupEvent, Measure};
+use circle_events::instruments::Score;
+use circle_services::appender::Appender;
+use circle_services::auth::{Principal, Role};
+use circle_services::commands::{CommandContext, CommandService, Repository};
+use circle_services::metrics::Metrics;
+use circle_services::store::{Append, EventMetadata, NewEvent, Store};
+use cqrs_es::{CqrsFramework, DomainEvent};
+use postgres_es::PostgresEventRepository;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+const POOL_OF_GROUPS: usize = 64;
+const MEMBERS: usize = 10;
+const RUN_FOR: Duration = Duration::from_secs(4);
+const HISTORY_COMMANDS: usize = 300;
+
+type StockCqrs =
+    CqrsFramework<Group, cqrs_es::persist::PersistedEventStore<PostgresEventRepository, Group>>;
+
+fn session_start() -> DateTime<FixedOffset> {
+    DateTime::parse_from_rfc3339("2026-01-13T18:00:00+01:00").expect("fixed timestamp")
+}
+
+fn setup_commands(group: &str) -> Vec<GroupCommand> {
+    let mut commands = vec![GroupCommand::CreateGroup {
+        group_id: group.into(),
+        name: "Bench group".into(),
+        focus: Focus::Anxiety,
+        format: Format::Open,
+        capacity: MEMBERS as u32,
+        facilitators: vec!["dr_bench".into()],
+        starts_on: None,
+    }];
+    let joined_on = NaiveDate::from_ymd_opt(2026, 1, 6).expect("fixed date");
+    commands.extend((0..MEMBERS).map(|m| GroupCommand::JoinGroup {
+        client_id: format!("c{m}"),
+        joined_on,
+    }));
+    commands.push(GroupCommand::ScheduleSession {
+        session_id: "s1".into(),
+        starts_at: session_start(),
+        duration_minutes: 90,
+    });
+    commands
+}
+
+fn feedback(n: usize) -> GroupCommand {
+    GroupCommand::RecordFeedback {
+        client_id: format!("c{}", n % MEMBERS),
+        session_id: Some("s1".into()),
+        instrument: "SRS".into(),
+        items: vec![Score::from_tenths(90 + (n % 10) as i64); 4],
+        administered_at: None,
+    }
+}
+
+fn feedback_event(n: usize) -> GroupEvent {
+    let items = vec![Score::from_tenths(90 + (n % 10) as i64); 4];
+    GroupEvent::FeedbackRecorded {
+        client_id: format!("c{}", n % MEMBERS),
+        session_id: Some("s1".into()),
+        measure: Measure {
+            instrument: "SRS".into(),
+            reference_version: "2024.1".into(),
+            total: Score::from_tenths(items.iter().map(|s| s.tenths()).sum()),
+            items,
+            administered_at: session_start(),
+        },
+    }
+}
+
+/// Circle's command path, in process, exactly as the HTTP handlers use it.
+struct Circle {
+    url: String,
+    store: Store,
+    commands: CommandService,
+    groups: Repository<Group>,
+}
+
+impl Circle {
+    async fn open(url: &str) -> Circle {
+        let store = Store::postgres(url, 16).await.expect("open Circle store");
+        let metrics = Metrics::new();
+        let appender = Appender::start(store.clone(), metrics.clone(), 256);
+        Circle {
+            url: url.to_string(),
+            commands: CommandService::new(store.clone(), appender, metrics, 5),
+            groups: Repository::new(store.clone()),
+            store,
+        }
+    }
+
+    async fn execute(&self, group: &str, command: GroupCommand) -> bool {
+        let ctx = CommandContext {
+            principal: Principal {
+                role: Role::Admin,
+                clinician_id: None,
+                actor_id: "bench".into(),
+            },
+            correlation_id: Uuid::new_v4(),
+            occurred_at: None,
+            idempotency: None,
+            if_match: None,
+            response_id: group.into(),
+            success_status: 200,
+            command_name: "bench",
+            key_action: None,
+        };
+        self.commands
+            .execute(&self.groups, group, command, &ctx, |_| true)
+            .await
+            .is_ok()
+    }
+
+    /// Appends `count` feedback events straight to the log (prefill, not measured).
+    async fn prefill(&self, group: &str, from_version: u64, count: usize) {
+        for chunk_start in (0..count).step_by(500) {
+            let chunk = (chunk_start..count.min(chunk_start + 500))
+                .map(|n| {
+                    let (event_type, event_version, payload) =
+                        circle_events::upcast::encode(&feedback_event(n));
+                    NewEvent {
+                        event_type,
+                        event_version,
+                        payload,
+                        metadata: EventMetadata {
+                            event_id: Uuid::new_v4(),
+                            occurred_at: Utc::now(),
+                            actor_id: "bench".into(),
+                            actor_role: "admin".into(),
+                            correlation_id: Uuid::new_v4(),
+                            causation_id: None,
+                        },
+                    }
+                })
+                .collect::<Vec<_>>();
+            self.store
+                .commit_batch(&[Append {
+                    aggregate_type: "group",
+                    aggregate_id: group.into(),
+                    expected_version: from_version + chunk_start as u64,
+                    events: chunk,
+                    idempotency: None,
+                    key_action: None,
+                }])
+                .await
+                .expect("prefill");
+        }
+    }
+}
+
+/// Stock cqrs-es 0.5 + postgres-es 0.5, configured as its README shows.
+struct Stock {
+    cqrs: StockCqrs,
+    pool: sqlx::PgPool,
+}
+
+impl Stock {
+    async fn open(url: &str) -> Stock {
+        let pool = PgPoolOptions::new()
+            .max_connections(40)
+            .connect(url)
+            .await
+            .expect("connect stock pool");
+        sqlx::raw_sql(
+            "CREATE TABLE events (
+                aggregate_type text NOT NULL, aggregate_id text NOT NULL,
+                sequence bigint CHECK (sequence >= 0) NOT NULL, event_type text NOT NULL,
+                event_version text NOT NULL, payload json NOT NULL, metadata json NOT NULL,
+                PRIMARY KEY (aggregate_type, aggregate_id, sequence));
+             CREATE TABLE snapshots (
+                aggregate_type text NOT NULL, aggregate_id text NOT NULL,
+                last_sequence bigint CHECK (last_sequence >= 0) NOT NULL,
+                current_snapshot bigint CHECK (current_snapshot >= 0) NOT NULL,
+                payload json NOT NULL,
+                PRIMARY KEY (aggregate_type, aggregate_id, last_sequence));",
+        )
+        .execute(&pool)
+        .await
+        .expect("create stock tables");
+        Stock {
+            cqrs: postgres_es::postgres_cqrs(pool.clone(), vec![], ()),
+            pool,
+        }
+    }
+
+    async fn execute(&self, group: &str, command: GroupCommand) -> bool {
+        self.cqrs.execute(group, command).await.is_ok()
+    }
+
+    async fn prefill(&self, group: &str, from_sequence: usize, count: usize) {
+        for n in 0..count {
+            let event = feedback_event(n);
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                 VALUES ('group', $1, $2, $3, $4, $5, '{}')",
+            )
+            .bind(group)
+            .bind((from_sequence + n + 1) as i64)
+            .bind(event.event_type())
+            .bind(event.event_version())
+            .bind(serde_json::to_value(&event).expect("serialize"))
+            .execute(&self.pool)
+            .await
+            .expect("prefill stock");
+        }
+    }
+}
+
+trait System: Send + Sync + 'static {
+    fn run(
+        &self,
+        group: String,
+        command: GroupCommand,
+    ) -> impl std::future::Future<Output = bool> + Send;
+}
+
+impl System for Circle {
+    async fn run(&self, group: String, command: GroupCommand) -> bool {
+        self.execute(&group, command).await
+    }
+}
+
+impl System for Stock {
+    async fn run(&self, group: String, command: GroupCommand) -> bool {
+        self.execute(&group, command).await
+    }
+}
+
+async fn setup_pool<S: System>(system: &S, prefix: &str) {
+    for g in 0..POOL_OF_GROUPS {
+        for command in setup_commands(&format!("{prefix}{g}")) {
+            assert!(
+                system.run(format!("{prefix}{g}"), command).await,
+                "setup failed"
+            );
+        }
+    }
+}
+
+struct Throughput {
+    ok: u64,
+    failed: u64,
+    per_second: f64,
+}
+
+async fn throughput<S: System>(system: Arc<S>, prefix: &str, writers: usize) -> Throughput {
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + RUN_FOR;
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (system, ok, failed, prefix) = (
+                system.clone(),
+                ok.clone(),
+                failed.clone(),
+                prefix.to_string(),
+            );
+            tokio::spawn(async move {
+                let mut k = 0;
+                while Instant::now() < deadline {
+                    let group = format!("{prefix}{}", (w + k * writers) % POOL_OF_GROUPS);
+                    if system.run(group, feedback(k)).await {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    k += 1;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok = ok.load(Ordering::Relaxed);
+    Throughput {
+        ok,
+        failed: failed.load(Ordering::Relaxed),
+        per_second: ok as f64 / elapsed,
+    }
+}
+
+/// Timed from the first command, so Circle's one-time load of the history counts.
+async fn sequential_rate<S: System>(system: &S, group: &str) -> f64 {
+    let started = Instant::now();
+    for n in 0..HISTORY_COMMANDS {
+        assert!(
+            system.run(group.into(), feedback(n)).await,
+            "history command failed"
+        );
+    }
+    HISTORY_COMMANDS as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn fresh_schema(base: &str, name: &str) -> String {
+    let schema = format!("bench_{name}_{}", Uuid::new_v4().simple());
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(base)
+        .await
+        .expect("connect");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .expect("create schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+}
+
+async fn count_feedback_events(store: &Store) -> u64 {
+    let mut count = 0;
+    let mut after = 0;
+    loop {
+        let page = store.read_all(after, 10_000).await.expect("read log");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        count += page
+            .iter()
+            .filter(|e| e.event_type == "FeedbackRecorded")
+            .count() as u64;
+    }
+    count
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    // `cargo bench` passes --bench; this harness takes no options.
+    let Ok(base) = std::env::var("CIRCLE_BENCH_DATABASE_URL") else {
+        eprintln!(
+            "set CIRCLE_BENCH_DATABASE_URL (scripts/bench does) to run the command benchmark"
+        );
+        return;
+    };
+    println!("Circle vs stock cqrs-es 0.5 + postgres-es 0.5 on PostgreSQL; {RUN_FOR:?} per point");
+    println!("\n1. throughput: SRS feedback on a pool of {POOL_OF_GROUPS} groups");
+    println!(
+        "{:>8} {:>14} {:>14} {:>8} {:>12} {:>12}",
+        "writers", "circle cmd/s", "stock cmd/s", "ratio", "circle fail", "stock fail"
+    );
+    for writers in [1, 8, 32] {
+        let circle = Arc::new(Circle::open(&fresh_schema(&base, "circle").await).await);
+        setup_pool(circle.as_ref(), "g").await;
+        let stock = Arc::new(Stock::open(&fresh_schema(&base, "stock").await).await);
+        setup_pool(stock.as_ref(), "g").await;
+        let ours = throughput(circle.clone(), "g", writers).await;
+        let theirs = throughput(stock.clone(), "g", writers).await;
+        let recorded = count_feedback_events(&circle.store).await;
+        println!(
+            "{writers:>8} {:>14.0} {:>14.0} {:>7.2}x {:>12} {:>12}   (circle: {} accepted, {recorded} recorded, {} lost)",
+            ours.per_second,
+            theirs.per_second,
+            ours.per_second / theirs.per_second,
+            ours.failed,
+            theirs.failed,
+            ours.ok,
+            ours.ok.abs_diff(recorded),
+        );
+    }
+
+    println!(
+        "\n2. one writer, one group, as its history grows ({HISTORY_COMMANDS} commands per point)"
+    );
+    println!(
+        "{:>8} {:>14} {:>14}",
+        "history", "circle cmd/s", "stock cmd/s"
+    );
+    let circle = Circle::open(&fresh_schema(&base, "circle").await).await;
+    let stock = Stock::open(&fresh_schema(&base, "stock").await).await;
+    let setup = setup_commands("h");
+    let setup_len = setup.len();
+    for command in setup {
+        circle.execute("h", command.clone()).await;
+        stock.execute("h", command).await;
+    }
+    let mut rates = Vec::new();
+    let mut version = setup_len;
+    for target in [500usize, 4_000] {
+        let fill = target - version;
+        circle.prefill("h", version as u64, fill).await;
+        stock.prefill("h", version, fill).await;
+        // A fresh Circle, as after a restart: its first command loads the history.
+        let circle_fresh = Circle::open(&circle.url).await;
+        let ours = sequential_rate(&circle_fresh, "h").await;
+        let theirs = sequential_rate(&stock, "h").await;
+        println!("{target:>8} {ours:>14.0} {theirs:>14.0}");
+        rates.push((ours, theirs));
+        version = target + HISTORY_COMMANDS;
+    }
+    println!(
+        "rate at 4,000 / rate at 500: circle {:.2}x, stock {:.2}x",
+        rates[1].0 / rates[0].0,
+        rates[1].1 / rates[0].1
+    );
+}
