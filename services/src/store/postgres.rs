@@ -4,9 +4,9 @@
 //! takes its positions from it. The lock is held until commit, and PostgreSQL makes
 //! a transaction visible before it releases its locks, so position `n + 1` can only be
 //! written after position `n` is visible: positions are gap-free and appear in order.
-//! One lock per batch, not per command, keeps this cheap.
+//! One lock per batch, not per command, keeps this cheap; the whole batch is one
+//! call to the `circle_append_batch` function, so one round trip and one commit.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +17,10 @@ use uuid::Uuid;
 
 use super::*;
 
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/postgres/0001_init.sql")),
+    (2, include_str!("migrations/postgres/0002_append_function.sql")),
+];
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -83,176 +86,53 @@ impl PgStore {
         Ok(())
     }
 
+    /// One round trip: `circle_append_batch` (migration 0002) locks the head, checks
+    /// and inserts every append server-side, and the statement commits on its own.
     pub async fn commit_batch(&self, batch: &[Append]) -> Result<Vec<AppendResult>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
-
-        // Current versions of every stream in the batch, in one round trip. Under the
-        // head lock no other append can change them until we commit.
-        let (types, ids): (Vec<&str>, Vec<&str>) = batch
-            .iter()
-            .map(|a| (a.aggregate_type, a.aggregate_id.as_str()))
-            .unzip();
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT t.typ, t.id,
-                    COALESCE((SELECT max(e.sequence) FROM events e
-                              WHERE e.aggregate_type = t.typ AND e.aggregate_id = t.id), 0)
-             FROM unnest($1::text[], $2::text[]) AS t(typ, id)",
+        let mut a = AppendColumns::default();
+        let mut e = EventColumns::default();
+        for append in batch {
+            a.push(append);
+            for event in &append.events {
+                e.push(event);
+            }
+        }
+        let rows: Vec<AppendRow> = sqlx::query_as(
+            "SELECT outcome, stream_version, last_position, answer_hash, answer_status, answer_body
+             FROM circle_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                                      $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
         )
-        .bind(&types)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
+        .bind(&a.aggregate_type)
+        .bind(&a.aggregate_id)
+        .bind(&a.expected)
+        .bind(&a.count)
+        .bind(&a.idem_key)
+        .bind(&a.idem_hash)
+        .bind(&a.idem_status)
+        .bind(&a.response_id)
+        .bind(&a.key_action)
+        .bind(&a.key_client)
+        .bind(&a.key_wrapped)
+        .bind(&e.event_id)
+        .bind(&e.event_type)
+        .bind(&e.event_version)
+        .bind(&e.payload)
+        .bind(&e.occurred_at)
+        .bind(&e.actor_id)
+        .bind(&e.actor_role)
+        .bind(&e.correlation_id)
+        .bind(&e.causation_id)
+        .bind(Utc::now())
+        .fetch_all(&self.pool)
         .await?;
-        let versions: HashMap<(String, String), u64> = rows
-            .into_iter()
-            .map(|(t, i, v)| ((t, i), v as u64))
-            .collect();
-
-        let keys: Vec<&str> = batch
-            .iter()
-            .filter_map(|a| a.idempotency.as_ref().map(|i| i.key.as_str()))
-            .collect();
-        let mut responses = HashMap::new();
-        if !keys.is_empty() {
-            let rows: Vec<(String, Vec<u8>, i32, Value)> = sqlx::query_as(
-                "SELECT key, request_hash, status, response FROM idempotency_keys
-                 WHERE key = ANY($1)",
-            )
-            .bind(&keys)
-            .fetch_all(&mut *tx)
-            .await?;
-            for (key, request_hash, status, body) in rows {
-                responses.insert(
-                    key,
-                    StoredResponse {
-                        request_hash,
-                        status: status as u16,
-                        body,
-                    },
-                );
-            }
+        if rows.len() != batch.len() {
+            return Err(StoreError::Corrupt(format!(
+                "append function answered {} of {} appends",
+                rows.len(),
+                batch.len()
+            )));
         }
-
-        let plan = plan_batch(
-            batch,
-            head,
-            |t, i| {
-                versions
-                    .get(&(t.to_string(), i.to_string()))
-                    .copied()
-                    .unwrap_or(0)
-            },
-            |key| responses.get(key).cloned(),
-        );
-        if plan.accepted.is_empty() {
-            tx.rollback().await?;
-            return Ok(plan.results);
-        }
-
-        let recorded_at = Utc::now();
-        let mut rows = EventColumns::default();
-        let mut idem = IdempotencyColumns::default();
-        for &(index, first_position, first_sequence) in &plan.accepted {
-            let append = &batch[index];
-            for (offset, event) in append.events.iter().enumerate() {
-                rows.push(
-                    append,
-                    event,
-                    first_position + offset as i64,
-                    first_sequence + offset as i64,
-                );
-            }
-            if let (
-                Some(record),
-                AppendResult::Committed {
-                    version,
-                    last_position,
-                },
-            ) = (&append.idempotency, &plan.results[index])
-            {
-                idem.push(
-                    record,
-                    write_response(&record.response_id, *version, *last_position),
-                );
-            }
-        }
-        sqlx::query(
-            "INSERT INTO events (position, event_id, aggregate_type, aggregate_id, sequence,
-                event_type, event_version, payload, occurred_at, recorded_at, actor_id,
-                actor_role, correlation_id, causation_id)
-             SELECT p, eid, atype, aid, seq, etype, ever, pl::jsonb, occ, $9, act, role, corr, caus
-             FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[],
-                         $6::text[], $7::int[], $8::text[], $10::timestamptz[], $11::text[],
-                         $12::text[], $13::uuid[], $14::uuid[])
-                  AS t(p, eid, atype, aid, seq, etype, ever, pl, occ, act, role, corr, caus)",
-        )
-        .bind(&rows.position)
-        .bind(&rows.event_id)
-        .bind(&rows.aggregate_type)
-        .bind(&rows.aggregate_id)
-        .bind(&rows.sequence)
-        .bind(&rows.event_type)
-        .bind(&rows.event_version)
-        .bind(&rows.payload)
-        .bind(recorded_at)
-        .bind(&rows.occurred_at)
-        .bind(&rows.actor_id)
-        .bind(&rows.actor_role)
-        .bind(&rows.correlation_id)
-        .bind(&rows.causation_id)
-        .execute(&mut *tx)
-        .await?;
-        if !idem.key.is_empty() {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (key, request_hash, status, response, created_at)
-                 SELECT k, h, s, r::jsonb, $5
-                 FROM unnest($1::text[], $2::bytea[], $3::int[], $4::text[]) AS t(k, h, s, r)",
-            )
-            .bind(&idem.key)
-            .bind(&idem.request_hash)
-            .bind(&idem.status)
-            .bind(&idem.response)
-            .bind(recorded_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for &(index, _, _) in &plan.accepted {
-            match &batch[index].key_action {
-                Some(KeyAction::Store {
-                    client_id,
-                    wrapped_key,
-                }) => {
-                    sqlx::query(
-                        "INSERT INTO client_keys (client_id, wrapped_key, created_at)
-                         VALUES ($1, $2, $3)",
-                    )
-                    .bind(client_id)
-                    .bind(wrapped_key)
-                    .bind(recorded_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Some(KeyAction::Destroy { client_id }) => {
-                    sqlx::query(
-                        "UPDATE client_keys SET wrapped_key = NULL, destroyed_at = $2
-                         WHERE client_id = $1",
-                    )
-                    .bind(client_id)
-                    .bind(recorded_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                None => {}
-            }
-        }
-        sqlx::query("UPDATE log_head SET position = $1 WHERE id = 1")
-            .bind(plan.next_head)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(plan.results)
+        rows.into_iter().map(append_result).collect()
     }
 
     pub async fn load_stream(
@@ -366,14 +246,51 @@ impl PgStore {
     }
 }
 
-/// Column-wise buffers for one `unnest` insert.
+/// Per-append arrays for `circle_append_batch`.
 #[derive(Default)]
-struct EventColumns {
-    position: Vec<i64>,
-    event_id: Vec<Uuid>,
+struct AppendColumns {
     aggregate_type: Vec<String>,
     aggregate_id: Vec<String>,
-    sequence: Vec<i64>,
+    expected: Vec<i64>,
+    count: Vec<i32>,
+    idem_key: Vec<Option<String>>,
+    idem_hash: Vec<Option<Vec<u8>>>,
+    idem_status: Vec<Option<i32>>,
+    response_id: Vec<Option<String>>,
+    key_action: Vec<Option<&'static str>>,
+    key_client: Vec<Option<String>>,
+    key_wrapped: Vec<Option<Vec<u8>>>,
+}
+
+impl AppendColumns {
+    fn push(&mut self, append: &Append) {
+        self.aggregate_type.push(append.aggregate_type.to_string());
+        self.aggregate_id.push(append.aggregate_id.clone());
+        self.expected.push(append.expected_version as i64);
+        self.count.push(append.events.len() as i32);
+        let idem = append.idempotency.as_ref();
+        self.idem_key.push(idem.map(|i| i.key.clone()));
+        self.idem_hash.push(idem.map(|i| i.request_hash.clone()));
+        self.idem_status.push(idem.map(|i| i.status as i32));
+        self.response_id.push(idem.map(|i| i.response_id.clone()));
+        let (action, client, wrapped) = match &append.key_action {
+            Some(KeyAction::Store {
+                client_id,
+                wrapped_key,
+            }) => (Some("store"), Some(client_id.clone()), Some(wrapped_key.clone())),
+            Some(KeyAction::Destroy { client_id }) => (Some("destroy"), Some(client_id.clone()), None),
+            None => (None, None, None),
+        };
+        self.key_action.push(action);
+        self.key_client.push(client);
+        self.key_wrapped.push(wrapped);
+    }
+}
+
+/// Per-event arrays for `circle_append_batch`, in append order.
+#[derive(Default)]
+struct EventColumns {
+    event_id: Vec<Uuid>,
     event_type: Vec<String>,
     event_version: Vec<i32>,
     payload: Vec<String>,
@@ -385,13 +302,9 @@ struct EventColumns {
 }
 
 impl EventColumns {
-    fn push(&mut self, append: &Append, event: &NewEvent, position: i64, sequence: i64) {
+    fn push(&mut self, event: &NewEvent) {
         let meta = &event.metadata;
-        self.position.push(position);
         self.event_id.push(meta.event_id);
-        self.aggregate_type.push(append.aggregate_type.to_string());
-        self.aggregate_id.push(append.aggregate_id.clone());
-        self.sequence.push(sequence);
         self.event_type.push(event.event_type.clone());
         self.event_version.push(event.event_version as i32);
         self.payload.push(event.payload.to_string());
@@ -403,20 +316,36 @@ impl EventColumns {
     }
 }
 
-#[derive(Default)]
-struct IdempotencyColumns {
-    key: Vec<String>,
-    request_hash: Vec<Vec<u8>>,
-    status: Vec<i32>,
-    response: Vec<String>,
-}
+type AppendRow = (
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<i32>,
+    Option<Value>,
+);
 
-impl IdempotencyColumns {
-    fn push(&mut self, record: &IdempotencyRecord, response: Value) {
-        self.key.push(record.key.clone());
-        self.request_hash.push(record.request_hash.clone());
-        self.status.push(record.status as i32);
-        self.response.push(response.to_string());
+fn append_result(row: AppendRow) -> Result<AppendResult, StoreError> {
+    match row {
+        (outcome, Some(version), Some(last_position), ..) if outcome == "committed" => {
+            Ok(AppendResult::Committed {
+                version: version as u64,
+                last_position,
+            })
+        }
+        (outcome, Some(version), ..) if outcome == "conflict" => Ok(AppendResult::Conflict {
+            actual_version: version as u64,
+        }),
+        (outcome, _, _, Some(request_hash), Some(status), Some(body)) if outcome == "answered" => {
+            Ok(AppendResult::AlreadyAnswered(StoredResponse {
+                request_hash,
+                status: status as u16,
+                body,
+            }))
+        }
+        (outcome, ..) => Err(StoreError::Corrupt(format!(
+            "append function answered {outcome:?}"
+        ))),
     }
 }
 

@@ -351,3 +351,68 @@ fn recorded_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
             .transpose()?,
     })
 }
+
+/// Decides, for appends checked against the current stream versions and stored
+/// idempotency keys, which ones commit and at which positions (the PostgreSQL
+/// backend makes the same decisions inside `circle_append_batch`).
+struct BatchPlan {
+    results: Vec<AppendResult>,
+    /// `(index into batch, first position, first sequence)` for each accepted append.
+    accepted: Vec<(usize, i64, i64)>,
+}
+
+fn plan_batch(
+    batch: &[Append],
+    head: i64,
+    mut version_of: impl FnMut(&str, &str) -> u64,
+    mut stored_response: impl FnMut(&str) -> Option<StoredResponse>,
+) -> BatchPlan {
+    use std::collections::HashMap;
+    let mut versions: HashMap<(&str, &str), u64> = HashMap::new();
+    let mut answered: HashMap<&str, StoredResponse> = HashMap::new();
+    let mut results = Vec::with_capacity(batch.len());
+    let mut accepted = Vec::new();
+    let mut position = head;
+    for (index, append) in batch.iter().enumerate() {
+        if let Some(idem) = &append.idempotency {
+            let previous = answered
+                .get(idem.key.as_str())
+                .cloned()
+                .or_else(|| stored_response(&idem.key));
+            if let Some(previous) = previous {
+                results.push(AppendResult::AlreadyAnswered(previous));
+                continue;
+            }
+        }
+        let stream = (append.aggregate_type, append.aggregate_id.as_str());
+        let current = *versions
+            .entry(stream)
+            .or_insert_with(|| version_of(stream.0, stream.1));
+        if current != append.expected_version {
+            results.push(AppendResult::Conflict {
+                actual_version: current,
+            });
+            continue;
+        }
+        let count = append.events.len() as i64;
+        let version = current + count as u64;
+        versions.insert(stream, version);
+        accepted.push((index, position + 1, current as i64 + 1));
+        position += count;
+        if let Some(idem) = &append.idempotency {
+            answered.insert(
+                &idem.key,
+                StoredResponse {
+                    request_hash: idem.request_hash.clone(),
+                    status: idem.status,
+                    body: write_response(&idem.response_id, version, position),
+                },
+            );
+        }
+        results.push(AppendResult::Committed {
+            version,
+            last_position: position,
+        });
+    }
+    BatchPlan { results, accepted }
+}

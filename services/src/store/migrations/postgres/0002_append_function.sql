@@ -1,0 +1,83 @@
+-- One batch of appends in one statement: lock the log head, then for each append
+-- answer a reused idempotency key, refuse a stale expected version, or insert its
+-- events at the next positions (with its idempotency record and key action).
+-- Being one statement, a batch costs one round trip and one commit. Each statement
+-- inside a volatile function takes a fresh snapshot, so the version checks run after
+-- the lock is held and see every earlier append.
+CREATE OR REPLACE FUNCTION circle_append_batch(
+    a_type text[], a_id text[], a_expected bigint[], a_count int[],
+    a_idem_key text[], a_idem_hash bytea[], a_idem_status int[], a_response_id text[],
+    a_key_action text[], a_key_client text[], a_key_wrapped bytea[],
+    e_id uuid[], e_type text[], e_version int[], e_payload text[], e_occurred timestamptz[],
+    e_actor text[], e_role text[], e_correlation uuid[], e_causation uuid[],
+    p_recorded_at timestamptz)
+RETURNS TABLE (outcome text, stream_version bigint, last_position bigint,
+               answer_hash bytea, answer_status int, answer_body jsonb)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    head bigint;
+    current_version bigint;
+    first_event int := 1;
+    n int;
+    stored record;
+BEGIN
+    SELECT h.position INTO head FROM log_head h WHERE h.id = 1 FOR UPDATE;
+    FOR i IN 1 .. coalesce(array_length(a_type, 1), 0) LOOP
+        n := a_count[i];
+        outcome := NULL; stream_version := NULL; last_position := NULL;
+        answer_hash := NULL; answer_status := NULL; answer_body := NULL;
+        IF a_idem_key[i] IS NOT NULL THEN
+            SELECT k.request_hash, k.status, k.response INTO stored
+            FROM idempotency_keys k WHERE k.key = a_idem_key[i];
+            IF FOUND THEN
+                outcome := 'answered';
+                answer_hash := stored.request_hash;
+                answer_status := stored.status;
+                answer_body := stored.response;
+                RETURN NEXT;
+                first_event := first_event + n;
+                CONTINUE;
+            END IF;
+        END IF;
+        SELECT coalesce(max(e.sequence), 0) INTO current_version FROM events e
+        WHERE e.aggregate_type = a_type[i] AND e.aggregate_id = a_id[i];
+        IF current_version <> a_expected[i] THEN
+            outcome := 'conflict';
+            stream_version := current_version;
+            RETURN NEXT;
+            first_event := first_event + n;
+            CONTINUE;
+        END IF;
+        INSERT INTO events (position, event_id, aggregate_type, aggregate_id, sequence,
+            event_type, event_version, payload, occurred_at, recorded_at, actor_id,
+            actor_role, correlation_id, causation_id)
+        SELECT head + k, e_id[first_event + k - 1], a_type[i], a_id[i], current_version + k,
+            e_type[first_event + k - 1], e_version[first_event + k - 1],
+            e_payload[first_event + k - 1]::jsonb, e_occurred[first_event + k - 1],
+            p_recorded_at, e_actor[first_event + k - 1], e_role[first_event + k - 1],
+            e_correlation[first_event + k - 1], e_causation[first_event + k - 1]
+        FROM generate_series(1, n) AS k;
+        head := head + n;
+        IF a_idem_key[i] IS NOT NULL THEN
+            INSERT INTO idempotency_keys (key, request_hash, status, response, created_at)
+            VALUES (a_idem_key[i], a_idem_hash[i], a_idem_status[i],
+                    jsonb_build_object('id', a_response_id[i], 'version', current_version + n,
+                                       'position', head),
+                    p_recorded_at);
+        END IF;
+        IF a_key_action[i] = 'store' THEN
+            INSERT INTO client_keys (client_id, wrapped_key, created_at)
+            VALUES (a_key_client[i], a_key_wrapped[i], p_recorded_at);
+        ELSIF a_key_action[i] = 'destroy' THEN
+            UPDATE client_keys SET wrapped_key = NULL, destroyed_at = p_recorded_at
+            WHERE client_id = a_key_client[i];
+        END IF;
+        outcome := 'committed';
+        stream_version := current_version + n;
+        last_position := head;
+        RETURN NEXT;
+        first_event := first_event + n;
+    END LOOP;
+    UPDATE log_head SET position = head WHERE id = 1;
+END $$;
