@@ -31,6 +31,8 @@ const POOL_OF_GROUPS: usize = 64;
 const MEMBERS: usize = 10;
 const RUN_FOR: Duration = Duration::from_secs(4);
 const HISTORY_COMMANDS: usize = 300;
+/// As in `services/config/defaults.toml`.
+const IN_FLIGHT: usize = 2;
 
 type StockCqrs =
     CqrsFramework<Group, cqrs_es::persist::PersistedEventStore<PostgresEventRepository, Group>>;
@@ -90,6 +92,7 @@ fn feedback_event(n: usize) -> GroupEvent {
 /// Circle's command path, in process, exactly as the HTTP handlers use it.
 struct Circle {
     url: String,
+    metrics: Metrics,
     store: Store,
     commands: CommandService,
     groups: Repository<Group>,
@@ -99,8 +102,9 @@ impl Circle {
     async fn open(url: &str) -> Circle {
         let store = Store::postgres(url, 16).await.expect("open Circle store");
         let metrics = Metrics::new();
-        let appender = Appender::start(store.clone(), metrics.clone(), 256);
+        let appender = Appender::start(store.clone(), metrics.clone(), 256, IN_FLIGHT);
         Circle {
+            metrics: metrics.clone(),
             url: url.to_string(),
             commands: CommandService::new(store.clone(), appender, metrics, 5),
             groups: Repository::new(store.clone()),
@@ -366,6 +370,11 @@ async fn main() {
         let ours = throughput(circle.clone(), "g", writers).await;
         let theirs = throughput(stock.clone(), "g", writers).await;
         let recorded = count_feedback_events(&circle.store).await;
+        if std::env::var("BENCH_DEBUG").is_ok() {
+            for line in circle.metrics.render().lines().filter(|l| l.starts_with("circle_store_append_duration_seconds_sum") || l.starts_with("circle_store_append_duration_seconds_count") || l.starts_with("circle_store_append_batch_size_sum")) {
+                eprintln!("{line}");
+            }
+        }
         println!(
             "{writers:>8} {:>14.0} {:>14.0} {:>7.2}x {:>12} {:>12}   (circle: {} accepted, {recorded} recorded, {} lost)",
             ours.per_second,

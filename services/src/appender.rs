@@ -8,7 +8,9 @@
 
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::metrics::Metrics;
 use crate::store::{Append, AppendResult, Store, StoreError};
@@ -18,7 +20,7 @@ type Reply = oneshot::Sender<Result<AppendResult, SharedStoreError>>;
 /// A store failure seen by every append of a failed batch.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct SharedStoreError(pub std::sync::Arc<StoreError>);
+pub struct SharedStoreError(pub Arc<StoreError>);
 
 #[derive(Clone)]
 pub struct Appender {
@@ -26,15 +28,26 @@ pub struct Appender {
 }
 
 impl Appender {
-    /// Starts the committing task. `max_batch` bounds one transaction's appends.
-    pub fn start(store: Store, metrics: Metrics, max_batch: usize) -> Appender {
+    /// Starts the committing task. `max_batch` bounds one transaction's appends;
+    /// `in_flight` is how many batches may be committing at once. With more than one,
+    /// the next batch is already waiting on the log-head lock when the previous one
+    /// commits, so no round trip is lost between them. Positions stay in commit order
+    /// (the lock decides), and one aggregate never has two appends in flight (the
+    /// command service holds its lock until the answer).
+    pub fn start(store: Store, metrics: Metrics, max_batch: usize, in_flight: usize) -> Appender {
         let (queue, mut incoming) = mpsc::channel::<(Append, Reply)>(max_batch * 4);
+        let slots = Arc::new(Semaphore::new(in_flight.max(1)));
         tokio::spawn(async move {
-            let mut appends = Vec::with_capacity(max_batch);
-            let mut replies = Vec::with_capacity(max_batch);
-            while let Some((append, reply)) = incoming.recv().await {
-                appends.push(append);
-                replies.push(reply);
+            loop {
+                // Wait for a free slot first: requests arriving meanwhile join this batch.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some((append, reply)) = incoming.recv().await else {
+                    return;
+                };
+                let mut appends = vec![append];
+                let mut replies = vec![reply];
                 while appends.len() < max_batch {
                     match incoming.try_recv() {
                         Ok((append, reply)) => {
@@ -44,23 +57,11 @@ impl Appender {
                         Err(_) => break,
                     }
                 }
-                let started = Instant::now();
-                let outcome = store.commit_batch(&appends).await;
-                metrics.observe_batch(&appends, outcome.as_ref().ok(), started.elapsed());
-                match outcome {
-                    Ok(results) => {
-                        for (reply, result) in replies.drain(..).zip(results) {
-                            let _ = reply.send(Ok(result));
-                        }
-                    }
-                    Err(error) => {
-                        let shared = SharedStoreError(std::sync::Arc::new(error));
-                        for reply in replies.drain(..) {
-                            let _ = reply.send(Err(shared.clone()));
-                        }
-                    }
-                }
-                appends.clear();
+                let (store, metrics) = (store.clone(), metrics.clone());
+                tokio::spawn(async move {
+                    commit(&store, &metrics, appends, replies).await;
+                    drop(slot);
+                });
             }
         });
         Appender { queue }
@@ -70,7 +71,7 @@ impl Appender {
     pub async fn append(&self, append: Append) -> Result<AppendResult, SharedStoreError> {
         let (reply, answer) = oneshot::channel();
         let closed = || {
-            SharedStoreError(std::sync::Arc::new(StoreError::Corrupt(
+            SharedStoreError(Arc::new(StoreError::Corrupt(
                 "appender stopped".into(),
             )))
         };
@@ -79,5 +80,24 @@ impl Appender {
             .await
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
+    }
+}
+
+async fn commit(store: &Store, metrics: &Metrics, appends: Vec<Append>, replies: Vec<Reply>) {
+    let started = Instant::now();
+    let outcome = store.commit_batch(&appends).await;
+    metrics.observe_batch(&appends, outcome.as_ref().ok(), started.elapsed());
+    match outcome {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Err(error) => {
+            let shared = SharedStoreError(Arc::new(error));
+            for reply in replies {
+                let _ = reply.send(Err(shared.clone()));
+            }
+        }
     }
 }

@@ -91,16 +91,21 @@ impl PgStore {
     pub async fn commit_batch(&self, batch: &[Append]) -> Result<Vec<AppendResult>, StoreError> {
         let mut a = AppendColumns::default();
         let mut e = EventColumns::default();
+        let mut streams = std::collections::HashSet::new();
+        let mut simple = true;
         for append in batch {
             a.push(append);
-            for event in &append.events {
-                e.push(event);
+            simple &= append.idempotency.is_none()
+                && append.key_action.is_none()
+                && streams.insert((append.aggregate_type, append.aggregate_id.as_str()));
+            for (offset, event) in append.events.iter().enumerate() {
+                e.push(append, event, append.expected_version as i64 + offset as i64 + 1);
             }
         }
         let rows: Vec<AppendRow> = sqlx::query_as(
             "SELECT outcome, stream_version, last_position, answer_hash, answer_status, answer_body
-             FROM circle_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
-                                      $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+             FROM circle_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
         )
         .bind(&a.aggregate_type)
         .bind(&a.aggregate_id)
@@ -122,6 +127,10 @@ impl PgStore {
         .bind(&e.actor_role)
         .bind(&e.correlation_id)
         .bind(&e.causation_id)
+        .bind(&e.aggregate_type)
+        .bind(&e.aggregate_id)
+        .bind(&e.sequence)
+        .bind(simple)
         .bind(Utc::now())
         .fetch_all(&self.pool)
         .await?;
@@ -299,11 +308,17 @@ struct EventColumns {
     actor_role: Vec<String>,
     correlation_id: Vec<Uuid>,
     causation_id: Vec<Option<Uuid>>,
+    aggregate_type: Vec<String>,
+    aggregate_id: Vec<String>,
+    sequence: Vec<i64>,
 }
 
 impl EventColumns {
-    fn push(&mut self, event: &NewEvent) {
+    fn push(&mut self, append: &Append, event: &NewEvent, sequence: i64) {
         let meta = &event.metadata;
+        self.aggregate_type.push(append.aggregate_type.to_string());
+        self.aggregate_id.push(append.aggregate_id.clone());
+        self.sequence.push(sequence);
         self.event_id.push(meta.event_id);
         self.event_type.push(event.event_type.clone());
         self.event_version.push(event.event_version as i32);

@@ -10,7 +10,8 @@ CREATE OR REPLACE FUNCTION circle_append_batch(
     a_key_action text[], a_key_client text[], a_key_wrapped bytea[],
     e_id uuid[], e_type text[], e_version int[], e_payload text[], e_occurred timestamptz[],
     e_actor text[], e_role text[], e_correlation uuid[], e_causation uuid[],
-    p_recorded_at timestamptz)
+    e_aggregate_type text[], e_aggregate_id text[], e_sequence bigint[],
+    p_simple boolean, p_recorded_at timestamptz)
 RETURNS TABLE (outcome text, stream_version bigint, last_position bigint,
                answer_hash bytea, answer_status int, answer_body jsonb)
 LANGUAGE plpgsql AS $$
@@ -23,6 +24,35 @@ DECLARE
     stored record;
 BEGIN
     SELECT h.position INTO head FROM log_head h WHERE h.id = 1 FOR UPDATE;
+
+    -- Fast path, the common case: no idempotency keys or key actions, each stream once
+    -- (p_simple, checked by the caller), and every expected version current. Then the
+    -- whole batch is one set-based insert; e_sequence was computed from a_expected.
+    IF p_simple AND NOT EXISTS (
+        SELECT 1 FROM unnest(a_type, a_id, a_expected) AS t(typ, id, expected)
+        WHERE coalesce((SELECT e.sequence FROM events e
+                        WHERE e.aggregate_type = t.typ AND e.aggregate_id = t.id
+                        ORDER BY e.sequence DESC LIMIT 1), 0) <> t.expected)
+    THEN
+        INSERT INTO events (position, event_id, aggregate_type, aggregate_id, sequence,
+            event_type, event_version, payload, occurred_at, recorded_at, actor_id,
+            actor_role, correlation_id, causation_id)
+        SELECT head + ev.ord, ev.eid, ev.atype, ev.aid, ev.seq, ev.etype, ev.ever,
+               ev.pl::jsonb, ev.occ, p_recorded_at, ev.act, ev.role, ev.corr, ev.caus
+        FROM unnest(e_id, e_aggregate_type, e_aggregate_id, e_sequence, e_type, e_version,
+                    e_payload, e_occurred, e_actor, e_role, e_correlation, e_causation)
+             WITH ORDINALITY AS ev(eid, atype, aid, seq, etype, ever, pl, occ, act, role, corr, caus, ord);
+        RETURN QUERY
+            SELECT 'committed'::text, t.expected + t.cnt,
+                   head + sum(t.cnt) OVER (ORDER BY t.ord),
+                   NULL::bytea, NULL::int, NULL::jsonb
+            FROM unnest(a_expected, a_count) WITH ORDINALITY AS t(expected, cnt, ord)
+            ORDER BY t.ord;
+        UPDATE log_head SET position = head + (SELECT sum(c) FROM unnest(a_count) AS c)
+        WHERE id = 1;
+        RETURN;
+    END IF;
+
     FOR i IN 1 .. coalesce(array_length(a_type, 1), 0) LOOP
         n := a_count[i];
         outcome := NULL; stream_version := NULL; last_position := NULL;
@@ -40,8 +70,12 @@ BEGIN
                 CONTINUE;
             END IF;
         END IF;
-        SELECT coalesce(max(e.sequence), 0) INTO current_version FROM events e
-        WHERE e.aggregate_type = a_type[i] AND e.aggregate_id = a_id[i];
+        -- ORDER BY ... LIMIT 1, not max(): a cached generic plan would scan the whole
+        -- stream for max(), but always walks the index backwards for this.
+        SELECT e.sequence INTO current_version FROM events e
+        WHERE e.aggregate_type = a_type[i] AND e.aggregate_id = a_id[i]
+        ORDER BY e.sequence DESC LIMIT 1;
+        current_version := coalesce(current_version, 0);
         IF current_version <> a_expected[i] THEN
             outcome := 'conflict';
             stream_version := current_version;
