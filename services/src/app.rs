@@ -78,16 +78,7 @@ impl Application {
         let store = open_store(settings).await?;
         let vault = Vault::from_base64(&master_key(settings)?).context("reading the master key")?;
         let metrics = Metrics::new();
-        let in_flight = match store {
-            Store::Postgres(_) => settings.append_in_flight,
-            Store::Sqlite(_) => 1,
-        };
-        let appender = Appender::start(
-            store.clone(),
-            metrics.clone(),
-            settings.append_batch_max,
-            in_flight,
-        );
+        let appender = Appender::start(store.clone(), metrics.clone(), settings.append_batch_max);
         let commands = CommandService::new(
             store.clone(),
             appender,

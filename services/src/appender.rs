@@ -8,19 +8,20 @@
 
 use std::time::Instant;
 
-use std::sync::Arc;
-
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use crate::store::{Append, AppendResult, Store, StoreError};
+
+/// Scheduler turns without a new arrival before a batch is sent.
+const GATHER_TURNS: u32 = 8;
 
 type Reply = oneshot::Sender<Result<AppendResult, SharedStoreError>>;
 
 /// A store failure seen by every append of a failed batch.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct SharedStoreError(pub Arc<StoreError>);
+pub struct SharedStoreError(pub std::sync::Arc<StoreError>);
 
 #[derive(Clone)]
 pub struct Appender {
@@ -28,40 +29,49 @@ pub struct Appender {
 }
 
 impl Appender {
-    /// Starts the committing task. `max_batch` bounds one transaction's appends;
-    /// `in_flight` is how many batches may be committing at once. With more than one,
-    /// the next batch is already waiting on the log-head lock when the previous one
-    /// commits, so no round trip is lost between them. Positions stay in commit order
-    /// (the lock decides), and one aggregate never has two appends in flight (the
-    /// command service holds its lock until the answer).
-    pub fn start(store: Store, metrics: Metrics, max_batch: usize, in_flight: usize) -> Appender {
+    /// Starts the committing task. `max_batch` bounds one transaction's appends.
+    pub fn start(store: Store, metrics: Metrics, max_batch: usize) -> Appender {
         let (queue, mut incoming) = mpsc::channel::<(Append, Reply)>(max_batch * 4);
-        let slots = Arc::new(Semaphore::new(in_flight.max(1)));
         tokio::spawn(async move {
-            loop {
-                // Wait for a free slot first: requests arriving meanwhile join this batch.
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let Some((append, reply)) = incoming.recv().await else {
-                    return;
-                };
-                let mut appends = vec![append];
-                let mut replies = vec![reply];
-                while appends.len() < max_batch {
+            let mut appends = Vec::with_capacity(max_batch);
+            let mut replies = Vec::with_capacity(max_batch);
+            while let Some((append, reply)) = incoming.recv().await {
+                appends.push(append);
+                replies.push(reply);
+                // Gather: take what is queued, then give writers that are about to
+                // submit a few scheduler turns, as long as that keeps bringing more.
+                // Without this, writers settle into two half-size alternating batches.
+                let mut idle_turns = 0;
+                while appends.len() < max_batch && idle_turns < GATHER_TURNS {
                     match incoming.try_recv() {
                         Ok((append, reply)) => {
                             appends.push(append);
                             replies.push(reply);
+                            idle_turns = 0;
                         }
-                        Err(_) => break,
+                        Err(_) => {
+                            idle_turns += 1;
+                            tokio::task::yield_now().await;
+                        }
                     }
                 }
-                let (store, metrics) = (store.clone(), metrics.clone());
-                tokio::spawn(async move {
-                    commit(&store, &metrics, appends, replies).await;
-                    drop(slot);
-                });
+                let started = Instant::now();
+                let outcome = store.commit_batch(&appends).await;
+                metrics.observe_batch(&appends, outcome.as_ref().ok(), started.elapsed());
+                match outcome {
+                    Ok(results) => {
+                        for (reply, result) in replies.drain(..).zip(results) {
+                            let _ = reply.send(Ok(result));
+                        }
+                    }
+                    Err(error) => {
+                        let shared = SharedStoreError(std::sync::Arc::new(error));
+                        for reply in replies.drain(..) {
+                            let _ = reply.send(Err(shared.clone()));
+                        }
+                    }
+                }
+                appends.clear();
             }
         });
         Appender { queue }
@@ -71,7 +81,7 @@ impl Appender {
     pub async fn append(&self, append: Append) -> Result<AppendResult, SharedStoreError> {
         let (reply, answer) = oneshot::channel();
         let closed = || {
-            SharedStoreError(Arc::new(StoreError::Corrupt(
+            SharedStoreError(std::sync::Arc::new(StoreError::Corrupt(
                 "appender stopped".into(),
             )))
         };
@@ -80,24 +90,5 @@ impl Appender {
             .await
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
-    }
-}
-
-async fn commit(store: &Store, metrics: &Metrics, appends: Vec<Append>, replies: Vec<Reply>) {
-    let started = Instant::now();
-    let outcome = store.commit_batch(&appends).await;
-    metrics.observe_batch(&appends, outcome.as_ref().ok(), started.elapsed());
-    match outcome {
-        Ok(results) => {
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(Ok(result));
-            }
-        }
-        Err(error) => {
-            let shared = SharedStoreError(Arc::new(error));
-            for reply in replies {
-                let _ = reply.send(Err(shared.clone()));
-            }
-        }
     }
 }

@@ -23,8 +23,6 @@ pub struct Settings {
     pub body_limit_bytes: usize,
     pub command_attempts: u32,
     pub append_batch_max: usize,
-    /// Batches committing at once on PostgreSQL (the embedded store uses one).
-    pub append_in_flight: usize,
     pub log: String,
 }
 

@@ -19,7 +19,10 @@ use super::*;
 
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
-    (2, include_str!("migrations/postgres/0002_append_function.sql")),
+    (
+        2,
+        include_str!("migrations/postgres/0002_append_function.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -99,7 +102,11 @@ impl PgStore {
                 && append.key_action.is_none()
                 && streams.insert((append.aggregate_type, append.aggregate_id.as_str()));
             for (offset, event) in append.events.iter().enumerate() {
-                e.push(append, event, append.expected_version as i64 + offset as i64 + 1);
+                e.push(
+                    append,
+                    event,
+                    append.expected_version as i64 + offset as i64 + 1,
+                );
             }
         }
         let rows: Vec<AppendRow> = sqlx::query_as(
@@ -286,8 +293,14 @@ impl AppendColumns {
             Some(KeyAction::Store {
                 client_id,
                 wrapped_key,
-            }) => (Some("store"), Some(client_id.clone()), Some(wrapped_key.clone())),
-            Some(KeyAction::Destroy { client_id }) => (Some("destroy"), Some(client_id.clone()), None),
+            }) => (
+                Some("store"),
+                Some(client_id.clone()),
+                Some(wrapped_key.clone()),
+            ),
+            Some(KeyAction::Destroy { client_id }) => {
+                (Some("destroy"), Some(client_id.clone()), None)
+            }
             None => (None, None, None),
         };
         self.key_action.push(action);

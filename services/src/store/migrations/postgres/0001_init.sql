@@ -18,7 +18,9 @@ CREATE TABLE events (
     hash            bytea,
     UNIQUE (aggregate_type, aggregate_id, sequence)
 );
-CREATE INDEX events_recorded_at ON events (recorded_at);
+-- recorded_at grows with position: a BRIN index serves time ranges (audit, as_of)
+-- at a fraction of a b-tree's cost per insert.
+CREATE INDEX events_recorded_at ON events USING brin (recorded_at);
 
 CREATE TABLE log_head (
     id       integer PRIMARY KEY CHECK (id = 1),
