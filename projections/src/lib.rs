@@ -1,8 +1,15 @@
 //! Circle's reports as pure arithmetic over events: no I/O, no clock. The services
-//! crate feeds events in log order and asks for reports as of a date.
+//! crate feeds decoded events in log order into a [`practice::Practice`] and asks
+//! [`reports`] for a report as of a time.
 //!
+//! - [`practice`]: the fold, and the alerts raised on the event that carries them.
+//! - [`reports`]: attendance, retention, outcomes, alerts; the reporter form.
 //! - [`survival`]: Kaplan–Meier retention with Greenwood standard errors.
 //! - [`outcomes`]: reliable and clinically significant change, effect sizes.
 
 pub mod outcomes;
+pub mod practice;
+pub mod reports;
 pub mod survival;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,379 @@
+//! The practice as the reports see it: folded from events in log order.
+//!
+//! `Practice` keeps only what the reports need (membership periods, held sessions
+//! and marks, measure totals) and the alerts raised so far. It is serializable so the
+//! services crate can persist it together with its checkpoint position, atomically.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use circle_events::client::ClientEvent;
+use circle_events::group::{AttendanceStatus, DepartureReason, Focus, GroupEvent, Measure};
+use circle_events::instruments::{Catalogue, Direction, Score};
+use serde::{Deserialize, Serialize};
+
+use crate::outcomes::{classify, Classification};
+
+/// A decoded event with the log facts the reports need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fact {
+    pub position: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub aggregate_id: String,
+    pub event: AnyEvent,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AnyEvent {
+    Group(GroupEvent),
+    Client(ClientEvent),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRules {
+    /// Consecutive absences that raise an attendance alert.
+    pub consecutive_absences: u32,
+}
+
+impl Default for AlertRules {
+    fn default() -> Self {
+        AlertRules {
+            consecutive_absences: 2,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    Attendance,
+    Alliance,
+    Deterioration,
+    Risk,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub kind: AlertKind,
+    pub group_id: String,
+    pub client_id: String,
+    /// When the event that raised it was recorded.
+    pub raised_at: DateTime<Utc>,
+    pub position: i64,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Period {
+    pub joined_on: NaiveDate,
+    pub left_on: Option<NaiveDate>,
+    pub reason: Option<DepartureReason>,
+}
+
+impl Period {
+    pub fn covers(&self, date: NaiveDate) -> bool {
+        self.joined_on <= date && self.left_on.is_none_or(|left| date <= left)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub starts_at: DateTime<FixedOffset>,
+    pub cancelled: bool,
+    pub marks: BTreeMap<String, AttendanceStatus>,
+}
+
+impl SessionRecord {
+    pub fn held(&self) -> bool {
+        !self.cancelled && !self.marks.is_empty()
+    }
+
+    pub fn date(&self) -> NaiveDate {
+        self.starts_at.date_naive()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordedScore {
+    pub administered_at: DateTime<FixedOffset>,
+    pub total: Score,
+    pub reference_version: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub focus: Option<Focus>,
+    pub members: BTreeMap<String, Vec<Period>>,
+    pub sessions: BTreeMap<String, SessionRecord>,
+    /// instrument → client → totals in the order recorded.
+    pub measures: BTreeMap<String, BTreeMap<String, Vec<RecordedScore>>>,
+    /// Members whose current absence streak has already raised an alert.
+    pub absence_alerted: BTreeSet<String>,
+}
+
+impl GroupRecord {
+    pub fn is_member_on(&self, client_id: &str, date: NaiveDate) -> bool {
+        self.members
+            .get(client_id)
+            .is_some_and(|periods| periods.iter().any(|p| p.covers(date)))
+    }
+
+    /// Held sessions in time order.
+    pub fn held_sessions(&self) -> Vec<(&String, &SessionRecord)> {
+        let mut held: Vec<_> = self.sessions.iter().filter(|(_, s)| s.held()).collect();
+        held.sort_by(|a, b| a.1.starts_at.cmp(&b.1.starts_at).then(a.0.cmp(b.0)));
+        held
+    }
+
+    /// The member's current run of absences over held sessions while a member.
+    pub fn consecutive_absences(&self, client_id: &str) -> u32 {
+        let mut run = 0;
+        for (_, session) in self.held_sessions().into_iter().rev() {
+            if !self.is_member_on(client_id, session.date()) {
+                continue;
+            }
+            match session.marks.get(client_id) {
+                Some(status) if status.attended() => break,
+                _ => run += 1,
+            }
+        }
+        run
+    }
+
+    /// A member's measures on an instrument, by administration time.
+    pub fn scores(&self, instrument: &str, client_id: &str) -> Vec<&RecordedScore> {
+        let mut scores: Vec<_> = self
+            .measures
+            .get(instrument)
+            .and_then(|by_client| by_client.get(client_id))
+            .map(|s| s.iter().collect())
+            .unwrap_or_default();
+        scores.sort_by_key(|s| s.administered_at);
+        scores
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Practice {
+    pub position: i64,
+    pub rules: AlertRules,
+    pub groups: BTreeMap<String, GroupRecord>,
+    pub erased_clients: BTreeSet<String>,
+    pub alerts: Vec<Alert>,
+}
+
+impl Practice {
+    pub fn new(rules: AlertRules) -> Practice {
+        Practice {
+            rules,
+            ..Practice::default()
+        }
+    }
+
+    /// Folds one event. Events at or below the current position are ignored, so a
+    /// replayed page never counts twice.
+    pub fn apply(&mut self, fact: &Fact) {
+        if fact.position <= self.position {
+            return;
+        }
+        self.position = fact.position;
+        match &fact.event {
+            AnyEvent::Group(event) => self.apply_group(fact, event),
+            AnyEvent::Client(ClientEvent::ClientErased { .. }) => {
+                self.erased_clients.insert(fact.aggregate_id.clone());
+            }
+            AnyEvent::Client(_) => {}
+        }
+    }
+
+    fn apply_group(&mut self, fact: &Fact, event: &GroupEvent) {
+        let rules = self.rules;
+        let group_id = &fact.aggregate_id;
+        let group = self.groups.entry(group_id.clone()).or_default();
+        let mut raised = Vec::new();
+        let mut raise = |kind, client_id: &str, detail: String| {
+            raised.push(Alert {
+                kind,
+                group_id: group_id.clone(),
+                client_id: client_id.to_string(),
+                raised_at: fact.recorded_at,
+                position: fact.position,
+                detail,
+            })
+        };
+        match event {
+            GroupEvent::GroupCreated { focus, .. } => group.focus = Some(*focus),
+            GroupEvent::MemberJoined {
+                client_id,
+                joined_on,
+            } => group
+                .members
+                .entry(client_id.clone())
+                .or_default()
+                .push(Period {
+                    joined_on: *joined_on,
+                    left_on: None,
+                    reason: None,
+                }),
+            GroupEvent::MemberLeft {
+                client_id,
+                left_on,
+                reason,
+            } => {
+                if let Some(period) = group.members.get_mut(client_id).and_then(|p| p.last_mut()) {
+                    period.left_on = Some(*left_on);
+                    period.reason = Some(*reason);
+                }
+            }
+            GroupEvent::SessionScheduled {
+                session_id,
+                starts_at,
+                ..
+            } => {
+                group.sessions.insert(
+                    session_id.clone(),
+                    SessionRecord {
+                        starts_at: *starts_at,
+                        cancelled: false,
+                        marks: BTreeMap::new(),
+                    },
+                );
+            }
+            GroupEvent::SessionCancelled { session_id, .. } => {
+                if let Some(session) = group.sessions.get_mut(session_id) {
+                    session.cancelled = true;
+                }
+            }
+            GroupEvent::AttendanceRecorded {
+                session_id,
+                client_id,
+                status,
+            }
+            | GroupEvent::AttendanceCorrected {
+                session_id,
+                client_id,
+                status,
+                ..
+            } => {
+                if let Some(session) = group.sessions.get_mut(session_id) {
+                    session.marks.insert(client_id.clone(), *status);
+                }
+                // Once per streak, on the recorded absence that makes it long enough.
+                // Unmarked members count as no-shows in reports, but only a recorded
+                // mark raises: the rest of the same sheet may be on its way.
+                if status.attended() {
+                    group.absence_alerted.remove(client_id);
+                } else {
+                    let run = group.consecutive_absences(client_id);
+                    if run >= rules.consecutive_absences
+                        && group.absence_alerted.insert(client_id.clone())
+                    {
+                        raise(
+                            AlertKind::Attendance,
+                            client_id,
+                            format!("{run} consecutive absences"),
+                        );
+                    }
+                }
+            }
+            GroupEvent::FeedbackRecorded {
+                client_id, measure, ..
+            } => {
+                let previous: Option<RecordedScore> = group
+                    .scores(&measure.instrument, client_id)
+                    .last()
+                    .cloned()
+                    .cloned();
+                let baseline: Option<RecordedScore> = group
+                    .scores(&measure.instrument, client_id)
+                    .first()
+                    .cloned()
+                    .cloned();
+                group
+                    .measures
+                    .entry(measure.instrument.clone())
+                    .or_default()
+                    .entry(client_id.clone())
+                    .or_default()
+                    .push(RecordedScore {
+                        administered_at: measure.administered_at,
+                        total: measure.total,
+                        reference_version: measure.reference_version.clone(),
+                    });
+                measure_alerts(
+                    measure,
+                    previous.as_ref(),
+                    baseline.as_ref(),
+                    |kind, detail| raise(kind, client_id, detail),
+                );
+            }
+            GroupEvent::FacilitatorAssigned { .. }
+            | GroupEvent::FacilitatorRemoved { .. }
+            | GroupEvent::GroupClosed { .. } => {}
+        }
+        self.alerts.extend(raised);
+    }
+}
+
+/// Alerts a new measure raises: risk items, alliance below cutoff or falling, and
+/// reliable deterioration since baseline (raised when it first appears).
+fn measure_alerts(
+    measure: &Measure,
+    previous: Option<&RecordedScore>,
+    baseline: Option<&RecordedScore>,
+    mut raise: impl FnMut(AlertKind, String),
+) {
+    let catalogue = Catalogue::builtin();
+    let Some(definition) = catalogue
+        .version(&measure.instrument, &measure.reference_version)
+        .or_else(|| catalogue.current(&measure.instrument))
+    else {
+        return;
+    };
+    for item in definition.risk_flags(&measure.items) {
+        raise(
+            AlertKind::Risk,
+            format!(
+                "{} item {item} scored {}",
+                measure.instrument,
+                measure.items[item - 1]
+            ),
+        );
+    }
+    let is_alliance_scale =
+        definition.reliable_change.is_none() && definition.direction == Direction::HigherIsBetter;
+    if is_alliance_scale {
+        if definition.is_clinical(measure.total) == Some(true) {
+            raise(
+                AlertKind::Alliance,
+                format!(
+                    "{} total {} is below {}",
+                    measure.instrument,
+                    measure.total,
+                    definition.clinical_cutoff.unwrap_or_default()
+                ),
+            );
+        } else if let Some(previous) = previous.filter(|p| measure.total < p.total) {
+            raise(
+                AlertKind::Alliance,
+                format!(
+                    "{} total fell from {} to {}",
+                    measure.instrument, previous.total, measure.total
+                ),
+            );
+        }
+    }
+    if let (Some(baseline), Some(previous)) = (baseline, previous) {
+        let was = classify(definition, baseline.total, previous.total);
+        let now = classify(definition, baseline.total, measure.total);
+        if now == Classification::Deteriorated && was != Classification::Deteriorated {
+            raise(
+                AlertKind::Deterioration,
+                format!(
+                    "{} went from {} to {}: reliable deterioration",
+                    measure.instrument, baseline.total, measure.total
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! Reports from events: given these events, then this report.
+
+use chrono::{DateTime, Duration, FixedOffset, NaiveDate, TimeZone, Utc};
+use circle_events::group::{AttendanceStatus, DepartureReason, Focus, Format, GroupEvent, Measure};
+use circle_events::instruments::Score;
+
+use crate::outcomes::Classification;
+use crate::practice::{AlertKind, AlertRules, AnyEvent, Fact, Practice};
+use crate::reports::{self, ReporterForm, RetentionScope};
+
+struct Log {
+    practice: Practice,
+    position: i64,
+}
+
+fn date(s: &str) -> NaiveDate {
+    s.parse().unwrap()
+}
+
+fn at(s: &str) -> DateTime<FixedOffset> {
+    DateTime::parse_from_rfc3339(s).unwrap()
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()
+}
+
+impl Log {
+    fn new() -> Log {
+        Log {
+            practice: Practice::new(AlertRules::default()),
+            position: 0,
+        }
+    }
+
+    fn group(&mut self, group_id: &str, event: GroupEvent) -> &mut Self {
+        self.position += 1;
+        self.practice.apply(&Fact {
+            position: self.position,
+            recorded_at: now(),
+            aggregate_id: group_id.into(),
+            event: AnyEvent::Group(event),
+        });
+        self
+    }
+
+    fn created(&mut self, group_id: &str, focus: Focus) -> &mut Self {
+        self.group(
+            group_id,
+            GroupEvent::GroupCreated {
+                group_id: group_id.into(),
+                name: "g".into(),
+                focus,
+                format: Format::Open,
+                capacity: 30,
+                facilitators: vec!["dr".into()],
+                starts_on: None,
+            },
+        )
+    }
+
+    fn joined(&mut self, group_id: &str, client: &str, on: &str) -> &mut Self {
+        self.group(
+            group_id,
+            GroupEvent::MemberJoined {
+                client_id: client.into(),
+                joined_on: date(on),
+            },
+        )
+    }
+
+    fn left(
+        &mut self,
+        group_id: &str,
+        client: &str,
+        on: NaiveDate,
+        reason: DepartureReason,
+    ) -> &mut Self {
+        self.group(
+            group_id,
+            GroupEvent::MemberLeft {
+                client_id: client.into(),
+                left_on: on,
+                reason,
+            },
+        )
+    }
+
+    fn session(&mut self, group_id: &str, session: &str, starts_at: &str) -> &mut Self {
+        self.group(
+            group_id,
+            GroupEvent::SessionScheduled {
+                session_id: session.into(),
+                starts_at: at(starts_at),
+                duration_minutes: 90,
+            },
+        )
+    }
+
+    fn mark(
+        &mut self,
+        group_id: &str,
+        session: &str,
+        client: &str,
+        status: AttendanceStatus,
+    ) -> &mut Self {
+        self.group(
+            group_id,
+            GroupEvent::AttendanceRecorded {
+                session_id: session.into(),
+                client_id: client.into(),
+                status,
+            },
+        )
+    }
+
+    fn measure(
+        &mut self,
+        group_id: &str,
+        client: &str,
+        instrument: &str,
+        items: Vec<Score>,
+        when: &str,
+    ) -> &mut Self {
+        let total = Score::from_tenths(items.iter().map(|s| s.tenths()).sum());
+        self.group(
+            group_id,
+            GroupEvent::FeedbackRecorded {
+                client_id: client.into(),
+                session_id: None,
+                measure: Measure {
+                    instrument: instrument.into(),
+                    reference_version: "2024.1".into(),
+                    items,
+                    total,
+                    administered_at: at(when),
+                },
+            },
+        )
+    }
+}
+
+fn phq9(total_first_eight: i64, item9: i64) -> Vec<Score> {
+    let mut items = vec![0i64; 9];
+    let mut left = total_first_eight;
+    for item in items.iter_mut().take(8) {
+        let v = left.min(3);
+        *item = v;
+        left -= v;
+    }
+    items[8] = item9;
+    items.into_iter().map(Score::whole).collect()
+}
+
+#[test]
+fn the_6mp_vector_as_group_memberships_gives_the_published_retention() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/km_6mp.json"
+    );
+    let vector: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut log = Log::new();
+    log.created("g1", Focus::Grief);
+    let joined_on = date("2025-01-06");
+    for (i, o) in vector["observations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let client = format!("c{i}");
+        log.joined("g1", &client, "2025-01-06");
+        let days = o["t"].as_i64().unwrap() * 7;
+        let reason = if o["event"].as_bool().unwrap() {
+            DepartureReason::DroppedOut
+        } else {
+            DepartureReason::Completed
+        };
+        log.left("g1", &client, joined_on + Duration::days(days), reason);
+    }
+    let report = reports::retention(&log.practice, &RetentionScope::Group("g1".into()), now());
+    let expected = vector["expected"].as_array().unwrap();
+    assert_eq!(report.kaplan_meier.len(), expected.len());
+    for (row, want) in report.kaplan_meier.iter().zip(expected) {
+        assert_eq!(row.t_days as i64, want["t"].as_i64().unwrap() * 7);
+        assert_eq!(row.at_risk, Some(want["at_risk"].as_u64().unwrap() as u32));
+        assert_eq!(row.events, Some(want["events"].as_u64().unwrap() as u32));
+        // The vector gives 4 decimals: the true value lies within half a unit of them.
+        let within = |x: f64, published: f64| (x - published).abs() <= 0.5e-4 + 1e-9;
+        assert!(
+            within(row.survival, want["survival"].as_f64().unwrap()),
+            "{row:?}"
+        );
+        assert!(
+            within(row.std_err.unwrap(), want["std_err"].as_f64().unwrap()),
+            "{row:?}"
+        );
+    }
+    assert_eq!(report.median_days, Some(23 * 7));
+    assert_eq!(report.joined, Some(21));
+    assert_eq!(report.dropped_out, Some(9));
+    assert_eq!(report.completed, Some(12));
+    assert_eq!(report.active, Some(0));
+    assert_eq!(report.survival_at["28"], 1.0);
+    assert!((report.survival_at["56"] - 0.806723).abs() < 1e-6);
+    assert_eq!(report.scope, "group:g1");
+}
+
+#[test]
+fn active_members_are_censored_at_the_report_date_and_scopes_filter_groups() {
+    let mut log = Log::new();
+    log.created("a", Focus::Anxiety).created("b", Focus::Grief);
+    log.joined("a", "c1", "2026-05-01")
+        .joined("b", "c2", "2026-05-01");
+    log.left("b", "c2", date("2026-05-11"), DepartureReason::DroppedOut);
+    log.joined("a", "c3", "2026-07-01"); // after the report date: not counted
+    let anxiety = reports::retention(&log.practice, &RetentionScope::Focus(Focus::Anxiety), now());
+    assert_eq!(
+        (anxiety.joined, anxiety.active, anxiety.dropped_out),
+        (Some(1), Some(1), Some(0))
+    );
+    assert!(anxiety.kaplan_meier.is_empty());
+    assert_eq!(anxiety.scope, "focus:anxiety");
+    let practice = reports::retention(&log.practice, &RetentionScope::Practice, now());
+    assert_eq!(practice.joined, Some(2));
+    assert_eq!(practice.kaplan_meier[0].t_days, 10);
+    assert_eq!(practice.kaplan_meier[0].at_risk, Some(2));
+    assert_eq!(practice.dropout_rate, Some(0.5));
+}
+
+fn attendance_log() -> Log {
+    let mut log = Log::new();
+    log.created("g1", Focus::Anxiety);
+    log.joined("g1", "c1", "2026-01-01")
+        .joined("g1", "c2", "2026-01-01");
+    log.joined("g1", "c3", "2026-01-15"); // misses the first session
+    log.session("g1", "s1", "2026-01-06T18:00:00+01:00")
+        .session("g1", "s2", "2026-01-13T18:00:00+01:00")
+        .session("g1", "s3", "2026-01-20T18:00:00+01:00")
+        .session("g1", "s4", "2026-01-27T18:00:00+01:00");
+    log.mark("g1", "s1", "c1", AttendanceStatus::Present).mark(
+        "g1",
+        "s1",
+        "c2",
+        AttendanceStatus::Late,
+    );
+    log.group(
+        "g1",
+        GroupEvent::SessionCancelled {
+            session_id: "s2".into(),
+            reason: "snow".into(),
+        },
+    );
+    log.mark("g1", "s3", "c1", AttendanceStatus::Present).mark(
+        "g1",
+        "s3",
+        "c2",
+        AttendanceStatus::Excused,
+    );
+    // c3 has no mark for s3: a no-show.
+    log.mark("g1", "s4", "c1", AttendanceStatus::LeftEarly)
+        .mark("g1", "s4", "c2", AttendanceStatus::NoShow)
+        .mark("g1", "s4", "c3", AttendanceStatus::Present);
+    log
+}
+
+#[test]
+fn attendance_counts_held_sessions_and_unmarked_members_as_no_shows() {
+    let log = attendance_log();
+    let report = reports::attendance(&log.practice, "g1", now()).unwrap();
+    assert_eq!(report.sessions_held, 3);
+    let ids: Vec<_> = report
+        .by_session
+        .iter()
+        .map(|s| s.session_id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["s1", "s3", "s4"]);
+    let s3 = &report.by_session[1];
+    assert_eq!(
+        (s3.counts.present, s3.counts.excused, s3.counts.no_show),
+        (Some(1), Some(1), Some(1))
+    );
+    assert_eq!(s3.attendance_rate, Some(0.333333));
+    let by_client = report.by_client.unwrap();
+    let c2 = by_client.iter().find(|c| c.client_id == "c2").unwrap();
+    assert_eq!(
+        (c2.sessions, c2.attended, c2.consecutive_absences),
+        (3, 1, 2)
+    );
+    let c3 = by_client.iter().find(|c| c.client_id == "c3").unwrap();
+    assert_eq!(
+        (c3.sessions, c3.attended, c3.consecutive_absences),
+        (2, 1, 0)
+    );
+    // 1+1 (s1) + 1 (s3) + 2 (s4) attended of 2 + 3 + 3 expected.
+    assert_eq!(report.attendance_rate, Some(0.625));
+}
+
+#[test]
+fn two_consecutive_absences_raise_one_attendance_alert() {
+    let log = attendance_log();
+    let alerts = reports::alerts(&log.practice, Some("g1"));
+    let attendance: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.kind == AlertKind::Attendance)
+        .collect();
+    assert_eq!(attendance.len(), 1, "{alerts:?}");
+    assert_eq!(attendance[0].client_id, "c2");
+}
+
+#[test]
+fn outcomes_classify_each_member_and_summarize_the_group() {
+    let mut log = Log::new();
+    log.created("g1", Focus::Anxiety);
+    for (client, first, last) in [("c1", 15, 8), ("c2", 12, 7), ("c3", 8, 14), ("c4", 20, 13)] {
+        log.measure(
+            "g1",
+            client,
+            "PHQ-9",
+            phq9(first, 0),
+            "2026-01-06T18:00:00Z",
+        );
+        log.measure("g1", client, "PHQ-9", phq9(last, 0), "2026-03-06T18:00:00Z");
+    }
+    log.measure("g1", "c5", "PHQ-9", phq9(11, 0), "2026-01-06T18:00:00Z");
+    let report = reports::outcomes(&log.practice, "g1", "PHQ-9", now()).unwrap();
+    let classes: Vec<_> = report
+        .clients
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| (c.client_id.as_str(), c.classification))
+        .collect();
+    assert_eq!(
+        classes,
+        vec![
+            ("c1", Classification::Recovered),
+            ("c2", Classification::Unchanged),
+            ("c3", Classification::Deteriorated),
+            ("c4", Classification::Improved),
+            ("c5", Classification::InsufficientData),
+        ]
+    );
+    let c1 = &report.clients.as_ref().unwrap()[0];
+    assert_eq!(
+        (c1.baseline, c1.latest, c1.change),
+        (Score::whole(15), Score::whole(8), Score::whole(7))
+    );
+    let s = &report.summary;
+    assert_eq!(s.clients_with_two_or_more, Some(4));
+    assert_eq!(
+        (s.recovered, s.improved, s.unchanged, s.deteriorated),
+        (Some(1), Some(1), Some(1), Some(1))
+    );
+    assert_eq!(s.mean_change, Some(3.25)); // (7 + 5 - 6 + 7) / 4
+    assert_eq!(s.share_reliably_improved, Some(0.5));
+    assert!(s.effect_size.is_some());
+
+    let reporter = report.for_reporters(5);
+    assert!(reporter.clients.is_none());
+    assert_eq!(reporter.summary.recovered, None);
+    assert_eq!(reporter.summary.mean_change, Some(3.25));
+}
+
+#[test]
+fn risk_is_raised_on_the_event_that_carries_it_regardless_of_total() {
+    let mut log = Log::new();
+    log.created("g1", Focus::Grief);
+    log.measure("g1", "c1", "PHQ-9", phq9(0, 1), "2026-01-06T18:00:00Z");
+    let alerts = reports::alerts(&log.practice, None);
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].kind, AlertKind::Risk);
+    assert_eq!(alerts[0].position, log.position);
+    assert_eq!(alerts[0].detail, "PHQ-9 item 9 scored 1");
+}
+
+#[test]
+fn alliance_and_deterioration_alerts() {
+    let mut log = Log::new();
+    log.created("g1", Focus::Trauma);
+    let srs = |v: i64| vec![Score::from_tenths(v); 4];
+    log.measure("g1", "c1", "SRS", srs(95), "2026-01-06T18:00:00Z"); // 38: fine
+    log.measure("g1", "c1", "SRS", srs(93), "2026-01-13T18:00:00Z"); // 37.2: a drop
+    log.measure("g1", "c1", "SRS", srs(80), "2026-01-20T18:00:00Z"); // 32: below 36
+    log.measure("g1", "c1", "ORS", srs(60), "2026-01-06T18:00:00Z"); // 24
+    log.measure("g1", "c1", "ORS", srs(45), "2026-01-13T18:00:00Z"); // 18: reliably worse
+    log.measure("g1", "c1", "ORS", srs(40), "2026-01-20T18:00:00Z"); // still worse: no repeat
+    let kinds: Vec<_> = reports::alerts(&log.practice, Some("g1"))
+        .iter()
+        .map(|a| (a.kind, a.detail.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (
+                AlertKind::Alliance,
+                "SRS total fell from 38 to 37.2".to_string()
+            ),
+            (AlertKind::Alliance, "SRS total 32 is below 36".to_string()),
+            (
+                AlertKind::Deterioration,
+                "ORS went from 24 to 18: reliable deterioration".to_string()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn the_same_events_give_byte_identical_reports_and_replays_do_not_double_count() {
+    let first = attendance_log();
+    let second = attendance_log();
+    let json = |log: &Log| {
+        serde_json::to_string(&reports::attendance(&log.practice, "g1", now())).unwrap()
+            + &serde_json::to_string(&reports::retention(
+                &log.practice,
+                &RetentionScope::Practice,
+                now(),
+            ))
+            .unwrap()
+    };
+    assert_eq!(json(&first), json(&second));
+    // Replaying an already-applied event changes nothing.
+    let mut replayed = attendance_log();
+    replayed.practice.apply(&Fact {
+        position: 5,
+        recorded_at: now(),
+        aggregate_id: "g1".into(),
+        event: AnyEvent::Group(GroupEvent::MemberJoined {
+            client_id: "c9".into(),
+            joined_on: date("2026-01-01"),
+        }),
+    });
+    assert_eq!(replayed.practice, first.practice);
+    // And the state survives persistence exactly.
+    let stored = serde_json::to_string(&first.practice).unwrap();
+    let restored: Practice = serde_json::from_str(&stored).unwrap();
+    assert_eq!(restored, first.practice);
+}
+
+#[test]
+fn the_reporter_form_drops_member_rows_and_small_counts() {
+    let log = attendance_log();
+    let report = reports::attendance(&log.practice, "g1", now())
+        .unwrap()
+        .for_reporters(5);
+    assert!(report.by_client.is_none());
+    assert!(report.by_session.iter().all(|s| s.counts.present.is_none()));
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json.get("by_client").is_none());
+    assert_eq!(json["by_session"][0]["present"], serde_json::Value::Null);
+    let retention =
+        reports::retention(&log.practice, &RetentionScope::Practice, now()).for_reporters(2);
+    assert_eq!(retention.joined, Some(3));
+    assert_eq!(retention.dropped_out, None);
+}
