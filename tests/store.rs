@@ -237,6 +237,23 @@ async fn stock_cqrs_es_runs_on_the_store(store: Store) {
     assert_eq!(store.head_position().await.unwrap(), 2);
 }
 
+async fn a_checkpoint_keeps_state_and_position_together(store: Store) {
+    assert_eq!(store.load_checkpoint("reports").await.unwrap(), None);
+    store
+        .save_checkpoint("reports", 7, "{\"a\":1}")
+        .await
+        .unwrap();
+    store
+        .save_checkpoint("reports", 9, "{\"a\":2}")
+        .await
+        .unwrap();
+    store.save_checkpoint("other", 1, "{}").await.unwrap();
+    assert_eq!(
+        store.load_checkpoint("reports").await.unwrap(),
+        Some((9, "{\"a\":2}".to_string()))
+    );
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -264,4 +281,5 @@ on_both_backends!(
     an_idempotency_key_answers_the_same_and_appends_once,
     client_keys_are_stored_and_destroyed_with_their_events,
     stock_cqrs_es_runs_on_the_store,
+    a_checkpoint_keeps_state_and_position_together,
 );

@@ -13,9 +13,11 @@ use crate::auth::{create_token, register_token, Authenticator, Role};
 use crate::commands::{CommandService, Repository};
 use crate::config::Settings;
 use crate::crypto::Vault;
-use crate::http::{router, AppState, Services};
+use crate::http::{router, AppState, Reporting, Services};
 use crate::metrics::Metrics;
+use crate::projector;
 use crate::store::Store;
+use circle_projections::practice::AlertRules;
 
 pub struct Application {
     listener: TcpListener,
@@ -78,7 +80,28 @@ impl Application {
         let store = open_store(settings).await?;
         let vault = Vault::from_base64(&master_key(settings)?).context("reading the master key")?;
         let metrics = Metrics::new();
-        let appender = Appender::start(store.clone(), metrics.clone(), settings.append_batch_max);
+        let (committed, committed_positions) = tokio::sync::watch::channel(0);
+        let appender = Appender::start(
+            store.clone(),
+            metrics.clone(),
+            settings.append_batch_max,
+            committed,
+        );
+        let reporting = Reporting {
+            alert_rules: AlertRules {
+                consecutive_absences: settings.alert_consecutive_absences,
+            },
+            reporter_min_count: settings.reporter_min_count,
+            read_wait_max: std::time::Duration::from_millis(settings.read_wait_max_ms),
+        };
+        let reports = projector::start(
+            store.clone(),
+            reporting.alert_rules,
+            metrics.clone(),
+            committed_positions,
+        )
+        .await
+        .context("starting the reports projection")?;
         let commands = CommandService::new(
             store.clone(),
             appender,
@@ -108,6 +131,8 @@ impl Application {
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;
         let state = AppState(Arc::new(Services {
+            reports,
+            reporting,
             groups: Repository::new(store.clone()),
             clients: Repository::new(store.clone()),
             auth: Authenticator::new(store.clone()),

@@ -8,7 +8,9 @@
 
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 use crate::store::{Append, AppendResult, Store, StoreError};
@@ -21,7 +23,7 @@ type Reply = oneshot::Sender<Result<AppendResult, SharedStoreError>>;
 /// A store failure seen by every append of a failed batch.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct SharedStoreError(pub std::sync::Arc<StoreError>);
+pub struct SharedStoreError(pub Arc<StoreError>);
 
 #[derive(Clone)]
 pub struct Appender {
@@ -30,7 +32,13 @@ pub struct Appender {
 
 impl Appender {
     /// Starts the committing task. `max_batch` bounds one transaction's appends.
-    pub fn start(store: Store, metrics: Metrics, max_batch: usize) -> Appender {
+    /// `committed` carries the newest committed position; projections wait on it.
+    pub fn start(
+        store: Store,
+        metrics: Metrics,
+        max_batch: usize,
+        committed: watch::Sender<i64>,
+    ) -> Appender {
         let (queue, mut incoming) = mpsc::channel::<(Append, Reply)>(max_batch * 4);
         tokio::spawn(async move {
             let mut appends = Vec::with_capacity(max_batch);
@@ -60,12 +68,19 @@ impl Appender {
                 metrics.observe_batch(&appends, outcome.as_ref().ok(), started.elapsed());
                 match outcome {
                     Ok(results) => {
+                        let newest = results.iter().filter_map(|r| match r {
+                            AppendResult::Committed { last_position, .. } => Some(*last_position),
+                            _ => None,
+                        });
+                        if let Some(newest) = newest.max() {
+                            committed.send_replace(newest);
+                        }
                         for (reply, result) in replies.drain(..).zip(results) {
                             let _ = reply.send(Ok(result));
                         }
                     }
                     Err(error) => {
-                        let shared = SharedStoreError(std::sync::Arc::new(error));
+                        let shared = SharedStoreError(Arc::new(error));
                         for reply in replies.drain(..) {
                             let _ = reply.send(Err(shared.clone()));
                         }
@@ -80,11 +95,7 @@ impl Appender {
     /// Queues an append and waits for its transaction to commit (or fail).
     pub async fn append(&self, append: Append) -> Result<AppendResult, SharedStoreError> {
         let (reply, answer) = oneshot::channel();
-        let closed = || {
-            SharedStoreError(std::sync::Arc::new(StoreError::Corrupt(
-                "appender stopped".into(),
-            )))
-        };
+        let closed = || SharedStoreError(Arc::new(StoreError::Corrupt("appender stopped".into())));
         self.queue
             .send((append, reply))
             .await

@@ -23,6 +23,12 @@ pub struct Settings {
     pub body_limit_bytes: usize,
     pub command_attempts: u32,
     pub append_batch_max: usize,
+    /// Consecutive absences that raise an attendance alert.
+    pub alert_consecutive_absences: u32,
+    /// The k of k-anonymity in the reporter form: smaller counts become `null`.
+    pub reporter_min_count: u32,
+    /// Longest a read waits for `min_position`, in milliseconds.
+    pub read_wait_max_ms: u64,
     pub log: String,
 }
 

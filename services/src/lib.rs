@@ -15,4 +15,5 @@ pub mod crypto;
 pub mod demo;
 pub mod http;
 pub mod metrics;
+pub mod projector;
 pub mod store;

@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use circle_projections::practice::AlertRules;
 use circle_services::app::{open_store, Application};
 use circle_services::auth::{create_token, Role};
 use circle_services::config::{Overrides, Settings};
+use circle_services::projector;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,6 +30,14 @@ enum Command {
     Serve(ServeArgs),
     /// Seed a realistic demo practice (if the store is empty) and serve it.
     Demo(ServeArgs),
+    /// Rebuild projections from position 0 (with a progress bar) and save them.
+    Replay {
+        /// Which projection; all when left out.
+        #[arg(long, value_parser = ["reports"])]
+        projection: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -109,6 +119,29 @@ async fn main() -> anyhow::Result<()> {
             init_logging(&settings.log);
             serve(settings, true).await
         }
+        Command::Replay { projection, store } => {
+            let overrides = Overrides {
+                data_dir: store.data_dir,
+                database_url: store.database_url,
+                ..Overrides::default()
+            };
+            let settings = Settings::load(cli.config.as_deref(), overrides)?;
+            init_logging("warn");
+            let store = open_store(&settings).await?;
+            let name = projection.unwrap_or_else(|| projector::REPORTS.to_string());
+            let rules = AlertRules {
+                consecutive_absences: settings.alert_consecutive_absences,
+            };
+            let started = std::time::Instant::now();
+            let practice = projector::rebuild(&store, rules, progress_bar).await?;
+            eprintln!();
+            println!(
+                "rebuilt {name} to position {} in {:.1}s",
+                practice.position,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Command::Token {
             action:
                 TokenAction::Create {
@@ -147,6 +180,24 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     }
     println!("circle listening on http://{address} (OpenAPI: /api/v1/openapi.json)");
     app.run(shutdown_signal()).await
+}
+
+/// Draws `[#####     ] 48% 480000/1000000` on stderr.
+fn progress_bar(position: i64, head: i64) {
+    use std::io::Write;
+    const WIDTH: i64 = 40;
+    let filled = if head > 0 {
+        position * WIDTH / head
+    } else {
+        WIDTH
+    };
+    let percent = if head > 0 { position * 100 / head } else { 100 };
+    let bar: String = (0..WIDTH)
+        .map(|i| if i < filled { '#' } else { ' ' })
+        .collect();
+    let mut err = std::io::stderr();
+    let _ = write!(err, "\r[{bar}] {percent:>3}% {position}/{head}");
+    let _ = err.flush();
 }
 
 async fn shutdown_signal() {

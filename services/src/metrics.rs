@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::store::{Append, AppendResult};
@@ -22,6 +22,10 @@ struct Inner {
     events_appended: IntCounter,
     append_duration: Histogram,
     batch_size: Histogram,
+    projection_position: IntGaugeVec,
+    projection_lag: IntGaugeVec,
+    projection_age: GaugeVec,
+    projection_failures: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -69,6 +73,34 @@ impl Metrics {
             )
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         )?;
+        let projection_position = IntGaugeVec::new(
+            Opts::new(
+                "circle_projection_position",
+                "Last log position a projection has applied",
+            ),
+            &["projection"],
+        )?;
+        let projection_lag = IntGaugeVec::new(
+            Opts::new(
+                "circle_projection_lag_events",
+                "Events in the log not yet applied",
+            ),
+            &["projection"],
+        )?;
+        let projection_age = GaugeVec::new(
+            Opts::new(
+                "circle_projection_last_event_age_seconds",
+                "Age of the last event the projection applied, when last checked",
+            ),
+            &["projection"],
+        )?;
+        let projection_failures = IntCounterVec::new(
+            Opts::new(
+                "circle_projection_failures_total",
+                "Projection steps that failed",
+            ),
+            &["projection"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("circle_build_info", "Build information; always 1"),
             &["version"],
@@ -83,6 +115,10 @@ impl Metrics {
         registry.register(Box::new(append_duration.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(build_info))?;
+        registry.register(Box::new(projection_position.clone()))?;
+        registry.register(Box::new(projection_lag.clone()))?;
+        registry.register(Box::new(projection_age.clone()))?;
+        registry.register(Box::new(projection_failures.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::new(
@@ -98,6 +134,10 @@ impl Metrics {
             events_appended,
             append_duration,
             batch_size,
+            projection_position,
+            projection_lag,
+            projection_age,
+            projection_failures,
         })))
     }
 
@@ -132,6 +172,31 @@ impl Metrics {
             .map(|(_, append)| append.events.len())
             .sum();
         self.0.events_appended.inc_by(committed as u64);
+    }
+
+    pub fn observe_projection(
+        &self,
+        name: &str,
+        position: i64,
+        head: i64,
+        last_recorded_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
+        self.0
+            .projection_position
+            .with_label_values(&[name])
+            .set(position);
+        self.0
+            .projection_lag
+            .with_label_values(&[name])
+            .set((head - position).max(0));
+        if let Some(at) = last_recorded_at {
+            let age = (chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1e3;
+            self.0.projection_age.with_label_values(&[name]).set(age);
+        }
+    }
+
+    pub fn projection_failed(&self, name: &str) {
+        self.0.projection_failures.with_label_values(&[name]).inc();
     }
 
     /// The text exposition format (`text/plain; version=0.0.4`).

@@ -8,6 +8,7 @@ mod extract;
 mod groups;
 pub mod openapi;
 mod problem;
+mod reports;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -30,11 +31,25 @@ use crate::auth::{Authenticator, Role};
 use crate::commands::{CommandContext, CommandService, IdempotencyRequest, Repository};
 use crate::crypto::Vault;
 use crate::metrics::Metrics;
+use crate::projector::LiveReports;
 use crate::store::{KeyAction, Store};
+use circle_projections::practice::AlertRules;
 use extract::{Caller, WriteHeaders};
+
+/// How reports are served.
+#[derive(Clone, Debug)]
+pub struct Reporting {
+    pub alert_rules: AlertRules,
+    /// Counts below this are `null` in the reporter form.
+    pub reporter_min_count: u32,
+    /// Longest wait for `min_position`.
+    pub read_wait_max: std::time::Duration,
+}
 
 pub struct Services {
     pub store: Store,
+    pub reports: Arc<LiveReports>,
+    pub reporting: Reporting,
     pub commands: CommandService,
     pub groups: Repository<Group>,
     pub clients: Repository<Client>,
@@ -97,6 +112,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             "/clients/{client_id}/measures",
             post(clients::record_measure),
         )
+        .route("/reports/attendance", get(reports::attendance))
+        .route("/reports/retention", get(reports::retention))
+        .route("/reports/outcomes", get(reports::outcomes))
+        .route("/alerts", get(reports::alerts))
         .route("/openapi.json", get(openapi::serve));
     Router::new()
         .nest("/api/v1", api)

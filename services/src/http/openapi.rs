@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{clients, groups};
+use super::{clients, groups, reports};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,11 +31,16 @@ use super::{clients, groups};
         clients::change_consent,
         clients::erase_client,
         clients::record_measure,
+        reports::attendance,
+        reports::retention,
+        reports::outcomes,
+        reports::alerts,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "groups", description = "Groups, members, sessions, attendance, feedback"),
         (name = "clients", description = "Clients, consent, erasure, measures"),
+        (name = "reports", description = "Attendance, retention, outcomes, alerts; live or as_of"),
     )
 )]
 pub struct ApiDoc;

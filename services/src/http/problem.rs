@@ -75,12 +75,17 @@ impl Problem {
     }
 
     pub fn unavailable() -> Problem {
-        let mut problem = Problem::new(
+        Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the event store is unavailable; try again shortly",
-        );
-        problem.retry_after = Some(1);
-        problem
+        )
+        .retry_after(1)
+    }
+
+    /// Adds a `Retry-After` header (seconds).
+    pub fn retry_after(mut self, seconds: u32) -> Problem {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn from_rejection(rejection: &(impl Rejection + ?Sized)) -> Problem {

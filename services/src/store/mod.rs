@@ -230,6 +230,21 @@ impl Store {
         dispatch!(self, s => s.find_token(token_hash).await)
     }
 
+    /// A projection's persisted state and the position it reflects.
+    pub async fn load_checkpoint(&self, name: &str) -> Result<Option<(i64, String)>, StoreError> {
+        dispatch!(self, s => s.load_checkpoint(name).await)
+    }
+
+    /// Persists state and position together, in one statement.
+    pub async fn save_checkpoint(
+        &self,
+        name: &str,
+        position: i64,
+        state: &str,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.save_checkpoint(name, position, state).await)
+    }
+
     /// Reachable and migrated.
     pub async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.ping().await)

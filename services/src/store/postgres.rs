@@ -23,6 +23,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("migrations/postgres/0002_append_function.sql"),
     ),
+    (
+        3,
+        include_str!("migrations/postgres/0003_projection_checkpoints.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -252,6 +256,35 @@ impl PgStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|(role, clinician_id)| StoredToken { role, clinician_id }))
+    }
+
+    pub async fn load_checkpoint(&self, name: &str) -> Result<Option<(i64, String)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT position, state FROM projection_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn save_checkpoint(
+        &self,
+        name: &str,
+        position: i64,
+        state: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, position, state, updated_at)
+             VALUES ($1, $2, $3, now())
+             ON CONFLICT (name) DO UPDATE
+             SET position = EXCLUDED.position, state = EXCLUDED.state, updated_at = now()",
+        )
+        .bind(name)
+        .bind(position)
+        .bind(state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

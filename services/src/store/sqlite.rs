@@ -17,7 +17,13 @@ use uuid::Uuid;
 
 use super::*;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("migrations/sqlite/0002_projection_checkpoints.sql"),
+    ),
+];
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -293,6 +299,36 @@ impl SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|(role, clinician_id)| StoredToken { role, clinician_id }))
+    }
+
+    pub async fn load_checkpoint(&self, name: &str) -> Result<Option<(i64, String)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT position, state FROM projection_checkpoints WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn save_checkpoint(
+        &self,
+        name: &str,
+        position: i64,
+        state: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, position, state, updated_at)
+             VALUES (?, ?, ?, ?)
+             ON CONFLICT (name) DO UPDATE
+             SET position = excluded.position, state = excluded.state, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(position)
+        .bind(state)
+        .bind(timestamp(&Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -1,0 +1,301 @@
+//! Report routes: attendance, retention, outcomes and alerts, live or `as_of` a past
+//! time, with `min_position` for read-your-writes.
+//!
+//! Live reports come from the projection kept by [`crate::projector`]; `as_of`
+//! reports fold the log afresh up to that time, so they are computed from history,
+//! not from anything that could have been changed since.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use circle_events::group::Focus;
+use circle_projections::practice::{Alert, Practice};
+use circle_projections::reports::{self, ReporterForm, RetentionScope};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::extract::Caller;
+use super::{path_id, AppState, Problem};
+use crate::auth::Role;
+use crate::projector;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReportQuery {
+    /// The group to report on (for retention, leave out for the whole practice).
+    group_id: Option<String>,
+    /// Retention only: all groups of one focus.
+    focus: Option<String>,
+    /// Outcomes only: `PHQ-9`, `GAD-7`, `ORS`, `SRS` or `GSRS`.
+    instrument: Option<String>,
+    /// RFC 3339: the report as the log stood at this time.
+    as_of: Option<String>,
+    /// Wait (bounded) until the live projection has applied this log position.
+    min_position: Option<i64>,
+}
+
+/// Which view of a report the caller gets.
+#[derive(Clone, Copy, PartialEq)]
+enum Form {
+    Full,
+    Reporter,
+}
+
+impl ReportQuery {
+    fn as_of(&self) -> Result<Option<DateTime<Utc>>, Problem> {
+        self.as_of
+            .as_deref()
+            .map(|t| {
+                DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| {
+                        Problem::bad_request("as_of", "must be an RFC 3339 time with offset")
+                    })
+            })
+            .transpose()
+    }
+
+    fn group_id(&self) -> Result<Option<&str>, Problem> {
+        match self.group_id.as_deref() {
+            Some(id) => path_id("group_id", id).map(|_| Some(id)),
+            None => Ok(None),
+        }
+    }
+
+    fn required_group(&self) -> Result<&str, Problem> {
+        self.group_id()?
+            .ok_or_else(|| Problem::bad_request("group_id", "is required"))
+    }
+}
+
+/// Decides the caller's form: reporters always get the aggregate form; clinicians get
+/// full reports for groups they facilitate and the aggregate form for wider scopes.
+async fn form_for(
+    state: &AppState,
+    caller: &Caller,
+    group_id: Option<&str>,
+) -> Result<Form, Problem> {
+    match caller.0.role {
+        Role::Admin | Role::Auditor => Ok(Form::Full),
+        Role::Reporter => Ok(Form::Reporter),
+        Role::Clinician => {
+            let Some(group_id) = group_id else {
+                return Ok(Form::Reporter);
+            };
+            let group = state.groups.load(group_id).await?.aggregate;
+            let facilitates = caller
+                .0
+                .clinician_id
+                .as_ref()
+                .is_some_and(|c| group.facilitators.contains(c));
+            if facilitates || !group.exists() {
+                Ok(Form::Full)
+            } else {
+                Err(Problem::forbidden("this group is not one you facilitate"))
+            }
+        }
+    }
+}
+
+/// Runs `report` on the practice the query asks for: live (after waiting for
+/// `min_position`) or folded from the log up to `as_of`.
+async fn with_practice<T>(
+    state: &AppState,
+    query: &ReportQuery,
+    report: impl FnOnce(&Practice, DateTime<Utc>) -> T,
+) -> Result<T, Problem> {
+    if let Some(as_of) = query.as_of()? {
+        let mut practice = Practice::new(state.reporting.alert_rules);
+        projector::fold(&state.store, &mut practice, Some(as_of), |_, _| {})
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "folding the log for an as_of report");
+                Problem::unavailable()
+            })?;
+        return Ok(report(&practice, as_of));
+    }
+    if let Some(position) = query.min_position {
+        let wait = state.reporting.read_wait_max;
+        if !state.reports.caught_up(position, wait).await {
+            return Err(Problem::field(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "min_position",
+                format!(
+                    "reports have reached position {} of {position}; try again shortly",
+                    state.reports.position()
+                ),
+            )
+            .retry_after(1));
+        }
+    }
+    Ok(state.reports.read(|practice| report(practice, Utc::now())))
+}
+
+fn not_found(what: &str) -> Problem {
+    Problem::not_found(format!("no {what} with that id"))
+}
+
+#[utoipa::path(get, path = "/api/v1/reports/attendance", params(ReportQuery),
+    responses((status = 200, description = "Attendance by session and by member"),
+              (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "reports")]
+pub async fn attendance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ReportQuery>,
+) -> Result<Response, Problem> {
+    let group_id = query.required_group()?.to_string();
+    let form = form_for(&state, &caller, Some(&group_id)).await?;
+    let k = state.reporting.reporter_min_count;
+    let report = with_practice(&state, &query, |p, as_of| {
+        reports::attendance(p, &group_id, as_of)
+    })
+    .await?
+    .ok_or_else(|| not_found("group"))?;
+    Ok(match form {
+        Form::Full => Json(report).into_response(),
+        Form::Reporter => Json(report.for_reporters(k)).into_response(),
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/reports/retention", params(ReportQuery),
+    responses((status = 200, description = "Counts by exit reason and Kaplan–Meier retention"),
+              (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "reports")]
+pub async fn retention(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ReportQuery>,
+) -> Result<Response, Problem> {
+    let scope = match (query.group_id()?, query.focus.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_request(
+                "focus",
+                "give group_id or focus, not both",
+            ))
+        }
+        (Some(group_id), None) => RetentionScope::Group(group_id.to_string()),
+        (None, Some(focus)) => RetentionScope::Focus(parse_focus(focus)?),
+        (None, None) => RetentionScope::Practice,
+    };
+    let group_id = match &scope {
+        RetentionScope::Group(id) => Some(id.as_str()),
+        _ => None,
+    };
+    let form = form_for(&state, &caller, group_id).await?;
+    if let RetentionScope::Group(id) = &scope {
+        if !state.reports.read(|p| p.groups.contains_key(id)) && query.as_of.is_none() {
+            return Err(not_found("group"));
+        }
+    }
+    let k = state.reporting.reporter_min_count;
+    let report = with_practice(&state, &query, |p, as_of| {
+        reports::retention(p, &scope, as_of)
+    })
+    .await?;
+    Ok(match form {
+        Form::Full => Json(report).into_response(),
+        Form::Reporter => Json(report.for_reporters(k)).into_response(),
+    })
+}
+
+fn parse_focus(text: &str) -> Result<Focus, Problem> {
+    serde_json::from_value(serde_json::Value::String(text.to_string())).map_err(|_| {
+        Problem::bad_request(
+            "focus",
+            "must be one of anxiety, depression, grief, trauma, relationships, addiction_recovery, personal_growth",
+        )
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/reports/outcomes", params(ReportQuery),
+    responses((status = 200, description = "Per-member change and classification, group summary"),
+              (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "reports")]
+pub async fn outcomes(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ReportQuery>,
+) -> Result<Response, Problem> {
+    let group_id = query.required_group()?.to_string();
+    let instrument = query
+        .instrument
+        .clone()
+        .ok_or_else(|| Problem::bad_request("instrument", "is required"))?;
+    if circle_events::instruments::Catalogue::builtin()
+        .current(&instrument)
+        .is_none()
+    {
+        return Err(Problem::bad_request(
+            "instrument",
+            "is not in the instrument catalogue",
+        ));
+    }
+    let form = form_for(&state, &caller, Some(&group_id)).await?;
+    let k = state.reporting.reporter_min_count;
+    let report = with_practice(&state, &query, |p, as_of| {
+        reports::outcomes(p, &group_id, &instrument, as_of)
+    })
+    .await?
+    .ok_or_else(|| not_found("group"))?;
+    Ok(match form {
+        Form::Full => Json(report).into_response(),
+        Form::Reporter => Json(report.for_reporters(k)).into_response(),
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AlertView {
+    kind: String,
+    group_id: String,
+    client_id: String,
+    raised_at: DateTime<Utc>,
+    position: i64,
+    detail: String,
+}
+
+impl From<&Alert> for AlertView {
+    fn from(alert: &Alert) -> AlertView {
+        AlertView {
+            kind: serde_json::to_value(alert.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            group_id: alert.group_id.clone(),
+            client_id: alert.client_id.clone(),
+            raised_at: alert.raised_at,
+            position: alert.position,
+            detail: alert.detail.clone(),
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/alerts", params(ReportQuery),
+    responses((status = 200, body = Vec<AlertView>),
+              (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "reports")]
+pub async fn alerts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ReportQuery>,
+) -> Result<Json<Vec<AlertView>>, Problem> {
+    // Alerts name members: never in the aggregate form.
+    caller.require(&[Role::Admin, Role::Auditor, Role::Clinician])?;
+    let group_id = query.group_id()?.map(String::from);
+    if caller.0.role == Role::Clinician {
+        let group = group_id
+            .as_deref()
+            .ok_or_else(|| Problem::bad_request("group_id", "is required for clinicians"))?;
+        form_for(&state, &caller, Some(group)).await?;
+    }
+    let views = with_practice(&state, &query, |p, _| {
+        reports::alerts(p, group_id.as_deref())
+            .into_iter()
+            .map(AlertView::from)
+            .collect()
+    })
+    .await?;
+    Ok(Json(views))
+}

@@ -1,0 +1,359 @@
+//! Reports over HTTP on PostgreSQL: live, as of a past time, after a restart, and as
+//! rebuilt from position 0.
+
+use chrono::{Duration, NaiveDate};
+use circle_projections::practice::{AlertRules, Practice};
+use circle_services::auth::Role;
+use circle_services::projector;
+use circle_tests::{spawn_app, spawn_app_on, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn six_mp() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/km_6mp.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).expect("km_6mp.json")).unwrap()
+}
+
+/// The 6-MP vector as commands: one group with room for all 21, everyone joining on
+/// one date and leaving after 7×t days, dropouts for events, completions for censored.
+async fn six_mp_group(app: &TestApp) -> i64 {
+    let admin = &app.admin;
+    let created = app
+        .post(
+            "/api/v1/groups",
+            admin,
+            json!({"group_id": "g6mp", "name": "6-MP", "focus": "grief", "format": "closed",
+                   "capacity": 21, "facilitators": ["dr_a"]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let joined_on = NaiveDate::from_ymd_opt(2025, 1, 6).unwrap();
+    let mut position = 0;
+    for (i, o) in six_mp()["observations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let client = format!("m{i:02}");
+        app.post("/api/v1/clients", admin, json!({"client_id": client}))
+            .await;
+        let join = app
+            .post(
+                "/api/v1/groups/g6mp/members",
+                admin,
+                json!({"client_id": client, "joined_on": joined_on}),
+            )
+            .await;
+        assert_eq!(join.status, StatusCode::OK, "{:?}", join.body);
+        let left_on = joined_on + Duration::days(o["t"].as_i64().unwrap() * 7);
+        let reason = if o["event"].as_bool().unwrap() {
+            "dropped_out"
+        } else {
+            "completed"
+        };
+        let leave = app
+            .post(
+                &format!("/api/v1/groups/g6mp/members/{client}/departure"),
+                admin,
+                json!({"left_on": left_on, "reason": reason}),
+            )
+            .await;
+        assert_eq!(leave.status, StatusCode::OK, "{:?}", leave.body);
+        position = leave.position();
+    }
+    position
+}
+
+fn assert_matches_6mp(report: &Value) {
+    let vector = six_mp();
+    let rows = report["kaplan_meier"].as_array().unwrap();
+    let expected = vector["expected"].as_array().unwrap();
+    assert_eq!(rows.len(), expected.len(), "{report}");
+    for (row, want) in rows.iter().zip(expected) {
+        assert_eq!(
+            row["t_days"].as_i64().unwrap(),
+            want["t"].as_i64().unwrap() * 7
+        );
+        assert_eq!(row["at_risk"], want["at_risk"]);
+        assert_eq!(row["events"], want["events"]);
+        for field in ["survival", "std_err"] {
+            let got = row[field].as_f64().unwrap();
+            let published = want[field].as_f64().unwrap();
+            assert!(
+                (got - published).abs() <= 0.5e-4 + 1e-9,
+                "{field}: {got} vs {published}"
+            );
+        }
+    }
+    assert_eq!(report["median_days"], 23 * 7);
+}
+
+#[tokio::test]
+async fn the_6mp_vector_fed_through_http_gives_the_published_retention() {
+    let app = spawn_app().await;
+    let position = six_mp_group(&app).await;
+    let report = app
+        .get(
+            &format!("/api/v1/reports/retention?group_id=g6mp&min_position={position}"),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(report.status, StatusCode::OK, "{:?}", report.body);
+    assert!(report.body["position"].as_i64().unwrap() >= position);
+    assert_eq!(report.body["scope"], "group:g6mp");
+    assert_eq!(report.body["joined"], 21);
+    assert_eq!(report.body["dropped_out"], 9);
+    assert_matches_6mp(&report.body);
+
+    // The same through the practice-wide and per-focus scopes.
+    let grief = app
+        .get("/api/v1/reports/retention?focus=grief", &app.admin)
+        .await;
+    assert_matches_6mp(&grief.body);
+}
+
+#[tokio::test]
+async fn reporters_get_aggregates_only_with_small_counts_suppressed() {
+    let app = spawn_app().await;
+    let position = six_mp_group(&app).await;
+    let reporter = app.token(Role::Reporter, None).await;
+    let report = app
+        .get(
+            &format!("/api/v1/reports/retention?group_id=g6mp&min_position={position}"),
+            &reporter,
+        )
+        .await;
+    assert_eq!(report.status, StatusCode::OK);
+    assert_eq!(report.body["joined"], 21);
+    assert_eq!(
+        report.body["kaplan_meier"][0]["events"],
+        Value::Null,
+        "3 events < k=5"
+    );
+    assert_eq!(report.body["kaplan_meier"][0]["at_risk"], 21);
+    let attendance = app
+        .get("/api/v1/reports/attendance?group_id=g6mp", &reporter)
+        .await;
+    assert_eq!(attendance.status, StatusCode::OK);
+    assert!(attendance.body.get("by_client").is_none());
+    let alerts = app.get("/api/v1/alerts?group_id=g6mp", &reporter).await;
+    assert_eq!(alerts.status, StatusCode::FORBIDDEN);
+}
+
+async fn week_of_attendance(app: &TestApp) -> i64 {
+    let admin = &app.admin;
+    app.post(
+        "/api/v1/groups",
+        admin,
+        json!({"group_id": "g1", "name": "Anxiety", "focus": "anxiety", "format": "open", "facilitators": ["dr_a"]}),
+    )
+    .await;
+    for client in ["c1", "c2"] {
+        app.post("/api/v1/clients", admin, json!({"client_id": client}))
+            .await;
+        app.post(
+            "/api/v1/groups/g1/members",
+            admin,
+            json!({"client_id": client, "joined_on": "2026-01-01"}),
+        )
+        .await;
+    }
+    let mut position = 0;
+    for (week, (c1, c2)) in [
+        ("present", "no_show"),
+        ("late", "excused"),
+        ("present", "present"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let session = format!("s{week}");
+        app.post(
+            "/api/v1/groups/g1/sessions",
+            admin,
+            json!({"session_id": session, "starts_at": format!("2026-01-{:02}T18:00:00+01:00", 6 + 7 * week), "duration_minutes": 90}),
+        )
+        .await;
+        let answer = app
+            .post(
+                &format!("/api/v1/groups/g1/sessions/{session}/attendance"),
+                admin,
+                json!({"records": [{"client_id": "c1", "status": c1}, {"client_id": "c2", "status": c2}]}),
+            )
+            .await;
+        position = answer.position();
+    }
+    let phq9 = app
+        .post(
+            "/api/v1/groups/g1/sessions/s2/feedback",
+            admin,
+            json!({"client_id": "c1", "instrument": "PHQ-9", "items": [1, 1, 1, 1, 1, 1, 1, 1, 2]}),
+        )
+        .await;
+    assert_eq!(phq9.status, StatusCode::OK);
+    position.max(phq9.position())
+}
+
+#[tokio::test]
+async fn attendance_outcomes_and_alerts_over_http() {
+    let app = spawn_app().await;
+    let position = week_of_attendance(&app).await;
+    let attendance = app
+        .get(
+            &format!("/api/v1/reports/attendance?group_id=g1&min_position={position}"),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(attendance.status, StatusCode::OK, "{:?}", attendance.body);
+    assert_eq!(attendance.body["sessions_held"], 3);
+    assert_eq!(attendance.body["attendance_rate"], 0.666667);
+    let c2 = &attendance.body["by_client"][1];
+    assert_eq!(
+        (c2["client_id"].as_str(), c2["attended"].as_i64()),
+        (Some("c2"), Some(1))
+    );
+
+    let alerts = app.get("/api/v1/alerts?group_id=g1", &app.admin).await;
+    let kinds: Vec<_> = alerts
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["kind"].clone(), a["client_id"].clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (json!("attendance"), json!("c2")),
+            (json!("risk"), json!("c1"))
+        ]
+    );
+
+    let outcomes = app
+        .get(
+            "/api/v1/reports/outcomes?group_id=g1&instrument=PHQ-9",
+            &app.admin,
+        )
+        .await;
+    assert_eq!(outcomes.status, StatusCode::OK);
+    assert_eq!(
+        outcomes.body["clients"][0]["classification"],
+        "insufficient_data"
+    );
+    assert_eq!(outcomes.body["reference_version"], "2024.1");
+
+    let bad = app
+        .get(
+            "/api/v1/reports/outcomes?group_id=g1&instrument=BDI",
+            &app.admin,
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.field(), "instrument");
+    let bad = app.get("/api/v1/reports/attendance", &app.admin).await;
+    assert_eq!(bad.field(), "group_id");
+    let bad = app
+        .get("/api/v1/reports/retention?as_of=yesterday", &app.admin)
+        .await;
+    assert_eq!(bad.field(), "as_of");
+    let missing = app
+        .get("/api/v1/reports/attendance?group_id=nope", &app.admin)
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let other = app.token(Role::Clinician, Some("dr_b")).await;
+    assert_eq!(
+        app.get("/api/v1/reports/attendance?group_id=g1", &other)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let own = app.token(Role::Clinician, Some("dr_a")).await;
+    assert_eq!(
+        app.get("/api/v1/reports/attendance?group_id=g1", &own)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_report_as_of_a_past_time_shows_the_log_as_it_stood_then() {
+    let app = spawn_app().await;
+    week_of_attendance(&app).await;
+    let before_more = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let later = app
+        .post(
+            "/api/v1/groups/g1/members/c2/departure",
+            &app.admin,
+            json!({"left_on": "2026-01-25", "reason": "dropped_out"}),
+        )
+        .await;
+    let now_report = app
+        .get(
+            &format!(
+                "/api/v1/reports/retention?group_id=g1&min_position={}",
+                later.position()
+            ),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(now_report.body["dropped_out"], 1);
+    let as_of = before_more.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let then = app
+        .get(
+            &format!(
+                "/api/v1/reports/retention?group_id=g1&as_of={}",
+                urlencode(&as_of)
+            ),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(then.status, StatusCode::OK, "{:?}", then.body);
+    assert_eq!(then.body["dropped_out"], 0);
+    assert_eq!(then.body["active"], 2);
+    assert!(then.body["position"].as_i64().unwrap() < later.position());
+}
+
+fn urlencode(text: &str) -> String {
+    text.replace('+', "%2B").replace(':', "%3A")
+}
+
+#[tokio::test]
+async fn a_rebuild_from_zero_equals_the_live_projection_and_a_restart_resumes_it() {
+    let app = spawn_app().await;
+    let position = six_mp_group(&app).await.max(week_of_attendance(&app).await);
+    assert!(
+        app.state
+            .reports
+            .caught_up(position, std::time::Duration::from_secs(5))
+            .await
+    );
+    let live: Practice = app.state.reports.read(|p| p.clone());
+    let rebuilt = projector::rebuild(&app.state.store, AlertRules::default(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(rebuilt, live);
+    let live_json = app.get("/api/v1/reports/retention", &app.admin).await.body;
+
+    // A second process on the same database starts from the saved checkpoint.
+    let restarted = spawn_app_on(&app.database_url).await;
+    assert_eq!(
+        restarted.state.reports.position(),
+        position,
+        "resumed from the checkpoint"
+    );
+    let mut after_restart = restarted
+        .get("/api/v1/reports/retention", &restarted.admin)
+        .await
+        .body;
+    let mut before = live_json.clone();
+    for report in [&mut after_restart, &mut before] {
+        report.as_object_mut().unwrap().remove("as_of");
+    }
+    assert_eq!(after_restart, before);
+}
