@@ -1,101 +1,17 @@
 //! Reports over HTTP on PostgreSQL: live, as of a past time, after a restart, and as
 //! rebuilt from position 0.
 
-use chrono::{Duration, NaiveDate};
 use circle_projections::practice::{AlertRules, Practice};
 use circle_services::auth::Role;
 use circle_services::projector;
-use circle_tests::{spawn_app, spawn_app_on, TestApp};
+use circle_tests::{assert_matches_6mp, six_mp_group, spawn_app, spawn_app_on, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn six_mp() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/km_6mp.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).expect("km_6mp.json")).unwrap()
-}
-
-/// The 6-MP vector as commands: one group with room for all 21, everyone joining on
-/// one date and leaving after 7×t days, dropouts for events, completions for censored.
-async fn six_mp_group(app: &TestApp) -> i64 {
-    let admin = &app.admin;
-    let created = app
-        .post(
-            "/api/v1/groups",
-            admin,
-            json!({"group_id": "g6mp", "name": "6-MP", "focus": "grief", "format": "closed",
-                   "capacity": 21, "facilitators": ["dr_a"]}),
-        )
-        .await;
-    assert_eq!(created.status, StatusCode::CREATED);
-    let joined_on = NaiveDate::from_ymd_opt(2025, 1, 6).unwrap();
-    let mut position = 0;
-    for (i, o) in six_mp()["observations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
-        let client = format!("m{i:02}");
-        app.post("/api/v1/clients", admin, json!({"client_id": client}))
-            .await;
-        let join = app
-            .post(
-                "/api/v1/groups/g6mp/members",
-                admin,
-                json!({"client_id": client, "joined_on": joined_on}),
-            )
-            .await;
-        assert_eq!(join.status, StatusCode::OK, "{:?}", join.body);
-        let left_on = joined_on + Duration::days(o["t"].as_i64().unwrap() * 7);
-        let reason = if o["event"].as_bool().unwrap() {
-            "dropped_out"
-        } else {
-            "completed"
-        };
-        let leave = app
-            .post(
-                &format!("/api/v1/groups/g6mp/members/{client}/departure"),
-                admin,
-                json!({"left_on": left_on, "reason": reason}),
-            )
-            .await;
-        assert_eq!(leave.status, StatusCode::OK, "{:?}", leave.body);
-        position = leave.position();
-    }
-    position
-}
-
-fn assert_matches_6mp(report: &Value) {
-    let vector = six_mp();
-    let rows = report["kaplan_meier"].as_array().unwrap();
-    let expected = vector["expected"].as_array().unwrap();
-    assert_eq!(rows.len(), expected.len(), "{report}");
-    for (row, want) in rows.iter().zip(expected) {
-        assert_eq!(
-            row["t_days"].as_i64().unwrap(),
-            want["t"].as_i64().unwrap() * 7
-        );
-        assert_eq!(row["at_risk"], want["at_risk"]);
-        assert_eq!(row["events"], want["events"]);
-        for field in ["survival", "std_err"] {
-            let got = row[field].as_f64().unwrap();
-            let published = want[field].as_f64().unwrap();
-            assert!(
-                (got - published).abs() <= 0.5e-4 + 1e-9,
-                "{field}: {got} vs {published}"
-            );
-        }
-    }
-    assert_eq!(report["median_days"], 23 * 7);
-}
 
 #[tokio::test]
 async fn the_6mp_vector_fed_through_http_gives_the_published_retention() {
     let app = spawn_app().await;
-    let position = six_mp_group(&app).await;
+    let position = six_mp_group(&app, "g6mp").await;
     let report = app
         .get(
             &format!("/api/v1/reports/retention?group_id=g6mp&min_position={position}"),
@@ -107,19 +23,19 @@ async fn the_6mp_vector_fed_through_http_gives_the_published_retention() {
     assert_eq!(report.body["scope"], "group:g6mp");
     assert_eq!(report.body["joined"], 21);
     assert_eq!(report.body["dropped_out"], 9);
-    assert_matches_6mp(&report.body);
+    assert_matches_6mp(&report.body, true);
 
     // The same through the practice-wide and per-focus scopes.
     let grief = app
         .get("/api/v1/reports/retention?focus=grief", &app.admin)
         .await;
-    assert_matches_6mp(&grief.body);
+    assert_matches_6mp(&grief.body, true);
 }
 
 #[tokio::test]
 async fn reporters_get_aggregates_only_with_small_counts_suppressed() {
     let app = spawn_app().await;
-    let position = six_mp_group(&app).await;
+    let position = six_mp_group(&app, "g6mp").await;
     let reporter = app.token(Role::Reporter, None).await;
     let report = app
         .get(
@@ -326,7 +242,9 @@ fn urlencode(text: &str) -> String {
 #[tokio::test]
 async fn a_rebuild_from_zero_equals_the_live_projection_and_a_restart_resumes_it() {
     let app = spawn_app().await;
-    let position = six_mp_group(&app).await.max(week_of_attendance(&app).await);
+    let position = six_mp_group(&app, "g6mp")
+        .await
+        .max(week_of_attendance(&app).await);
     assert!(
         app.state
             .reports

@@ -16,6 +16,7 @@ use crate::crypto::Vault;
 use crate::http::{router, AppState, Reporting, Services};
 use crate::metrics::Metrics;
 use crate::projector;
+use crate::publisher::{self, NatsSettings};
 use crate::store::Store;
 use circle_projections::practice::AlertRules;
 
@@ -98,10 +99,11 @@ impl Application {
             store.clone(),
             reporting.alert_rules,
             metrics.clone(),
-            committed_positions,
+            committed_positions.clone(),
         )
         .await
         .context("starting the reports projection")?;
+        let committed_for_nats = committed_positions;
         let commands = CommandService::new(
             store.clone(),
             appender,
@@ -122,10 +124,26 @@ impl Application {
             ),
         };
         match &settings.nats_url {
-            None => tracing::info!("no NATS URL configured: publishing over NATS is off"),
-            Some(_) => tracing::warn!(
-                "a NATS URL is configured, but this build does not publish to NATS yet"
+            None => tracing::info!(
+                "no NATS URL configured: publishing over NATS is off; reports are served over HTTP"
             ),
+            Some(url) => publisher::start(
+                NatsSettings {
+                    url: url.clone(),
+                    namespace: settings.nats_namespace.clone(),
+                    coalesce: std::time::Duration::from_millis(settings.nats_coalesce_ms),
+                    duplicate_window: std::time::Duration::from_secs(
+                        settings.nats_duplicate_window_secs,
+                    ),
+                },
+                store.clone(),
+                reports.clone(),
+                reporting.clone(),
+                metrics.clone(),
+                committed_for_nats,
+            )
+            .await
+            .context("connecting to NATS")?,
         }
         let listener = TcpListener::bind(&settings.listen)
             .await

@@ -29,6 +29,13 @@ pub struct Settings {
     pub reporter_min_count: u32,
     /// Longest a read waits for `min_position`, in milliseconds.
     pub read_wait_max_ms: u64,
+    /// First token of every subject and prefix of stream names (`circle` →
+    /// `circle.events.>`, `CIRCLE_EVENTS`).
+    pub nats_namespace: String,
+    /// At most one report publish per NATS subject per this many milliseconds.
+    pub nats_coalesce_ms: u64,
+    /// JetStream de-duplication window for re-published messages, in seconds.
+    pub nats_duplicate_window_secs: u64,
     pub log: String,
 }
 

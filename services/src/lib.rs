@@ -16,4 +16,5 @@ pub mod demo;
 pub mod http;
 pub mod metrics;
 pub mod projector;
+pub mod publisher;
 pub mod store;

@@ -88,8 +88,25 @@ pub async fn spawn_app() -> TestApp {
 
 /// A Circle on an existing schema: a second instance simulates a second process.
 pub async fn spawn_app_on(database_url: &str) -> TestApp {
+    spawn_app_with(database_url, |_| {}).await
+}
+
+/// The test NATS server, from `deploy/test.env` (exported by `scripts/test`).
+pub fn nats_url() -> String {
+    std::env::var("CIRCLE_TEST_NATS_URL").unwrap_or_else(|_| {
+        panic!("CIRCLE_TEST_NATS_URL is not set: run the suite with scripts/test")
+    })
+}
+
+/// A subject namespace of its own, so tests share the NATS server but no stream.
+pub fn fresh_namespace() -> String {
+    format!("t{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A Circle on an existing schema with settings adjusted by `configure`.
+pub async fn spawn_app_with(database_url: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let admin = format!("admin-{}", uuid::Uuid::new_v4().simple());
-    let settings = Settings::load(
+    let mut settings = Settings::load(
         None,
         Overrides {
             listen: Some("127.0.0.1:0".into()),
@@ -100,6 +117,7 @@ pub async fn spawn_app_on(database_url: &str) -> TestApp {
         },
     )
     .expect("settings");
+    configure(&mut settings);
     let app = Application::build(&settings).await.expect("build app");
     let base = format!("http://{}", app.local_addr().expect("address"));
     let state = app.state();
@@ -169,4 +187,103 @@ impl TestApp {
     pub async fn head(&self) -> i64 {
         self.state.store.head_position().await.expect("head")
     }
+}
+
+/// The 6-MP vector (Freireich 1963) from `../shared/testdata`.
+pub fn six_mp() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/km_6mp.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).expect("km_6mp.json")).unwrap()
+}
+
+/// The 6-MP vector as commands: one group with room for all 21, everyone joining on
+/// one date and leaving after 7×t days, dropouts for events, completions for
+/// censored. Returns the log position of the last command.
+pub async fn six_mp_group(app: &TestApp, group_id: &str) -> i64 {
+    let admin = &app.admin;
+    let created = app
+        .post(
+            "/api/v1/groups",
+            admin,
+            serde_json::json!({"group_id": group_id, "name": "6-MP", "focus": "grief", "format": "closed",
+                               "capacity": 21, "facilitators": ["dr_a"]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let joined_on = chrono::NaiveDate::from_ymd_opt(2025, 1, 6).unwrap();
+    let mut position = 0;
+    for (i, o) in six_mp()["observations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let client = format!("{group_id}-m{i:02}");
+        app.post(
+            "/api/v1/clients",
+            admin,
+            serde_json::json!({"client_id": client}),
+        )
+        .await;
+        let join = app
+            .post(
+                &format!("/api/v1/groups/{group_id}/members"),
+                admin,
+                serde_json::json!({"client_id": client, "joined_on": joined_on}),
+            )
+            .await;
+        assert_eq!(join.status, StatusCode::OK, "{:?}", join.body);
+        let left_on = joined_on + chrono::Duration::days(o["t"].as_i64().unwrap() * 7);
+        let reason = if o["event"].as_bool().unwrap() {
+            "dropped_out"
+        } else {
+            "completed"
+        };
+        let leave = app
+            .post(
+                &format!("/api/v1/groups/{group_id}/members/{client}/departure"),
+                admin,
+                serde_json::json!({"left_on": left_on, "reason": reason}),
+            )
+            .await;
+        assert_eq!(leave.status, StatusCode::OK, "{:?}", leave.body);
+        position = leave.position();
+    }
+    position
+}
+
+/// Checks a retention report against the published 6-MP table to 4 decimals.
+/// `counts` is false for the reporter form, where counts below k may be null.
+pub fn assert_matches_6mp(report: &Value, counts: bool) {
+    let vector = six_mp();
+    let rows = report["kaplan_meier"]
+        .as_array()
+        .expect("kaplan_meier rows");
+    let expected = vector["expected"].as_array().unwrap();
+    assert_eq!(rows.len(), expected.len(), "{report}");
+    for (row, want) in rows.iter().zip(expected) {
+        assert_eq!(
+            row["t_days"].as_i64().unwrap(),
+            want["t"].as_i64().unwrap() * 7
+        );
+        if counts {
+            assert_eq!(row["at_risk"], want["at_risk"]);
+            assert_eq!(row["events"], want["events"]);
+        }
+        for field in ["survival", "std_err"] {
+            let got = row[field].as_f64().unwrap();
+            let published = want[field].as_f64().unwrap();
+            // The vector has 4 decimals: the true value is within half a unit of them.
+            assert!(
+                (got - published).abs() <= 0.5e-4 + 1e-9,
+                "{field}: {got} vs {published}"
+            );
+        }
+    }
+    assert_eq!(
+        report["median_days"],
+        vector["median"].as_i64().unwrap() * 7
+    );
 }

@@ -1,0 +1,527 @@
+//! Publishing over NATS JetStream, driven by the ordered log, never by the command
+//! path: with NATS down, commands still succeed; when it returns, everything is
+//! published from the publisher's own durable checkpoint.
+//!
+//! - Every event goes to `CIRCLE_EVENTS` on `circle.events.<aggregate_type>.<id>` with
+//!   `Nats-Msg-Id` = event id, CloudEvents `ce-*` headers and opaque ids only.
+//! - Reports go to `CIRCLE_REPORTS` on `circle.reports.<kind>.group.<id>` and
+//!   `circle.reports.<kind>.practice`, in the reporter form, with `Circle-Position`
+//!   and `Nats-Msg-Id` = `subject@position`; the stream keeps the newest per subject.
+//!   Bursts are coalesced: at most one publish per subject per interval.
+//! - A re-publish after a failure carries the same message ids, so JetStream's
+//!   de-duplication keeps every stream free of duplicates.
+//!
+//! Only nats-server 2.9 features are used (no KV, no 2.10 stream options).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use async_nats::service::ServiceExt;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chrono::Utc;
+use circle_projections::practice::{AlertKind, Practice};
+use circle_projections::reports::{self, ReporterForm, RetentionScope};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::http::Reporting;
+use crate::metrics::Metrics;
+use crate::projector::LiveReports;
+use crate::store::{RecordedEvent, Store};
+
+const CHECKPOINT: &str = "nats";
+const PAGE: i64 = 1_000;
+const IDLE_POLL: Duration = Duration::from_millis(250);
+const REPORT_KINDS: [&str; 4] = ["attendance", "retention", "outcomes", "alerts"];
+
+#[derive(Clone, Debug)]
+pub struct NatsSettings {
+    pub url: String,
+    /// First subject token and stream-name prefix: `circle` gives `circle.events.>`,
+    /// `CIRCLE_EVENTS`, `circle.reports.>`, `CIRCLE_REPORTS`, `circle.api.reports.*`.
+    /// Tests use their own so they can share one server.
+    pub namespace: String,
+    /// At most one report publish per subject per this interval.
+    pub coalesce: Duration,
+    pub duplicate_window: Duration,
+}
+
+/// What still has to be published, saved with the checkpoint so a restart loses
+/// nothing: groups whose reports changed since the last report publish.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Pending {
+    groups: BTreeSet<String>,
+    practice: bool,
+}
+
+/// Connects (retrying in the background when NATS is down) and starts the
+/// publisher and the `circle` micro service.
+pub async fn start(
+    settings: NatsSettings,
+    store: Store,
+    reports: Arc<LiveReports>,
+    reporting: Reporting,
+    metrics: Metrics,
+    committed: watch::Receiver<i64>,
+) -> anyhow::Result<()> {
+    let client = async_nats::ConnectOptions::new()
+        .name("circle")
+        .retry_on_initial_connect()
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("NATS connected"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("NATS disconnected; publishing will resume from the log")
+                }
+                other => tracing::info!(event = %other, "NATS"),
+            }
+        })
+        .connect(settings.url.as_str())
+        .await?;
+    let publisher = Publisher {
+        js: jetstream::new(client.clone()),
+        store,
+        reports: reports.clone(),
+        reporting: reporting.clone(),
+        metrics,
+        settings,
+    };
+    let namespace = publisher.settings.namespace.clone();
+    tokio::spawn(publisher.run(committed));
+    tokio::spawn(serve_reports(client, namespace, reports, reporting));
+    Ok(())
+}
+
+impl NatsSettings {
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.namespace.to_uppercase())
+    }
+
+    pub fn reports_stream(&self) -> String {
+        format!("{}_REPORTS", self.namespace.to_uppercase())
+    }
+}
+
+struct Publisher {
+    js: jetstream::Context,
+    store: Store,
+    reports: Arc<LiveReports>,
+    reporting: Reporting,
+    metrics: Metrics,
+    settings: NatsSettings,
+}
+
+impl Publisher {
+    async fn run(self, mut committed: watch::Receiver<i64>) {
+        let (mut position, mut pending) = loop {
+            match self.store.load_checkpoint(CHECKPOINT).await {
+                Ok(Some((position, state))) => {
+                    break (position, serde_json::from_str(&state).unwrap_or_default())
+                }
+                Ok(None) => break (0, Pending::default()),
+                Err(error) => {
+                    tracing::warn!(%error, "loading the NATS checkpoint; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let mut streams_ready = false;
+        let mut last_reports = Instant::now() - self.settings.coalesce;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let outcome = async {
+                if !streams_ready {
+                    self.ensure_streams().await?;
+                    streams_ready = true;
+                }
+                let published = self.publish_events(&mut position, &mut pending).await?;
+                let reports_due = (pending.practice || !pending.groups.is_empty())
+                    && last_reports.elapsed() >= self.settings.coalesce;
+                if reports_due
+                    && self
+                        .reports
+                        .caught_up(position, Duration::from_secs(5))
+                        .await
+                {
+                    self.publish_reports(&pending).await?;
+                    pending = Pending::default();
+                    last_reports = Instant::now();
+                    self.save(position, &pending).await?;
+                }
+                anyhow::Ok(published)
+            }
+            .await;
+            match outcome {
+                Ok(published) => {
+                    backoff = Duration::from_millis(100);
+                    if let Ok(head) = self.store.head_position().await {
+                        self.metrics
+                            .observe_projection(CHECKPOINT, position, head, None);
+                    }
+                    if published == 0 {
+                        let wait = if pending.practice || !pending.groups.is_empty() {
+                            self.settings
+                                .coalesce
+                                .saturating_sub(last_reports.elapsed())
+                        } else {
+                            IDLE_POLL
+                        };
+                        tokio::select! {
+                            changed = committed.changed() => {
+                                if changed.is_err() {
+                                    tokio::time::sleep(wait).await;
+                                }
+                            }
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+                Err(error) => {
+                    streams_ready = false;
+                    self.metrics.projection_failed(CHECKPOINT);
+                    tracing::warn!(%error, position, "publishing to NATS failed; will retry from the checkpoint");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn ensure_streams(&self) -> anyhow::Result<()> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: self.settings.events_stream(),
+                subjects: vec![format!("{}.events.>", self.settings.namespace)],
+                duplicate_window: self.settings.duplicate_window,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: self.settings.reports_stream(),
+                subjects: vec![format!("{}.reports.>", self.settings.namespace)],
+                duplicate_window: self.settings.duplicate_window,
+                max_messages_per_subject: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn save(&self, position: i64, pending: &Pending) -> anyhow::Result<()> {
+        let state = serde_json::to_string(pending)?;
+        self.store
+            .save_checkpoint(CHECKPOINT, position, &state)
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes one page of events, awaiting every ack, then moves the checkpoint.
+    async fn publish_events(
+        &self,
+        position: &mut i64,
+        pending: &mut Pending,
+    ) -> anyhow::Result<usize> {
+        let page = self.store.read_all(*position, PAGE).await?;
+        let Some(last) = page.last().map(|e| e.position) else {
+            return Ok(0);
+        };
+        let mut acks = Vec::with_capacity(page.len());
+        for event in &page {
+            let (subject, headers, body) = event_message(&self.settings.namespace, event);
+            acks.push(self.js.publish_with_headers(subject, headers, body).await?);
+            if event.aggregate_type == "group" {
+                pending.groups.insert(event.aggregate_id.clone());
+                pending.practice = true;
+            }
+        }
+        for ack in acks {
+            // A duplicate ack means an earlier attempt already stored it: success.
+            ack.await?;
+        }
+        *position = last;
+        self.save(*position, pending).await?;
+        Ok(page.len())
+    }
+
+    async fn publish_reports(&self, pending: &Pending) -> anyhow::Result<()> {
+        let k = self.reporting.reporter_min_count;
+        let ns = &self.settings.namespace;
+        let messages: Vec<(String, i64, Value)> = self.reports.read(|practice| {
+            let now = Utc::now();
+            let mut messages = Vec::new();
+            for group_id in &pending.groups {
+                for kind in REPORT_KINDS {
+                    if let Some(body) = group_report(practice, kind, group_id, k, now) {
+                        messages.push((
+                            format!("{ns}.reports.{kind}.group.{group_id}"),
+                            practice.position,
+                            body,
+                        ));
+                    }
+                }
+            }
+            if pending.practice {
+                let retention =
+                    reports::retention(practice, &RetentionScope::Practice, now).for_reporters(k);
+                messages.push((
+                    format!("{ns}.reports.retention.practice"),
+                    practice.position,
+                    to_json(&retention),
+                ));
+                messages.push((
+                    format!("{ns}.reports.alerts.practice"),
+                    practice.position,
+                    alert_counts(practice, None, k),
+                ));
+            }
+            messages
+        });
+        let mut acks = Vec::with_capacity(messages.len());
+        for (subject, position, body) in messages {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("{subject}@{position}").as_str());
+            headers.insert("Circle-Position", position.to_string().as_str());
+            headers.insert("Content-Type", "application/json");
+            let payload = Bytes::from(serde_json::to_vec(&body)?);
+            acks.push(
+                self.js
+                    .publish_with_headers(subject, headers, payload)
+                    .await?,
+            );
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        Ok(())
+    }
+}
+
+fn to_json(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// An event as published: opaque ids and scores, no sealed personal data, no actor id.
+fn event_message(namespace: &str, event: &RecordedEvent) -> (String, HeaderMap, Bytes) {
+    let subject = format!(
+        "{namespace}.events.{}.{}",
+        event.aggregate_type, event.aggregate_id
+    );
+    let mut data = event.payload.clone();
+    if let Some(object) = data.as_object_mut() {
+        object.remove("personal");
+    }
+    let body = json!({
+        "position": event.position,
+        "aggregate_type": event.aggregate_type,
+        "aggregate_id": event.aggregate_id,
+        "sequence": event.sequence,
+        "event_type": event.event_type,
+        "event_version": event.event_version,
+        "occurred_at": event.occurred_at,
+        "recorded_at": event.recorded_at,
+        "actor_role": event.actor_role,
+        "data": data,
+    });
+    let id = event.event_id.to_string();
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id.as_str());
+    headers.insert("ce-specversion", "1.0");
+    headers.insert("ce-id", id.as_str());
+    headers.insert("ce-source", "circle");
+    headers.insert(
+        "ce-type",
+        format!(
+            "circle.{}.{}.v{}",
+            event.aggregate_type, event.event_type, event.event_version
+        )
+        .as_str(),
+    );
+    headers.insert("ce-subject", event.aggregate_id.as_str());
+    headers.insert("ce-time", event.recorded_at.to_rfc3339().as_str());
+    headers.insert("ce-datacontenttype", "application/json");
+    headers.insert("Circle-Position", event.position.to_string().as_str());
+    (
+        subject,
+        headers,
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+    )
+}
+
+/// One group's report of one kind, in the reporter form.
+fn group_report(
+    practice: &Practice,
+    kind: &str,
+    group_id: &str,
+    k: u32,
+    now: chrono::DateTime<Utc>,
+) -> Option<Value> {
+    match kind {
+        "attendance" => {
+            reports::attendance(practice, group_id, now).map(|r| to_json(&r.for_reporters(k)))
+        }
+        "retention" => Some(to_json(
+            &reports::retention(practice, &RetentionScope::Group(group_id.to_string()), now)
+                .for_reporters(k),
+        )),
+        "outcomes" => {
+            let group = practice.groups.get(group_id)?;
+            let per_instrument: Vec<Value> = group
+                .measures
+                .keys()
+                .filter_map(|instrument| reports::outcomes(practice, group_id, instrument, now))
+                .map(|r| to_json(&r.for_reporters(k)))
+                .collect();
+            Some(
+                json!({"group_id": group_id, "position": practice.position, "as_of": now, "reports": per_instrument}),
+            )
+        }
+        "alerts" => Some(alert_counts(practice, Some(group_id), k)),
+        _ => None,
+    }
+}
+
+/// Alerts in the reporter form: counts by kind, small counts suppressed.
+fn alert_counts(practice: &Practice, group_id: Option<&str>, k: u32) -> Value {
+    let alerts = reports::alerts(practice, group_id);
+    let mut counts = serde_json::Map::new();
+    for kind in [
+        AlertKind::Attendance,
+        AlertKind::Alliance,
+        AlertKind::Deterioration,
+        AlertKind::Risk,
+    ] {
+        let n = alerts.iter().filter(|a| a.kind == kind).count() as u32;
+        let name = to_json(&kind).as_str().unwrap_or_default().to_string();
+        counts.insert(name, if n < k { Value::Null } else { json!(n) });
+    }
+    json!({"scope": group_id.map_or("practice".to_string(), |g| format!("group:{g}")), "position": practice.position, "counts": counts})
+}
+
+#[derive(Deserialize)]
+struct ReportRequest {
+    group_id: Option<String>,
+    focus: Option<String>,
+    instrument: Option<String>,
+}
+
+fn service_error(code: usize, status: &str) -> async_nats::service::error::Error {
+    async_nats::service::error::Error {
+        status: status.to_string(),
+        code,
+    }
+}
+
+/// The `circle` micro service: `circle.api.reports.<kind>` answers with the same JSON
+/// as HTTP, in the reporter form (NATS callers are reporting jobs).
+async fn serve_reports(
+    client: async_nats::Client,
+    namespace: String,
+    reports: Arc<LiveReports>,
+    reporting: Reporting,
+) {
+    let service = loop {
+        match client
+            .service_builder()
+            .description("Circle reports in the aggregate (reporter) form")
+            .start("circle", env!("CARGO_PKG_VERSION"))
+            .await
+        {
+            Ok(service) => break service,
+            Err(error) => {
+                tracing::warn!(%error, "starting the NATS micro service; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let group = service.group(format!("{namespace}.api.reports"));
+    for kind in REPORT_KINDS {
+        let mut endpoint = match group.endpoint(kind).await {
+            Ok(endpoint) => endpoint,
+            Err(error) => {
+                tracing::error!(%error, kind, "adding a NATS endpoint");
+                continue;
+            }
+        };
+        let (reports, reporting) = (reports.clone(), reporting.clone());
+        tokio::spawn(async move {
+            while let Some(request) = endpoint.next().await {
+                let answer = answer(&reports, &reporting, kind, &request.message.payload);
+                let response = answer.and_then(|body| {
+                    serde_json::to_vec(&body)
+                        .map(Bytes::from)
+                        .map_err(|_| service_error(500, "report could not be encoded"))
+                });
+                if let Err(error) = request.respond(response).await {
+                    tracing::warn!(%error, "answering a NATS report request");
+                }
+            }
+        });
+    }
+    // Keep the service (and its $SRV handlers) alive for the life of the process.
+    std::future::pending::<()>().await;
+    drop(service);
+}
+
+fn answer(
+    reports: &LiveReports,
+    reporting: &Reporting,
+    kind: &str,
+    payload: &[u8],
+) -> Result<Value, async_nats::service::error::Error> {
+    let request: ReportRequest = if payload.is_empty() {
+        ReportRequest {
+            group_id: None,
+            focus: None,
+            instrument: None,
+        }
+    } else {
+        serde_json::from_slice(payload).map_err(|e| service_error(400, &format!("request: {e}")))?
+    };
+    let k = reporting.reporter_min_count;
+    reports.read(|practice| {
+        let now = Utc::now();
+        let group = || {
+            request
+                .group_id
+                .clone()
+                .ok_or_else(|| service_error(400, "group_id is required"))
+        };
+        match kind {
+            "retention" => {
+                let scope = match (&request.group_id, &request.focus) {
+                    (Some(g), _) => RetentionScope::Group(g.clone()),
+                    (None, Some(f)) => RetentionScope::Focus(
+                        serde_json::from_value(json!(f))
+                            .map_err(|_| service_error(400, "unknown focus"))?,
+                    ),
+                    (None, None) => RetentionScope::Practice,
+                };
+                Ok(to_json(
+                    &reports::retention(practice, &scope, now).for_reporters(k),
+                ))
+            }
+            "attendance" => reports::attendance(practice, &group()?, now)
+                .map(|r| to_json(&r.for_reporters(k)))
+                .ok_or_else(|| service_error(404, "no group with that id")),
+            "outcomes" => {
+                let instrument = request
+                    .instrument
+                    .clone()
+                    .ok_or_else(|| service_error(400, "instrument is required"))?;
+                reports::outcomes(practice, &group()?, &instrument, now)
+                    .map(|r| to_json(&r.for_reporters(k)))
+                    .ok_or_else(|| service_error(404, "no such group or instrument"))
+            }
+            "alerts" => Ok(alert_counts(practice, request.group_id.as_deref(), k)),
+            _ => Err(service_error(404, "unknown report")),
+        }
+    })
+}

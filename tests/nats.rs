@@ -1,0 +1,373 @@
+//! Publishing over NATS JetStream: reports and events from the log, the micro
+//! service, a reporting job outside Rust, and a NATS outage mid-burst.
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use circle_tests::{
+    assert_matches_6mp, fresh_data_dir, fresh_namespace, fresh_schema_url, nats_url, six_mp_group,
+    spawn_app_with, TestApp,
+};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+async fn nats_app(nats: &str, namespace: &str, k: u32) -> TestApp {
+    let url = fresh_schema_url().await;
+    let (nats, namespace) = (nats.to_string(), namespace.to_string());
+    spawn_app_with(&url, move |s| {
+        s.nats_url = Some(nats);
+        s.nats_namespace = namespace;
+        s.reporter_min_count = k;
+    })
+    .await
+}
+
+/// The newest message on `subject` whose `Circle-Position` has reached `position`.
+async fn report_at(js: &jetstream::Context, stream: &str, subject: &str, position: i64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(stream) = js.get_stream(stream).await {
+            if let Ok(message) = stream.get_last_raw_message_by_subject(subject).await {
+                let at: i64 = message
+                    .headers
+                    .get("Circle-Position")
+                    .and_then(|v| v.as_str().parse().ok())
+                    .unwrap_or(0);
+                let id = message
+                    .headers
+                    .get("Nats-Msg-Id")
+                    .map(|v| v.as_str().to_string());
+                assert_eq!(id, Some(format!("{subject}@{at}")));
+                if at >= position {
+                    return serde_json::from_slice(&message.payload).unwrap();
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report on {subject} reached position {position}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stream_messages(js: &jetstream::Context, stream: &str) -> u64 {
+    match js.get_stream(stream).await {
+        Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+async fn wait_for_messages(js: &jetstream::Context, stream: &str, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stream_messages(js, stream).await < count {
+        assert!(
+            Instant::now() < deadline,
+            "{stream} holds {} of {count}",
+            stream_messages(js, stream).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_6mp_retention_report_arrives_on_nats_and_from_the_micro_service() {
+    let ns = fresh_namespace();
+    // k = 1 so the message carries the full table; the reporter form's suppression
+    // is tested in tests/reports.rs.
+    let app = nats_app(&nats_url(), &ns, 1).await;
+    let position = six_mp_group(&app, "g6mp").await;
+    let http = app
+        .get(
+            &format!("/api/v1/reports/retention?group_id=g6mp&min_position={position}"),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(http.status, StatusCode::OK);
+    assert_matches_6mp(&http.body, true);
+
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let subject = format!("{ns}.reports.retention.group.g6mp");
+    let published = report_at(
+        &js,
+        &format!("{}_REPORTS", ns.to_uppercase()),
+        &subject,
+        position,
+    )
+    .await;
+    assert_matches_6mp(&published, true);
+    assert_eq!(published["scope"], "group:g6mp");
+
+    let reply = client
+        .request(
+            format!("{ns}.api.reports.retention"),
+            json!({"group_id": "g6mp"}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    let answered: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_matches_6mp(&answered, true);
+
+    // Every event once in the events stream, with CloudEvents headers and no sealed data.
+    let events_stream = format!("{}_EVENTS", ns.to_uppercase());
+    wait_for_messages(&js, &events_stream, app.head().await as u64).await;
+    let stream = js.get_stream(&events_stream).await.unwrap();
+    let first = stream.get_raw_message(1).await.unwrap();
+    assert_eq!(first.subject.as_str(), format!("{ns}.events.group.g6mp"));
+    for header in [
+        "ce-specversion",
+        "ce-id",
+        "ce-type",
+        "ce-source",
+        "ce-time",
+        "Nats-Msg-Id",
+    ] {
+        assert!(first.headers.get(header).is_some(), "missing {header}");
+    }
+    let registered = stream
+        .get_last_raw_message_by_subject(&format!("{ns}.events.client.g6mp-m00"))
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&registered.payload).unwrap();
+    assert_eq!(body["event_type"], "ClientRegistered");
+    assert!(body["data"].get("personal").is_none());
+}
+
+#[tokio::test]
+async fn a_reporting_job_outside_rust_reads_reports_and_calls_the_service() {
+    let ns = fresh_namespace();
+    let app = nats_app(&nats_url(), &ns, 5).await;
+    let position = six_mp_group(&app, "g6mp").await;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = jetstream::new(client);
+    let subject = format!("{ns}.reports.retention.group.g6mp");
+    report_at(
+        &js,
+        &format!("{}_REPORTS", ns.to_uppercase()),
+        &subject,
+        position,
+    )
+    .await;
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/reporting_job.py");
+    let url = nats_url();
+    let namespace = ns.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .args([url, namespace, "g6mp".into()])
+            .output()
+            .expect("python3 runs (scripts/test installs nats-py)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(seen["service"], "circle");
+    assert!(
+        seen["circle_position"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            >= position
+    );
+    for report in [&seen["published"], &seen["answered"]] {
+        // The reporter form: survival exact, small counts suppressed, no member rows.
+        assert_matches_6mp(report, false);
+        assert_eq!(report["kaplan_meier"][0]["events"], Value::Null);
+        assert_eq!(report["kaplan_meier"][0]["at_risk"], 21);
+    }
+}
+
+/// A private nats-server on a free port, so the test can stop and restart it.
+struct PrivateNats {
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    fn start() -> PrivateNats {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = PrivateNats {
+            port,
+            store: fresh_data_dir(),
+            child: None,
+        };
+        nats.restart();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let binary = [
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "/usr/local/bin/nats-server",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nats-server");
+        let child = Command::new(binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "private nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+async fn msg_ids(js: &jetstream::Context, stream: &str) -> Vec<String> {
+    let stream = js.get_stream(stream).await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let total = stream_messages(js, stream.cached_info().config.name.as_str()).await as usize;
+    let mut messages = consumer
+        .fetch()
+        .max_messages(total)
+        .messages()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < total {
+        let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        ids.push(
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .unwrap()
+                .to_string(),
+        );
+    }
+    ids
+}
+
+#[tokio::test]
+async fn commands_succeed_through_a_nats_outage_and_everything_is_published_once() {
+    let mut nats = PrivateNats::start();
+    let app = nats_app(&nats.url(), "circle", 5).await;
+    let admin = app.admin.clone();
+    app.post(
+        "/api/v1/groups",
+        &admin,
+        json!({"group_id": "g1", "name": "Burst", "focus": "trauma", "format": "open", "capacity": 50, "facilitators": ["dr_a"]}),
+    )
+    .await;
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    wait_for_messages(&js, "CIRCLE_EVENTS", 1).await;
+
+    // A burst of commands, with nats-server stopped part-way through.
+    for n in 0..40 {
+        if n == 10 {
+            nats.stop();
+        }
+        let answer = app
+            .post(
+                "/api/v1/clients",
+                &admin,
+                json!({"client_id": format!("c{n}")}),
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::CREATED,
+            "commands do not depend on NATS"
+        );
+        let join = app
+            .post(
+                "/api/v1/groups/g1/members",
+                &admin,
+                json!({"client_id": format!("c{n}"), "joined_on": "2026-01-06"}),
+            )
+            .await;
+        assert_eq!(join.status, StatusCode::OK);
+    }
+    // Stay down a while: the publisher must fail, back off and resume from its checkpoint.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nats.restart();
+    let head = app.head().await as u64;
+    wait_for_messages(&js, "CIRCLE_EVENTS", head).await;
+    let position = head as i64;
+    let report = report_at(
+        &js,
+        "CIRCLE_REPORTS",
+        "circle.reports.retention.group.g1",
+        position,
+    )
+    .await;
+    assert_eq!(report["joined"], 40);
+
+    let events = msg_ids(&js, "CIRCLE_EVENTS").await;
+    assert_eq!(events.len() as u64, head, "every event exactly once");
+    assert_eq!(
+        events.iter().collect::<HashSet<_>>().len(),
+        events.len(),
+        "no duplicate ids"
+    );
+    let reports = msg_ids(&js, "CIRCLE_REPORTS").await;
+    assert_eq!(reports.iter().collect::<HashSet<_>>().len(), reports.len());
+}
