@@ -1,0 +1,200 @@
+//! A `circle serve` process killed (SIGKILL) while its projector is mid-stream, then
+//! restarted, ends with reports identical to a fresh replay of the log.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use circle_events::group::{Focus, Format, GroupEvent, Measure};
+use circle_events::instruments::Score;
+use circle_events::upcast;
+use circle_projections::practice::AlertRules;
+use circle_projections::reports::{self, RetentionScope};
+use circle_services::crypto::Vault;
+use circle_services::projector;
+use circle_services::store::{Append, EventMetadata, NewEvent, Store};
+use circle_tests::fresh_schema_url;
+use serde_json::Value;
+use uuid::Uuid;
+
+const GROUPS: usize = 20;
+const EVENTS_PER_GROUP: usize = 6_000;
+
+fn circle_binary() -> PathBuf {
+    // tests run from target/<profile>/deps; scripts/test builds the binary beside it.
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().unwrap().parent().unwrap().join("circle");
+    assert!(binary.exists(), "{} missing: run scripts/test (it builds the binary)", binary.display());
+    binary
+}
+
+fn new_event(event: &GroupEvent) -> NewEvent {
+    let (event_type, event_version, payload) = upcast::encode(event);
+    NewEvent {
+        event_type,
+        event_version,
+        payload,
+        metadata: EventMetadata {
+            event_id: Uuid::new_v4(),
+            occurred_at: Utc::now(),
+            actor_id: "loader".into(),
+            actor_role: "admin".into(),
+            correlation_id: Uuid::new_v4(),
+            causation_id: None,
+        },
+    }
+}
+
+/// Groups with members, sessions and many questionnaires, appended straight to the log.
+async fn fill(store: &Store) {
+    let start: DateTime<chrono::FixedOffset> = DateTime::parse_from_rfc3339("2026-01-06T18:00:00+01:00").unwrap();
+    for g in 0..GROUPS {
+        let group_id = format!("g{g}");
+        let mut events = vec![GroupEvent::GroupCreated {
+            group_id: group_id.clone(),
+            name: "load".into(),
+            focus: Focus::Anxiety,
+            format: Format::Open,
+            capacity: 10,
+            facilitators: vec!["dr".into()],
+            starts_on: None,
+        }];
+        for m in 0..10 {
+            events.push(GroupEvent::MemberJoined {
+                client_id: format!("{group_id}-c{m}"),
+                joined_on: start.date_naive(),
+            });
+        }
+        while events.len() < EVENTS_PER_GROUP {
+            let n = events.len();
+            // Item 9 stays 0: no risk alert per event, or alerts would dwarf the state.
+            let items: Vec<Score> = (0..9)
+                .map(|i| Score::whole(if i == 8 { 0 } else { ((n + i) % 4) as i64 }))
+                .collect();
+            events.push(GroupEvent::FeedbackRecorded {
+                client_id: format!("{group_id}-c{}", n % 10),
+                session_id: None,
+                measure: Measure {
+                    instrument: "PHQ-9".into(),
+                    reference_version: "2024.1".into(),
+                    total: Score::from_tenths(items.iter().map(|s| s.tenths()).sum()),
+                    items,
+                    administered_at: start + chrono::Duration::minutes(n as i64),
+                },
+            });
+        }
+        for (chunk_index, chunk) in events.chunks(2_000).enumerate() {
+            store
+                .commit_batch(&[Append {
+                    aggregate_type: "group",
+                    aggregate_id: group_id.clone(),
+                    expected_version: (chunk_index * 2_000) as u64,
+                    events: chunk.iter().map(new_event).collect(),
+                    idempotency: None,
+                    key_action: None,
+                }])
+                .await
+                .unwrap();
+        }
+    }
+}
+
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+fn serve(database_url: &str, admin: &str, master_key: &str) -> Serve {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(circle_binary())
+        .arg("serve")
+        .env("CIRCLE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CIRCLE_DATABASE_URL", database_url)
+        .env("CIRCLE_ADMIN_TOKEN", admin)
+        .env("CIRCLE_MASTER_KEY", master_key)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start circle serve");
+    Serve { child, base: format!("http://127.0.0.1:{port}") }
+}
+
+async fn checkpoint(store: &Store) -> i64 {
+    store.load_checkpoint(projector::REPORTS).await.unwrap().map_or(0, |(p, _)| p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_killed_mid_stream_resumes_to_the_same_reports_as_a_replay() {
+    let url = fresh_schema_url().await;
+    let store = Store::postgres(&url, 4).await.unwrap();
+    fill(&store).await;
+    let head = store.head_position().await.unwrap();
+    let (admin, master_key) = (format!("admin-{}", Uuid::new_v4().simple()), Vault::generate_master_key());
+
+    // First run: kill it as soon as it has saved a checkpoint part-way through.
+    let mut first = serve(&url, &admin, &master_key);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint(&store).await == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint saved");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let at_kill = checkpoint(&store).await;
+    assert!(0 < at_kill && at_kill < head, "killed mid-stream: checkpoint {at_kill} of {head}");
+
+    // Second run resumes from the checkpoint and catches up.
+    let mut second = serve(&url, &admin, &master_key);
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let report: Value = loop {
+        let answer = http
+            .get(format!("{}/api/v1/reports/retention?min_position={head}", second.base))
+            .bearer_auth(&admin)
+            .send()
+            .await;
+        if let Ok(answer) = answer {
+            if answer.status().is_success() {
+                break answer.json().await.unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "restarted projector did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let outcomes: Value = http
+        .get(format!("{}/api/v1/reports/outcomes?group_id=g3&instrument=PHQ-9", second.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let alerts: Value = http
+        .get(format!("{}/api/v1/alerts", second.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+
+    // A fresh replay of the whole log gives the same reports.
+    let replayed = projector::rebuild(&store, AlertRules::default(), |_, _| {}).await.unwrap();
+    let now = Utc::now();
+    let strip = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("as_of");
+        v
+    };
+    let expected_retention = serde_json::to_value(reports::retention(&replayed, &RetentionScope::Practice, now)).unwrap();
+    assert_eq!(strip(report), strip(expected_retention));
+    let expected_outcomes = serde_json::to_value(reports::outcomes(&replayed, "g3", "PHQ-9", now)).unwrap();
+    assert_eq!(strip(outcomes), strip(expected_outcomes));
+    let expected_alerts = reports::alerts(&replayed, None).len();
+    assert_eq!(alerts.as_array().unwrap().len(), expected_alerts);
+}
