@@ -25,7 +25,11 @@ fn circle_binary() -> PathBuf {
     // tests run from target/<profile>/deps; scripts/test builds the binary beside it.
     let exe = std::env::current_exe().unwrap();
     let binary = exe.parent().unwrap().parent().unwrap().join("circle");
-    assert!(binary.exists(), "{} missing: run scripts/test (it builds the binary)", binary.display());
+    assert!(
+        binary.exists(),
+        "{} missing: run scripts/test (it builds the binary)",
+        binary.display()
+    );
     binary
 }
 
@@ -48,7 +52,8 @@ fn new_event(event: &GroupEvent) -> NewEvent {
 
 /// Groups with members, sessions and many questionnaires, appended straight to the log.
 async fn fill(store: &Store) {
-    let start: DateTime<chrono::FixedOffset> = DateTime::parse_from_rfc3339("2026-01-06T18:00:00+01:00").unwrap();
+    let start: DateTime<chrono::FixedOffset> =
+        DateTime::parse_from_rfc3339("2026-01-06T18:00:00+01:00").unwrap();
     for g in 0..GROUPS {
         let group_id = format!("g{g}");
         let mut events = vec![GroupEvent::GroupCreated {
@@ -106,7 +111,11 @@ struct Serve {
 }
 
 fn serve(database_url: &str, admin: &str, master_key: &str) -> Serve {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(circle_binary())
         .arg("serve")
         .env("CIRCLE_LISTEN", format!("127.0.0.1:{port}"))
@@ -118,11 +127,18 @@ fn serve(database_url: &str, admin: &str, master_key: &str) -> Serve {
         .stderr(Stdio::null())
         .spawn()
         .expect("start circle serve");
-    Serve { child, base: format!("http://127.0.0.1:{port}") }
+    Serve {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
 }
 
 async fn checkpoint(store: &Store) -> i64 {
-    store.load_checkpoint(projector::REPORTS).await.unwrap().map_or(0, |(p, _)| p)
+    store
+        .load_checkpoint(projector::REPORTS)
+        .await
+        .unwrap()
+        .map_or(0, |(p, _)| p)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +147,10 @@ async fn a_projector_killed_mid_stream_resumes_to_the_same_reports_as_a_replay()
     let store = Store::postgres(&url, 4).await.unwrap();
     fill(&store).await;
     let head = store.head_position().await.unwrap();
-    let (admin, master_key) = (format!("admin-{}", Uuid::new_v4().simple()), Vault::generate_master_key());
+    let (admin, master_key) = (
+        format!("admin-{}", Uuid::new_v4().simple()),
+        Vault::generate_master_key(),
+    );
 
     // First run: kill it as soon as it has saved a checkpoint part-way through.
     let mut first = serve(&url, &admin, &master_key);
@@ -143,7 +162,10 @@ async fn a_projector_killed_mid_stream_resumes_to_the_same_reports_as_a_replay()
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     let at_kill = checkpoint(&store).await;
-    assert!(0 < at_kill && at_kill < head, "killed mid-stream: checkpoint {at_kill} of {head}");
+    assert!(
+        0 < at_kill && at_kill < head,
+        "killed mid-stream: checkpoint {at_kill} of {head}"
+    );
 
     // Second run resumes from the checkpoint and catches up.
     let mut second = serve(&url, &admin, &master_key);
@@ -151,7 +173,10 @@ async fn a_projector_killed_mid_stream_resumes_to_the_same_reports_as_a_replay()
     let deadline = Instant::now() + Duration::from_secs(60);
     let report: Value = loop {
         let answer = http
-            .get(format!("{}/api/v1/reports/retention?min_position={head}", second.base))
+            .get(format!(
+                "{}/api/v1/reports/retention?min_position={head}",
+                second.base
+            ))
             .bearer_auth(&admin)
             .send()
             .await;
@@ -160,11 +185,17 @@ async fn a_projector_killed_mid_stream_resumes_to_the_same_reports_as_a_replay()
                 break answer.json().await.unwrap();
             }
         }
-        assert!(Instant::now() < deadline, "restarted projector did not catch up");
+        assert!(
+            Instant::now() < deadline,
+            "restarted projector did not catch up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let outcomes: Value = http
-        .get(format!("{}/api/v1/reports/outcomes?group_id=g3&instrument=PHQ-9", second.base))
+        .get(format!(
+            "{}/api/v1/reports/outcomes?group_id=g3&instrument=PHQ-9",
+            second.base
+        ))
         .bearer_auth(&admin)
         .send()
         .await
@@ -185,15 +216,23 @@ async fn a_projector_killed_mid_stream_resumes_to_the_same_reports_as_a_replay()
     second.child.wait().unwrap();
 
     // A fresh replay of the whole log gives the same reports.
-    let replayed = projector::rebuild(&store, AlertRules::default(), |_, _| {}).await.unwrap();
+    let replayed = projector::rebuild(&store, AlertRules::default(), |_, _| {})
+        .await
+        .unwrap();
     let now = Utc::now();
     let strip = |mut v: Value| {
         v.as_object_mut().unwrap().remove("as_of");
         v
     };
-    let expected_retention = serde_json::to_value(reports::retention(&replayed, &RetentionScope::Practice, now)).unwrap();
+    let expected_retention = serde_json::to_value(reports::retention(
+        &replayed,
+        &RetentionScope::Practice,
+        now,
+    ))
+    .unwrap();
     assert_eq!(strip(report), strip(expected_retention));
-    let expected_outcomes = serde_json::to_value(reports::outcomes(&replayed, "g3", "PHQ-9", now)).unwrap();
+    let expected_outcomes =
+        serde_json::to_value(reports::outcomes(&replayed, "g3", "PHQ-9", now)).unwrap();
     assert_eq!(strip(outcomes), strip(expected_outcomes));
     let expected_alerts = reports::alerts(&replayed, None).len();
     assert_eq!(alerts.as_array().unwrap().len(), expected_alerts);

@@ -72,6 +72,32 @@ pub fn decode<E: DomainEvent>(
     })
 }
 
+/// Like [`decode`], from the stored payload text. The current version is read
+/// straight from the text, without building an intermediate JSON tree: this is the
+/// projections' hot path on a full rebuild.
+pub fn decode_text<E: DomainEvent>(
+    event_type: &str,
+    version: u32,
+    payload: &str,
+) -> Result<E, DecodeError> {
+    if version != current_version(event_type) {
+        let value = serde_json::from_str(payload).map_err(|source| DecodeError::Shape {
+            event_type: event_type.into(),
+            source,
+        })?;
+        return decode(event_type, version, value);
+    }
+    let tag = serde_json::to_string(event_type).map_err(|source| DecodeError::Shape {
+        event_type: event_type.into(),
+        source,
+    })?;
+    let tagged = format!("{{{tag}:{payload}}}");
+    serde_json::from_str(&tagged).map_err(|source| DecodeError::Shape {
+        event_type: event_type.into(),
+        source,
+    })
+}
+
 fn upcast_once(event_type: &str, from: u32, mut payload: Value) -> Result<Value, DecodeError> {
     let fail = |reason: &str| DecodeError::Upcast {
         event_type: event_type.into(),
@@ -133,6 +159,21 @@ mod tests {
             decode::<GroupEvent>(&event_type, version, payload).unwrap(),
             event
         );
+    }
+
+    #[test]
+    fn decoding_from_text_agrees_with_decoding_from_json() {
+        let v1 = r#"{"client_id": "c1", "joined_at": "2024-03-05T18:30:00+01:00"}"#;
+        let from_text: GroupEvent = decode_text("MemberJoined", 1, v1).unwrap();
+        let from_json: GroupEvent =
+            decode("MemberJoined", 1, serde_json::from_str(v1).unwrap()).unwrap();
+        assert_eq!(from_text, from_json);
+        let v2 = r#"{"client_id": "c1", "joined_on": "2024-03-05"}"#;
+        assert_eq!(
+            decode_text::<GroupEvent>("MemberJoined", 2, v2).unwrap(),
+            from_json
+        );
+        assert!(decode_text::<GroupEvent>("MemberJoined", 2, "{").is_err());
     }
 
     #[test]

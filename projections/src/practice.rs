@@ -140,16 +140,13 @@ impl GroupRecord {
         run
     }
 
-    /// A member's measures on an instrument, by administration time.
-    pub fn scores(&self, instrument: &str, client_id: &str) -> Vec<&RecordedScore> {
-        let mut scores: Vec<_> = self
-            .measures
+    /// A member's measures on an instrument, by administration time (kept sorted on
+    /// insertion, so no report or alert ever sorts a history).
+    pub fn scores(&self, instrument: &str, client_id: &str) -> &[RecordedScore] {
+        self.measures
             .get(instrument)
             .and_then(|by_client| by_client.get(client_id))
-            .map(|s| s.iter().collect())
-            .unwrap_or_default();
-        scores.sort_by_key(|s| s.administered_at);
-        scores
+            .map_or(&[], Vec::as_slice)
     }
 }
 
@@ -279,27 +276,24 @@ impl Practice {
             GroupEvent::FeedbackRecorded {
                 client_id, measure, ..
             } => {
-                let previous: Option<RecordedScore> = group
-                    .scores(&measure.instrument, client_id)
-                    .last()
-                    .cloned()
-                    .cloned();
-                let baseline: Option<RecordedScore> = group
-                    .scores(&measure.instrument, client_id)
-                    .first()
-                    .cloned()
-                    .cloned();
-                group
+                let scores = group
                     .measures
                     .entry(measure.instrument.clone())
                     .or_default()
                     .entry(client_id.clone())
-                    .or_default()
-                    .push(RecordedScore {
+                    .or_default();
+                let (baseline, previous) = (scores.first().cloned(), scores.last().cloned());
+                // Back-filled measures go to their place in time; equal times keep
+                // the order they were recorded in.
+                let at = scores.partition_point(|s| s.administered_at <= measure.administered_at);
+                scores.insert(
+                    at,
+                    RecordedScore {
                         administered_at: measure.administered_at,
                         total: measure.total,
                         reference_version: measure.reference_version.clone(),
-                    });
+                    },
+                );
                 measure_alerts(
                     measure,
                     previous.as_ref(),

@@ -16,10 +16,10 @@ use circle_projections::practice::{AlertRules, AnyEvent, Fact, Practice};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::store::{RecordedEvent, Store, StoreError};
+use crate::store::{RawEvent, Store, StoreError};
 
 pub const REPORTS: &str = "reports";
-const PAGE: i64 = 5_000;
+const PAGE: i64 = 10_000;
 const SAVE_EVERY_EVENTS: i64 = 20_000;
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 const IDLE_POLL: Duration = Duration::from_millis(250);
@@ -36,43 +36,37 @@ pub enum ProjectionError {
     },
     #[error("saved projection state is unreadable")]
     State(#[source] serde_json::Error),
+    #[error("reading the log: {0}")]
+    Task(String),
 }
 
 /// Turns a stored event into what the projections read.
-pub fn fact(recorded: RecordedEvent) -> Result<Fact, ProjectionError> {
-    let position = recorded.position;
+pub fn fact(raw: RawEvent) -> Result<Fact, ProjectionError> {
+    let position = raw.position;
     let decode_error = |source| ProjectionError::Decode { position, source };
-    let event = match recorded.aggregate_type.as_str() {
+    let event = match raw.aggregate_type.as_str() {
         "group" => AnyEvent::Group(
-            upcast::decode(
-                &recorded.event_type,
-                recorded.event_version,
-                recorded.payload,
-            )
-            .map_err(decode_error)?,
+            upcast::decode_text(&raw.event_type, raw.event_version, &raw.payload)
+                .map_err(decode_error)?,
         ),
         "client" => AnyEvent::Client(
-            upcast::decode(
-                &recorded.event_type,
-                recorded.event_version,
-                recorded.payload,
-            )
-            .map_err(decode_error)?,
+            upcast::decode_text(&raw.event_type, raw.event_version, &raw.payload)
+                .map_err(decode_error)?,
         ),
         other => {
             return Err(ProjectionError::Decode {
                 position,
                 source: DecodeError::FromTheFuture {
-                    event_type: format!("{other}/{}", recorded.event_type),
-                    version: recorded.event_version,
+                    event_type: format!("{other}/{}", raw.event_type),
+                    version: raw.event_version,
                 },
             })
         }
     };
     Ok(Fact {
         position,
-        recorded_at: recorded.recorded_at,
-        aggregate_id: recorded.aggregate_id,
+        recorded_at: raw.recorded_at,
+        aggregate_id: raw.aggregate_id,
         event,
     })
 }
@@ -86,21 +80,25 @@ pub async fn fold(
     mut progress: impl FnMut(i64, i64),
 ) -> Result<(), ProjectionError> {
     let head = store.head_position().await?;
-    let mut after = practice.position;
-    loop {
-        let page = store.read_all(after, PAGE).await?;
-        let Some(last) = page.last() else {
-            return Ok(());
+    let mut page = store.read_raw(practice.position, PAGE).await?;
+    while let Some(last) = page.last().map(|e| e.position) {
+        // Fetch the next page while this one is decoded and applied.
+        let next = {
+            let store = store.clone();
+            tokio::spawn(async move { store.read_raw(last, PAGE).await })
         };
-        after = last.position;
-        for recorded in page {
-            if until.is_some_and(|t| recorded.recorded_at > t) {
+        for raw in page {
+            if until.is_some_and(|t| raw.recorded_at > t) {
                 continue;
             }
-            practice.apply(&fact(recorded)?);
+            practice.apply(&fact(raw)?);
         }
-        progress(after, head.max(after));
+        progress(last, head.max(last));
+        page = next
+            .await
+            .map_err(|e| ProjectionError::Task(e.to_string()))??;
     }
+    Ok(())
 }
 
 /// The live reports projection, shared with the HTTP handlers.
@@ -213,7 +211,7 @@ async fn step(
     live: &LiveReports,
     last_recorded_at: &mut Option<DateTime<Utc>>,
 ) -> Result<usize, ProjectionError> {
-    let page = store.read_all(live.position(), PAGE).await?;
+    let page = store.read_raw(live.position(), PAGE).await?;
     let facts = page.into_iter().map(fact).collect::<Result<Vec<_>, _>>()?;
     let Some(last) = facts.last() else {
         return Ok(0);

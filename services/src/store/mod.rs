@@ -131,6 +131,18 @@ pub struct RecordedEvent {
     pub causation_id: Option<Uuid>,
 }
 
+/// An event for projections: only what they read, the payload as stored text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawEvent {
+    pub position: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub event_version: u32,
+    pub payload: String,
+}
+
 /// An API token as stored: only its hash is kept.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredToken {
@@ -199,6 +211,11 @@ impl Store {
     /// The log in global order: up to `limit` events with `position > after`.
     pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
         dispatch!(self, s => s.read_all(after, limit).await)
+    }
+
+    /// Like [`Store::read_all`], lean: for projections that only fold payloads.
+    pub async fn read_raw(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, StoreError> {
+        dispatch!(self, s => s.read_raw(after, limit).await)
     }
 
     pub async fn head_position(&self) -> Result<i64, StoreError> {

@@ -187,6 +187,19 @@ impl PgStore {
         rows.iter().map(recorded_event).collect()
     }
 
+    pub async fn read_raw(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, StoreError> {
+        let rows: Vec<RawRow> = sqlx::query_as(
+            "SELECT position, recorded_at, aggregate_type, aggregate_id, event_type, event_version,
+                    payload::text
+             FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(raw_event).collect())
+    }
+
     pub async fn head_position(&self) -> Result<i64, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
@@ -407,6 +420,21 @@ fn append_result(row: AppendRow) -> Result<AppendResult, StoreError> {
         (outcome, ..) => Err(StoreError::Corrupt(format!(
             "append function answered {outcome:?}"
         ))),
+    }
+}
+
+type RawRow = (i64, DateTime<Utc>, String, String, String, i32, String);
+
+fn raw_event(row: RawRow) -> RawEvent {
+    let (position, recorded_at, aggregate_type, aggregate_id, event_type, version, payload) = row;
+    RawEvent {
+        position,
+        recorded_at,
+        aggregate_type,
+        aggregate_id,
+        event_type,
+        event_version: version as u32,
+        payload,
     }
 }
 

@@ -238,6 +238,43 @@ impl SqliteStore {
         rows.iter().map(recorded_event).collect()
     }
 
+    pub async fn read_raw(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, StoreError> {
+        let rows: Vec<(i64, String, String, String, String, i64, String)> = sqlx::query_as(
+            "SELECT position, recorded_at, aggregate_type, aggregate_id, event_type, event_version,
+                    payload
+             FROM events WHERE position > ? ORDER BY position LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(
+                |(
+                    position,
+                    recorded_at,
+                    aggregate_type,
+                    aggregate_id,
+                    event_type,
+                    version,
+                    payload,
+                )| {
+                    Ok(RawEvent {
+                        position,
+                        recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
+                            .map_err(|e| corrupt("recorded_at", e))?
+                            .with_timezone(&Utc),
+                        aggregate_type,
+                        aggregate_id,
+                        event_type,
+                        event_version: version as u32,
+                        payload,
+                    })
+                },
+            )
+            .collect()
+    }
+
     pub async fn head_position(&self) -> Result<i64, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
