@@ -30,7 +30,7 @@ use uuid::Uuid;
 const POOL_OF_GROUPS: usize = 64;
 const MEMBERS: usize = 10;
 const RUN_FOR: Duration = Duration::from_secs(4);
-const HISTORY_COMMANDS: usize = 500;
+const HISTORY_COMMANDS: usize = 1_000;
 
 type StockCqrs =
     CqrsFramework<Group, cqrs_es::persist::PersistedEventStore<PostgresEventRepository, Group>>;
@@ -415,8 +415,8 @@ async fn main() {
         "\n2. one writer, one group, as its history grows ({HISTORY_COMMANDS} commands per point)"
     );
     println!(
-        "{:>8} {:>14} {:>14}",
-        "history", "circle cmd/s", "stock cmd/s"
+        "{:>8} {:>14} {:>14} {:>22} {:>20}",
+        "history", "circle cmd/s", "stock cmd/s", "circle first command", "stock first command"
     );
     let circle = Circle::open(&fresh_schema(&base, "circle").await).await;
     let stock = Stock::open(&fresh_schema(&base, "stock").await).await;
