@@ -1,5 +1,7 @@
-//! A `circle serve` process killed (SIGKILL) while its projector is mid-stream, then
-//! restarted, ends with reports identical to a fresh replay of the log.
+//! The `circle` binary as an operator runs it: a `circle serve` process killed
+//! (SIGKILL) while its projector is mid-stream, then restarted, ends with reports
+//! identical to a fresh replay of the log; `circle token create` prints a working
+//! token as the last word on stdout.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -236,4 +238,55 @@ async fn a_projector_killed_mid_stream_resumes_to_the_same_reports_as_a_replay()
     assert_eq!(strip(outcomes), strip(expected_outcomes));
     let expected_alerts = reports::alerts(&replayed, None).len();
     assert_eq!(alerts.as_array().unwrap().len(), expected_alerts);
+}
+
+#[tokio::test]
+async fn token_create_prints_a_token_that_the_api_accepts_with_its_role() {
+    let url = fresh_schema_url().await;
+    let app = circle_tests::spawn_app_on(&url).await;
+    app.post(
+        "/api/v1/groups",
+        &app.admin,
+        serde_json::json!({"group_id": "g1", "name": "x", "focus": "grief", "format": "open", "facilitators": ["dr_x"]}),
+    )
+    .await;
+    let output = Command::new(circle_binary())
+        .args([
+            "token",
+            "create",
+            "--role",
+            "clinician",
+            "--clinician-id",
+            "dr_x",
+            "--database-url",
+            &url,
+        ])
+        .output()
+        .expect("run circle token create");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let token = stdout.split_whitespace().last().expect("a token");
+    assert_eq!(
+        app.get("/api/v1/groups/g1", token).await.status,
+        reqwest::StatusCode::OK
+    );
+    let refused = Command::new(circle_binary())
+        .args([
+            "token",
+            "create",
+            "--role",
+            "clinician",
+            "--database-url",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "a clinician token needs --clinician-id"
+    );
 }

@@ -529,6 +529,8 @@ async fn operations_endpoints_answer() {
         "circle_build_info{version=",
         "circle_store_append_duration_seconds_bucket",
         "circle_process_resident_memory_bytes",
+        "circle_projection_position{projection=\"reports\"}",
+        "circle_projection_lag_events{projection=\"reports\"}",
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }

@@ -371,3 +371,60 @@ async fn commands_succeed_through_a_nats_outage_and_everything_is_published_once
     let reports = msg_ids(&js, "CIRCLE_REPORTS").await;
     assert_eq!(reports.iter().collect::<HashSet<_>>().len(), reports.len());
 }
+
+#[tokio::test]
+async fn a_burst_of_commands_is_coalesced_to_few_report_publishes() {
+    let ns = fresh_namespace();
+    let app = nats_app(&nats_url(), &ns, 5).await;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let mut reports = client
+        .subscribe(format!("{ns}.reports.attendance.group.g1"))
+        .await
+        .unwrap();
+    app.post(
+        "/api/v1/groups",
+        &app.admin,
+        json!({"group_id": "g1", "name": "Burst", "focus": "grief", "format": "open", "facilitators": ["dr_a"]}),
+    )
+    .await;
+    let started = Instant::now();
+    let mut last = 0;
+    for n in 0..60 {
+        let answer = app
+            .post(
+                "/api/v1/groups/g1/sessions",
+                &app.admin,
+                json!({"session_id": format!("s{n}"), "starts_at": "2026-01-13T18:00:00+01:00", "duration_minutes": 60}),
+            )
+            .await;
+        last = answer.position();
+    }
+    let burst = started.elapsed();
+    // Collect publishes until one reflects the last command.
+    let mut publishes = 0u32;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), reports.next())
+            .await
+            .unwrap()
+            .unwrap();
+        publishes += 1;
+        let at: i64 = message
+            .headers
+            .unwrap()
+            .get("Circle-Position")
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        if at >= last {
+            break;
+        }
+    }
+    // Default interval 100 ms: at most one publish per interval, plus the final one.
+    let allowed = (burst.as_millis() / 100) as u32 + 2;
+    assert!(
+        publishes <= allowed,
+        "{publishes} publishes for a {burst:?} burst of 61 commands"
+    );
+    assert!(publishes < 61);
+}

@@ -161,6 +161,9 @@ async fn rebuild(base: &str) {
     drop_schema(base, &schema).await;
 }
 
+/// Per group: commands waiting for a report, as (position, committed at).
+type Waiting = BTreeMap<String, VecDeque<(i64, Instant)>>;
+
 fn context() -> CommandContext {
     CommandContext {
         principal: Principal {
@@ -229,8 +232,7 @@ async fn latency(base: &str, nats: &str) {
         }
     }
 
-    // Per group: commands waiting for a report, as (position, committed at).
-    let waiting: Arc<Mutex<BTreeMap<String, VecDeque<(i64, Instant)>>>> = Arc::default();
+    let waiting: Arc<Mutex<Waiting>> = Arc::default();
     let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let client = async_nats::connect(nats).await.expect("nats");
     let mut reports = client

@@ -144,11 +144,7 @@ pub async fn register_client(
         client_id: client_id.clone(),
         wrapped_key: key.wrapped.clone(),
     };
-    let write = Write {
-        caller: &caller,
-        headers: &headers,
-        request_hash: &body.request_hash,
-    };
+    let write = Write::new(&caller, &headers, &body.request_hash);
     execute(
         &state,
         write,
@@ -188,11 +184,7 @@ pub async fn change_consent(
     } else {
         (ClientCommand::WithdrawConsent { scope }, "withdraw_consent")
     };
-    let write = Write {
-        caller: &caller,
-        headers: &headers,
-        request_hash: &body.request_hash,
-    };
+    let write = Write::new(&caller, &headers, &body.request_hash);
     execute(
         &state,
         write,
@@ -230,11 +222,7 @@ pub async fn erase_client(
     let key_action = KeyAction::Destroy {
         client_id: client_id.clone(),
     };
-    let write = Write {
-        caller: &caller,
-        headers: &headers,
-        request_hash: &body.request_hash,
-    };
+    let write = Write::new(&caller, &headers, &body.request_hash);
     execute(
         &state,
         write,
@@ -273,11 +261,7 @@ pub async fn record_measure(
     path_id("client_id", &client_id)?;
     let request = body.value;
     let items = parse_items(&request.items)?;
-    let write = Write {
-        caller: &caller,
-        headers: &headers,
-        request_hash: &body.request_hash,
-    };
+    let write = Write::new(&caller, &headers, &body.request_hash);
     let Some(group_id) = request.group_id else {
         require_client_access(&state, &caller, &client_id, WRITERS).await?;
         let command = ClientCommand::RecordMeasure {

@@ -101,11 +101,7 @@ pub async fn create_group(
         facilitators: request.facilitators,
         starts_on: request.starts_on,
     };
-    let write = Write {
-        caller: &caller,
-        headers: &headers,
-        request_hash: &body.request_hash,
-    };
+    let write = Write::new(&caller, &headers, &body.request_hash);
     execute(
         &state,
         write,
@@ -139,11 +135,7 @@ pub async fn assign_facilitator(
     let command = GroupCommand::AssignFacilitator {
         clinician_id: body.value.clinician_id,
     };
-    let write = Write {
-        caller: &caller,
-        headers: &headers,
-        request_hash: &body.request_hash,
-    };
+    let write = Write::new(&caller, &headers, &body.request_hash);
     execute(
         &state,
         write,
@@ -196,11 +188,7 @@ pub async fn join_group(
         client_id: request.client_id,
         joined_on: request.joined_on,
     };
-    let write = Write {
-        caller: &caller,
-        headers: &headers,
-        request_hash: &body.request_hash,
-    };
+    let write = Write::new(&caller, &headers, &body.request_hash);
     execute(
         &state,
         write,
@@ -238,11 +226,7 @@ pub async fn leave_group(
         left_on: body.value.left_on,
         reason: body.value.reason,
     };
-    let write = Write {
-        caller: &caller,
-        headers: &headers,
-        request_hash: &body.request_hash,
-    };
+    let write = Write::new(&caller, &headers, &body.request_hash);
     execute(
         &state,
         write,
@@ -284,11 +268,7 @@ pub async fn schedule_session(
         starts_at: request.starts_at,
         duration_minutes: request.duration_minutes,
     };
-    let write = Write {
-        caller: &caller,
-        headers: &headers,
-        request_hash: &body.request_hash,
-    };
+    let write = Write::new(&caller, &headers, &body.request_hash);
     execute(
         &state,
         write,
@@ -324,11 +304,7 @@ pub async fn cancel_session(
         session_id: session_id.clone(),
         reason: body.value.reason,
     };
-    let write = Write {
-        caller: &caller,
-        headers: &headers,
-        request_hash: &body.request_hash,
-    };
+    let write = Write::new(&caller, &headers, &body.request_hash);
     execute(
         &state,
         write,
@@ -380,11 +356,7 @@ pub async fn record_attendance(
             })
             .collect(),
     };
-    let write = Write {
-        caller: &caller,
-        headers: &headers,
-        request_hash: &body.request_hash,
-    };
+    let write = Write::new(&caller, &headers, &body.request_hash);
     execute(
         &state,
         write,
@@ -444,11 +416,7 @@ pub async fn record_feedback(
         items: parse_items(&request.items)?,
         administered_at: request.administered_at,
     };
-    let write = Write {
-        caller: &caller,
-        headers: &headers,
-        request_hash: &body.request_hash,
-    };
+    let write = Write::new(&caller, &headers, &body.request_hash);
     execute(
         &state,
         write,
@@ -482,11 +450,7 @@ pub async fn close_group(
     let command = GroupCommand::CloseGroup {
         closed_on: body.value.closed_on,
     };
-    let write = Write {
-        caller: &caller,
-        headers: &headers,
-        request_hash: &body.request_hash,
-    };
+    let write = Write::new(&caller, &headers, &body.request_hash);
     execute(
         &state,
         write,

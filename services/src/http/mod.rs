@@ -191,7 +191,15 @@ struct Write<'a> {
     request_hash: &'a [u8],
 }
 
-impl Write<'_> {
+impl<'a> Write<'a> {
+    fn new(caller: &'a Caller, headers: &'a WriteHeaders, request_hash: &'a [u8]) -> Write<'a> {
+        Write {
+            caller,
+            headers,
+            request_hash,
+        }
+    }
+
     fn context(
         &self,
         command_name: &'static str,
