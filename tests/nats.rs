@@ -420,8 +420,9 @@ async fn a_burst_of_commands_is_coalesced_to_few_report_publishes() {
             break;
         }
     }
-    // Default interval 100 ms: at most one publish per interval, plus the final one.
-    let allowed = (burst.as_millis() / 100) as u32 + 2;
+    // Default interval 100 ms: at most one publish per interval during the burst, plus
+    // the one for the group's creation just before it and the final one after it.
+    let allowed = (burst.as_millis() / 100) as u32 + 3;
     assert!(
         publishes <= allowed,
         "{publishes} publishes for a {burst:?} burst of 61 commands"

@@ -36,6 +36,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("applying migrations")]
     Migration(#[source] sqlx::Error),
+    #[error("preparing the data directory")]
+    DataDir(#[source] std::io::Error),
 }
 
 /// Who did it and in which chain of actions: recorded with every event.

@@ -40,8 +40,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 
 impl SqliteStore {
     pub async fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| corrupt(&format!("creating {}", data_dir.display()), e))?;
+        std::fs::create_dir_all(data_dir).map_err(StoreError::DataDir)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(data_dir.join("circle.sqlite3"))
             .create_if_missing(true)
