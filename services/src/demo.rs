@@ -526,7 +526,7 @@ fn outcome_items(
     if count == 9 && !(course == Course::Worsens && weeks_in >= 8) {
         let risk = items[8];
         items[8] = 0;
-        if let Some(free) = items.iter().position(|v| *v + risk <= 3) {
+        if let Some(free) = items[..8].iter().position(|v| *v + risk <= 3) {
             items[free] += risk;
         }
     }
@@ -560,6 +560,20 @@ mod tests {
                 let srs = catalogue.current("SRS").unwrap();
                 srs.check_items(&alliance_items(&mut dice, course, weeks_in))
                     .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_worsening_member_late_in_the_course_flags_risk() {
+        let phq9 = circle_events::instruments::Catalogue::builtin()
+            .current("PHQ-9")
+            .unwrap();
+        let mut dice = Dice(7);
+        for course in [Course::Improves, Course::Flat, Course::Worsens] {
+            for weeks_in in 0..8 {
+                let items = outcome_items(&mut dice, 9, 0, course, weeks_in, 3);
+                assert!(phq9.risk_flags(&items).is_empty(), "{weeks_in}");
             }
         }
     }

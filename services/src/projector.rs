@@ -141,6 +141,13 @@ pub async fn start(
         }
         None => Practice::new(rules),
     };
+    // Report the projection from the start, before its first step has run.
+    metrics.observe_projection(
+        REPORTS,
+        practice.position,
+        store.head_position().await?,
+        None,
+    );
     let (position, _) = watch::channel(practice.position);
     let live = Arc::new(LiveReports {
         practice: RwLock::new(practice),
