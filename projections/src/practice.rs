@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use circle_events::client::ClientEvent;
-use circle_events::group::{AttendanceStatus, DepartureReason, Focus, GroupEvent, Measure};
+use circle_events::group::{AttendanceStatus, Focus, GroupEvent, Measure};
 use circle_events::instruments::{Catalogue, Direction, Score};
 use serde::{Deserialize, Serialize};
 
@@ -63,18 +63,8 @@ pub struct Alert {
     pub detail: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Period {
-    pub joined_on: NaiveDate,
-    pub left_on: Option<NaiveDate>,
-    pub reason: Option<DepartureReason>,
-}
-
-impl Period {
-    pub fn covers(&self, date: NaiveDate) -> bool {
-        self.joined_on <= date && self.left_on.is_none_or(|left| date <= left)
-    }
-}
+/// A membership period, as the Group aggregate keeps it.
+pub use circle_events::group::MembershipPeriod as Period;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
