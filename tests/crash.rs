@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use circle_events::group::{Focus, Format, GroupEvent, Measure};
 use circle_events::instruments::Score;
-use circle_events::upcast;
 use circle_projections::practice::AlertRules;
 use circle_projections::reports::{self, RetentionScope};
 use circle_services::crypto::Vault;
@@ -33,23 +32,6 @@ fn circle_binary() -> PathBuf {
         binary.display()
     );
     binary
-}
-
-fn new_event(event: &GroupEvent) -> NewEvent {
-    let (event_type, event_version, payload) = upcast::encode(event);
-    NewEvent {
-        event_type,
-        event_version,
-        payload,
-        metadata: EventMetadata {
-            event_id: Uuid::new_v4(),
-            occurred_at: Utc::now(),
-            actor_id: "loader".into(),
-            actor_role: "admin".into(),
-            correlation_id: Uuid::new_v4(),
-            causation_id: None,
-        },
-    }
 }
 
 /// Groups with members, sessions and many questionnaires, appended straight to the log.
@@ -97,7 +79,10 @@ async fn fill(store: &Store) {
                     aggregate_type: "group",
                     aggregate_id: group_id.clone(),
                     expected_version: (chunk_index * 2_000) as u64,
-                    events: chunk.iter().map(new_event).collect(),
+                    events: chunk
+                        .iter()
+                        .map(|e| NewEvent::encode(e, EventMetadata::system("loader", "admin")))
+                        .collect(),
                     idempotency: None,
                     key_action: None,
                 }])

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate};
 use circle_events::group::{Focus, Format, Group, GroupCommand, GroupEvent, Measure};
 use circle_events::instruments::Score;
 use circle_services::appender::Appender;
@@ -155,21 +155,7 @@ impl Circle {
         for chunk_start in (0..count).step_by(500) {
             let chunk = (chunk_start..count.min(chunk_start + 500))
                 .map(|n| {
-                    let (event_type, event_version, payload) =
-                        circle_events::upcast::encode(&feedback_event(n));
-                    NewEvent {
-                        event_type,
-                        event_version,
-                        payload,
-                        metadata: EventMetadata {
-                            event_id: Uuid::new_v4(),
-                            occurred_at: Utc::now(),
-                            actor_id: "bench".into(),
-                            actor_role: "admin".into(),
-                            correlation_id: Uuid::new_v4(),
-                            causation_id: None,
-                        },
-                    }
+                    NewEvent::encode(&feedback_event(n), EventMetadata::system("bench", "admin"))
                 })
                 .collect::<Vec<_>>();
             self.store

@@ -10,10 +10,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate};
 use circle_events::group::{Focus, Format, GroupCommand, GroupEvent, Measure};
 use circle_events::instruments::Score;
-use circle_events::upcast;
 use circle_projections::practice::{AlertRules, Practice};
 use circle_services::app::Application;
 use circle_services::auth::{Principal, Role};
@@ -34,23 +33,6 @@ const LATENCY_GROUPS: usize = 20;
 
 fn start() -> DateTime<FixedOffset> {
     DateTime::parse_from_rfc3339("2026-01-06T18:00:00+01:00").expect("fixed time")
-}
-
-fn encoded(event: &GroupEvent) -> NewEvent {
-    let (event_type, event_version, payload) = upcast::encode(event);
-    NewEvent {
-        event_type,
-        event_version,
-        payload,
-        metadata: EventMetadata {
-            event_id: Uuid::new_v4(),
-            occurred_at: Utc::now(),
-            actor_id: "bench".into(),
-            actor_role: "admin".into(),
-            correlation_id: Uuid::new_v4(),
-            causation_id: None,
-        },
-    }
 }
 
 fn group_events(group_id: &str, count: usize) -> Vec<GroupEvent> {
@@ -132,7 +114,10 @@ async fn rebuild(base: &str) {
                     aggregate_type: "group",
                     aggregate_id: group_id.clone(),
                     expected_version: (i * 5_000) as u64,
-                    events: chunk.iter().map(encoded).collect(),
+                    events: chunk
+                        .iter()
+                        .map(|e| NewEvent::encode(e, EventMetadata::system("bench", "admin")))
+                        .collect(),
                     idempotency: None,
                     key_action: None,
                 }])

@@ -321,20 +321,15 @@ impl CommandService {
         let events = events
             .iter()
             .map(|event| {
-                let (event_type, event_version, payload) = upcast::encode(event);
-                NewEvent {
-                    event_type,
-                    event_version,
-                    payload,
-                    metadata: EventMetadata {
-                        event_id: Uuid::new_v4(),
-                        occurred_at,
-                        actor_id: ctx.principal.actor_id.clone(),
-                        actor_role: ctx.principal.role.as_str().to_string(),
-                        correlation_id: ctx.correlation_id,
-                        causation_id: Some(command_id),
-                    },
-                }
+                let metadata = EventMetadata {
+                    event_id: Uuid::new_v4(),
+                    occurred_at,
+                    actor_id: ctx.principal.actor_id.clone(),
+                    actor_role: ctx.principal.role.as_str().to_string(),
+                    correlation_id: ctx.correlation_id,
+                    causation_id: Some(command_id),
+                };
+                NewEvent::encode(event, metadata)
             })
             .collect();
         Append {

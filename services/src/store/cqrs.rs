@@ -111,26 +111,21 @@ impl<A: Aggregate> EventStore<A> for CqrsStore<A> {
         let new_events = events
             .iter()
             .map(|event| {
-                let (event_type, event_version, payload) = upcast::encode(event);
-                NewEvent {
-                    event_type,
-                    event_version,
-                    payload,
-                    metadata: EventMetadata {
-                        event_id: Uuid::new_v4(),
-                        occurred_at: Utc::now(),
-                        actor_id: metadata
-                            .get("actor_id")
-                            .cloned()
-                            .unwrap_or_else(|| "cqrs-es".into()),
-                        actor_role: metadata
-                            .get("actor_role")
-                            .cloned()
-                            .unwrap_or_else(|| "system".into()),
-                        correlation_id,
-                        causation_id: None,
-                    },
-                }
+                let metadata = EventMetadata {
+                    event_id: Uuid::new_v4(),
+                    occurred_at: Utc::now(),
+                    actor_id: metadata
+                        .get("actor_id")
+                        .cloned()
+                        .unwrap_or_else(|| "cqrs-es".into()),
+                    actor_role: metadata
+                        .get("actor_role")
+                        .cloned()
+                        .unwrap_or_else(|| "system".into()),
+                    correlation_id,
+                    causation_id: None,
+                };
+                NewEvent::encode(event, metadata)
             })
             .collect();
         let append = Append {

@@ -52,12 +52,40 @@ pub struct EventMetadata {
     pub causation_id: Option<Uuid>,
 }
 
+impl EventMetadata {
+    /// Metadata for an event written now by a system actor, outside any request
+    /// (loaders, benchmarks): fresh ids, no causation.
+    pub fn system(actor_id: &str, actor_role: &str) -> EventMetadata {
+        EventMetadata {
+            event_id: Uuid::new_v4(),
+            occurred_at: Utc::now(),
+            actor_id: actor_id.to_string(),
+            actor_role: actor_role.to_string(),
+            correlation_id: Uuid::new_v4(),
+            causation_id: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct NewEvent {
     pub event_type: String,
     pub event_version: u32,
     pub payload: Value,
     pub metadata: EventMetadata,
+}
+
+impl NewEvent {
+    /// A domain event in its stored form: type, current version, payload.
+    pub fn encode<E: cqrs_es::DomainEvent>(event: &E, metadata: EventMetadata) -> NewEvent {
+        let (event_type, event_version, payload) = circle_events::upcast::encode(event);
+        NewEvent {
+            event_type,
+            event_version,
+            payload,
+            metadata,
+        }
+    }
 }
 
 /// Side effects on the key table that must commit atomically with their event.
