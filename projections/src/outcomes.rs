@@ -100,11 +100,8 @@ mod tests {
     }
 
     fn vectors() -> Vectors {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/testdata/rci_vectors.json"
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).expect("rci_vectors.json")).unwrap()
+        serde_json::from_str(include_str!("../../testdata/rci_vectors.json"))
+            .expect("vector parses")
     }
 
     #[test]

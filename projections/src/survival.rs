@@ -123,12 +123,7 @@ mod tests {
     }
 
     fn six_mp() -> Vector {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/testdata/km_6mp.json"
-        );
-        let text = std::fs::read_to_string(path).expect("../shared/testdata/km_6mp.json");
-        serde_json::from_str(&text).expect("vector parses")
+        serde_json::from_str(include_str!("../../testdata/km_6mp.json")).expect("vector parses")
     }
 
     #[test]

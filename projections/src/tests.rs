@@ -154,12 +154,8 @@ fn phq9(total_first_eight: i64, item9: i64) -> Vec<Score> {
 
 #[test]
 fn the_6mp_vector_as_group_memberships_gives_the_published_retention() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/km_6mp.json"
-    );
     let vector: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        serde_json::from_str(include_str!("../../testdata/km_6mp.json")).expect("vector parses");
     let mut log = Log::new();
     log.created("g1", Focus::Grief);
     let joined_on = date("2025-01-06");

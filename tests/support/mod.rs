@@ -189,13 +189,9 @@ impl TestApp {
     }
 }
 
-/// The 6-MP vector (Freireich 1963) from `../shared/testdata`.
+/// The 6-MP vector (Freireich 1963), `testdata/km_6mp.json`.
 pub fn six_mp() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/km_6mp.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).expect("km_6mp.json")).unwrap()
+    serde_json::from_str(include_str!("../../testdata/km_6mp.json")).expect("vector parses")
 }
 
 /// The 6-MP vector as commands: one group with room for all 21, everyone joining on

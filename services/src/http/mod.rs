@@ -1,4 +1,4 @@
-//! The HTTP API (`/api/v1`, see `../shared/API.md`), health, readiness and metrics.
+//! The HTTP API (`/api/v1`, described by the generated OpenAPI at `/api/v1/openapi.json`), health, readiness and metrics.
 //!
 //! Handlers are thin: parse and check the request, ask the caller's role, build a
 //! command and hand it to the [`CommandService`]. Every refusal is a [`Problem`].
