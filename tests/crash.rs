@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use circle_events::group::{Focus, Format, GroupEvent, Measure};
 use circle_events::instruments::Score;
-use circle_projections::practice::AlertRules;
 use circle_projections::reports::{self, RetentionScope};
 use circle_services::crypto::Vault;
 use circle_services::projector;
 use circle_services::store::{Append, EventMetadata, NewEvent, Store};
-use circle_tests::fresh_schema_url;
+use circle_tests::{default_projection, fresh_schema_url};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -203,7 +202,7 @@ async fn a_projector_killed_mid_stream_resumes_to_the_same_reports_as_a_replay()
     second.child.wait().unwrap();
 
     // A fresh replay of the whole log gives the same reports.
-    let replayed = projector::rebuild(&store, AlertRules::default(), |_, _| {})
+    let replayed = projector::rebuild(&store, &default_projection(), |_, _| {})
         .await
         .unwrap();
     let now = Utc::now();

@@ -1,10 +1,12 @@
 //! Reports over HTTP on PostgreSQL: live, as of a past time, after a restart, and as
 //! rebuilt from position 0.
 
-use circle_projections::practice::{AlertRules, Practice};
+use circle_projections::practice::Practice;
 use circle_services::auth::Role;
 use circle_services::projector;
-use circle_tests::{assert_matches_6mp, six_mp_group, spawn_app, spawn_app_on, TestApp};
+use circle_tests::{
+    assert_matches_6mp, default_projection, six_mp_group, spawn_app, spawn_app_on, TestApp,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -252,7 +254,7 @@ async fn a_rebuild_from_zero_equals_the_live_projection_and_a_restart_resumes_it
             .await
     );
     let live: Practice = app.state.reports.read(|p| p.clone());
-    let rebuilt = projector::rebuild(&app.state.store, AlertRules::default(), |_, _| {})
+    let rebuilt = projector::rebuild(&app.state.store, &default_projection(), |_, _| {})
         .await
         .unwrap();
     assert_eq!(rebuilt, live);

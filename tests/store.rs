@@ -4,7 +4,8 @@ use chrono::Utc;
 use circle_events::group::{Focus, Format, Group, GroupCommand};
 use circle_services::store::cqrs::CqrsStore;
 use circle_services::store::{
-    Append, AppendResult, ClientKey, EventMetadata, IdempotencyRecord, KeyAction, NewEvent, Store,
+    Append, AppendResult, ClientKey, EventMetadata, Fence, IdempotencyRecord, KeyAction, NewEvent,
+    Store,
 };
 use cqrs_es::{CqrsFramework, EventStore};
 use serde_json::json;
@@ -240,17 +241,71 @@ async fn stock_cqrs_es_runs_on_the_store(store: Store) {
 async fn a_checkpoint_keeps_state_and_position_together(store: Store) {
     assert_eq!(store.load_checkpoint("reports").await.unwrap(), None);
     store
-        .save_checkpoint("reports", 7, "{\"a\":1}")
+        .save_checkpoint("reports", 7, "{\"a\":1}", None)
         .await
         .unwrap();
     store
-        .save_checkpoint("reports", 9, "{\"a\":2}")
+        .save_checkpoint("reports", 9, "{\"a\":2}", None)
         .await
         .unwrap();
-    store.save_checkpoint("other", 1, "{}").await.unwrap();
+    store.save_checkpoint("other", 1, "{}", None).await.unwrap();
     assert_eq!(
         store.load_checkpoint("reports").await.unwrap(),
         Some((9, "{\"a\":2}".to_string()))
+    );
+}
+
+async fn one_holder_leads_at_a_time_and_a_deposed_leader_cannot_save(store: Store) {
+    let ttl = std::time::Duration::from_secs(30);
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let fence = |holder, epoch| Fence {
+        lease: "leader".into(),
+        holder,
+        epoch,
+    };
+    assert_eq!(
+        store.acquire_lease("leader", first, ttl).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store.acquire_lease("leader", second, ttl).await.unwrap(),
+        None,
+        "held"
+    );
+    assert_eq!(
+        store.acquire_lease("leader", first, ttl).await.unwrap(),
+        Some(1),
+        "renewed"
+    );
+    assert!(store
+        .save_checkpoint("reports", 5, "{}", Some(&fence(first, 1)))
+        .await
+        .unwrap());
+
+    // The first leader goes quiet; its lease runs out and the second takes over.
+    store.release_lease("leader", first).await.unwrap();
+    assert_eq!(
+        store.acquire_lease("leader", second, ttl).await.unwrap(),
+        Some(2)
+    );
+    assert!(store
+        .save_checkpoint("reports", 8, "{\"by\":2}", Some(&fence(second, 2)))
+        .await
+        .unwrap());
+
+    // The first wakes up believing it still leads: its write is refused.
+    let saved = store
+        .save_checkpoint("reports", 6, "{\"by\":1}", Some(&fence(first, 1)))
+        .await
+        .unwrap();
+    assert!(!saved, "fenced out");
+    assert_eq!(
+        store.load_checkpoint("reports").await.unwrap(),
+        Some((8, "{\"by\":2}".to_string()))
+    );
+    assert_eq!(
+        store.acquire_lease("leader", first, ttl).await.unwrap(),
+        None
     );
 }
 
@@ -282,4 +337,5 @@ on_both_backends!(
     client_keys_are_stored_and_destroyed_with_their_events,
     stock_cqrs_es_runs_on_the_store,
     a_checkpoint_keeps_state_and_position_together,
+    one_holder_leads_at_a_time_and_a_deposed_leader_cannot_save,
 );

@@ -100,12 +100,14 @@ impl Circle {
     async fn open(url: &str) -> Circle {
         let store = Store::postgres(url, 16).await.expect("open Circle store");
         let metrics = Metrics::new();
-        let appender = Appender::start(
+        let (appender, mut worker) = Appender::new(
             store.clone(),
             metrics.clone(),
             256,
             tokio::sync::watch::channel(0).0,
         );
+        // The benchmark lives as long as the process: nothing to stop it for.
+        tokio::spawn(async move { worker.run(Default::default()).await });
         Circle {
             metrics: metrics.clone(),
             url: url.to_string(),

@@ -1,31 +1,63 @@
 //! Wiring: settings in, a running HTTP service out.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::appender::Appender;
 use crate::auth::{create_token, register_token, Authenticator, Role};
 use crate::commands::{CommandService, Repository};
 use crate::config::Settings;
 use crate::crypto::Vault;
-use crate::http::{router, AppState, Reporting, Services};
+use crate::http::{router, AppState, Limits, Reporting, Services};
+use crate::leader::Campaign;
 use crate::metrics::Metrics;
-use crate::projector;
+use crate::projector::{self, ProjectionSettings};
 use crate::publisher::{self, NatsSettings};
 use crate::store::Store;
+use crate::supervisor::{OnExit, Stage, Supervisor};
 use circle_projections::practice::AlertRules;
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    supervisor: Supervisor,
     body_limit: usize,
+    shutdown_grace: Duration,
     /// Set when no admin token was configured and one was generated at start.
     pub generated_admin_token: Option<String>,
+}
+
+impl Settings {
+    pub fn alert_rules(&self) -> AlertRules {
+        AlertRules {
+            consecutive_absences: self.alert_consecutive_absences,
+        }
+    }
+
+    /// What the reports projection's state depends on.
+    pub fn projection(&self) -> ProjectionSettings {
+        ProjectionSettings {
+            alert_rules: self.alert_rules(),
+            reporter_min_count: self.reporter_min_count,
+        }
+    }
+
+    fn nats(&self) -> Option<NatsSettings> {
+        Some(NatsSettings {
+            url: self.nats_url.clone()?,
+            namespace: self.nats_namespace.clone(),
+            coalesce: Duration::from_millis(self.nats_coalesce_ms),
+            duplicate_window: Duration::from_secs(self.nats_duplicate_window_secs),
+        })
+    }
 }
 
 /// The store the settings name: PostgreSQL when a URL is set, else embedded.
@@ -77,33 +109,80 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 impl Application {
+    /// Opens the store and starts every background task under one [`Supervisor`].
+    /// Each task's policy when it ends unexpectedly is written here:
+    ///
+    /// | task | stage | ends unexpectedly | required for `/readyz` |
+    /// |---|---|---|---|
+    /// | `appender` | writers | stop the process (commands cannot commit) | yes |
+    /// | `projector` | followers | restart with backoff | yes |
+    /// | `nats-publisher` | followers | restart with backoff | no: NATS may be down |
+    /// | `nats-service` | followers | restart with backoff | no |
+    /// | `leader-lease` | lease | restart with backoff | no: followers serve anyway |
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
         let store = open_store(settings).await?;
         let vault = Vault::from_base64(&master_key(settings)?).context("reading the master key")?;
         let metrics = Metrics::new();
+        let mut supervisor = Supervisor::new(metrics.clone());
         let (committed, committed_positions) = tokio::sync::watch::channel(0);
-        let appender = Appender::start(
+
+        let (appender, worker) = Appender::new(
             store.clone(),
             metrics.clone(),
             settings.append_batch_max,
             committed,
         );
-        let reporting = Reporting {
-            alert_rules: AlertRules {
-                consecutive_absences: settings.alert_consecutive_absences,
+        let worker = Arc::new(Mutex::new(worker));
+        supervisor.spawn(
+            "appender",
+            Stage::Writers,
+            OnExit::StopProcess,
+            true,
+            move |stop| {
+                let worker = worker.clone();
+                async move { worker.lock().await.run(stop).await }
             },
-            reporter_min_count: settings.reporter_min_count,
-            read_wait_max: std::time::Duration::from_millis(settings.read_wait_max_ms),
-        };
-        let reports = projector::start(
+        );
+
+        let (campaign, leadership) = Campaign::new(
             store.clone(),
-            reporting.alert_rules,
+            Duration::from_millis(settings.leader_lease_ttl_ms),
+            metrics.clone(),
+        );
+        let campaign = Arc::new(campaign);
+        supervisor.spawn(
+            "leader-lease",
+            Stage::Lease,
+            OnExit::Restart,
+            false,
+            move |stop| {
+                let campaign = campaign.clone();
+                async move { campaign.run(stop).await }
+            },
+        );
+
+        let reporting = Reporting {
+            alert_rules: settings.alert_rules(),
+            reporter_min_count: settings.reporter_min_count,
+            read_wait_max: Duration::from_millis(settings.read_wait_max_ms),
+        };
+        let (reports, follower) = projector::start(
+            store.clone(),
+            settings.projection(),
             metrics.clone(),
             committed_positions.clone(),
+            leadership.clone(),
         )
         .await
         .context("starting the reports projection")?;
-        let committed_for_nats = committed_positions;
+        supervisor.spawn(
+            "projector",
+            Stage::Followers,
+            OnExit::Restart,
+            true,
+            move |stop| follower.clone().run(stop),
+        );
+
         let commands = CommandService::new(
             store.clone(),
             appender,
@@ -123,27 +202,46 @@ impl Application {
                     .context("creating an admin token")?,
             ),
         };
-        match &settings.nats_url {
+        match settings.nats() {
             None => tracing::info!(
                 "no NATS URL configured: publishing over NATS is off; reports are served over HTTP"
             ),
-            Some(url) => publisher::start(
-                NatsSettings {
-                    url: url.clone(),
-                    namespace: settings.nats_namespace.clone(),
-                    coalesce: std::time::Duration::from_millis(settings.nats_coalesce_ms),
-                    duplicate_window: std::time::Duration::from_secs(
-                        settings.nats_duplicate_window_secs,
-                    ),
-                },
-                store.clone(),
-                reports.clone(),
-                reporting.clone(),
-                metrics.clone(),
-                committed_for_nats,
-            )
-            .await
-            .context("connecting to NATS")?,
+            Some(nats_settings) => {
+                let nats = publisher::start(
+                    nats_settings,
+                    store.clone(),
+                    reports.clone(),
+                    reporting.clone(),
+                    metrics.clone(),
+                )
+                .await
+                .context("connecting to NATS")?;
+                let publishing = nats.clone();
+                supervisor.spawn(
+                    "nats-publisher",
+                    Stage::Followers,
+                    OnExit::Restart,
+                    false,
+                    move |stop| {
+                        let (nats, leadership, committed) = (
+                            publishing.clone(),
+                            leadership.clone(),
+                            committed_positions.clone(),
+                        );
+                        async move { nats.publish(leadership, committed, stop).await }
+                    },
+                );
+                supervisor.spawn(
+                    "nats-service",
+                    Stage::Followers,
+                    OnExit::Restart,
+                    false,
+                    move |stop| {
+                        let nats = nats.clone();
+                        async move { nats.serve(stop).await }
+                    },
+                );
+            }
         }
         let listener = TcpListener::bind(&settings.listen)
             .await
@@ -158,6 +256,11 @@ impl Application {
             commands,
             vault,
             metrics,
+            health: supervisor.health(),
+            limits: Limits::new(
+                settings.max_concurrent_requests,
+                Duration::from_millis(settings.request_timeout_ms),
+            ),
         }));
         tracing::info!(
             store = state.store.backend_name(),
@@ -167,7 +270,9 @@ impl Application {
         Ok(Application {
             listener,
             state,
+            supervisor,
             body_limit: settings.body_limit_bytes,
+            shutdown_grace: Duration::from_millis(settings.shutdown_grace_ms),
             generated_admin_token,
         })
     }
@@ -180,15 +285,52 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// Serves until `shutdown` completes (or a task the process cannot run without
+    /// has died), then stops in order within the grace period: HTTP stops accepting
+    /// and finishes in-flight requests; the appender commits what they queued; the
+    /// projector takes its last step and saves its checkpoint, the publisher awaits
+    /// its acks, the NATS service ends; the leader lease is released.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let app = router(self.state, self.body_limit);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP")
+        let Application {
+            listener,
+            state,
+            mut supervisor,
+            body_limit,
+            shutdown_grace,
+            ..
+        } = self;
+        let fatal = supervisor.fatal();
+        let stop_http = CancellationToken::new();
+        let app = router(state, body_limit);
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+            .into_future();
+        let mut server = std::pin::pin!(server);
+        let outcome = tokio::select! {
+            _ = shutdown => Ok(()),
+            _ = fatal.cancelled() => Err(anyhow::anyhow!("a task the process cannot run without has stopped")),
+            served = &mut server => Err(match served {
+                Ok(()) => anyhow::anyhow!("the HTTP server stopped"),
+                Err(error) => anyhow::Error::new(error).context("serving HTTP"),
+            }),
+        };
+        let deadline = tokio::time::Instant::now() + shutdown_grace;
+        tracing::info!("shutting down: HTTP stops accepting and finishes in-flight requests");
+        stop_http.cancel();
+        match tokio::time::timeout_at(deadline, &mut server).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(error = %crate::errors::ErrorChain(&error), "HTTP server")
+            }
+            Err(_) => tracing::warn!("in-flight requests did not finish in time"),
+        }
+        supervisor.stop(Stage::Writers, deadline).await;
+        supervisor.stop(Stage::Followers, deadline).await;
+        supervisor.stop(Stage::Lease, deadline).await;
+        tracing::info!("stopped");
+        outcome
     }
 }

@@ -5,13 +5,18 @@
 //! fsync instead of N, which is how Circle passes the ~5,800 commands/s ceiling of
 //! one transaction per command on a small machine. With a single writer it costs
 //! nothing: a lone command is committed alone, immediately.
-
-use std::time::Instant;
+//!
+//! One bad append must not fail its batch-mates: when a batch fails, each of its
+//! appends is committed again on its own, so the error reaches only the append that
+//! caused it (and every append, if the store itself is down).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
+use crate::errors::ErrorChain;
 use crate::metrics::Metrics;
 use crate::store::{Append, AppendResult, Store, StoreError};
 
@@ -19,87 +24,150 @@ use crate::store::{Append, AppendResult, Store, StoreError};
 const GATHER_TURNS: u32 = 8;
 
 type Reply = oneshot::Sender<Result<AppendResult, SharedStoreError>>;
+type Queued = (Append, Reply);
 
-/// A store failure seen by every append of a failed batch.
+/// A store failure seen by every append it failed.
 #[derive(Clone, Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SharedStoreError(pub Arc<StoreError>);
+#[error("appending to the event store")]
+pub struct SharedStoreError(#[source] pub Arc<StoreError>);
 
 #[derive(Clone)]
 pub struct Appender {
-    queue: mpsc::Sender<(Append, Reply)>,
+    queue: mpsc::Sender<Queued>,
+}
+
+/// The committing task's half: run it (supervised) with [`AppendWorker::run`].
+pub struct AppendWorker {
+    incoming: mpsc::Receiver<Queued>,
+    store: Store,
+    metrics: Metrics,
+    max_batch: usize,
+    committed: watch::Sender<i64>,
 }
 
 impl Appender {
-    /// Starts the committing task. `max_batch` bounds one transaction's appends.
-    /// `committed` carries the newest committed position; projections wait on it.
-    pub fn start(
+    /// The queue and the task that empties it. `max_batch` bounds one transaction's
+    /// appends; `committed` carries the newest committed position (projections wait
+    /// on it).
+    pub fn new(
         store: Store,
         metrics: Metrics,
         max_batch: usize,
         committed: watch::Sender<i64>,
-    ) -> Appender {
-        let (queue, mut incoming) = mpsc::channel::<(Append, Reply)>(max_batch * 4);
-        tokio::spawn(async move {
-            let mut appends = Vec::with_capacity(max_batch);
-            let mut replies = Vec::with_capacity(max_batch);
-            while let Some((append, reply)) = incoming.recv().await {
-                appends.push(append);
-                replies.push(reply);
-                // Gather: take what is queued, then give writers that are about to
-                // submit a few scheduler turns, as long as that keeps bringing more.
-                // Without this, writers settle into two half-size alternating batches.
-                let mut idle_turns = 0;
-                while appends.len() < max_batch && idle_turns < GATHER_TURNS {
-                    match incoming.try_recv() {
-                        Ok((append, reply)) => {
-                            appends.push(append);
-                            replies.push(reply);
-                            idle_turns = 0;
-                        }
-                        Err(_) => {
-                            idle_turns += 1;
-                            tokio::task::yield_now().await;
-                        }
-                    }
-                }
-                let started = Instant::now();
-                let outcome = store.commit_batch(&appends).await;
-                metrics.observe_batch(&appends, outcome.as_ref().ok(), started.elapsed());
-                match outcome {
-                    Ok(results) => {
-                        let newest = results.iter().filter_map(|r| match r {
-                            AppendResult::Committed { last_position, .. } => Some(*last_position),
-                            _ => None,
-                        });
-                        if let Some(newest) = newest.max() {
-                            committed.send_replace(newest);
-                        }
-                        for (reply, result) in replies.drain(..).zip(results) {
-                            let _ = reply.send(Ok(result));
-                        }
-                    }
-                    Err(error) => {
-                        let shared = SharedStoreError(Arc::new(error));
-                        for reply in replies.drain(..) {
-                            let _ = reply.send(Err(shared.clone()));
-                        }
-                    }
-                }
-                appends.clear();
-            }
-        });
-        Appender { queue }
+    ) -> (Appender, AppendWorker) {
+        let (queue, incoming) = mpsc::channel(max_batch * 4);
+        let worker = AppendWorker {
+            incoming,
+            store,
+            metrics,
+            max_batch,
+            committed,
+        };
+        (Appender { queue }, worker)
     }
 
     /// Queues an append and waits for its transaction to commit (or fail).
     pub async fn append(&self, append: Append) -> Result<AppendResult, SharedStoreError> {
         let (reply, answer) = oneshot::channel();
-        let closed = || SharedStoreError(Arc::new(StoreError::Corrupt("appender stopped".into())));
+        let stopped = || SharedStoreError(Arc::new(StoreError::Stopped));
         self.queue
             .send((append, reply))
             .await
-            .map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+impl AppendWorker {
+    /// Commits until `stop`; then refuses new appends, commits those already
+    /// queued, and returns. Nothing acknowledged is left behind.
+    pub async fn run(&mut self, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut appends = Vec::with_capacity(self.max_batch);
+        let mut replies = Vec::with_capacity(self.max_batch);
+        loop {
+            let first = tokio::select! {
+                biased;
+                first = self.incoming.recv() => first,
+                _ = stop.cancelled(), if !self.incoming.is_closed() => {
+                    // Senders now get an error at once; what is queued still arrives.
+                    self.incoming.close();
+                    continue;
+                }
+            };
+            let Some((append, reply)) = first else {
+                return Ok(());
+            };
+            appends.push(append);
+            replies.push(reply);
+            // Gather: take what is queued, then give writers that are about to
+            // submit a few scheduler turns, as long as that keeps bringing more.
+            // Without this, writers settle into two half-size alternating batches.
+            let mut idle_turns = 0;
+            while appends.len() < self.max_batch && idle_turns < GATHER_TURNS {
+                match self.incoming.try_recv() {
+                    Ok((append, reply)) => {
+                        appends.push(append);
+                        replies.push(reply);
+                        idle_turns = 0;
+                    }
+                    Err(_) => {
+                        idle_turns += 1;
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+            self.metrics.appender_queue_depth(self.incoming.len());
+            let outcomes = self.commit(&appends).await;
+            let newest = outcomes
+                .iter()
+                .filter_map(|r| match r {
+                    Ok(AppendResult::Committed { last_position, .. }) => Some(*last_position),
+                    _ => None,
+                })
+                .max();
+            if let Some(newest) = newest {
+                self.committed.send_replace(newest);
+            }
+            for (reply, outcome) in replies.drain(..).zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+            appends.clear();
+        }
+    }
+
+    /// One result per append: the batch in one transaction, or, if that fails, each
+    /// append alone so that one append's error is only its own.
+    async fn commit(&self, appends: &[Append]) -> Vec<Result<AppendResult, SharedStoreError>> {
+        match self.commit_timed(appends).await {
+            Ok(results) => return results.into_iter().map(Ok).collect(),
+            // Logged where it is answered (HTTP), with its cause chain.
+            Err(error) if appends.len() == 1 => {
+                return vec![Err(SharedStoreError(Arc::new(error)))]
+            }
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), appends = appends.len(), "batch failed; committing its appends one by one");
+            }
+        }
+        let mut outcomes = Vec::with_capacity(appends.len());
+        for append in appends {
+            let outcome = self.commit_timed(std::slice::from_ref(append)).await;
+            outcomes.push(match outcome {
+                Ok(mut results) => results.pop().ok_or_else(|| {
+                    SharedStoreError(Arc::new(StoreError::Corrupt(
+                        "no result for an append".into(),
+                    )))
+                }),
+                Err(error) => Err(SharedStoreError(Arc::new(error))),
+            });
+        }
+        outcomes
+    }
+
+    async fn commit_timed(&self, appends: &[Append]) -> Result<Vec<AppendResult>, StoreError> {
+        let started = Instant::now();
+        let outcome = self.store.commit_batch(appends).await;
+        self.metrics
+            .observe_batch(appends, outcome.as_ref().ok(), started.elapsed());
+        outcome
     }
 }

@@ -189,6 +189,7 @@ impl CommandService {
 
     /// Runs one command against one aggregate. `allowed` sees the current state and
     /// says whether this caller may act on it (a clinician's own groups, say).
+    #[tracing::instrument(name = "command", skip_all, fields(command = ctx.command_name, aggregate = A::TYPE, aggregate_id = %aggregate_id))]
     pub async fn execute<A>(
         &self,
         repository: &Repository<A>,
@@ -201,6 +202,7 @@ impl CommandService {
         A: Aggregate<Services = ()> + Clone,
         A::Command: Clone,
     {
+        let started = std::time::Instant::now();
         let outcome = self
             .execute_inner(repository, aggregate_id, command, ctx, allowed)
             .await;
@@ -214,7 +216,8 @@ impl CommandService {
             Err(CommandError::Contended) => "contended",
             Err(CommandError::Store(_) | CommandError::Load(_)) => "error",
         };
-        self.metrics.observe_command(ctx.command_name, label);
+        self.metrics
+            .observe_command(ctx.command_name, label, started.elapsed());
         outcome
     }
 

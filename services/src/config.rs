@@ -37,6 +37,23 @@ pub struct Settings {
     /// JetStream de-duplication window for re-published messages, in seconds.
     pub nats_duplicate_window_secs: u64,
     pub log: String,
+    /// `text` for people, `json` for log shippers.
+    pub log_format: LogFormat,
+    /// Longest a request may take before it is answered 503, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Requests served at once; more are answered 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// How long the leader's lease lasts without renewal, in milliseconds.
+    pub leader_lease_ttl_ms: u64,
+    /// From SIGTERM to exit: HTTP drains, then the appender, then the followers.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Values from flags or the environment; `None` keeps the file's value.
@@ -48,6 +65,7 @@ pub struct Overrides {
     pub nats_url: Option<String>,
     pub admin_token: Option<String>,
     pub master_key: Option<String>,
+    pub log_format: Option<LogFormat>,
 }
 
 impl Settings {
@@ -71,6 +89,7 @@ impl Settings {
             nats_url,
             admin_token,
             master_key,
+            log_format,
         } = overrides;
         settings.listen = listen.unwrap_or(settings.listen);
         settings.data_dir = data_dir.unwrap_or(settings.data_dir);
@@ -80,6 +99,7 @@ impl Settings {
         settings.nats_url = nats_url.or(settings.nats_url).filter(|u| !u.is_empty());
         settings.admin_token = admin_token.or(settings.admin_token);
         settings.master_key = master_key.or(settings.master_key);
+        settings.log_format = log_format.unwrap_or(settings.log_format);
         Ok(settings)
     }
 }

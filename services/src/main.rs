@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use circle_projections::practice::AlertRules;
 use circle_services::app::{open_store, Application};
 use circle_services::auth::{create_token, Role};
-use circle_services::config::{Overrides, Settings};
+use circle_services::config::{LogFormat, Overrides, Settings};
+use circle_services::errors::ErrorChain;
 use circle_services::projector;
+use circle_services::store::StoreError;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -85,6 +86,9 @@ struct ServeArgs {
     /// Base64 of 32 bytes wrapping every client's key (environment only).
     #[arg(long, env = "CIRCLE_MASTER_KEY", hide_env_values = true, hide = true)]
     master_key: Option<String>,
+    /// Log lines as text (for people) or JSON (for log shippers).
+    #[arg(long, env = "CIRCLE_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 impl ServeArgs {
@@ -96,6 +100,7 @@ impl ServeArgs {
             nats_url: self.nats_url,
             admin_token: self.admin_token,
             master_key: self.master_key,
+            log_format: self.log_format,
         }
     }
 }
@@ -106,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let settings = Settings::load(cli.config.as_deref(), args.overrides())?;
-            init_logging(&settings.log);
+            init_logging(&settings.log, settings.log_format);
             serve(settings, false).await
         }
         Command::Demo(args) => {
@@ -116,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
                 overrides.data_dir = Some(PathBuf::from("data/demo"));
             }
             let settings = Settings::load(cli.config.as_deref(), overrides)?;
-            init_logging(&settings.log);
+            init_logging(&settings.log, settings.log_format);
             serve(settings, true).await
         }
         Command::Replay { projection, store } => {
@@ -126,14 +131,11 @@ async fn main() -> anyhow::Result<()> {
                 ..Overrides::default()
             };
             let settings = Settings::load(cli.config.as_deref(), overrides)?;
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             let store = open_store(&settings).await?;
             let name = projection.unwrap_or_else(|| projector::REPORTS.to_string());
-            let rules = AlertRules {
-                consecutive_absences: settings.alert_consecutive_absences,
-            };
             let started = std::time::Instant::now();
-            let practice = projector::rebuild(&store, rules, progress_bar).await?;
+            let practice = projector::rebuild(&store, &settings.projection(), progress_bar).await?;
             eprintln!();
             println!(
                 "rebuilt {name} to position {} in {:.1}s",
@@ -156,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
                 ..Overrides::default()
             };
             let settings = Settings::load(cli.config.as_deref(), overrides)?;
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             let store = open_store(&settings).await?;
             let token = create_token(&store, role, clinician_id).await?;
             println!("created {} token: {token}", role.as_str());
@@ -166,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
-    let app = Application::build(&settings).await?;
+    let app = build_when_reachable(&settings).await?;
     let address = app.local_addr()?;
     if demo {
         let summary = circle_services::demo::seed_if_empty(&app.state())
@@ -180,6 +182,39 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     }
     println!("circle listening on http://{address} (OpenAPI: /api/v1/openapi.json)");
     app.run(shutdown_signal()).await
+}
+
+/// Builds the application, waiting for PostgreSQL while it is unreachable (a
+/// database that starts after Circle is normal in a deployment); other errors end it.
+async fn build_when_reachable(settings: &Settings) -> anyhow::Result<Application> {
+    let mut backoff = std::time::Duration::from_millis(250);
+    let mut stop = std::pin::pin!(shutdown_signal());
+    loop {
+        match Application::build(settings).await {
+            Ok(app) => return Ok(app),
+            Err(error) if is_unavailable(&error) => {
+                let error: &dyn std::error::Error = error.as_ref();
+                tracing::warn!(error = %ErrorChain(error), retry_in_ms = backoff.as_millis() as u64, "the event store is unreachable; not ready, retrying");
+            }
+            Err(error) => return Err(error),
+        }
+        tokio::select! {
+            _ = &mut stop => anyhow::bail!("stopped before the event store was reachable"),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+fn is_unavailable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<StoreError>(),
+            Some(StoreError::Unavailable(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut
+            ))
+        )
+    })
 }
 
 /// Draws `[#####     ] 48% 480000/1000000` on stderr.
@@ -219,8 +254,19 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        // One JSON object per line, with the current span and its parents' fields.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
 }

@@ -1,11 +1,12 @@
 //! Prometheus metrics. One `circle_` prefix, base units, bounded labels only: route
 //! templates, command names and outcomes, never an id.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -26,6 +27,13 @@ struct Inner {
     projection_lag: IntGaugeVec,
     projection_age: GaugeVec,
     projection_failures: IntCounterVec,
+    command_duration: HistogramVec,
+    appender_queue: IntGauge,
+    leader: IntGauge,
+    task_up: IntGaugeVec,
+    checkpoint_age: GaugeVec,
+    /// When each checkpoint last caught up with its projection, on the leader.
+    checkpoints_saved: Mutex<BTreeMap<&'static str, Instant>>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -101,6 +109,36 @@ impl Metrics {
             ),
             &["projection"],
         )?;
+        let command_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "circle_command_duration_seconds",
+                "Time to decide and commit a command",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["command"],
+        )?;
+        let appender_queue = IntGauge::new(
+            "circle_appender_queue_depth",
+            "Appends waiting for the next group commit",
+        )?;
+        let leader = IntGauge::new(
+            "circle_leader",
+            "1 while this instance holds the leader lease (checkpoints, NATS publisher)",
+        )?;
+        let task_up = IntGaugeVec::new(
+            Opts::new(
+                "circle_task_up",
+                "1 while a supervised background task runs",
+            ),
+            &["task"],
+        )?;
+        let checkpoint_age = GaugeVec::new(
+            Opts::new(
+                "circle_projection_checkpoint_age_seconds",
+                "Seconds since the leader's saved checkpoint last matched the projection",
+            ),
+            &["projection"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("circle_build_info", "Build information; always 1"),
             &["version"],
@@ -119,6 +157,11 @@ impl Metrics {
         registry.register(Box::new(projection_lag.clone()))?;
         registry.register(Box::new(projection_age.clone()))?;
         registry.register(Box::new(projection_failures.clone()))?;
+        registry.register(Box::new(command_duration.clone()))?;
+        registry.register(Box::new(appender_queue.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(task_up.clone()))?;
+        registry.register(Box::new(checkpoint_age.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::new(
@@ -138,6 +181,12 @@ impl Metrics {
             projection_lag,
             projection_age,
             projection_failures,
+            command_duration,
+            appender_queue,
+            leader,
+            task_up,
+            checkpoint_age,
+            checkpoints_saved: Mutex::default(),
         })))
     }
 
@@ -152,8 +201,44 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn observe_command(&self, command: &str, outcome: &str) {
+    pub fn observe_command(&self, command: &str, outcome: &str, elapsed: Duration) {
         self.0.commands.with_label_values(&[command, outcome]).inc();
+        self.0
+            .command_duration
+            .with_label_values(&[command])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn appender_queue_depth(&self, depth: usize) {
+        self.0.appender_queue.set(depth as i64);
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.0.leader.set(i64::from(leading));
+        if !leading {
+            let mut saved = self
+                .0
+                .checkpoints_saved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for name in std::mem::take(&mut *saved).into_keys() {
+                let _ = self.0.checkpoint_age.remove_label_values(&[name]);
+            }
+        }
+    }
+
+    pub fn task_up(&self, task: &str, up: bool) {
+        self.0.task_up.with_label_values(&[task]).set(i64::from(up));
+    }
+
+    /// The checkpoint `name` now matches its projection (saved, or nothing to save).
+    pub fn checkpoint_saved(&self, name: &'static str) {
+        let mut saved = self
+            .0
+            .checkpoints_saved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        saved.insert(name, Instant::now());
     }
 
     pub fn observe_batch(
@@ -201,6 +286,19 @@ impl Metrics {
 
     /// The text exposition format (`text/plain; version=0.0.4`).
     pub fn render(&self) -> String {
+        {
+            let saved = self
+                .0
+                .checkpoints_saved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for (name, at) in saved.iter() {
+                self.0
+                    .checkpoint_age
+                    .with_label_values(&[name])
+                    .set(at.elapsed().as_secs_f64());
+            }
+        }
         let mut buffer = Vec::new();
         let families = self.0.registry.gather();
         if TextEncoder::new().encode(&families, &mut buffer).is_err() {

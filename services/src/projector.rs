@@ -7,14 +7,24 @@
 //! state that already counted them. Because log positions are gap-free and
 //! commit-ordered, following `position > n` never skips an event.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use circle_events::group::Group;
+use circle_events::instruments::Catalogue;
 use circle_events::upcast::{self, DecodeError};
 use circle_projections::practice::{AlertRules, AnyEvent, Fact, Practice};
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use crate::errors::ErrorChain;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::store::{RawEvent, Store, StoreError};
 
@@ -34,7 +44,7 @@ pub enum ProjectionError {
         #[source]
         source: DecodeError,
     },
-    #[error("saved projection state is unreadable")]
+    #[error("projection state could not be serialized")]
     State(#[source] serde_json::Error),
     #[error("reading the log: {0}")]
     Task(String),
@@ -45,11 +55,11 @@ pub fn fact(raw: RawEvent) -> Result<Fact, ProjectionError> {
     let position = raw.position;
     let decode_error = |source| ProjectionError::Decode { position, source };
     let event = match raw.aggregate_type.as_str() {
-        "group" => AnyEvent::Group(
+        t if t == Group::TYPE => AnyEvent::Group(
             upcast::decode_text(&raw.event_type, raw.event_version, &raw.payload)
                 .map_err(decode_error)?,
         ),
-        "client" => AnyEvent::Client(
+        t if t == circle_events::client::Client::TYPE => AnyEvent::Client(
             upcast::decode_text(&raw.event_type, raw.event_version, &raw.payload)
                 .map_err(decode_error)?,
         ),
@@ -101,10 +111,98 @@ pub async fn fold(
     Ok(())
 }
 
+/// Version of the stored checkpoint's form. Bump it when `Practice`'s serialized
+/// shape changes: a checkpoint of another format is rebuilt, never misread.
+pub const CHECKPOINT_FORMAT: u32 = 1;
+
+/// The settings a projection's state depends on. A checkpoint records their digest;
+/// when they change, the state is rebuilt from position 0 with the new ones.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProjectionSettings {
+    pub alert_rules: AlertRules,
+    /// The reporter form's k (applied when reports are read, recorded all the same so
+    /// that a checkpoint says exactly what it was built under).
+    pub reporter_min_count: u32,
+}
+
+impl ProjectionSettings {
+    /// SHA-256 (hex) of the settings, the checkpoint format and the instrument
+    /// catalogue's versions (the reference data scores were derived with).
+    pub fn digest(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(CHECKPOINT_FORMAT.to_be_bytes());
+        hasher.update(serde_json::to_vec(self).unwrap_or_default());
+        for definition in Catalogue::builtin().instruments() {
+            hasher.update(definition.instrument.as_bytes());
+            hasher.update(b"@");
+            hasher.update(definition.version.as_bytes());
+            hasher.update(b"\n");
+        }
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// The stored form of a checkpoint: `{"format", "settings", "state"}`.
+#[derive(Serialize)]
+struct Checkpoint<'a> {
+    format: u32,
+    settings: &'a str,
+    state: &'a Practice,
+}
+
+/// Reads a stored reports checkpoint. `Err` says why it cannot be resumed from; the
+/// state inside may still be readable, and is served until a rebuild replaces it.
+fn read_checkpoint(text: &str, digest: &str) -> Result<Practice, (String, Option<Practice>)> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        format: u32,
+        settings: String,
+        state: serde_json::Value,
+    }
+    let envelope: Envelope = match serde_json::from_str(text) {
+        Ok(envelope) => envelope,
+        // Before format 1 the state was stored bare.
+        Err(_) => {
+            let old = serde_json::from_str::<Practice>(text).ok();
+            return Err(("the checkpoint has no format version".into(), old));
+        }
+    };
+    let state = serde_json::from_value::<Practice>(envelope.state);
+    if envelope.format != CHECKPOINT_FORMAT {
+        let why = format!(
+            "the checkpoint's format is {}, this build writes {CHECKPOINT_FORMAT}",
+            envelope.format
+        );
+        return Err((why, state.ok()));
+    }
+    if envelope.settings != digest {
+        return Err((
+            "the settings (alert rules, k, reference data) changed since the checkpoint".into(),
+            state.ok(),
+        ));
+    }
+    state.map_err(|e| (format!("the checkpoint's state is unreadable: {e}"), None))
+}
+
+fn write_checkpoint(practice: &Practice, digest: &str) -> Result<String, ProjectionError> {
+    serde_json::to_string(&Checkpoint {
+        format: CHECKPOINT_FORMAT,
+        settings: digest,
+        state: practice,
+    })
+    .map_err(ProjectionError::State)
+}
+
 /// The live reports projection, shared with the HTTP handlers.
 pub struct LiveReports {
     practice: RwLock<Practice>,
     position: watch::Sender<i64>,
+    /// The state was built under other settings or format: rebuild and switch over.
+    stale: AtomicBool,
 }
 
 impl LiveReports {
@@ -125,21 +223,39 @@ impl LiveReports {
             .await
             .is_ok_and(|r| r.is_ok())
     }
+
+    /// Whether a rebuild under the current settings is under way.
+    pub fn rebuilding(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
 }
 
-/// Starts following the log. Returns once the saved checkpoint is loaded; catching
-/// up happens in the background.
+/// Loads the saved checkpoint. Returns the live reports (served at once) and the
+/// follower that keeps them current, to be run supervised ([`Follower::run`]).
 pub async fn start(
     store: Store,
-    rules: AlertRules,
+    settings: ProjectionSettings,
     metrics: Metrics,
     committed: watch::Receiver<i64>,
-) -> Result<Arc<LiveReports>, ProjectionError> {
-    let practice = match store.load_checkpoint(REPORTS).await? {
-        Some((_, state)) => {
-            serde_json::from_str::<Practice>(&state).map_err(ProjectionError::State)?
-        }
-        None => Practice::new(rules),
+    leadership: Leadership,
+) -> Result<(Arc<LiveReports>, Follower), ProjectionError> {
+    let digest = settings.digest();
+    let (practice, stale) = match store.load_checkpoint(REPORTS).await? {
+        None => (Practice::new(settings.alert_rules), false),
+        Some((_, text)) => match read_checkpoint(&text, &digest) {
+            Ok(practice) => (practice, false),
+            Err((why, old)) => {
+                tracing::warn!(
+                    reason = %why,
+                    serving = if old.is_some() { "the old state" } else { "nothing" },
+                    "rebuilding the reports from position 0 in the background"
+                );
+                (
+                    old.unwrap_or_else(|| Practice::new(settings.alert_rules)),
+                    true,
+                )
+            }
+        },
     };
     // Report the projection from the start, before its first step has run.
     metrics.observe_projection(
@@ -152,62 +268,157 @@ pub async fn start(
     let live = Arc::new(LiveReports {
         practice: RwLock::new(practice),
         position,
+        stale: AtomicBool::new(stale),
     });
-    let runner = live.clone();
-    tokio::spawn(async move { follow(store, runner, metrics, committed).await });
-    Ok(live)
+    let follower = Follower {
+        store,
+        live: live.clone(),
+        metrics,
+        committed,
+        leadership,
+        settings,
+        digest,
+    };
+    Ok((live, follower))
 }
 
-async fn follow(
+/// Keeps [`LiveReports`] current from the log. Every instance follows; only the
+/// leader saves the checkpoint, fenced by its lease.
+#[derive(Clone)]
+pub struct Follower {
     store: Store,
     live: Arc<LiveReports>,
     metrics: Metrics,
-    mut committed: watch::Receiver<i64>,
-) {
-    let mut saved_position = live.position();
-    let mut saved_at = Instant::now();
-    let mut last_recorded_at: Option<DateTime<Utc>> = None;
-    loop {
-        match step(&store, &live, &mut last_recorded_at).await {
-            Ok(applied) => {
-                let position = live.position();
-                let due = position - saved_position >= SAVE_EVERY_EVENTS
-                    || (position > saved_position && saved_at.elapsed() >= SAVE_EVERY);
-                if due {
-                    let state = live.read(serde_json::to_string);
-                    match state {
-                        Ok(state) => match store.save_checkpoint(REPORTS, position, &state).await {
-                            Ok(()) => {
-                                saved_position = position;
-                                saved_at = Instant::now();
-                            }
-                            Err(error) => {
-                                metrics.projection_failed(REPORTS);
-                                tracing::warn!(%error, "saving the reports checkpoint failed; will retry");
-                            }
-                        },
-                        Err(error) => tracing::error!(%error, "serializing the reports state"),
+    committed: watch::Receiver<i64>,
+    leadership: Leadership,
+    settings: ProjectionSettings,
+    digest: String,
+}
+
+impl Follower {
+    /// Follows until `stop`, then catches up with the log once more and, when
+    /// leading, saves the checkpoint.
+    pub async fn run(mut self, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut saved_position = self.live.position();
+        let mut saved_at = Instant::now();
+        let mut last_recorded_at: Option<DateTime<Utc>> = None;
+        let mut rebuild = self
+            .live
+            .rebuilding()
+            .then(|| Practice::new(self.settings.alert_rules));
+        while !stop.is_cancelled() {
+            let step = async {
+                let applied = step(&self.store, &self.live, &mut last_recorded_at).await?;
+                if let Some(fresh) = rebuild.as_mut() {
+                    // One page of the rebuild per step; the old state stays live.
+                    fold_page(&self.store, fresh).await?;
+                    if fresh.position >= self.live.position() {
+                        self.switch_over(rebuild.take().unwrap_or_default());
+                        saved_position = -1;
                     }
                 }
-                if let Ok(head) = store.head_position().await {
-                    metrics.observe_projection(REPORTS, position, head, last_recorded_at);
-                }
-                if applied == 0 {
-                    tokio::select! {
-                        changed = committed.changed() => {
-                            if changed.is_err() {
-                                tokio::time::sleep(IDLE_POLL).await;
+                Ok::<_, ProjectionError>(applied)
+            }
+            .instrument(tracing::debug_span!("projector.step", projection = REPORTS))
+            .await;
+            match step {
+                Ok(applied) => {
+                    let position = self.live.position();
+                    let due = position - saved_position >= SAVE_EVERY_EVENTS
+                        || (position > saved_position && saved_at.elapsed() >= SAVE_EVERY);
+                    if due && rebuild.is_none() && self.save().await {
+                        saved_position = position;
+                        saved_at = Instant::now();
+                    }
+                    if position == saved_position && self.leadership.fence().is_some() {
+                        self.metrics.checkpoint_saved(REPORTS);
+                    }
+                    self.observe(position, last_recorded_at).await;
+                    if applied == 0 && rebuild.is_none() {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            changed = self.committed.changed() => {
+                                if changed.is_err() {
+                                    tokio::time::sleep(IDLE_POLL).await;
+                                }
                             }
+                            _ = tokio::time::sleep(IDLE_POLL) => {}
                         }
-                        _ = tokio::time::sleep(IDLE_POLL) => {}
                     }
                 }
+                Err(error) => {
+                    self.metrics.projection_failed(REPORTS);
+                    tracing::error!(error = %ErrorChain(&error), "reports projection stalled; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        // Stopping: everything the appender drained is in the log; take it in and save.
+        while step(&self.store, &self.live, &mut last_recorded_at).await? > 0 {}
+        if rebuild.is_none() && self.live.position() > saved_position {
+            self.save().await;
+        }
+        Ok(())
+    }
+
+    fn switch_over(&self, fresh: Practice) {
+        let position = fresh.position;
+        *self
+            .live
+            .practice
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.live.stale.store(false, Ordering::Relaxed);
+        self.live.position.send_replace(position);
+        tracing::info!(
+            position,
+            "reports rebuilt under the current settings; switched over"
+        );
+    }
+
+    /// Saves the checkpoint when this instance leads; true when saved.
+    async fn save(&self) -> bool {
+        let Some(fence) = self.leadership.fence() else {
+            return false;
+        };
+        let (position, state) = self
+            .live
+            .read(|practice| (practice.position, write_checkpoint(practice, &self.digest)));
+        let outcome = match state {
+            Ok(state) => self
+                .store
+                .save_checkpoint(REPORTS, position, &state, Some(&fence))
+                .await
+                .map_err(ProjectionError::from),
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(true) => {
+                self.metrics.checkpoint_saved(REPORTS);
+                true
+            }
+            Ok(false) => {
+                tracing::info!(
+                    epoch = fence.epoch,
+                    "checkpoint not saved: the lease has moved on"
+                );
+                false
             }
             Err(error) => {
-                metrics.projection_failed(REPORTS);
-                tracing::error!(%error, "reports projection stalled; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.metrics.projection_failed(REPORTS);
+                tracing::warn!(error = %ErrorChain(&error), "saving the reports checkpoint failed; will retry");
+                false
             }
+        }
+    }
+
+    async fn observe(&self, position: i64, last_recorded_at: Option<DateTime<Utc>>) {
+        if let Ok(head) = self.store.head_position().await {
+            self.metrics
+                .observe_projection(REPORTS, position, head, last_recorded_at);
         }
     }
 }
@@ -235,17 +446,87 @@ async fn step(
     Ok(facts.len())
 }
 
+/// Applies one page of the log beyond `practice.position`; returns how many.
+async fn fold_page(store: &Store, practice: &mut Practice) -> Result<usize, ProjectionError> {
+    let page = store.read_raw(practice.position, PAGE).await?;
+    let count = page.len();
+    for raw in page {
+        practice.apply(&fact(raw)?);
+    }
+    Ok(count)
+}
+
 /// Rebuilds the reports from position 0 and saves the result as the checkpoint.
+/// For `circle replay`, with the instances stopped: the save is not fenced.
 pub async fn rebuild(
     store: &Store,
-    rules: AlertRules,
+    settings: &ProjectionSettings,
     progress: impl FnMut(i64, i64),
 ) -> Result<Practice, ProjectionError> {
-    let mut practice = Practice::new(rules);
+    let mut practice = Practice::new(settings.alert_rules);
     fold(store, &mut practice, None, progress).await?;
-    let state = serde_json::to_string(&practice).map_err(ProjectionError::State)?;
+    let state = write_checkpoint(&practice, &settings.digest())?;
     store
-        .save_checkpoint(REPORTS, practice.position, &state)
+        .save_checkpoint(REPORTS, practice.position, &state, None)
         .await?;
     Ok(practice)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(absences: u32) -> ProjectionSettings {
+        ProjectionSettings {
+            alert_rules: AlertRules {
+                consecutive_absences: absences,
+            },
+            reporter_min_count: 5,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_is_resumed_only_under_the_settings_it_was_built_with() {
+        let built = settings(2);
+        let mut practice = Practice::new(built.alert_rules);
+        practice.position = 42;
+        let text = write_checkpoint(&practice, &built.digest()).unwrap();
+        assert_eq!(
+            read_checkpoint(&text, &built.digest()).unwrap().position,
+            42
+        );
+
+        let (why, old) = read_checkpoint(&text, &settings(3).digest()).unwrap_err();
+        assert!(why.contains("settings"), "{why}");
+        assert_eq!(
+            old.map(|p| p.position),
+            Some(42),
+            "the old state is served meanwhile"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_format_or_shape_is_rebuilt_not_misread() {
+        let digest = settings(2).digest();
+        let future = format!(r#"{{"format":99,"settings":"{digest}","state":{{"new":true}}}}"#);
+        let (why, old) = read_checkpoint(&future, &digest).unwrap_err();
+        assert!(why.contains("format is 99"), "{why}");
+        assert!(old.is_none());
+
+        let bare = serde_json::to_string(&Practice::new(AlertRules::default())).unwrap();
+        let (why, old) = read_checkpoint(&bare, &digest).unwrap_err();
+        assert!(why.contains("no format version"), "{why}");
+        assert!(old.is_some());
+    }
+
+    #[test]
+    fn the_checkpoint_form_is_pinned() {
+        let practice = Practice::new(AlertRules::default());
+        let text = write_checkpoint(&practice, "d1g3st").unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["format"], 1);
+        assert_eq!(value["settings"], "d1g3st");
+        assert_eq!(value["state"]["position"], 0);
+        assert_eq!(value["state"]["rules"]["consecutive_absences"], 2);
+    }
 }

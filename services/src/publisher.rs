@@ -12,6 +12,9 @@
 //!   de-duplication keeps every stream free of duplicates.
 //!
 //! Only nats-server 2.9 features are used (no KV, no 2.10 stream options).
+//!
+//! Only the leader publishes (see `leader.rs`); its checkpoint saves are fenced by
+//! its lease. Every instance answers report requests from its own live reports.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -22,17 +25,23 @@ use async_nats::service::ServiceExt;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::Utc;
+use circle_events::group::Group;
 use circle_projections::practice::{AlertKind, Practice};
 use circle_projections::reports::{self, ReporterForm, RetentionScope};
+use cqrs_es::Aggregate;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use crate::errors::ErrorChain;
 use crate::http::Reporting;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::projector::LiveReports;
-use crate::store::{RecordedEvent, Store};
+use crate::store::{Fence, RecordedEvent, Store};
 
 const CHECKPOINT: &str = "nats";
 const PAGE: i64 = 1_000;
@@ -57,18 +66,51 @@ pub struct NatsSettings {
 struct Pending {
     groups: BTreeSet<String>,
     practice: bool,
+    /// Every group's reports: what an unreadable checkpoint leaves pending.
+    #[serde(default)]
+    all_groups: bool,
 }
 
-/// Connects (retrying in the background when NATS is down) and starts the
-/// publisher and the `circle` micro service.
+impl Pending {
+    fn everything() -> Pending {
+        Pending {
+            groups: BTreeSet::new(),
+            practice: true,
+            all_groups: true,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.practice && !self.all_groups && self.groups.is_empty()
+    }
+}
+
+/// Reads the publisher's saved state. Unreadable means "everything pending", never
+/// "nothing": publishing every report again costs little, skipping one loses it.
+fn read_pending(state: &str) -> Pending {
+    serde_json::from_str(state).unwrap_or_else(|error| {
+        tracing::warn!(%error, "the NATS checkpoint's state is unreadable; every report will be published again");
+        Pending::everything()
+    })
+}
+
+/// The NATS tasks, to be run supervised: the publisher ([`Nats::publish`], leader
+/// only) and the `circle` micro service ([`Nats::serve`], every instance).
+#[derive(Clone)]
+pub struct Nats {
+    client: async_nats::Client,
+    publisher: Arc<Publisher>,
+}
+
+/// Connects (retrying in the background when NATS is down: Circle starts and
+/// serves without it, and publishes once it appears).
 pub async fn start(
     settings: NatsSettings,
     store: Store,
     reports: Arc<LiveReports>,
     reporting: Reporting,
     metrics: Metrics,
-    committed: watch::Receiver<i64>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Nats> {
     let client = async_nats::ConnectOptions::new()
         .name("circle")
         .retry_on_initial_connect()
@@ -86,15 +128,68 @@ pub async fn start(
     let publisher = Publisher {
         js: jetstream::new(client.clone()),
         store,
-        reports: reports.clone(),
-        reporting: reporting.clone(),
+        reports,
+        reporting,
         metrics,
         settings,
     };
-    let namespace = publisher.settings.namespace.clone();
-    tokio::spawn(publisher.run(committed));
-    tokio::spawn(serve_reports(client, namespace, reports, reporting));
-    Ok(())
+    Ok(Nats {
+        client,
+        publisher: Arc::new(publisher),
+    })
+}
+
+impl Nats {
+    /// Publishes while this instance leads, until `stop`.
+    pub async fn publish(
+        &self,
+        mut leadership: Leadership,
+        committed: watch::Receiver<i64>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        loop {
+            let fence = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                fence = leadership.acquired() => fence,
+            };
+            let Some(fence) = fence else {
+                return Ok(());
+            };
+            // Stop publishing at once when the lease moves on, or when asked to.
+            let follower_stop = stop.child_token();
+            let lost = {
+                let (mut leadership, fence, follower_stop) =
+                    (leadership.clone(), fence.clone(), follower_stop.clone());
+                async move {
+                    leadership.lost(&fence).await;
+                    follower_stop.cancel();
+                }
+            };
+            tokio::select! {
+                outcome = self.publisher.run(&fence, committed.clone(), follower_stop.clone()) => outcome?,
+                _ = lost => {
+                    tracing::info!("NATS publishing handed over: this instance no longer leads");
+                }
+            }
+            follower_stop.cancel();
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The `circle` micro service, until `stop`.
+    pub async fn serve(&self, stop: CancellationToken) -> anyhow::Result<()> {
+        let p = &self.publisher;
+        serve_reports(
+            &self.client,
+            &p.settings.namespace,
+            &p.reports,
+            &p.reporting,
+            stop,
+        )
+        .await
+    }
 }
 
 impl NatsSettings {
@@ -117,31 +212,33 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn run(self, mut committed: watch::Receiver<i64>) {
-        let (mut position, mut pending) = loop {
-            match self.store.load_checkpoint(CHECKPOINT).await {
-                Ok(Some((position, state))) => {
-                    break (position, serde_json::from_str(&state).unwrap_or_default())
-                }
-                Ok(None) => break (0, Pending::default()),
-                Err(error) => {
-                    tracing::warn!(%error, "loading the NATS checkpoint; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+    /// Publishes from the saved checkpoint under `fence` until `stop`; the page in
+    /// flight when `stop` comes is finished, its acks awaited and the checkpoint saved.
+    async fn run(
+        &self,
+        fence: &Fence,
+        mut committed: watch::Receiver<i64>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let (mut position, mut pending) = match self.store.load_checkpoint(CHECKPOINT).await? {
+            Some((position, state)) => (position, read_pending(&state)),
+            None => (0, Pending::default()),
         };
         let mut streams_ready = false;
         let mut last_reports = Instant::now() - self.settings.coalesce;
         let mut backoff = Duration::from_millis(100);
-        loop {
+        while !stop.is_cancelled() {
+            let span = tracing::debug_span!("publisher.batch", after = position);
             let outcome = async {
                 if !streams_ready {
                     self.ensure_streams().await?;
                     streams_ready = true;
                 }
-                let published = self.publish_events(&mut position, &mut pending).await?;
-                let reports_due = (pending.practice || !pending.groups.is_empty())
-                    && last_reports.elapsed() >= self.settings.coalesce;
+                let published = self
+                    .publish_events(fence, &mut position, &mut pending)
+                    .await?;
+                let reports_due =
+                    !pending.is_empty() && last_reports.elapsed() >= self.settings.coalesce;
                 if reports_due
                     && self
                         .reports
@@ -151,10 +248,11 @@ impl Publisher {
                     self.publish_reports(&pending).await?;
                     pending = Pending::default();
                     last_reports = Instant::now();
-                    self.save(position, &pending).await?;
+                    self.save(fence, position, &pending).await?;
                 }
                 anyhow::Ok(published)
             }
+            .instrument(span)
             .await;
             match outcome {
                 Ok(published) => {
@@ -164,7 +262,10 @@ impl Publisher {
                             .observe_projection(CHECKPOINT, position, head, None);
                     }
                     if published == 0 {
-                        let wait = if pending.practice || !pending.groups.is_empty() {
+                        if pending.is_empty() {
+                            self.metrics.checkpoint_saved(CHECKPOINT);
+                        }
+                        let wait = if !pending.is_empty() {
                             self.settings
                                 .coalesce
                                 .saturating_sub(last_reports.elapsed())
@@ -172,6 +273,7 @@ impl Publisher {
                             IDLE_POLL
                         };
                         tokio::select! {
+                            _ = stop.cancelled() => {}
                             changed = committed.changed() => {
                                 if changed.is_err() {
                                     tokio::time::sleep(wait).await;
@@ -182,14 +284,22 @@ impl Publisher {
                     }
                 }
                 Err(error) => {
+                    if error.downcast_ref::<Fenced>().is_some() {
+                        return Err(error);
+                    }
                     streams_ready = false;
                     self.metrics.projection_failed(CHECKPOINT);
-                    tracing::warn!(%error, position, "publishing to NATS failed; will retry from the checkpoint");
-                    tokio::time::sleep(backoff).await;
+                    let error: &dyn std::error::Error = error.as_ref();
+                    tracing::warn!(error = %ErrorChain(error), position, "publishing to NATS failed; will retry from the checkpoint");
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
+        Ok(())
     }
 
     async fn ensure_streams(&self) -> anyhow::Result<()> {
@@ -215,17 +325,23 @@ impl Publisher {
         Ok(())
     }
 
-    async fn save(&self, position: i64, pending: &Pending) -> anyhow::Result<()> {
+    async fn save(&self, fence: &Fence, position: i64, pending: &Pending) -> anyhow::Result<()> {
         let state = serde_json::to_string(pending)?;
-        self.store
-            .save_checkpoint(CHECKPOINT, position, &state)
+        let saved = self
+            .store
+            .save_checkpoint(CHECKPOINT, position, &state, Some(fence))
             .await?;
+        if !saved {
+            return Err(Fenced.into());
+        }
+        self.metrics.checkpoint_saved(CHECKPOINT);
         Ok(())
     }
 
     /// Publishes one page of events, awaiting every ack, then moves the checkpoint.
     async fn publish_events(
         &self,
+        fence: &Fence,
         position: &mut i64,
         pending: &mut Pending,
     ) -> anyhow::Result<usize> {
@@ -237,7 +353,7 @@ impl Publisher {
         for event in &page {
             let (subject, headers, body) = event_message(&self.settings.namespace, event);
             acks.push(self.js.publish_with_headers(subject, headers, body).await?);
-            if event.aggregate_type == "group" {
+            if event.aggregate_type == Group::TYPE {
                 pending.groups.insert(event.aggregate_id.clone());
                 pending.practice = true;
             }
@@ -247,7 +363,7 @@ impl Publisher {
             ack.await?;
         }
         *position = last;
-        self.save(*position, pending).await?;
+        self.save(fence, *position, pending).await?;
         Ok(page.len())
     }
 
@@ -257,7 +373,12 @@ impl Publisher {
         let messages: Vec<(String, i64, Value)> = self.reports.read(|practice| {
             let now = Utc::now();
             let mut messages = Vec::new();
-            for group_id in &pending.groups {
+            let groups: Vec<&String> = if pending.all_groups {
+                practice.groups.keys().collect()
+            } else {
+                pending.groups.iter().collect()
+            };
+            for group_id in groups {
                 for kind in REPORT_KINDS {
                     if let Some(body) = group_report(practice, kind, group_id, k, now) {
                         messages.push((
@@ -268,7 +389,7 @@ impl Publisher {
                     }
                 }
             }
-            if pending.practice {
+            if pending.practice || pending.all_groups {
                 let retention =
                     reports::retention(practice, &RetentionScope::Practice, now).for_reporters(k);
                 messages.push((
@@ -303,6 +424,11 @@ impl Publisher {
         Ok(())
     }
 }
+
+/// The lease moved on while publishing: another instance publishes now.
+#[derive(Debug, thiserror::Error)]
+#[error("the leader lease has moved on; this instance no longer publishes")]
+struct Fenced;
 
 fn to_json(value: &impl Serialize) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
@@ -422,52 +548,52 @@ fn service_error(code: usize, status: &str) -> async_nats::service::error::Error
 /// The `circle` micro service: `circle.api.reports.<kind>` answers with the same JSON
 /// as HTTP, in the reporter form (NATS callers are reporting jobs).
 async fn serve_reports(
-    client: async_nats::Client,
-    namespace: String,
-    reports: Arc<LiveReports>,
-    reporting: Reporting,
-) {
-    let service = loop {
-        match client
+    client: &async_nats::Client,
+    namespace: &str,
+    reports: &LiveReports,
+    reporting: &Reporting,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let service = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        service = client
             .service_builder()
             .description("Circle reports in the aggregate (reporter) form")
-            .start("circle", env!("CARGO_PKG_VERSION"))
-            .await
-        {
-            Ok(service) => break service,
-            Err(error) => {
-                tracing::warn!(%error, "starting the NATS micro service; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+            .start("circle", env!("CARGO_PKG_VERSION")) => service.map_err(|e| anyhow::anyhow!("starting the NATS micro service: {e}"))?,
     };
     let group = service.group(format!("{namespace}.api.reports"));
+    let mut endpoints = Vec::with_capacity(REPORT_KINDS.len());
     for kind in REPORT_KINDS {
-        let mut endpoint = match group.endpoint(kind).await {
-            Ok(endpoint) => endpoint,
-            Err(error) => {
-                tracing::error!(%error, kind, "adding a NATS endpoint");
-                continue;
-            }
-        };
-        let (reports, reporting) = (reports.clone(), reporting.clone());
-        tokio::spawn(async move {
-            while let Some(request) = endpoint.next().await {
-                let answer = answer(&reports, &reporting, kind, &request.message.payload);
-                let response = answer.and_then(|body| {
-                    serde_json::to_vec(&body)
-                        .map(Bytes::from)
-                        .map_err(|_| service_error(500, "report could not be encoded"))
-                });
-                if let Err(error) = request.respond(response).await {
-                    tracing::warn!(%error, "answering a NATS report request");
-                }
-            }
-        });
+        let endpoint = group
+            .endpoint(kind)
+            .await
+            .map_err(|e| anyhow::anyhow!("adding the NATS endpoint {kind}: {e}"))?;
+        endpoints.push(endpoint.map(move |request| (kind, request)).boxed());
     }
-    // Keep the service (and its $SRV handlers) alive for the life of the process.
-    std::future::pending::<()>().await;
-    drop(service);
+    let mut requests = futures_util::stream::select_all(endpoints);
+    loop {
+        let (kind, request) = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = requests.next() => match next {
+                Some(next) => next,
+                None => anyhow::bail!("the NATS micro service's endpoints closed"),
+            },
+        };
+        let answer = answer(reports, reporting, kind, &request.message.payload);
+        let response = answer.and_then(|body| {
+            serde_json::to_vec(&body)
+                .map(Bytes::from)
+                .map_err(|_| service_error(500, "report could not be encoded"))
+        });
+        if let Err(error) = request.respond(response).await {
+            tracing::warn!(error = %ErrorChain(&error), "answering a NATS report request");
+        }
+    }
+    service
+        .stop()
+        .await
+        .map_err(|e| anyhow::anyhow!("stopping the NATS micro service: {e}"))?;
+    Ok(())
 }
 
 fn answer(

@@ -91,6 +91,13 @@ pub async fn spawn_app_on(database_url: &str) -> TestApp {
     spawn_app_with(database_url, |_| {}).await
 }
 
+/// The reports projection's settings as Circle's defaults give them.
+pub fn default_projection() -> circle_services::projector::ProjectionSettings {
+    Settings::load(None, Overrides::default())
+        .expect("default settings")
+        .projection()
+}
+
 /// The test NATS server, from `deploy/test.env` (exported by `scripts/test`).
 pub fn nats_url() -> String {
     std::env::var("CIRCLE_TEST_NATS_URL").unwrap_or_else(|_| {

@@ -347,7 +347,7 @@ pub async fn get_client(
             match state.vault.open(&wrapped, &client_id, sealed) {
                 Ok(personal) => Some(personal),
                 Err(error) => {
-                    tracing::error!(%client_id, %error, "personal data unreadable");
+                    tracing::error!(%client_id, error = %crate::errors::ErrorChain(&error), "personal data unreadable");
                     None
                 }
             }

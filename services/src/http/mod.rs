@@ -12,10 +12,10 @@ mod reports;
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,15 +24,19 @@ use circle_events::client::Client;
 use circle_events::group::Group;
 use circle_events::ids::is_valid_id;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 pub use problem::{FieldError, Problem};
 
 use crate::auth::{Authenticator, Role};
 use crate::commands::{CommandContext, CommandService, IdempotencyRequest, Repository};
 use crate::crypto::Vault;
+use crate::errors::ErrorChain;
 use crate::metrics::Metrics;
 use crate::projector::LiveReports;
 use crate::store::{KeyAction, Store};
+use crate::supervisor::Health;
 use circle_projections::practice::AlertRules;
 use extract::{Caller, WriteHeaders};
 
@@ -56,6 +60,25 @@ pub struct Services {
     pub auth: Authenticator,
     pub vault: Vault,
     pub metrics: Metrics,
+    pub health: Health,
+    pub limits: Limits,
+}
+
+/// Bounds on the API: requests at once and the time each may take.
+pub struct Limits {
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    timeout: Duration,
+}
+
+impl Limits {
+    pub fn new(max_in_flight: usize, timeout: Duration) -> Limits {
+        Limits {
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            timeout,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -116,7 +139,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/reports/retention", get(reports::retention))
         .route("/reports/outcomes", get(reports::outcomes))
         .route("/alerts", get(reports::alerts))
-        .route("/openapi.json", get(openapi::serve));
+        .route("/openapi.json", get(openapi::serve))
+        .layer(middleware::from_fn_with_state(state.clone(), limit));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(|| async { "ok" }))
@@ -127,30 +151,113 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .with_state(state)
 }
 
-/// Counts and times every request by route template, never by concrete path.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+const CORRELATION_ID: &str = "x-correlation-id";
+
+/// A method as a metric label: the standard ones by name, anything else `other`, so
+/// that no request can add label values.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Runs every request in a span (method, route template, correlation id, status),
+/// counts and times it by route template, never by concrete path, and answers the
+/// correlation id back. A request without one gets a fresh one, which its events carry.
+async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().as_str().to_string();
-    let response = next.run(request).await;
-    state.metrics.observe_http(
-        &route,
-        &method,
-        response.status().as_u16(),
-        started.elapsed(),
+    let method = method_label(request.method());
+    let given = request
+        .headers()
+        .get(CORRELATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| uuid::Uuid::parse_str(v.trim()).ok());
+    let correlation_id = given.unwrap_or_else(uuid::Uuid::new_v4);
+    if !request.headers().contains_key(CORRELATION_ID) {
+        request.headers_mut().insert(
+            CORRELATION_ID,
+            HeaderValue::from_str(&correlation_id.to_string()).expect("a UUID is a header value"),
+        );
+    }
+    let span = tracing::info_span!(
+        "request",
+        method,
+        route = %route,
+        correlation_id = %correlation_id,
+        status = tracing::field::Empty,
     );
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("status", status);
+    if given.is_some() || !response.headers().contains_key(CORRELATION_ID) {
+        if let Ok(value) = HeaderValue::from_str(&correlation_id.to_string()) {
+            response.headers_mut().insert(CORRELATION_ID, value);
+        }
+    }
+    state
+        .metrics
+        .observe_http(&route, method, status, started.elapsed());
     response
 }
 
+/// Bounds the API: beyond `max_concurrent_requests` at once, or past
+/// `request_timeout_ms`, the answer is 503 with `Retry-After`, never a queue that grows.
+async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limits = &state.limits;
+    let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
+        tracing::warn!(
+            limit = limits.max_in_flight,
+            "overloaded: refusing a request"
+        );
+        return Problem::overloaded(limits.max_in_flight).into_response();
+    };
+    match tokio::time::timeout(limits.timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = limits.timeout.as_millis() as u64,
+                "request timed out"
+            );
+            Problem::timed_out(limits.timeout).into_response()
+        }
+    }
+}
+
+/// Readiness must answer fast even when the database does not.
+const READY_CHECK: Duration = Duration::from_secs(1);
+
+/// Ready when the store answers within a second and every required task runs.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(error) => {
-            tracing::warn!(%error, "not ready");
+    let down = state.health.down();
+    if !down.is_empty() {
+        tracing::warn!(tasks = ?down, "not ready: required tasks are down");
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {} not running", down.join(", ")),
+        )
+        .retry_after(1)
+        .into_response();
+    }
+    match tokio::time::timeout(READY_CHECK, state.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %ErrorChain(&error), "not ready");
+            Problem::unavailable().into_response()
+        }
+        Err(_) => {
+            tracing::warn!("not ready: the event store did not answer within a second");
             Problem::unavailable().into_response()
         }
     }

@@ -7,6 +7,7 @@ use circle_events::{Rejection, RejectionKind};
 use serde::Serialize;
 
 use crate::commands::{CommandError, LoadError};
+use crate::errors::ErrorChain;
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
@@ -82,6 +83,27 @@ impl Problem {
         .retry_after(1)
     }
 
+    pub fn overloaded(limit: usize) -> Problem {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server is answering its limit of {limit} requests at once; try again shortly"
+            ),
+        )
+        .retry_after(1)
+    }
+
+    pub fn timed_out(limit: std::time::Duration) -> Problem {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the request took longer than {} ms; if it was a write with an Idempotency-Key, retry it with the same key",
+                limit.as_millis()
+            ),
+        )
+        .retry_after(1)
+    }
+
     /// Adds a `Retry-After` header (seconds).
     pub fn retry_after(mut self, seconds: u32) -> Problem {
         self.retry_after = Some(seconds);
@@ -115,11 +137,11 @@ impl From<LoadError> for Problem {
     fn from(error: LoadError) -> Problem {
         match error {
             LoadError::Store(e) => {
-                tracing::warn!(error = %e, "event store unavailable");
+                tracing::warn!(error = %ErrorChain(&e), "event store unavailable");
                 Problem::unavailable()
             }
             LoadError::Decode { .. } => {
-                tracing::error!(error = %error, "stored event unreadable");
+                tracing::error!(error = %ErrorChain(&error), "stored event unreadable");
                 Problem::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "a stored event could not be read; operators have been alerted in the log",
@@ -148,7 +170,7 @@ impl<E: Rejection> From<CommandError<E>> for Problem {
             }
             e @ CommandError::Contended => Problem::new(StatusCode::CONFLICT, e.to_string()),
             CommandError::Store(e) => {
-                tracing::warn!(error = %e, "append failed");
+                tracing::warn!(error = %ErrorChain(&e), "append failed");
                 Problem::unavailable()
             }
             CommandError::Load(e) => Problem::from(e),

@@ -111,7 +111,7 @@ async fn with_practice<T>(
         projector::fold(&state.store, &mut practice, Some(as_of), |_, _| {})
             .await
             .map_err(|error| {
-                tracing::error!(%error, "folding the log for an as_of report");
+                tracing::error!(error = %crate::errors::ErrorChain(&error), "folding the log for an as_of report");
                 Problem::unavailable()
             })?;
         return Ok(report(&practice, as_of));

@@ -38,6 +38,8 @@ pub enum StoreError {
     Migration(#[source] sqlx::Error),
     #[error("preparing the data directory")]
     DataDir(#[source] std::io::Error),
+    #[error("the event store is shutting down")]
+    Stopped,
 }
 
 /// Who did it and in which chain of actions: recorded with every event.
@@ -173,6 +175,14 @@ pub struct RawEvent {
     pub payload: String,
 }
 
+/// Proof of holding a lease at an epoch, checked by the writes made under it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fence {
+    pub lease: String,
+    pub holder: Uuid,
+    pub epoch: i64,
+}
+
 /// An API token as stored: only its hash is kept.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredToken {
@@ -282,14 +292,32 @@ impl Store {
         dispatch!(self, s => s.load_checkpoint(name).await)
     }
 
-    /// Persists state and position together, in one statement.
+    /// Persists state and position together, in one statement. With a fence, only
+    /// while that lease is still held at that epoch: `false` means fenced out.
     pub async fn save_checkpoint(
         &self,
         name: &str,
         position: i64,
         state: &str,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.save_checkpoint(name, position, state).await)
+        fence: Option<&Fence>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.save_checkpoint(name, position, state, fence).await)
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `ttl` from now (database
+    /// time). Returns the lease's epoch, or `None` while another holder's is unexpired.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: Uuid,
+        ttl: std::time::Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, s => s.acquire_lease(name, holder, ttl).await)
+    }
+
+    /// Lets the lease expire now, so another instance takes over without waiting.
+    pub async fn release_lease(&self, name: &str, holder: Uuid) -> Result<(), StoreError> {
+        dispatch!(self, s => s.release_lease(name, holder).await)
     }
 
     /// Reachable and migrated.

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         3,
         include_str!("migrations/postgres/0003_projection_checkpoints.sql"),
     ),
+    (4, include_str!("migrations/postgres/0004_leases.sql")),
 ];
 
 #[derive(Clone)]
@@ -285,16 +286,60 @@ impl PgStore {
         name: &str,
         position: i64,
         state: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+        fence: Option<&Fence>,
+    ) -> Result<bool, StoreError> {
+        // The row is proposed only while the fence's lease is still the current one.
+        let saved = sqlx::query(
             "INSERT INTO projection_checkpoints (name, position, state, updated_at)
-             VALUES ($1, $2, $3, now())
+             SELECT $1, $2, $3, now()
+             WHERE $4::text IS NULL OR EXISTS (
+                 SELECT 1 FROM leases WHERE name = $4 AND holder = $5 AND epoch = $6)
              ON CONFLICT (name) DO UPDATE
              SET position = EXCLUDED.position, state = EXCLUDED.state, updated_at = now()",
         )
         .bind(name)
         .bind(position)
         .bind(state)
+        .bind(fence.map(|f| f.lease.as_str()))
+        .bind(fence.map(|f| f.holder))
+        .bind(fence.map(|f| f.epoch))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(saved > 0)
+    }
+
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: Uuid,
+        ttl: std::time::Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        // Database time decides expiry, so instances' clocks need not agree.
+        Ok(sqlx::query_scalar(
+            "INSERT INTO leases AS l (name, holder, epoch, expires_at)
+             VALUES ($1, $2, 1, clock_timestamp() + make_interval(secs => $3))
+             ON CONFLICT (name) DO UPDATE
+             SET holder = EXCLUDED.holder,
+                 epoch = CASE WHEN l.holder = EXCLUDED.holder THEN l.epoch ELSE l.epoch + 1 END,
+                 expires_at = EXCLUDED.expires_at
+             WHERE l.holder = EXCLUDED.holder OR l.expires_at < clock_timestamp()
+             RETURNING epoch",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn release_lease(&self, name: &str, holder: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE leases SET expires_at = clock_timestamp() - interval '1 second'
+             WHERE name = $1 AND holder = $2",
+        )
+        .bind(name)
+        .bind(holder)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("migrations/sqlite/0002_projection_checkpoints.sql"),
     ),
+    (3, include_str!("migrations/sqlite/0003_leases.sql")),
 ];
 
 #[derive(Clone)]
@@ -351,10 +352,14 @@ impl SqliteStore {
         name: &str,
         position: i64,
         state: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+        fence: Option<&Fence>,
+    ) -> Result<bool, StoreError> {
+        // `WHERE true` lets SQLite parse the upsert after a SELECT.
+        let saved = sqlx::query(
             "INSERT INTO projection_checkpoints (name, position, state, updated_at)
-             VALUES (?, ?, ?, ?)
+             SELECT ?1, ?2, ?3, ?4
+             WHERE (?5 IS NULL OR EXISTS (
+                 SELECT 1 FROM leases WHERE name = ?5 AND holder = ?6 AND epoch = ?7)) AND true
              ON CONFLICT (name) DO UPDATE
              SET position = excluded.position, state = excluded.state, updated_at = excluded.updated_at",
         )
@@ -362,8 +367,45 @@ impl SqliteStore {
         .bind(position)
         .bind(state)
         .bind(timestamp(&Utc::now()))
+        .bind(fence.map(|f| f.lease.as_str()))
+        .bind(fence.map(|f| f.holder.to_string()))
+        .bind(fence.map(|f| f.epoch))
         .execute(&self.pool)
-        .await?;
+        .await?
+        .rows_affected();
+        Ok(saved > 0)
+    }
+
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: Uuid,
+        ttl: std::time::Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = Utc::now().timestamp_millis();
+        Ok(sqlx::query_scalar(
+            "INSERT INTO leases AS l (name, holder, epoch, expires_at) VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT (name) DO UPDATE
+             SET holder = excluded.holder,
+                 epoch = CASE WHEN l.holder = excluded.holder THEN l.epoch ELSE l.epoch + 1 END,
+                 expires_at = excluded.expires_at
+             WHERE l.holder = excluded.holder OR l.expires_at < ?4
+             RETURNING epoch",
+        )
+        .bind(name)
+        .bind(holder.to_string())
+        .bind(now + ttl.as_millis() as i64)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn release_lease(&self, name: &str, holder: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE leases SET expires_at = 0 WHERE name = ? AND holder = ?")
+            .bind(name)
+            .bind(holder.to_string())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
