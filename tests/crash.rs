@@ -3,8 +3,7 @@
 //! identical to a fresh replay of the log; `circle token create` prints a working
 //! token as the last word on stdout.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -14,24 +13,13 @@ use circle_projections::reports::{self, RetentionScope};
 use circle_services::crypto::Vault;
 use circle_services::projector;
 use circle_services::store::{Append, EventMetadata, NewEvent, Store};
+use circle_tests::process::{circle_binary, CircleProcess};
 use circle_tests::{default_projection, fresh_schema_url};
 use serde_json::Value;
 use uuid::Uuid;
 
 const GROUPS: usize = 20;
 const EVENTS_PER_GROUP: usize = 6_000;
-
-fn circle_binary() -> PathBuf {
-    // tests run from target/<profile>/deps; scripts/test builds the binary beside it.
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe.parent().unwrap().parent().unwrap().join("circle");
-    assert!(
-        binary.exists(),
-        "{} missing: run scripts/test (it builds the binary)",
-        binary.display()
-    );
-    binary
-}
 
 /// Groups with members, sessions and many questionnaires, appended straight to the log.
 async fn fill(store: &Store) {
@@ -91,32 +79,13 @@ async fn fill(store: &Store) {
     }
 }
 
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-fn serve(database_url: &str, admin: &str, master_key: &str) -> Serve {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(circle_binary())
-        .arg("serve")
-        .env("CIRCLE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CIRCLE_DATABASE_URL", database_url)
-        .env("CIRCLE_ADMIN_TOKEN", admin)
-        .env("CIRCLE_MASTER_KEY", master_key)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start circle serve");
-    Serve {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
+fn serve(database_url: &str, admin: &str, master_key: &str) -> CircleProcess {
+    CircleProcess::serve(&[
+        ("CIRCLE_DATABASE_URL", database_url),
+        ("CIRCLE_ADMIN_TOKEN", admin),
+        ("CIRCLE_MASTER_KEY", master_key),
+        ("RUST_LOG", "warn"),
+    ])
 }
 
 async fn checkpoint(store: &Store) -> i64 {
@@ -145,8 +114,8 @@ async fn a_projector_killed_mid_stream_resumes_to_the_same_reports_as_a_replay()
         assert!(Instant::now() < deadline, "no checkpoint saved");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
+    first.signal("KILL");
+    first.exit_status(Duration::from_secs(5)).await;
     let at_kill = checkpoint(&store).await;
     assert!(
         0 < at_kill && at_kill < head,
@@ -198,8 +167,7 @@ async fn a_projector_killed_mid_stream_resumes_to_the_same_reports_as_a_replay()
         .json()
         .await
         .unwrap();
-    second.child.kill().unwrap();
-    second.child.wait().unwrap();
+    second.kill();
 
     // A fresh replay of the whole log gives the same reports.
     let replayed = projector::rebuild(&store, &default_projection(), |_, _| {})

@@ -2,6 +2,9 @@
 //! its own Circle on an ephemeral port, so tests run in parallel without sharing
 //! anything but the servers.
 
+pub mod jetstream;
+pub mod process;
+
 use std::path::PathBuf;
 
 use circle_services::app::Application;

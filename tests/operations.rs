@@ -1,0 +1,353 @@
+//! Circle as operators run it: `circle serve` processes stopped by SIGTERM, killed
+//! while leading, and cut off from a PostgreSQL that restarts under load.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use circle_projections::practice::Practice;
+use circle_services::crypto::Vault;
+use circle_services::projector;
+use circle_services::store::Store;
+use circle_tests::jetstream::{msg_ids, report_at, stream_messages, wait_for_messages};
+use circle_tests::process::CircleProcess;
+use circle_tests::{
+    default_projection, fresh_data_dir, fresh_namespace, fresh_schema_url, nats_url,
+};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// A write the service acknowledged: it must be in the log, exactly there.
+#[derive(Clone, Debug)]
+struct Ack {
+    group_id: String,
+    version: i64,
+    position: i64,
+}
+
+struct Practiced {
+    admin: String,
+    master_key: String,
+    http: reqwest::Client,
+}
+
+impl Practiced {
+    fn new() -> Practiced {
+        Practiced {
+            admin: format!("admin-{}", Uuid::new_v4().simple()),
+            master_key: Vault::generate_master_key(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn env<'a>(&'a self, database_url: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("CIRCLE_DATABASE_URL", database_url),
+            ("CIRCLE_ADMIN_TOKEN", self.admin.as_str()),
+            ("CIRCLE_MASTER_KEY", self.master_key.as_str()),
+        ]
+    }
+
+    async fn post(
+        &self,
+        base: &str,
+        path: &str,
+        body: Value,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .post(format!("{base}{path}"))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+    }
+
+    async fn create_group(&self, base: &str, group_id: &str) {
+        let created = self
+            .post(
+                base,
+                "/api/v1/groups",
+                json!({"group_id": group_id, "name": "Load", "focus": "anxiety", "format": "open",
+                       "capacity": 10, "facilitators": ["dr_a"]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    }
+
+    /// Schedules session `n` of a group: one new event per request.
+    async fn schedule(
+        &self,
+        base: &str,
+        group_id: &str,
+        n: usize,
+    ) -> reqwest::Result<reqwest::Response> {
+        let starts_at = chrono::DateTime::parse_from_rfc3339("2026-01-05T18:00:00+01:00").unwrap()
+            + chrono::Duration::hours(n as i64);
+        self.post(
+            base,
+            &format!("/api/v1/groups/{group_id}/sessions"),
+            json!({"session_id": format!("s{n}"), "starts_at": starts_at, "duration_minutes": 60}),
+        )
+        .await
+    }
+}
+
+/// Writers, one per group, scheduling sessions on whichever instance answers until
+/// `stop`; every acknowledged write is returned. Refused connections (an instance
+/// that is gone or stopping) move the writer to the next instance.
+async fn load(
+    practice: &Arc<Practiced>,
+    bases: &[String],
+    groups: &[String],
+    stop: Arc<AtomicBool>,
+) -> (Vec<Ack>, BTreeMap<u16, usize>) {
+    let mut writers = Vec::new();
+    for (w, group_id) in groups.iter().enumerate() {
+        let (practice, bases, group_id, stop) = (
+            practice.clone(),
+            bases.to_vec(),
+            group_id.clone(),
+            stop.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let (mut acks, mut statuses) = (Vec::new(), BTreeMap::new());
+            let (mut n, mut target) = (0, w % bases.len());
+            while !stop.load(Ordering::Relaxed) {
+                match practice.schedule(&bases[target], &group_id, n).await {
+                    Ok(answer) => {
+                        let status = answer.status().as_u16();
+                        *statuses.entry(status).or_insert(0) += 1;
+                        if answer.status().is_success() {
+                            let body: Value = answer.json().await.unwrap();
+                            acks.push(Ack {
+                                group_id: group_id.clone(),
+                                version: body["version"].as_i64().unwrap(),
+                                position: body["position"].as_i64().unwrap(),
+                            });
+                            n += 1;
+                        } else {
+                            assert!(
+                                answer.headers().contains_key("retry-after") || status < 500,
+                                "a {status} without Retry-After"
+                            );
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    Err(_) => {
+                        target = (target + 1) % bases.len();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            (acks, statuses)
+        }));
+    }
+    let (mut acks, mut statuses) = (Vec::new(), BTreeMap::new());
+    for writer in writers {
+        let (a, s) = writer.await.unwrap();
+        acks.extend(a);
+        for (status, count) in s {
+            *statuses.entry(status).or_insert(0) += count;
+        }
+    }
+    (acks, statuses)
+}
+
+/// Every acknowledged write is in the log at the position and version it was given.
+async fn assert_all_in_log(store: &Store, acks: &[Ack]) {
+    let mut by_group: BTreeMap<&str, Vec<&Ack>> = BTreeMap::new();
+    for ack in acks {
+        by_group.entry(&ack.group_id).or_default().push(ack);
+    }
+    for (group_id, acks) in by_group {
+        let stream = store.load_stream("group", group_id, 0).await.unwrap();
+        let at: BTreeMap<i64, i64> = stream.iter().map(|e| (e.sequence, e.position)).collect();
+        for ack in acks {
+            assert_eq!(
+                at.get(&ack.version),
+                Some(&ack.position),
+                "acknowledged {ack:?} is in the log"
+            );
+        }
+    }
+}
+
+async fn leader_of(http: &reqwest::Client, base: &str) -> Option<bool> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(text.lines().any(|l| l == "circle_leader 1"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_32_writers_loses_no_acknowledged_command_and_exits_cleanly() {
+    let url = fresh_schema_url().await;
+    let practice = Arc::new(Practiced::new());
+    let mut circle = CircleProcess::serve(&practice.env(&url));
+    circle.wait_ready(Duration::from_secs(20)).await;
+    let groups: Vec<String> = (0..32).map(|g| format!("g{g}")).collect();
+    for group_id in &groups {
+        practice.create_group(&circle.base, group_id).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = {
+        let (practice, bases, groups, stop) = (
+            practice.clone(),
+            vec![circle.base.clone()],
+            groups.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move { load(&practice, &bases, &groups, stop).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    circle.signal("TERM");
+    let signalled = Instant::now();
+    let status = circle.exit_status(Duration::from_secs(12)).await;
+    let took = signalled.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (acks, statuses) = writing.await.unwrap();
+    let log = circle.log_text();
+    let status = status.unwrap_or_else(|| panic!("still running 12 s after SIGTERM; log:\n{log}"));
+    assert!(status.success(), "exit {status:?}; log:\n{log}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        acks.len() > 100,
+        "the load ran: {} writes, {statuses:?}",
+        acks.len()
+    );
+    assert!(!statuses.contains_key(&500), "{statuses:?}");
+
+    let store = Store::postgres(&url, 4).await.unwrap();
+    assert_all_in_log(&store, &acks).await;
+    // The projector's last step saw everything the appender drained, and saved it.
+    let head = store.head_position().await.unwrap();
+    let (position, text) = store
+        .load_checkpoint(projector::REPORTS)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(position, head, "final checkpoint at the head; log:\n{log}");
+    let saved: Value = serde_json::from_str(&text).unwrap();
+    let saved: Practice = serde_json::from_value(saved["state"].clone()).unwrap();
+    let replayed = projector::rebuild(&store, &default_projection(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(saved, replayed, "reports equal a fresh replay");
+    assert!(log.contains("stopped"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_under_load_is_replaced_within_5s_and_nats_loses_and_doubles_nothing() {
+    let url = fresh_schema_url().await;
+    let ns = fresh_namespace();
+    let config = fresh_data_dir().join("circle.toml");
+    std::fs::write(&config, format!("nats_namespace = \"{ns}\"\n")).unwrap();
+    let config = config.to_string_lossy().to_string();
+    let nats = nats_url();
+    let practice = Arc::new(Practiced::new());
+    let mut env = practice.env(&url);
+    env.extend([
+        ("CIRCLE_CONFIG", config.as_str()),
+        ("CIRCLE_NATS_URL", nats.as_str()),
+    ]);
+    let mut instances: Vec<CircleProcess> = (0..3).map(|_| CircleProcess::serve(&env)).collect();
+    for instance in &instances {
+        instance.wait_ready(Duration::from_secs(30)).await;
+    }
+    let bases: Vec<String> = instances.iter().map(|i| i.base.clone()).collect();
+    let groups: Vec<String> = (0..8).map(|g| format!("g{g}")).collect();
+    for group_id in &groups {
+        practice.create_group(&bases[0], group_id).await;
+    }
+    let mut leader = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader.is_none() {
+        assert!(Instant::now() < deadline, "no instance leads");
+        for (i, base) in bases.iter().enumerate() {
+            if leader_of(&practice.http, base).await == Some(true) {
+                leader = Some(i);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = leader.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = {
+        let (practice, bases, groups, stop) = (
+            practice.clone(),
+            bases.clone(),
+            groups.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move { load(&practice, &bases, &groups, stop).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    instances[leader].signal("KILL");
+    let killed = Instant::now();
+    let successor = loop {
+        let mut found = None;
+        for (i, base) in bases.iter().enumerate().filter(|(i, _)| *i != leader) {
+            if leader_of(&practice.http, base).await == Some(true) {
+                found = Some(i);
+            }
+        }
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "no successor within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let takeover = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acks, statuses) = writing.await.unwrap();
+    assert!(!statuses.contains_key(&500), "{statuses:?}");
+    assert!(acks.iter().any(|a| a.position > 0), "{statuses:?}");
+
+    let store = Store::postgres(&url, 4).await.unwrap();
+    assert_all_in_log(&store, &acks).await;
+    let head = store.head_position().await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = jetstream::new(client);
+    let events_stream = format!("{}_EVENTS", ns.to_uppercase());
+    wait_for_messages(&js, &events_stream, head as u64).await;
+    let ids = msg_ids(&js, &events_stream).await;
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!(ids.len() as i64, head, "every event on NATS");
+    assert_eq!(distinct.len(), ids.len(), "no event twice");
+    assert_eq!(stream_messages(&js, &events_stream).await as i64, head);
+    // Each group's reports reached its last event.
+    for group_id in &groups {
+        let last = acks
+            .iter()
+            .filter(|a| &a.group_id == group_id)
+            .map(|a| a.position)
+            .max()
+            .unwrap_or(0);
+        report_at(
+            &js,
+            &format!("{}_REPORTS", ns.to_uppercase()),
+            &format!("{ns}.reports.attendance.group.{group_id}"),
+            last,
+        )
+        .await;
+    }
+    println!("takeover by instance {successor} after {takeover:?}");
+    instances.clear();
+}
