@@ -270,3 +270,46 @@ async fn a_burst_of_commands_is_coalesced_to_few_report_publishes() {
     );
     assert!(publishes < 61);
 }
+
+#[tokio::test]
+async fn circle_starts_and_serves_without_nats_and_publishes_once_it_appears() {
+    let mut nats = PrivateNats::not_started();
+    let app = tokio::time::timeout(Duration::from_secs(10), nats_app(&nats.url(), "circle", 5))
+        .await
+        .expect("Circle starts while NATS is down");
+    let created = app
+        .post(
+            "/api/v1/groups",
+            &app.admin,
+            json!({"group_id": "g1", "name": "Early", "focus": "grief", "format": "open", "capacity": 8, "facilitators": ["dr_a"]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        StatusCode::OK,
+        "NATS is not required to serve"
+    );
+
+    nats.restart();
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    wait_for_messages(&js, "CIRCLE_EVENTS", app.head().await as u64).await;
+    report_at(
+        &js,
+        "CIRCLE_REPORTS",
+        "circle.reports.attendance.group.g1",
+        created.position(),
+    )
+    .await;
+}

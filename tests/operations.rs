@@ -351,3 +351,204 @@ async fn a_leader_killed_under_load_is_replaced_within_5s_and_nats_loses_and_dou
     println!("takeover by instance {successor} after {takeover:?}");
     instances.clear();
 }
+
+/// A PostgreSQL cluster of the test's own on a free port, so the test can stop and
+/// restart it while the shared server keeps running.
+struct PrivatePostgres {
+    port: u16,
+    data: std::path::PathBuf,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    fn start() -> PrivatePostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL binaries (scripts/test installs postgresql)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("an initdb");
+        let data = std::env::temp_dir().join(format!("circle-pg-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&data).unwrap();
+        let postgres = PrivatePostgres {
+            port: circle_tests::process::free_port(),
+            data,
+            bin,
+        };
+        postgres.chown();
+        postgres.run("initdb", &["-A", "trust", "-U", "postgres", "-D"]);
+        postgres.start_server();
+        postgres
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// PostgreSQL refuses to run as root: as root, run it as the `postgres` user.
+    fn as_server_user(&self, program: &str) -> std::process::Command {
+        let program = self.bin.join(program);
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if root {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            std::process::Command::new(program)
+        }
+    }
+
+    fn chown(&self) {
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&self.data)
+            .status();
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = self
+            .as_server_user(program)
+            .args(args)
+            .arg(&self.data)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn start_server(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            self.port,
+            self.data.display()
+        );
+        let output = self
+            .as_server_user("pg_ctl")
+            .args(["-w", "-l"])
+            .arg(self.data.join("server.log"))
+            .args(["-o", &options, "start", "-D"])
+            .arg(&self.data)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn stop_server(&self) {
+        let _ = self
+            .as_server_user("pg_ctl")
+            .args(["-w", "-m", "fast", "stop", "-D"])
+            .arg(&self.data)
+            .output();
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.stop_server();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_restart_under_load_answers_503_naming_the_cause_and_recovers_within_5s() {
+    let postgres = PrivatePostgres::start();
+    let url = postgres.url();
+    let practice = Arc::new(Practiced::new());
+    let circle = CircleProcess::serve(&practice.env(&url));
+    circle.wait_ready(Duration::from_secs(20)).await;
+    let groups: Vec<String> = (0..4).map(|g| format!("g{g}")).collect();
+    for group_id in &groups {
+        practice.create_group(&circle.base, group_id).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = {
+        let (practice, bases, groups, stop) = (
+            practice.clone(),
+            vec![circle.base.clone()],
+            groups.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move { load(&practice, &bases, &groups, stop).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    postgres.stop_server();
+
+    // While it is down: not ready, and quickly so.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    let ready = practice
+        .http
+        .get(format!("{}/readyz", circle.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(
+        asked.elapsed() < Duration::from_millis(1500),
+        "readyz took {:?}",
+        asked.elapsed()
+    );
+    let refused = practice
+        .schedule(&circle.base, "g0", 1_000_000)
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    postgres.start_server();
+    let back = Instant::now();
+    let mut n = 2_000_000;
+    loop {
+        n += 1;
+        let answer = practice.schedule(&circle.base, "g0", n).await.unwrap();
+        if answer.status().is_success() {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "still {} after 5 s",
+            answer.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered = back.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (acks, statuses) = writing.await.unwrap();
+    assert!(!statuses.contains_key(&500), "never a 500: {statuses:?}");
+    assert!(statuses.contains_key(&503), "{statuses:?}");
+    let store = Store::postgres(&url, 4).await.unwrap();
+    assert_all_in_log(&store, &acks).await;
+
+    // The log line behind a 503 names the database error, not only "unavailable".
+    let log = circle.log_text();
+    let named = log.lines().any(|line| {
+        line.contains("WARN")
+            && line.contains("event store unavailable: ")
+            && [
+                "refused",
+                "terminat",
+                "closed",
+                "reset",
+                "timed out",
+                "shutting down",
+            ]
+            .iter()
+            .any(|cause| line.contains(cause))
+    });
+    assert!(named, "no 503 log line names the database error:\n{log}");
+    println!("recovered {recovered:?} after PostgreSQL returned; {statuses:?}");
+}
