@@ -151,8 +151,16 @@ impl Application {
         let state = AppState(Arc::new(Services {
             reports,
             reporting,
-            groups: Repository::new(store.clone()),
-            clients: Repository::new(store.clone()),
+            groups: Repository::new(
+                store.clone(),
+                settings.aggregate_cache_capacity,
+                metrics.clone(),
+            ),
+            clients: Repository::new(
+                store.clone(),
+                settings.aggregate_cache_capacity,
+                metrics.clone(),
+            ),
             auth: Authenticator::new(store.clone()),
             store,
             commands,

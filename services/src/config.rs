@@ -23,6 +23,9 @@ pub struct Settings {
     pub body_limit_bytes: usize,
     pub command_attempts: u32,
     pub append_batch_max: usize,
+    /// Aggregates of each type kept in memory between commands; the least recently
+    /// used beyond this are loaded again from the log when next needed.
+    pub aggregate_cache_capacity: usize,
     /// Consecutive absences that raise an attendance alert.
     pub alert_consecutive_absences: u32,
     /// The k of k-anonymity in the reporter form: smaller counts become `null`.

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod appender;
 pub mod auth;
+mod cache;
 pub mod commands;
 pub mod config;
 pub mod crypto;

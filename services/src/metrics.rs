@@ -26,6 +26,7 @@ struct Inner {
     projection_lag: IntGaugeVec,
     projection_age: GaugeVec,
     projection_failures: IntCounterVec,
+    aggregate_cache: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -101,6 +102,13 @@ impl Metrics {
             ),
             &["projection"],
         )?;
+        let aggregate_cache = IntCounterVec::new(
+            Opts::new(
+                "circle_aggregate_cache_total",
+                "Aggregate lookups by whether the state was still in memory",
+            ),
+            &["aggregate", "result"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("circle_build_info", "Build information; always 1"),
             &["version"],
@@ -119,6 +127,7 @@ impl Metrics {
         registry.register(Box::new(projection_lag.clone()))?;
         registry.register(Box::new(projection_age.clone()))?;
         registry.register(Box::new(projection_failures.clone()))?;
+        registry.register(Box::new(aggregate_cache.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::new(
@@ -138,6 +147,7 @@ impl Metrics {
             projection_lag,
             projection_age,
             projection_failures,
+            aggregate_cache,
         })))
     }
 
@@ -193,6 +203,15 @@ impl Metrics {
             let age = (chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1e3;
             self.0.projection_age.with_label_values(&[name]).set(age);
         }
+    }
+
+    /// `aggregate` is the aggregate type (`group`, `client`), never an id.
+    pub fn observe_aggregate_cache(&self, aggregate: &str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.0
+            .aggregate_cache
+            .with_label_values(&[aggregate, result])
+            .inc();
     }
 
     pub fn projection_failed(&self, name: &str) {
