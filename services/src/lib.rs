@@ -10,6 +10,7 @@ pub mod app;
 pub mod appender;
 pub mod auth;
 mod cache;
+pub mod care_teams;
 pub mod commands;
 pub mod config;
 pub mod crypto;
