@@ -32,6 +32,11 @@ pub struct Settings {
     pub reporter_min_count: u32,
     /// Longest a read waits for `min_position`, in milliseconds.
     pub read_wait_max_ms: u64,
+    /// `as_of` reports computed at once; more are answered 503 with Retry-After.
+    pub as_of_max_concurrent: usize,
+    /// A snapshot of the reports fold is kept every this many events, so `as_of`
+    /// reports need not fold the log from the start.
+    pub as_of_snapshot_every_events: i64,
     /// First token of every subject and prefix of stream names (`circle` →
     /// `circle.events.>`, `CIRCLE_EVENTS`).
     pub nats_namespace: String,
