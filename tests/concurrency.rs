@@ -5,8 +5,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::Utc;
+use circle_events::client::ConsentScope;
 use circle_services::store::{Append, AppendResult, EventMetadata, NewEvent, Store};
-use circle_tests::{spawn_app, spawn_app_on, TestApp};
+use circle_tests::{spawn_app, spawn_app_on, spawn_app_with, TestApp};
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
@@ -172,6 +174,179 @@ async fn cached_state_equals_a_full_replay() {
             "each event applied once"
         );
     }
+}
+
+/// A Circle that keeps at most `capacity` aggregates of each type in memory.
+async fn app_with_cache(database_url: &str, capacity: usize) -> TestApp {
+    spawn_app_with(database_url, |settings| {
+        settings.aggregate_cache_capacity = capacity
+    })
+    .await
+}
+
+/// Many clients, four requests in flight at a time: the cache of client state never
+/// holds more than its capacity, though every client is written and read.
+#[tokio::test]
+async fn the_aggregate_cache_stays_within_its_capacity_under_load() {
+    let app = app_with_cache(&circle_tests::fresh_schema_url().await, 8).await;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (state, done) = (app.state.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(state.clients.cached());
+                tokio::task::yield_now().await;
+            }
+            most
+        })
+    };
+    let app = &app;
+    let work = futures_util::stream::iter(0..120).map(|n| async move {
+        let client = format!("c{n}");
+        let registered = app
+            .post("/api/v1/clients", &app.admin, json!({"client_id": client}))
+            .await;
+        assert_eq!(registered.status, StatusCode::CREATED);
+        let consent = app
+            .post(
+                &format!("/api/v1/clients/{client}/consents"),
+                &app.admin,
+                json!({"scope": "treatment", "granted": true}),
+            )
+            .await;
+        assert_eq!(consent.status, StatusCode::OK);
+        let read = app
+            .get(&format!("/api/v1/clients/c{}", n / 2), &app.admin)
+            .await;
+        assert_eq!(read.status, StatusCode::OK);
+    });
+    work.buffer_unordered(4).collect::<Vec<()>>().await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let most = watcher.await.unwrap();
+    assert!(most <= 8, "the cache held {most} clients");
+    assert!(most >= 4, "the cache was used ({most})");
+    assert!(app.state.clients.cached() <= 8);
+    let last = app.state.clients.load("c119").await.unwrap();
+    assert!(last.aggregate.consents.contains(&ConsentScope::Treatment));
+}
+
+/// With room for two groups and three in use, the group is evicted between most
+/// commands (and another instance writes meanwhile); reloaded, it equals the
+/// state rebuilt from the whole log.
+#[tokio::test]
+async fn an_evicted_aggregate_reloads_to_the_state_of_a_full_replay() {
+    let url = circle_tests::fresh_schema_url().await;
+    let first = app_with_cache(&url, 2).await;
+    group_and_clients(&first, 10).await;
+    let second = app_with_cache(&url, 2).await;
+    for other in ["g2", "g3"] {
+        let created = first
+            .post(
+                "/api/v1/groups",
+                &first.admin,
+                json!({"group_id": other, "name": "Other", "focus": "grief",
+                       "format": "open", "facilitators": ["dr_b"]}),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED);
+    }
+    for n in 0..10 {
+        let app = if n % 3 == 0 { &second } else { &first };
+        let joined = app
+            .post(
+                "/api/v1/groups/g1/members",
+                &app.admin,
+                json!({"client_id": format!("c{n}"), "joined_on": "2026-01-06"}),
+            )
+            .await;
+        assert_eq!(joined.status, StatusCode::OK, "{:?}", joined.body);
+        for other in ["g2", "g3"] {
+            app.get(&format!("/api/v1/groups/{other}"), &app.admin)
+                .await;
+        }
+    }
+    for week in 0..6 {
+        let app = if week % 2 == 0 { &second } else { &first };
+        let session = format!("s{week}");
+        let scheduled = app
+            .post(
+                "/api/v1/groups/g1/sessions",
+                &app.admin,
+                json!({"session_id": session, "starts_at": "2026-02-03T18:00:00+01:00", "duration_minutes": 90}),
+            )
+            .await;
+        assert_eq!(
+            scheduled.status,
+            StatusCode::CREATED,
+            "{:?}",
+            scheduled.body
+        );
+        for other in ["g2", "g3"] {
+            app.get(&format!("/api/v1/groups/{other}"), &app.admin)
+                .await;
+        }
+        let records: Vec<_> = (0..10)
+            .map(|n| json!({"client_id": format!("c{n}"), "status": if (n + week) % 3 == 0 { "no_show" } else { "present" }}))
+            .collect();
+        let marked = app
+            .post(
+                &format!("/api/v1/groups/g1/sessions/{session}/attendance"),
+                &app.admin,
+                json!({"records": records}),
+            )
+            .await;
+        assert_eq!(marked.status, StatusCode::OK, "{:?}", marked.body);
+    }
+    for app in [&first, &second] {
+        assert!(app.state.groups.cached() <= 2);
+        let cached = app.state.groups.load("g1").await.unwrap();
+        let replayed = app.state.groups.replay("g1").await.unwrap();
+        assert_eq!(cached, replayed);
+        assert_eq!(cached.aggregate.active_members().count(), 10);
+        assert_eq!(cached.aggregate.sessions.len(), 6);
+    }
+}
+
+fn cache_count(metrics: &str, aggregate: &str, result: &str) -> u64 {
+    let series =
+        format!("circle_aggregate_cache_total{{aggregate=\"{aggregate}\",result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |value| value.parse().unwrap())
+}
+
+/// Room for one group: reading the group just written is a hit; a second group
+/// pushes the first out, so reading the first again is a miss.
+#[tokio::test]
+async fn the_aggregate_cache_counts_hits_and_misses() {
+    let app = app_with_cache(&circle_tests::fresh_schema_url().await, 1).await;
+    for group in ["g1", "g2"] {
+        let created = app
+            .post(
+                "/api/v1/groups",
+                &app.admin,
+                json!({"group_id": group, "name": "Cached", "focus": "grief",
+                       "format": "open", "facilitators": ["dr_a"]}),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED);
+        assert_eq!(
+            app.get(&format!("/api/v1/groups/{group}"), &app.admin)
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    app.get("/api/v1/groups/g1", &app.admin).await;
+    let metrics = app
+        .send(reqwest::Method::GET, "/metrics", None, &[], None)
+        .await;
+    let text = metrics.body.as_str().unwrap();
+    assert_eq!(cache_count(text, "group", "hit"), 2, "{text}");
+    assert_eq!(cache_count(text, "group", "miss"), 3, "{text}");
+    assert_eq!(cache_count(text, "client", "miss"), 0);
 }
 
 fn new_event(writer: usize, n: usize) -> NewEvent {

@@ -1,9 +1,11 @@
 //! Reports over HTTP on PostgreSQL: live, as of a past time, after a restart, and as
 //! rebuilt from position 0.
 
-use circle_projections::practice::Practice;
+use circle_projections::practice::{AlertRules, Practice};
+use circle_services::as_of;
 use circle_services::auth::Role;
 use circle_services::projector;
+use circle_services::store::Snapshot;
 use circle_tests::{
     assert_matches_6mp, default_projection, six_mp_group, spawn_app, spawn_app_on, TestApp,
 };
@@ -235,6 +237,105 @@ async fn a_report_as_of_a_past_time_shows_the_log_as_it_stood_then() {
     assert_eq!(then.body["dropped_out"], 0);
     assert_eq!(then.body["active"], 2);
     assert!(then.body["position"].as_i64().unwrap() < later.position());
+}
+
+/// Snapshots kept every few events change no `as_of` answer: at each moment between
+/// writes, the practice from the newest snapshot equals a fold from position 0.
+#[tokio::test]
+async fn as_of_reports_from_snapshots_equal_a_fold_from_the_start() {
+    let app = spawn_app().await;
+    let (store, rules) = (&app.state.store, app.state.reporting.alert_rules);
+    let mut moments = vec![chrono::Utc::now()];
+    week_of_attendance(&app).await;
+    moments.push(chrono::Utc::now());
+    six_mp_group(&app, "g6mp").await;
+    moments.push(chrono::Utc::now());
+    let written = as_of::write_snapshots(store, rules, 7).await.unwrap();
+    assert!(written >= 10, "{written} snapshots");
+    app.post(
+        "/api/v1/groups/g1/members/c2/departure",
+        &app.admin,
+        json!({"left_on": "2026-01-25", "reason": "dropped_out"}),
+    )
+    .await;
+    moments.push(chrono::Utc::now());
+    assert_eq!(as_of::write_snapshots(store, rules, 7).await.unwrap(), 0);
+    for as_of in moments {
+        let from_snapshot = as_of::practice_as_of(store, rules, as_of).await.unwrap();
+        let mut from_start = Practice::new(rules);
+        projector::fold(store, &mut from_start, Some(as_of), |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(from_snapshot, from_start, "as of {as_of}");
+    }
+    let as_of = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let report = app
+        .get(
+            &format!(
+                "/api/v1/reports/retention?group_id=g6mp&as_of={}",
+                urlencode(&as_of)
+            ),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(report.status, StatusCode::OK, "{:?}", report.body);
+    assert_matches_6mp(&report.body, true);
+}
+
+/// The fold really starts from the snapshot: a doctored, empty one at the head
+/// hides everything before it, unless it was made under other alert rules.
+#[tokio::test]
+async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
+    let app = spawn_app().await;
+    let (store, rules) = (&app.state.store, app.state.reporting.alert_rules);
+    week_of_attendance(&app).await;
+    let head = app.head().await;
+    let recorded_by = chrono::Utc::now();
+    let empty_at_head = |rules| Practice {
+        position: head,
+        ..Practice::new(rules)
+    };
+    let other_rules = AlertRules {
+        consecutive_absences: rules.consecutive_absences + 1,
+    };
+    store
+        .save_snapshot(&Snapshot {
+            position: head,
+            max_recorded_at: recorded_by,
+            state: serde_json::to_string(&empty_at_head(other_rules)).unwrap(),
+        })
+        .await
+        .unwrap();
+    let folded = as_of::practice_as_of(store, rules, recorded_by)
+        .await
+        .unwrap();
+    assert!(
+        !folded.groups.is_empty(),
+        "other rules: folded from the start"
+    );
+
+    store
+        .save_snapshot(&Snapshot {
+            position: head + 1,
+            max_recorded_at: recorded_by,
+            state: serde_json::to_string(&Practice {
+                position: head + 1,
+                ..Practice::new(rules)
+            })
+            .unwrap(),
+        })
+        .await
+        .unwrap();
+    let folded = as_of::practice_as_of(store, rules, recorded_by)
+        .await
+        .unwrap();
+    assert!(folded.groups.is_empty(), "started from the snapshot");
+    let earlier = recorded_by - chrono::Duration::microseconds(1);
+    let before_it = as_of::practice_as_of(store, rules, earlier).await.unwrap();
+    assert!(
+        !before_it.groups.is_empty(),
+        "no snapshot covers an earlier time"
+    );
 }
 
 fn urlencode(text: &str) -> String {

@@ -5,7 +5,7 @@ use circle_events::group::{Focus, Format, Group, GroupCommand};
 use circle_services::store::cqrs::CqrsStore;
 use circle_services::store::{
     Append, AppendResult, ClientKey, EventMetadata, Fence, IdempotencyRecord, KeyAction, NewEvent,
-    Store,
+    Snapshot, Store,
 };
 use cqrs_es::{CqrsFramework, EventStore};
 use serde_json::json;
@@ -309,6 +309,31 @@ async fn one_holder_leads_at_a_time_and_a_deposed_leader_cannot_save(store: Stor
     );
 }
 
+async fn a_snapshot_is_found_by_the_time_its_events_were_recorded_by(store: Store) {
+    let at = |text: &str| text.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    assert_eq!(store.latest_snapshot(None).await.unwrap(), None);
+    let snapshot = |position: i64, max_recorded_at: &str| Snapshot {
+        position,
+        max_recorded_at: at(max_recorded_at),
+        state: format!("{{\"position\":{position}}}"),
+    };
+    let early = snapshot(100, "2026-01-01T10:00:00.000001Z");
+    let late = snapshot(200, "2026-01-02T10:00:00Z");
+    store.save_snapshot(&early).await.unwrap();
+    store.save_snapshot(&late).await.unwrap();
+    store.save_snapshot(&late).await.unwrap();
+    let by = |time: &str| {
+        let store = store.clone();
+        let time = at(time);
+        async move { store.latest_snapshot(Some(time)).await.unwrap() }
+    };
+    assert_eq!(by("2026-01-01T09:59:59Z").await, None);
+    assert_eq!(by("2026-01-01T10:00:00.000001Z").await, Some(early.clone()));
+    assert_eq!(by("2026-01-02T09:59:59Z").await, Some(early));
+    assert_eq!(by("2026-01-03T00:00:00Z").await, Some(late.clone()));
+    assert_eq!(store.latest_snapshot(None).await.unwrap(), Some(late));
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -338,4 +363,5 @@ on_both_backends!(
     stock_cqrs_es_runs_on_the_store,
     a_checkpoint_keeps_state_and_position_together,
     one_holder_leads_at_a_time_and_a_deposed_leader_cannot_save,
+    a_snapshot_is_found_by_the_time_its_events_were_recorded_by,
 );

@@ -14,6 +14,8 @@ pub mod group;
 pub mod ids;
 pub mod instruments;
 mod rejection;
+#[cfg(test)]
+mod stored_forms;
 pub mod upcast;
 
 pub use rejection::{Rejection, RejectionKind};

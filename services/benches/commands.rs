@@ -111,8 +111,9 @@ impl Circle {
         Circle {
             metrics: metrics.clone(),
             url: url.to_string(),
+            // Every group the benchmark touches stays cached, as with the default.
+            groups: Repository::new(store.clone(), 10_000, metrics.clone()),
             commands: CommandService::new(store.clone(), appender, metrics, 5),
-            groups: Repository::new(store.clone()),
             store,
         }
     }

@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::appender::Appender;
+use crate::as_of::{self, AsOfLimit};
 use crate::auth::{create_token, register_token, Authenticator, Role};
 use crate::commands::{CommandService, Repository};
 use crate::config::Settings;
@@ -34,6 +35,9 @@ pub struct Application {
     /// Set when no admin token was configured and one was generated at start.
     pub generated_admin_token: Option<String>,
 }
+
+/// How often the leader brings the `as_of` snapshots up to the head of the log.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 
 impl Settings {
     pub fn alert_rules(&self) -> AlertRules {
@@ -116,6 +120,7 @@ impl Application {
     /// |---|---|---|---|
     /// | `appender` | writers | stop the process (commands cannot commit) | yes |
     /// | `projector` | followers | restart with backoff | yes |
+    /// | `as-of-snapshots` | followers | restart with backoff | no: `as_of` folds further |
     /// | `nats-publisher` | followers | restart with backoff | no: NATS may be down |
     /// | `nats-service` | followers | restart with backoff | no |
     /// | `leader-lease` | lease | restart with backoff | no: followers serve anyway |
@@ -181,6 +186,33 @@ impl Application {
             OnExit::Restart,
             true,
             move |stop| follower.clone().run(stop),
+        );
+        let (snapshot_store, snapshot_leadership, rules, every) = (
+            store.clone(),
+            leadership.clone(),
+            settings.alert_rules(),
+            settings.as_of_snapshot_every_events,
+        );
+        supervisor.spawn(
+            "as-of-snapshots",
+            Stage::Followers,
+            OnExit::Restart,
+            false,
+            move |stop| {
+                let (store, leadership) = (snapshot_store.clone(), snapshot_leadership.clone());
+                async move {
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(SNAPSHOT_EVERY) => {}
+                        }
+                        // One writer is enough; a second would write the same snapshots.
+                        if leadership.fence().is_some() {
+                            as_of::write_snapshots(&store, rules, every).await?;
+                        }
+                    }
+                }
+            },
         );
 
         let commands = CommandService::new(
@@ -249,14 +281,23 @@ impl Application {
         let state = AppState(Arc::new(Services {
             reports,
             reporting,
-            groups: Repository::new(store.clone()),
-            clients: Repository::new(store.clone()),
+            groups: Repository::new(
+                store.clone(),
+                settings.aggregate_cache_capacity,
+                metrics.clone(),
+            ),
+            clients: Repository::new(
+                store.clone(),
+                settings.aggregate_cache_capacity,
+                metrics.clone(),
+            ),
             auth: Authenticator::new(store.clone()),
             store,
             commands,
             vault,
             metrics,
             health: supervisor.health(),
+            as_of_limit: AsOfLimit::new(settings.as_of_max_concurrent),
             limits: Limits::new(
                 settings.max_concurrent_requests,
                 Duration::from_millis(settings.request_timeout_ms),

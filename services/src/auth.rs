@@ -6,6 +6,8 @@ use std::sync::RwLock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::care_teams::CareTeamIndex;
+use crate::commands::LoadError;
 use crate::crypto::random_token;
 use crate::store::{Store, StoreError, StoredToken};
 
@@ -103,18 +105,32 @@ pub async fn register_token(
     Ok(())
 }
 
-/// Resolves bearer tokens, remembering the ones it has seen (tokens are immutable).
+/// Resolves bearer tokens, remembering the ones it has seen (tokens are immutable),
+/// and answers which clients a clinician may see.
 pub struct Authenticator {
     store: Store,
     known: RwLock<HashMap<String, Principal>>,
+    care_teams: CareTeamIndex,
 }
 
 impl Authenticator {
     pub fn new(store: Store) -> Authenticator {
         Authenticator {
+            care_teams: CareTeamIndex::new(store.clone()),
             store,
             known: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Whether a clinician facilitates a group this client is or was a member of.
+    pub async fn clinician_knows_client(
+        &self,
+        clinician_id: &str,
+        client_id: &str,
+    ) -> Result<bool, LoadError> {
+        self.care_teams
+            .clinician_knows_client(clinician_id, client_id)
+            .await
     }
 
     pub async fn principal(&self, token: &str) -> Result<Option<Principal>, StoreError> {

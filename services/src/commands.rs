@@ -12,9 +12,10 @@
 //! Unlike cqrs-es 0.5's snapshot stores, state is never advanced twice: `handle`
 //! applies the new events to a clone, and that clone replaces the cache only after
 //! the commit.
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+//!
+//! The cache is bounded: past `aggregate_cache_capacity` aggregates the least
+//! recently used one is dropped and, when next needed, loaded again from its stream.
+//! A slot whose lock is held or awaited is never dropped (see [`SlotCache`]).
 
 use chrono::{DateTime, Utc};
 use circle_events::upcast::{self, DecodeError};
@@ -25,6 +26,7 @@ use uuid::Uuid;
 
 use crate::appender::{Appender, SharedStoreError};
 use crate::auth::Principal;
+use crate::cache::{Lease, SlotCache};
 use crate::metrics::Metrics;
 use crate::store::{
     write_response, Append, AppendResult, EventMetadata, IdempotencyRecord, KeyAction, NewEvent,
@@ -100,25 +102,34 @@ pub struct Cached<A> {
     pub last_position: i64,
 }
 
-type Slot<A> = Arc<tokio::sync::Mutex<Option<Cached<A>>>>;
+type Slot<A> = tokio::sync::Mutex<Option<Cached<A>>>;
 
-/// Cached aggregates of one type, each behind its own lock.
+/// Cached aggregates of one type, each behind its own lock, at most `capacity` of
+/// them idle at a time.
 pub struct Repository<A: Aggregate> {
     store: Store,
-    slots: Mutex<HashMap<String, Slot<A>>>,
+    slots: SlotCache<Slot<A>>,
+    metrics: Metrics,
 }
 
 impl<A: Aggregate + Clone> Repository<A> {
-    pub fn new(store: Store) -> Repository<A> {
+    pub fn new(store: Store, capacity: usize, metrics: Metrics) -> Repository<A> {
         Repository {
             store,
-            slots: Mutex::new(HashMap::new()),
+            slots: SlotCache::new(capacity),
+            metrics,
         }
     }
 
-    fn slot(&self, id: &str) -> Slot<A> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.entry(id.to_string()).or_default().clone()
+    fn slot(&self, id: &str) -> Lease<'_, Slot<A>> {
+        let (slot, hit) = self.slots.get(id);
+        self.metrics.observe_aggregate_cache(A::TYPE, hit);
+        slot
+    }
+
+    /// Aggregates currently held in memory.
+    pub fn cached(&self) -> usize {
+        self.slots.len()
     }
 
     /// Brings cached state forward with whatever the log holds beyond it.

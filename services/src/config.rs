@@ -23,12 +23,20 @@ pub struct Settings {
     pub body_limit_bytes: usize,
     pub command_attempts: u32,
     pub append_batch_max: usize,
+    /// Aggregates of each type kept in memory between commands; the least recently
+    /// used beyond this are loaded again from the log when next needed.
+    pub aggregate_cache_capacity: usize,
     /// Consecutive absences that raise an attendance alert.
     pub alert_consecutive_absences: u32,
     /// The k of k-anonymity in the reporter form: smaller counts become `null`.
     pub reporter_min_count: u32,
     /// Longest a read waits for `min_position`, in milliseconds.
     pub read_wait_max_ms: u64,
+    /// `as_of` reports computed at once; more are answered 503 with Retry-After.
+    pub as_of_max_concurrent: usize,
+    /// A snapshot of the reports fold is kept every this many events, so `as_of`
+    /// reports need not fold the log from the start.
+    pub as_of_snapshot_every_events: i64,
     /// First token of every subject and prefix of stream names (`circle` →
     /// `circle.events.>`, `CIRCLE_EVENTS`).
     pub nats_namespace: String,

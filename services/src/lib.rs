@@ -8,7 +8,10 @@
 
 pub mod app;
 pub mod appender;
+pub mod as_of;
 pub mod auth;
+mod cache;
+pub mod care_teams;
 pub mod commands;
 pub mod config;
 pub mod crypto;

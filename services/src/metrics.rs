@@ -34,6 +34,7 @@ struct Inner {
     checkpoint_age: GaugeVec,
     /// When each checkpoint last caught up with its projection, on the leader.
     checkpoints_saved: Mutex<BTreeMap<&'static str, Instant>>,
+    aggregate_cache: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -139,6 +140,13 @@ impl Metrics {
             ),
             &["projection"],
         )?;
+        let aggregate_cache = IntCounterVec::new(
+            Opts::new(
+                "circle_aggregate_cache_total",
+                "Aggregate lookups by whether the state was still in memory",
+            ),
+            &["aggregate", "result"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("circle_build_info", "Build information; always 1"),
             &["version"],
@@ -162,6 +170,7 @@ impl Metrics {
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(task_up.clone()))?;
         registry.register(Box::new(checkpoint_age.clone()))?;
+        registry.register(Box::new(aggregate_cache.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::new(
@@ -187,6 +196,7 @@ impl Metrics {
             task_up,
             checkpoint_age,
             checkpoints_saved: Mutex::default(),
+            aggregate_cache,
         })))
     }
 
@@ -278,6 +288,15 @@ impl Metrics {
             let age = (chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1e3;
             self.0.projection_age.with_label_values(&[name]).set(age);
         }
+    }
+
+    /// `aggregate` is the aggregate type (`group`, `client`), never an id.
+    pub fn observe_aggregate_cache(&self, aggregate: &str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.0
+            .aggregate_cache
+            .with_label_values(&[aggregate, result])
+            .inc();
     }
 
     pub fn projection_failed(&self, name: &str) {

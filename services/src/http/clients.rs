@@ -7,8 +7,7 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Datelike, FixedOffset, Utc};
 use circle_events::client::{Client, ClientCommand, ConsentScope, ErasureReason};
-use circle_events::group::{Group, GroupCommand};
-use cqrs_es::Aggregate;
+use circle_events::group::GroupCommand;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -37,7 +36,8 @@ pub struct RegisterClientRequest {
     contact: Option<String>,
 }
 
-/// Whether a clinician facilitates a group this client is or was a member of.
+/// Whether a clinician facilitates a group this client is or was a member of
+/// (answered by an index kept from the log, see [`crate::care_teams`]).
 async fn clinician_knows_client(
     state: &AppState,
     caller: &Caller,
@@ -46,13 +46,10 @@ async fn clinician_knows_client(
     let Some(clinician) = caller.0.clinician_id.as_ref() else {
         return Ok(false);
     };
-    for group_id in state.store.aggregate_ids(Group::TYPE).await? {
-        let group = state.groups.load(&group_id).await?.aggregate;
-        if group.facilitators.contains(clinician) && group.memberships.contains_key(client_id) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    Ok(state
+        .auth
+        .clinician_knows_client(clinician, client_id)
+        .await?)
 }
 
 /// Admins always; clinicians for clients in their groups; auditors only to read.

@@ -62,6 +62,7 @@ pub struct Services {
     pub metrics: Metrics,
     pub health: Health,
     pub limits: Limits,
+    pub as_of_limit: crate::as_of::AsOfLimit,
 }
 
 /// Bounds on the API: requests at once and the time each may take.

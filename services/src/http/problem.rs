@@ -151,6 +151,12 @@ impl From<LoadError> for Problem {
     }
 }
 
+impl From<crate::as_of::Saturated> for Problem {
+    fn from(error: crate::as_of::Saturated) -> Problem {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).retry_after(1)
+    }
+}
+
 impl From<crate::store::StoreError> for Problem {
     fn from(error: crate::store::StoreError) -> Problem {
         Problem::from(LoadError::Store(error))

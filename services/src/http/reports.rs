@@ -2,8 +2,9 @@
 //! time, with `min_position` for read-your-writes.
 //!
 //! Live reports come from the projection kept by [`crate::projector`]; `as_of`
-//! reports fold the log afresh up to that time, so they are computed from history,
-//! not from anything that could have been changed since.
+//! reports fold the log up to that time (from a snapshot of an earlier fold when
+//! one exists, see [`crate::as_of`]), so they are computed from history, not from
+//! anything that could have been changed since.
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -18,8 +19,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::Caller;
 use super::{path_id, AppState, Problem};
+use crate::as_of;
 use crate::auth::Role;
-use crate::projector;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -107,8 +108,9 @@ async fn with_practice<T>(
     report: impl FnOnce(&Practice, DateTime<Utc>) -> T,
 ) -> Result<T, Problem> {
     if let Some(as_of) = query.as_of()? {
-        let mut practice = Practice::new(state.reporting.alert_rules);
-        projector::fold(&state.store, &mut practice, Some(as_of), |_, _| {})
+        // A fold costs memory and seconds: a bounded number at once, the rest 503.
+        let _slot = state.as_of_limit.try_enter()?;
+        let practice = as_of::practice_as_of(&state.store, state.reporting.alert_rules, as_of)
             .await
             .map_err(|error| {
                 tracing::error!(error = %crate::errors::ErrorChain(&error), "folding the log for an as_of report");

@@ -183,6 +183,16 @@ pub struct Fence {
     pub epoch: i64,
 }
 
+/// The reports fold of every event up to `position`, serialized.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub position: i64,
+    /// The latest `recorded_at` among those events (not always the last event's:
+    /// positions follow commit order, recorded_at the clock before commit).
+    pub max_recorded_at: DateTime<Utc>,
+    pub state: String,
+}
+
 /// An API token as stored: only its hash is kept.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredToken {
@@ -318,6 +328,20 @@ impl Store {
     /// Lets the lease expire now, so another instance takes over without waiting.
     pub async fn release_lease(&self, name: &str, holder: Uuid) -> Result<(), StoreError> {
         dispatch!(self, s => s.release_lease(name, holder).await)
+    }
+
+    /// Keeps a snapshot of the reports fold; one already kept at its position stays.
+    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        dispatch!(self, s => s.save_snapshot(snapshot).await)
+    }
+
+    /// The snapshot at the highest position whose events were all recorded by
+    /// `recorded_by` (any snapshot when `None`).
+    pub async fn latest_snapshot(
+        &self,
+        recorded_by: Option<DateTime<Utc>>,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        dispatch!(self, s => s.latest_snapshot(recorded_by).await)
     }
 
     /// Reachable and migrated.

@@ -28,6 +28,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("migrations/postgres/0003_projection_checkpoints.sql"),
     ),
     (4, include_str!("migrations/postgres/0004_leases.sql")),
+    (
+        5,
+        include_str!("migrations/postgres/0005_practice_snapshots.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -343,6 +347,38 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO practice_snapshots (position, max_recorded_at, state)
+             VALUES ($1, $2, $3) ON CONFLICT (position) DO NOTHING",
+        )
+        .bind(snapshot.position)
+        .bind(snapshot.max_recorded_at)
+        .bind(&snapshot.state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn latest_snapshot(
+        &self,
+        recorded_by: Option<DateTime<Utc>>,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let row: Option<(i64, DateTime<Utc>, String)> = sqlx::query_as(
+            "SELECT position, max_recorded_at, state FROM practice_snapshots
+             WHERE $1::timestamptz IS NULL OR max_recorded_at <= $1
+             ORDER BY position DESC LIMIT 1",
+        )
+        .bind(recorded_by)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(position, max_recorded_at, state)| Snapshot {
+            position,
+            max_recorded_at,
+            state,
+        }))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -24,6 +24,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("migrations/sqlite/0002_projection_checkpoints.sql"),
     ),
     (3, include_str!("migrations/sqlite/0003_leases.sql")),
+    (
+        4,
+        include_str!("migrations/sqlite/0004_practice_snapshots.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -345,6 +349,45 @@ impl SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?,
         )
+    }
+
+    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO practice_snapshots (position, max_recorded_at, state, created_at)
+             VALUES (?, ?, ?, ?) ON CONFLICT (position) DO NOTHING",
+        )
+        .bind(snapshot.position)
+        .bind(timestamp(&snapshot.max_recorded_at))
+        .bind(&snapshot.state)
+        .bind(timestamp(&Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn latest_snapshot(
+        &self,
+        recorded_by: Option<DateTime<Utc>>,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let row: Option<(i64, String, String)> = sqlx::query_as(
+            "SELECT position, max_recorded_at, state FROM practice_snapshots
+             WHERE ?1 IS NULL OR max_recorded_at <= ?1
+             ORDER BY position DESC LIMIT 1",
+        )
+        .bind(recorded_by.as_ref().map(timestamp))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(position, max_recorded_at, state)| {
+            let max_recorded_at = DateTime::parse_from_rfc3339(&max_recorded_at)
+                .map_err(|e| corrupt("max_recorded_at", e))?
+                .with_timezone(&Utc);
+            Ok(Snapshot {
+                position,
+                max_recorded_at,
+                state,
+            })
+        })
+        .transpose()
     }
 
     pub async fn save_checkpoint(
