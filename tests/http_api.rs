@@ -577,3 +577,76 @@ async fn promtool_accepts_the_metrics_exposition() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+fn assert_refused(answer: &circle_tests::Answer, status: StatusCode, field: &str, case: &str) {
+    assert_eq!(answer.status, status, "{case}: {:?}", answer.body);
+    assert_eq!(answer.content_type, "application/problem+json", "{case}");
+    assert_eq!(answer.field(), field, "{case}: {:?}", answer.body);
+}
+
+#[tokio::test]
+async fn impossible_dates_and_leap_seconds_are_refused_naming_the_field() {
+    let app = spawn_app().await;
+    group_with_session(&app).await;
+    let before = app.head().await;
+    let cases = [
+        (
+            "/api/v1/groups/g1/members",
+            json!({"client_id": "c1", "joined_on": "0000-01-01"}),
+            "joined_on",
+        ),
+        (
+            "/api/v1/groups/g1/members",
+            json!({"client_id": "c1", "joined_on": "-0001-01-01"}),
+            "joined_on",
+        ),
+        (
+            "/api/v1/groups/g1/members",
+            json!({"client_id": "c1", "joined_on": "+262142-01-01"}),
+            "joined_on",
+        ),
+        (
+            "/api/v1/groups/g1/sessions",
+            json!({"starts_at": "2026-06-30T23:59:60Z", "duration_minutes": 90}),
+            "starts_at",
+        ),
+        (
+            "/api/v1/groups/g1/closure",
+            json!({"closed_on": "2200-01-01"}),
+            "closed_on",
+        ),
+        (
+            "/api/v1/clients/c1/measures",
+            json!({"instrument": "GAD-7", "items": [1, 1, 1, 1, 1, 1, 1],
+                   "administered_at": "1899-12-31T12:00:00Z"}),
+            "administered_at",
+        ),
+        (
+            "/api/v1/groups",
+            json!({"name": "x", "focus": "grief", "format": "open", "facilitators": ["dr_a"],
+                   "starts_on": "+262142-01-01"}),
+            "starts_on",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let answer = app.post(path, &app.admin, body.clone()).await;
+        assert_refused(&answer, StatusCode::BAD_REQUEST, field, &body.to_string());
+    }
+    assert_eq!(app.head().await, before);
+}
+
+#[tokio::test]
+async fn five_thousand_facilitators_are_refused() {
+    let app = spawn_app().await;
+    let before = app.head().await;
+    let facilitators: Vec<String> = (0..5_000).map(|i| format!("dr_{i}")).collect();
+    let answer = app
+        .post(
+            "/api/v1/groups",
+            &app.admin,
+            json!({"name": "x", "focus": "grief", "format": "open", "facilitators": facilitators}),
+        )
+        .await;
+    assert_refused(&answer, StatusCode::BAD_REQUEST, "facilitators", "5,000");
+    assert_eq!(app.head().await, before);
+}
