@@ -650,3 +650,25 @@ async fn five_thousand_facilitators_are_refused() {
     assert_refused(&answer, StatusCode::BAD_REQUEST, "facilitators", "5,000");
     assert_eq!(app.head().await, before);
 }
+
+#[tokio::test]
+async fn metrics_stay_small_whatever_methods_callers_invent() {
+    let app = spawn_app().await;
+    for _ in 0..300 {
+        let invented = format!("X{}", uuid::Uuid::new_v4().simple()).to_uppercase();
+        let method = Method::from_bytes(invented.as_bytes()).unwrap();
+        app.send(method, "/api/v1/groups", Some(&app.admin), &[], None)
+            .await;
+    }
+    let metrics = app.send(Method::GET, "/metrics", None, &[], None).await;
+    let text = metrics.body.as_str().unwrap();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("circle_http_requests_total{"))
+        .count();
+    assert!(series <= 5, "{series} series:\n{text}");
+    assert!(
+        text.contains("method=\"other\""),
+        "invented methods are counted as other:\n{text}"
+    );
+}
