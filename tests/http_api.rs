@@ -585,6 +585,39 @@ fn assert_refused(answer: &circle_tests::Answer, status: StatusCode, field: &str
 }
 
 #[tokio::test]
+async fn unknown_routes_and_methods_are_answered_in_problem_json() {
+    let app = spawn_app().await;
+    for path in ["/nope", "/api/v1/nope", "/api/v2/groups"] {
+        let answer = app
+            .send(Method::GET, path, Some(&app.admin), &[], None)
+            .await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(answer.content_type, "application/problem+json", "{path}");
+        assert_eq!(answer.body["status"], 404, "{path}");
+    }
+    for (method, path, allowed) in [
+        (Method::DELETE, "/api/v1/groups", "GET,HEAD,POST"),
+        (Method::PUT, "/api/v1/groups/g1", "GET,HEAD"),
+        (Method::POST, "/healthz", "GET,HEAD"),
+    ] {
+        let answer = app
+            .send(method.clone(), path, Some(&app.admin), &[], None)
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(answer.content_type, "application/problem+json", "{path}");
+        assert_eq!(answer.body["status"], 405, "{path}");
+        let allow = answer.headers["allow"].to_str().unwrap().replace(' ', "");
+        let mut allow: Vec<&str> = allow.split(',').collect();
+        allow.sort();
+        assert_eq!(allow.join(","), allowed, "{method} {path}");
+    }
+}
+
+#[tokio::test]
 async fn impossible_dates_and_leap_seconds_are_refused_naming_the_field() {
     let app = spawn_app().await;
     group_with_session(&app).await;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -116,12 +116,15 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/reports/retention", get(reports::retention))
         .route("/reports/outcomes", get(reports::outcomes))
         .route("/alerts", get(reports::alerts))
-        .route("/openapi.json", get(openapi::serve));
+        .route("/openapi.json", get(openapi::serve))
+        .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(no_route)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -144,6 +147,19 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         started.elapsed(),
     );
     response
+}
+
+/// Any path no route matches, under `/api/v1` too.
+async fn no_route() -> Problem {
+    Problem::not_found("no resource at this path")
+}
+
+/// A known path with a method it does not take; the router adds `Allow`.
+async fn method_not_allowed(method: Method) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed here; the Allow header lists what is"),
+    )
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
