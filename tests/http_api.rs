@@ -585,6 +585,151 @@ fn assert_refused(answer: &circle_tests::Answer, status: StatusCode, field: &str
 }
 
 #[tokio::test]
+async fn control_characters_in_text_are_refused_naming_the_field_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    group_with_session(&app).await;
+    let before = app.head().await;
+    let group = |name: &str| {
+        format!(
+            r#"{{"name": "{name}", "focus": "grief", "format": "open", "facilitators": ["dr_a"]}}"#
+        )
+    };
+    let cases = [
+        ("/api/v1/groups", group(r"\u001b[31mred"), "name"),
+        ("/api/v1/groups", group(r"bell\u0007"), "name"),
+        ("/api/v1/groups", group(r"nul\u0000"), "name"),
+        ("/api/v1/groups", group(r"del\u007F"), "name"),
+        ("/api/v1/groups", group("raw del\u{7f}"), "name"),
+        ("/api/v1/groups", group(r"next line\u0085"), "name"),
+        ("/api/v1/groups", group("raw csi\u{9b}31m"), "name"),
+        (
+            "/api/v1/groups/g1/sessions/s1/cancellation",
+            r#"{"reason": "snow\u0000"}"#.to_string(),
+            "reason",
+        ),
+        (
+            "/api/v1/groups/g1/sessions/s1/attendance",
+            r#"{"records": [{"client_id": "c1\u0000", "status": "present"}]}"#.to_string(),
+            "records[0].client_id",
+        ),
+        (
+            "/api/v1/clients",
+            r#"{"display_name": "Ada\u001b]0;title\u0007"}"#.to_string(),
+            "display_name",
+        ),
+        (
+            "/api/v1/groups",
+            r#"{"na\u0000me": "x"}"#.to_string(),
+            "body",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let answer = app.post_raw(path, &app.admin, body.clone()).await;
+        assert_refused(&answer, StatusCode::BAD_REQUEST, field, &body);
+    }
+    assert_eq!(
+        app.head().await,
+        before,
+        "nothing stored for refused commands"
+    );
+
+    // Line breaks and tabs are text; an escaped backslash before `u0000` is too.
+    let named = app
+        .post_raw("/api/v1/groups", &app.admin, group(r"back\\u0000slash"))
+        .await;
+    assert_eq!(named.status, StatusCode::CREATED, "{:?}", named.body);
+    let cancelled = app
+        .post_raw(
+            "/api/v1/groups/g1/sessions/s1/cancellation",
+            &app.admin,
+            r#"{"reason": "snow:\n\troads closed\r\n"}"#,
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+}
+
+#[tokio::test]
+async fn text_after_the_json_body_is_refused_naming_body() {
+    let app = spawn_app().await;
+    create_group(&app, &app.admin, "g1", 10, "dr_a").await;
+    let before = app.head().await;
+    for body in [
+        r#"{"closed_on": "2026-06-30"} garbage"#,
+        r#"{"closed_on": "2026-06-30"}{"closed_on": "2026-07-01"}"#,
+        r#"{"closed_on": "2026-06-30"},"#,
+    ] {
+        let answer = app
+            .post_raw("/api/v1/groups/g1/closure", &app.admin, body)
+            .await;
+        assert_refused(&answer, StatusCode::BAD_REQUEST, "body", body);
+    }
+    assert_eq!(app.head().await, before);
+    let trailing_space = app
+        .post_raw(
+            "/api/v1/groups/g1/closure",
+            &app.admin,
+            "{\"closed_on\": \"2026-06-30\"}\r\n ",
+        )
+        .await;
+    assert_eq!(trailing_space.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn only_application_json_bodies_are_read() {
+    let app = spawn_app().await;
+    let before = app.head().await;
+    let body = |id: &str| {
+        format!(
+            r#"{{"group_id": "{id}", "name": "x", "focus": "grief", "format": "open", "facilitators": ["dr_a"]}}"#
+        )
+    };
+    for content_type in [
+        "application/jsonxyz",
+        "application/json-patch+json",
+        "application/x-json",
+        "text/plain",
+        "json",
+        "application/json; charset=latin1",
+    ] {
+        let answer = app
+            .send_raw(
+                Method::POST,
+                "/api/v1/groups",
+                Some(&app.admin),
+                &[("content-type", content_type)],
+                body("g0"),
+            )
+            .await;
+        assert_refused(
+            &answer,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type",
+            content_type,
+        );
+    }
+    assert_eq!(app.head().await, before);
+    for (i, content_type) in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=\"UTF-8\"",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let answer = app
+            .send_raw(
+                Method::POST,
+                "/api/v1/groups",
+                Some(&app.admin),
+                &[("content-type", content_type)],
+                body(&format!("g{}", i + 1)),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{content_type}");
+    }
+}
+
+#[tokio::test]
 async fn unknown_routes_and_methods_are_answered_in_problem_json() {
     let app = spawn_app().await;
     for path in ["/nope", "/api/v1/nope", "/api/v2/groups"] {
