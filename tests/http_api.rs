@@ -763,6 +763,35 @@ async fn unknown_routes_and_methods_are_answered_in_problem_json() {
 }
 
 #[tokio::test]
+async fn query_and_path_refusals_are_problems_naming_the_parameter() {
+    let app = spawn_app().await;
+    create_group(&app, &app.admin, "g1", 10, "dr_a").await;
+    for (path, field) in [
+        (
+            "/api/v1/reports/attendance?group_id=g1&min_position=soon",
+            "min_position",
+        ),
+        (
+            "/api/v1/reports/retention?min_position=1e99",
+            "min_position",
+        ),
+        (
+            "/api/v1/reports/retention?as_of=2026-06-30T23:59:60Z",
+            "as_of",
+        ),
+        (
+            "/api/v1/reports/retention?as_of=0000-01-01T00:00:00Z",
+            "as_of",
+        ),
+        ("/api/v1/groups/%FF", "group_id"),
+        ("/api/v1/clients/%C3%28", "client_id"),
+    ] {
+        let answer = app.get(path, &app.admin).await;
+        assert_refused(&answer, StatusCode::BAD_REQUEST, field, path);
+    }
+}
+
+#[tokio::test]
 async fn impossible_dates_and_leap_seconds_are_refused_naming_the_field() {
     let app = spawn_app().await;
     group_with_session(&app).await;

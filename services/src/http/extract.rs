@@ -1,7 +1,9 @@
-//! Request extractors that answer in problem+json: the caller, write headers and
-//! JSON bodies with the failing field named.
+//! Request extractors that answer in problem+json: the caller, write headers, JSON
+//! bodies, query strings and path parameters, with the failing field named.
 
 use axum::body::Bytes;
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -271,5 +273,46 @@ fn control_character_at(value: &Value, path: String) -> Option<String> {
             control_character_at(item, field)
         }),
         Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
+}
+
+/// Query parameters, refused as a problem naming the parameter.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(Query)
+            .map_err(|error| path_problem(error, "query"))
+    }
+}
+
+/// Path parameters, refused as a problem naming the parameter.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(PathRejection::FailedToDeserializePathParams(error)) => {
+                let message = error.body_text();
+                match error.into_kind() {
+                    ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::InvalidUtf8InPathParam { key }
+                    | ErrorKind::DeserializeError { key, .. } => {
+                        Err(Problem::bad_request(key, message))
+                    }
+                    _ => Err(Problem::bad_request("path", message)),
+                }
+            }
+            Err(rejection) => Err(Problem::new(rejection.status(), rejection.body_text())),
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Group routes: the group itself, its members, sessions, attendance and feedback.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::extract::{Caller, JsonBody, WriteHeaders};
+use super::extract::{Caller, JsonBody, Path, WriteHeaders};
 use super::{
     id_or_new, may_write_group, path_id, receipt_response, AppState, Problem, Write, READERS,
     WRITERS,
