@@ -879,3 +879,79 @@ async fn metrics_stay_small_whatever_methods_callers_invent() {
         "invented methods are counted as other:\n{text}"
     );
 }
+
+#[tokio::test]
+async fn a_groups_sessions_are_read_page_by_page_in_time_order() {
+    let app = spawn_app().await;
+    create_group(&app, &app.admin, "g1", 10, "dr_a").await;
+    // Scheduled out of order: pages follow the time the sessions start.
+    for (id, starts_at) in [
+        ("s_c", "2026-01-27T18:00:00+01:00"),
+        ("s_a", "2026-01-13T18:00:00+01:00"),
+        ("s_e", "2026-02-10T18:00:00+01:00"),
+        ("s_b", "2026-01-20T18:00:00+01:00"),
+        ("s_d", "2026-02-03T18:00:00+01:00"),
+    ] {
+        let answer = app
+            .post(
+                "/api/v1/groups/g1/sessions",
+                &app.admin,
+                json!({"session_id": id, "starts_at": starts_at, "duration_minutes": 90}),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+    }
+    let ids = |answer: &circle_tests::Answer| -> Vec<String> {
+        answer.body["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["session_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let whole = app.get("/api/v1/groups/g1", &app.admin).await;
+    assert_eq!(ids(&whole), ["s_a", "s_b", "s_c", "s_d", "s_e"]);
+    assert_eq!(whole.body["sessions_total"], 5);
+    assert_eq!(whole.body["next_sessions_after"], Value::Null);
+
+    let mut pages = Vec::new();
+    let mut path = "/api/v1/groups/g1?sessions_limit=2".to_string();
+    loop {
+        let page = app.get(&path, &app.admin).await;
+        assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+        assert_eq!(page.body["sessions_total"], 5);
+        pages.push(ids(&page));
+        match page.body["next_sessions_after"].as_str() {
+            Some(after) => {
+                path = format!("/api/v1/groups/g1?sessions_limit=2&sessions_after={after}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, [vec!["s_a", "s_b"], vec!["s_c", "s_d"], vec!["s_e"]]);
+
+    for (query, field) in [
+        ("sessions_limit=0", "sessions_limit"),
+        ("sessions_limit=1000000", "sessions_limit"),
+        ("sessions_limit=many", "sessions_limit"),
+        ("sessions_after=s_zzz", "sessions_after"),
+        ("sessions_after=has%20space", "sessions_after"),
+    ] {
+        let answer = app
+            .get(&format!("/api/v1/groups/g1?{query}"), &app.admin)
+            .await;
+        assert_refused(&answer, StatusCode::BAD_REQUEST, field, query);
+    }
+
+    let openapi = app
+        .send(Method::GET, "/api/v1/openapi.json", None, &[], None)
+        .await;
+    let parameters = openapi.body["paths"]["/api/v1/groups/{group_id}"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(parameters, ["group_id", "sessions_after", "sessions_limit"]);
+}
