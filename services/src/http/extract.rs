@@ -316,3 +316,73 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_application_json_in_any_case_with_utf8_if_a_charset_is_named() {
+        for accepted in [
+            "application/json",
+            "APPLICATION/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/json; boundary=x",
+        ] {
+            assert!(is_json_media_type(accepted), "{accepted}");
+        }
+        for refused in [
+            "application/jsonxyz",
+            "application/json-seq",
+            "application/x-json",
+            "text/json",
+            "",
+            "application/json; charset=latin1",
+        ] {
+            assert!(!is_json_media_type(refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn the_scan_finds_every_way_json_carries_a_control_character() {
+        for suspicious in [
+            r#"{"a": "\u0000"}"#,
+            r#"{"a": "\u001B[31m"}"#,
+            r#"{"a": "\u007f"}"#,
+            r#"{"a": "\u0085"}"#,
+            r#"{"a": "\u009F"}"#,
+            "{\"a\": \"\u{7f}\"}",
+            "{\"a\": \"\u{85}\"}",
+        ] {
+            assert!(
+                may_hold_control_characters(suspicious.as_bytes()),
+                "{suspicious}"
+            );
+        }
+        for clean in [
+            r#"{"a": "tab\t line\n return\r"}"#,
+            r#"{"a": "\\u0000 is text after an escaped backslash"}"#,
+            r#"{"a": "\u00e9\u0100\ud83d\ude00 \"quoted\""}"#,
+            "{\"a\": \"é ü 中\"}",
+            r#"{"a": "truncated \u00"#,
+        ] {
+            assert!(!may_hold_control_characters(clean.as_bytes()), "{clean}");
+        }
+    }
+
+    #[test]
+    fn a_control_character_is_found_at_its_field_path() {
+        let at = |text: &str| {
+            let value: Value = serde_json::from_str(text).unwrap();
+            control_character_at(&value, String::new())
+        };
+        assert_eq!(at(r#"{"name": "a\u0007"}"#).as_deref(), Some("name"));
+        assert_eq!(
+            at(r#"{"records": [{"client_id": "ok"}, {"client_id": "\u0000"}]}"#).as_deref(),
+            Some("records[1].client_id")
+        );
+        assert_eq!(at(r#"{"a\u0000": 1}"#).as_deref(), Some(""));
+        assert_eq!(at(r#"{"reason": "line\nbreak\ttab"}"#), None);
+    }
+}
