@@ -689,3 +689,381 @@ async fn promtool_accepts_the_metrics_exposition() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+fn assert_refused(answer: &circle_tests::Answer, status: StatusCode, field: &str, case: &str) {
+    assert_eq!(answer.status, status, "{case}: {:?}", answer.body);
+    assert_eq!(answer.content_type, "application/problem+json", "{case}");
+    assert_eq!(answer.field(), field, "{case}: {:?}", answer.body);
+}
+
+#[tokio::test]
+async fn control_characters_in_text_are_refused_naming_the_field_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    group_with_session(&app).await;
+    let before = app.head().await;
+    let group = |name: &str| {
+        format!(
+            r#"{{"name": "{name}", "focus": "grief", "format": "open", "facilitators": ["dr_a"]}}"#
+        )
+    };
+    let cases = [
+        ("/api/v1/groups", group(r"\u001b[31mred"), "name"),
+        ("/api/v1/groups", group(r"bell\u0007"), "name"),
+        ("/api/v1/groups", group(r"nul\u0000"), "name"),
+        ("/api/v1/groups", group(r"del\u007F"), "name"),
+        ("/api/v1/groups", group("raw del\u{7f}"), "name"),
+        ("/api/v1/groups", group(r"next line\u0085"), "name"),
+        ("/api/v1/groups", group("raw csi\u{9b}31m"), "name"),
+        (
+            "/api/v1/groups/g1/sessions/s1/cancellation",
+            r#"{"reason": "snow\u0000"}"#.to_string(),
+            "reason",
+        ),
+        (
+            "/api/v1/groups/g1/sessions/s1/attendance",
+            r#"{"records": [{"client_id": "c1\u0000", "status": "present"}]}"#.to_string(),
+            "records[0].client_id",
+        ),
+        (
+            "/api/v1/clients",
+            r#"{"display_name": "Ada\u001b]0;title\u0007"}"#.to_string(),
+            "display_name",
+        ),
+        (
+            "/api/v1/groups",
+            r#"{"na\u0000me": "x"}"#.to_string(),
+            "body",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let answer = app.post_raw(path, &app.admin, body.clone()).await;
+        assert_refused(&answer, StatusCode::BAD_REQUEST, field, &body);
+    }
+    assert_eq!(
+        app.head().await,
+        before,
+        "nothing stored for refused commands"
+    );
+
+    // Line breaks and tabs are text; an escaped backslash before `u0000` is too.
+    let named = app
+        .post_raw("/api/v1/groups", &app.admin, group(r"back\\u0000slash"))
+        .await;
+    assert_eq!(named.status, StatusCode::CREATED, "{:?}", named.body);
+    let cancelled = app
+        .post_raw(
+            "/api/v1/groups/g1/sessions/s1/cancellation",
+            &app.admin,
+            r#"{"reason": "snow:\n\troads closed\r\n"}"#,
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+}
+
+#[tokio::test]
+async fn text_after_the_json_body_is_refused_naming_body() {
+    let app = spawn_app().await;
+    create_group(&app, &app.admin, "g1", 10, "dr_a").await;
+    let before = app.head().await;
+    for body in [
+        r#"{"closed_on": "2026-06-30"} garbage"#,
+        r#"{"closed_on": "2026-06-30"}{"closed_on": "2026-07-01"}"#,
+        r#"{"closed_on": "2026-06-30"},"#,
+    ] {
+        let answer = app
+            .post_raw("/api/v1/groups/g1/closure", &app.admin, body)
+            .await;
+        assert_refused(&answer, StatusCode::BAD_REQUEST, "body", body);
+    }
+    assert_eq!(app.head().await, before);
+    let trailing_space = app
+        .post_raw(
+            "/api/v1/groups/g1/closure",
+            &app.admin,
+            "{\"closed_on\": \"2026-06-30\"}\r\n ",
+        )
+        .await;
+    assert_eq!(trailing_space.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn only_application_json_bodies_are_read() {
+    let app = spawn_app().await;
+    let before = app.head().await;
+    let body = |id: &str| {
+        format!(
+            r#"{{"group_id": "{id}", "name": "x", "focus": "grief", "format": "open", "facilitators": ["dr_a"]}}"#
+        )
+    };
+    for content_type in [
+        "application/jsonxyz",
+        "application/json-patch+json",
+        "application/x-json",
+        "text/plain",
+        "json",
+        "application/json; charset=latin1",
+    ] {
+        let answer = app
+            .send_raw(
+                Method::POST,
+                "/api/v1/groups",
+                Some(&app.admin),
+                &[("content-type", content_type)],
+                body("g0"),
+            )
+            .await;
+        assert_refused(
+            &answer,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type",
+            content_type,
+        );
+    }
+    assert_eq!(app.head().await, before);
+    for (i, content_type) in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=\"UTF-8\"",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let answer = app
+            .send_raw(
+                Method::POST,
+                "/api/v1/groups",
+                Some(&app.admin),
+                &[("content-type", content_type)],
+                body(&format!("g{}", i + 1)),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{content_type}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_answered_in_problem_json() {
+    let app = spawn_app().await;
+    for path in ["/nope", "/api/v1/nope", "/api/v2/groups"] {
+        let answer = app
+            .send(Method::GET, path, Some(&app.admin), &[], None)
+            .await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(answer.content_type, "application/problem+json", "{path}");
+        assert_eq!(answer.body["status"], 404, "{path}");
+    }
+    for (method, path, allowed) in [
+        (Method::DELETE, "/api/v1/groups", "GET,HEAD,POST"),
+        (Method::PUT, "/api/v1/groups/g1", "GET,HEAD"),
+        (Method::POST, "/healthz", "GET,HEAD"),
+    ] {
+        let answer = app
+            .send(method.clone(), path, Some(&app.admin), &[], None)
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(answer.content_type, "application/problem+json", "{path}");
+        assert_eq!(answer.body["status"], 405, "{path}");
+        let allow = answer.headers["allow"].to_str().unwrap().replace(' ', "");
+        let mut allow: Vec<&str> = allow.split(',').collect();
+        allow.sort();
+        assert_eq!(allow.join(","), allowed, "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn query_and_path_refusals_are_problems_naming_the_parameter() {
+    let app = spawn_app().await;
+    create_group(&app, &app.admin, "g1", 10, "dr_a").await;
+    for (path, field) in [
+        (
+            "/api/v1/reports/attendance?group_id=g1&min_position=soon",
+            "min_position",
+        ),
+        (
+            "/api/v1/reports/retention?min_position=1e99",
+            "min_position",
+        ),
+        (
+            "/api/v1/reports/retention?as_of=2026-06-30T23:59:60Z",
+            "as_of",
+        ),
+        (
+            "/api/v1/reports/retention?as_of=0000-01-01T00:00:00Z",
+            "as_of",
+        ),
+        ("/api/v1/groups/%FF", "group_id"),
+        ("/api/v1/clients/%C3%28", "client_id"),
+    ] {
+        let answer = app.get(path, &app.admin).await;
+        assert_refused(&answer, StatusCode::BAD_REQUEST, field, path);
+    }
+}
+
+#[tokio::test]
+async fn impossible_dates_and_leap_seconds_are_refused_naming_the_field() {
+    let app = spawn_app().await;
+    group_with_session(&app).await;
+    let before = app.head().await;
+    let cases = [
+        (
+            "/api/v1/groups/g1/members",
+            json!({"client_id": "c1", "joined_on": "0000-01-01"}),
+            "joined_on",
+        ),
+        (
+            "/api/v1/groups/g1/members",
+            json!({"client_id": "c1", "joined_on": "-0001-01-01"}),
+            "joined_on",
+        ),
+        (
+            "/api/v1/groups/g1/members",
+            json!({"client_id": "c1", "joined_on": "+262142-01-01"}),
+            "joined_on",
+        ),
+        (
+            "/api/v1/groups/g1/sessions",
+            json!({"starts_at": "2026-06-30T23:59:60Z", "duration_minutes": 90}),
+            "starts_at",
+        ),
+        (
+            "/api/v1/groups/g1/closure",
+            json!({"closed_on": "2200-01-01"}),
+            "closed_on",
+        ),
+        (
+            "/api/v1/clients/c1/measures",
+            json!({"instrument": "GAD-7", "items": [1, 1, 1, 1, 1, 1, 1],
+                   "administered_at": "1899-12-31T12:00:00Z"}),
+            "administered_at",
+        ),
+        (
+            "/api/v1/groups",
+            json!({"name": "x", "focus": "grief", "format": "open", "facilitators": ["dr_a"],
+                   "starts_on": "+262142-01-01"}),
+            "starts_on",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let answer = app.post(path, &app.admin, body.clone()).await;
+        assert_refused(&answer, StatusCode::BAD_REQUEST, field, &body.to_string());
+    }
+    assert_eq!(app.head().await, before);
+}
+
+#[tokio::test]
+async fn five_thousand_facilitators_are_refused() {
+    let app = spawn_app().await;
+    let before = app.head().await;
+    let facilitators: Vec<String> = (0..5_000).map(|i| format!("dr_{i}")).collect();
+    let answer = app
+        .post(
+            "/api/v1/groups",
+            &app.admin,
+            json!({"name": "x", "focus": "grief", "format": "open", "facilitators": facilitators}),
+        )
+        .await;
+    assert_refused(&answer, StatusCode::BAD_REQUEST, "facilitators", "5,000");
+    assert_eq!(app.head().await, before);
+}
+
+#[tokio::test]
+async fn metrics_stay_small_whatever_methods_callers_invent() {
+    let app = spawn_app().await;
+    for _ in 0..300 {
+        let invented = format!("X{}", uuid::Uuid::new_v4().simple()).to_uppercase();
+        let method = Method::from_bytes(invented.as_bytes()).unwrap();
+        app.send(method, "/api/v1/groups", Some(&app.admin), &[], None)
+            .await;
+    }
+    let metrics = app.send(Method::GET, "/metrics", None, &[], None).await;
+    let text = metrics.body.as_str().unwrap();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("circle_http_requests_total{"))
+        .count();
+    assert!(series <= 5, "{series} series:\n{text}");
+    assert!(
+        text.contains("method=\"other\""),
+        "invented methods are counted as other:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_groups_sessions_are_read_page_by_page_in_time_order() {
+    let app = spawn_app().await;
+    create_group(&app, &app.admin, "g1", 10, "dr_a").await;
+    // Scheduled out of order: pages follow the time the sessions start.
+    for (id, starts_at) in [
+        ("s_c", "2026-01-27T18:00:00+01:00"),
+        ("s_a", "2026-01-13T18:00:00+01:00"),
+        ("s_e", "2026-02-10T18:00:00+01:00"),
+        ("s_b", "2026-01-20T18:00:00+01:00"),
+        ("s_d", "2026-02-03T18:00:00+01:00"),
+    ] {
+        let answer = app
+            .post(
+                "/api/v1/groups/g1/sessions",
+                &app.admin,
+                json!({"session_id": id, "starts_at": starts_at, "duration_minutes": 90}),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+    }
+    let ids = |answer: &circle_tests::Answer| -> Vec<String> {
+        answer.body["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["session_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let whole = app.get("/api/v1/groups/g1", &app.admin).await;
+    assert_eq!(ids(&whole), ["s_a", "s_b", "s_c", "s_d", "s_e"]);
+    assert_eq!(whole.body["sessions_total"], 5);
+    assert_eq!(whole.body["next_sessions_after"], Value::Null);
+
+    let mut pages = Vec::new();
+    let mut path = "/api/v1/groups/g1?sessions_limit=2".to_string();
+    loop {
+        let page = app.get(&path, &app.admin).await;
+        assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+        assert_eq!(page.body["sessions_total"], 5);
+        pages.push(ids(&page));
+        match page.body["next_sessions_after"].as_str() {
+            Some(after) => {
+                path = format!("/api/v1/groups/g1?sessions_limit=2&sessions_after={after}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, [vec!["s_a", "s_b"], vec!["s_c", "s_d"], vec!["s_e"]]);
+
+    for (query, field) in [
+        ("sessions_limit=0", "sessions_limit"),
+        ("sessions_limit=1000000", "sessions_limit"),
+        ("sessions_limit=many", "sessions_limit"),
+        ("sessions_after=s_zzz", "sessions_after"),
+        ("sessions_after=has%20space", "sessions_after"),
+    ] {
+        let answer = app
+            .get(&format!("/api/v1/groups/g1?{query}"), &app.admin)
+            .await;
+        assert_refused(&answer, StatusCode::BAD_REQUEST, field, query);
+    }
+
+    let openapi = app
+        .send(Method::GET, "/api/v1/openapi.json", None, &[], None)
+        .await;
+    let parameters = openapi.body["paths"]["/api/v1/groups/{group_id}"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(parameters, ["group_id", "sessions_after", "sessions_limit"]);
+}

@@ -6,9 +6,11 @@
 //!
 //! - [`group`]: a therapy group with its members, sessions, attendance and feedback.
 //! - [`client`]: a client's registration, consents, erasure and stand-alone measures.
+//! - [`calendar`]: the span of dates and times a command may carry.
 //! - [`instruments`]: the versioned questionnaire catalogue and exact scores.
 //! - [`upcast`]: reading events stored by older versions of this code.
 
+pub mod calendar;
 pub mod client;
 pub mod group;
 pub mod ids;

@@ -200,7 +200,9 @@ impl Metrics {
         })))
     }
 
+    /// `route` must be a route template (or a fixed word), never a concrete path.
     pub fn observe_http(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        let method = method_label(method);
         self.0
             .http_requests
             .with_label_values(&[route, method, &status.to_string()])
@@ -325,6 +327,18 @@ impl Metrics {
         }
         String::from_utf8(buffer).unwrap_or_default()
     }
+}
+
+/// The method as a label: one of the standard methods (RFC 9110, plus PATCH), or
+/// `other`, so that callers cannot mint label values (and series) at will.
+pub fn method_label(method: &str) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|standard| *standard == method)
+        .unwrap_or("other")
 }
 
 impl Default for Metrics {

@@ -166,6 +166,37 @@ impl TestApp {
         if let Some(body) = body {
             request = request.json(body);
         }
+        Self::answer(request).await
+    }
+
+    /// A request whose body is sent byte for byte, as a careless or hostile client
+    /// might write it.
+    pub async fn send_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: impl Into<Vec<u8>>,
+    ) -> Answer {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Self::answer(request.body(body.into())).await
+    }
+
+    /// A raw JSON body posted with `Content-Type: application/json`.
+    pub async fn post_raw(&self, path: &str, token: &str, body: impl Into<Vec<u8>>) -> Answer {
+        let json = [("content-type", "application/json")];
+        self.send_raw(reqwest::Method::POST, path, Some(token), &json, body)
+            .await
+    }
+
+    async fn answer(request: reqwest::RequestBuilder) -> Answer {
         let response = request.send().await.expect("request");
         let status = response.status();
         let headers = response.headers().clone();

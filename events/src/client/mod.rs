@@ -18,6 +18,7 @@ pub use commands::*;
 pub use errors::ClientError;
 pub use events::*;
 
+use crate::calendar;
 use crate::group::Measure;
 use crate::ids::is_valid_id;
 use crate::instruments::Catalogue;
@@ -97,6 +98,8 @@ impl Client {
                 definition
                     .check_items(&items)
                     .map_err(ClientError::InvalidItems)?;
+                calendar::check_time(&administered_at)
+                    .map_err(|reason| ClientError::invalid("administered_at", reason))?;
                 let total = definition.total(&items);
                 Ok(vec![ClientEvent::MeasureRecorded {
                     measure: Measure {

@@ -120,3 +120,29 @@ fn commands_for_an_unknown_client_are_not_found() {
         })
         .then_expect_error(ClientError::NotFound);
 }
+
+#[test]
+fn a_measure_outside_a_group_is_taken_within_the_calendar() {
+    let mut client = Client::default();
+    client.apply(registered());
+    for bad in [
+        "2026-06-30T23:59:60+00:00",
+        "0000-01-01T00:00:00+00:00",
+        "2200-01-01T00:00:00+00:00",
+    ] {
+        let refusal = client
+            .decide(ClientCommand::RecordMeasure {
+                instrument: "GAD-7".into(),
+                items: vec![Score::whole(1); 7],
+                administered_at: DateTime::parse_from_rfc3339(bad).unwrap(),
+            })
+            .expect_err(bad);
+        assert_eq!(
+            crate::Rejection::kind(&refusal),
+            crate::RejectionKind::Invalid {
+                field: "administered_at".into()
+            },
+            "{bad}"
+        );
+    }
+}

@@ -69,3 +69,7 @@ pub const MAX_CAPACITY: u32 = 50;
 pub const MAX_NAME_LEN: usize = 200;
 pub const MAX_SESSION_MINUTES: u32 = 600;
 pub const MAX_REASON_LEN: usize = 500;
+/// Facilitators of one group; a group is run by a few clinicians, not a department.
+pub const MAX_FACILITATORS: usize = 10;
+/// Marks in one attendance command: more than a full group of the largest capacity.
+pub const MAX_ATTENDANCE_MARKS: usize = 2 * MAX_CAPACITY as usize;

@@ -35,6 +35,8 @@ pub enum GroupError {
     AlreadyFacilitator(String),
     #[error("clinician {0} does not facilitate this group")]
     NotAFacilitator(String),
+    #[error("a group has at most {0} facilitators")]
+    TooManyFacilitators(usize),
     #[error("a group keeps at least one facilitator")]
     LastFacilitator,
     #[error("session {0} already exists")]
@@ -83,7 +85,9 @@ impl Rejection for GroupError {
             }
             LeftBeforeJoined { .. } => rule("left_on"),
             JoinedBeforePreviousDeparture { .. } => rule("joined_on"),
-            AlreadyFacilitator(_) | NotAFacilitator(_) => rule("clinician_id"),
+            AlreadyFacilitator(_) | NotAFacilitator(_) | TooManyFacilitators(_) => {
+                rule("clinician_id")
+            }
             SessionCancelled(_) => rule("session_id"),
         }
     }

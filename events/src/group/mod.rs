@@ -25,6 +25,7 @@ pub use commands::*;
 pub use errors::GroupError;
 pub use events::*;
 
+use crate::calendar;
 use crate::ids::is_valid_id;
 use crate::instruments::Catalogue;
 
@@ -163,10 +164,10 @@ impl Group {
                         format!("must be from 1 to {MAX_CAPACITY}"),
                     ));
                 }
-                if facilitators.is_empty() {
+                if facilitators.is_empty() || facilitators.len() > MAX_FACILITATORS {
                     return Err(GroupError::invalid(
                         "facilitators",
-                        "a group needs at least one facilitator",
+                        format!("a group has 1 to {MAX_FACILITATORS} facilitators"),
                     ));
                 }
                 let mut seen = BTreeSet::new();
@@ -178,6 +179,9 @@ impl Group {
                             "is listed twice",
                         ));
                     }
+                }
+                if let Some(starts_on) = starts_on {
+                    check_date("starts_on", starts_on)?;
                 }
                 Ok(vec![GroupEvent::GroupCreated {
                     group_id,
@@ -194,6 +198,9 @@ impl Group {
                 check_id("clinician_id", &clinician_id)?;
                 if self.facilitators.contains(&clinician_id) {
                     return Err(GroupError::AlreadyFacilitator(clinician_id));
+                }
+                if self.facilitators.len() >= MAX_FACILITATORS {
+                    return Err(GroupError::TooManyFacilitators(MAX_FACILITATORS));
                 }
                 Ok(vec![GroupEvent::FacilitatorAssigned { clinician_id }])
             }
@@ -213,6 +220,7 @@ impl Group {
             } => {
                 let profile = self.require_open()?;
                 check_id("client_id", &client_id)?;
+                check_date("joined_on", joined_on)?;
                 if self.open_period(&client_id).is_some() {
                     return Err(GroupError::AlreadyMember(client_id));
                 }
@@ -240,6 +248,7 @@ impl Group {
                 if !self.exists() {
                     return Err(GroupError::GroupNotFound);
                 }
+                check_date("left_on", left_on)?;
                 let period = self
                     .open_period(&client_id)
                     .ok_or_else(|| GroupError::NotAMember(client_id.clone()))?;
@@ -265,6 +274,7 @@ impl Group {
                 if self.sessions.contains_key(&session_id) {
                     return Err(GroupError::SessionExists(session_id));
                 }
+                check_time("starts_at", &starts_at)?;
                 if duration_minutes == 0 || duration_minutes > MAX_SESSION_MINUTES {
                     return Err(GroupError::invalid(
                         "duration_minutes",
@@ -302,6 +312,9 @@ impl Group {
                 definition
                     .check_items(&items)
                     .map_err(GroupError::InvalidItems)?;
+                if let Some(at) = &administered_at {
+                    check_time("administered_at", at)?;
+                }
                 let administered_at = match (&session_id, administered_at) {
                     (_, Some(at)) => at,
                     (Some(session_id), None) => self.require_session(session_id)?.starts_at,
@@ -334,6 +347,7 @@ impl Group {
             }
             CloseGroup { closed_on } => {
                 self.require_open()?;
+                check_date("closed_on", closed_on)?;
                 Ok(vec![GroupEvent::GroupClosed { closed_on }])
             }
         }
@@ -345,8 +359,11 @@ impl Group {
         records: Vec<AttendanceMark>,
     ) -> Result<Vec<GroupEvent>, GroupError> {
         let session = self.require_session(&session_id)?;
-        if records.is_empty() {
-            return Err(GroupError::invalid("records", "must not be empty"));
+        if records.is_empty() || records.len() > MAX_ATTENDANCE_MARKS {
+            return Err(GroupError::invalid(
+                "records",
+                format!("must hold 1 to {MAX_ATTENDANCE_MARKS} marks"),
+            ));
         }
         let mut seen = BTreeSet::new();
         let mut events = Vec::with_capacity(records.len());
@@ -391,6 +408,14 @@ fn check_id(field: &str, id: &str) -> Result<(), GroupError> {
             "must be 1 to 64 characters from A-Z, a-z, 0-9, _ and -",
         ))
     }
+}
+
+fn check_date(field: &str, date: NaiveDate) -> Result<(), GroupError> {
+    calendar::check_date(date).map_err(|reason| GroupError::invalid(field, reason))
+}
+
+fn check_time(field: &str, at: &DateTime<FixedOffset>) -> Result<(), GroupError> {
+    calendar::check_time(at).map_err(|reason| GroupError::invalid(field, reason))
 }
 
 fn check_reason(reason: &str) -> Result<(), GroupError> {

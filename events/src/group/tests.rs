@@ -638,3 +638,148 @@ fn state_tracks_the_stream_sequence() {
     assert_eq!(group.sequence, 3);
     assert_eq!(group.active_members().collect::<Vec<_>>(), vec!["c1"]);
 }
+
+fn refused_field(group: &Group, command: GroupCommand) -> String {
+    match kind(group.decide(command)) {
+        RejectionKind::Invalid { field } => field,
+        other => panic!("expected a 400-kind refusal, got {other:?}"),
+    }
+}
+
+fn replay(events: Vec<GroupEvent>) -> Group {
+    let mut group = Group::default();
+    for e in events {
+        group.apply(e);
+    }
+    group
+}
+
+#[test]
+fn dates_outside_the_calendar_of_1900_to_2199_are_refused_naming_the_field() {
+    let group = replay(vec![created(10), joined("c1", "2026-01-06")]);
+    let far = |year| NaiveDate::from_ymd_opt(year, 1, 1).unwrap();
+    for day in [
+        far(0),
+        far(-1),
+        far(262142),
+        date("1899-12-31"),
+        date("2200-01-01"),
+    ] {
+        let join = GroupCommand::JoinGroup {
+            client_id: "c2".into(),
+            joined_on: day,
+        };
+        assert_eq!(refused_field(&group, join), "joined_on", "{day}");
+        let leave = GroupCommand::LeaveGroup {
+            client_id: "c1".into(),
+            left_on: day,
+            reason: DepartureReason::Completed,
+        };
+        assert_eq!(refused_field(&group, leave), "left_on", "{day}");
+        let close = GroupCommand::CloseGroup { closed_on: day };
+        assert_eq!(refused_field(&group, close), "closed_on", "{day}");
+        let create = GroupCommand::CreateGroup {
+            group_id: "g2".into(),
+            name: "x".into(),
+            focus: Focus::Grief,
+            format: Format::Open,
+            capacity: 8,
+            facilitators: vec!["dr_a".into()],
+            starts_on: Some(day),
+        };
+        assert_eq!(refused_field(&Group::default(), create), "starts_on");
+    }
+    for day in ["1900-01-01", "2199-12-31"] {
+        assert!(group.decide(join("c2", day)).is_ok(), "{day} is in range");
+    }
+}
+
+#[test]
+fn session_and_measure_times_are_in_the_calendar_and_never_a_leap_second() {
+    let group = replay(group_with_session());
+    let schedule = |starts_at: DateTime<FixedOffset>| GroupCommand::ScheduleSession {
+        session_id: "s2".into(),
+        starts_at,
+        duration_minutes: 90,
+    };
+    let measure = |administered_at| GroupCommand::RecordFeedback {
+        client_id: "c1".into(),
+        session_id: None,
+        instrument: "GAD-7".into(),
+        items: whole(&[1; 7]),
+        administered_at: Some(administered_at),
+    };
+    let leap_second = at("2026-06-30T23:59:60+00:00");
+    assert_eq!(leap_second.timestamp_subsec_nanos(), 1_000_000_000);
+    for bad in [
+        leap_second,
+        at("1899-12-31T23:00:00+00:00"),
+        at("2200-01-01T00:00:00+00:00"),
+        at("0000-01-01T00:00:00+00:00"),
+    ] {
+        assert_eq!(refused_field(&group, schedule(bad)), "starts_at", "{bad}");
+        assert_eq!(
+            refused_field(&group, measure(bad)),
+            "administered_at",
+            "{bad}"
+        );
+    }
+    assert!(group
+        .decide(schedule(at("2199-12-31T23:59:59+00:00")))
+        .is_ok());
+}
+
+#[test]
+fn a_group_has_at_most_ten_facilitators() {
+    let create = |n: usize| GroupCommand::CreateGroup {
+        group_id: "g1".into(),
+        name: "x".into(),
+        focus: Focus::Grief,
+        format: Format::Open,
+        capacity: 8,
+        facilitators: (0..n).map(|i| format!("dr_{i}")).collect(),
+        starts_on: None,
+    };
+    assert!(Group::default().decide(create(MAX_FACILITATORS)).is_ok());
+    assert_eq!(
+        refused_field(&Group::default(), create(MAX_FACILITATORS + 1)),
+        "facilitators"
+    );
+    assert_eq!(
+        refused_field(&Group::default(), create(5_000)),
+        "facilitators"
+    );
+
+    let full = replay(
+        std::iter::once(created(10))
+            .chain(
+                (1..MAX_FACILITATORS).map(|i| GroupEvent::FacilitatorAssigned {
+                    clinician_id: format!("dr_{i}"),
+                }),
+            )
+            .collect(),
+    );
+    assert_eq!(full.facilitators.len(), MAX_FACILITATORS);
+    let one_more = GroupCommand::AssignFacilitator {
+        clinician_id: "dr_new".into(),
+    };
+    assert_eq!(
+        kind(full.decide(one_more)),
+        RejectionKind::Rule {
+            field: Some("clinician_id".into())
+        }
+    );
+}
+
+#[test]
+fn one_attendance_command_carries_a_bounded_number_of_marks() {
+    let group = replay(group_with_session());
+    let records = (0..=MAX_ATTENDANCE_MARKS)
+        .map(|i| mark(&format!("c{i}"), AttendanceStatus::Present))
+        .collect();
+    let command = GroupCommand::RecordAttendance {
+        session_id: "s1".into(),
+        records,
+    };
+    assert_eq!(refused_field(&group, command), "records");
+}

@@ -1,7 +1,7 @@
 //! Client routes: registration with sealed personal data, consent, erasure,
 //! measures outside sessions.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::extract::{Caller, JsonBody, WriteHeaders};
+use super::extract::{Caller, JsonBody, Path, WriteHeaders};
 use super::groups::parse_items;
 use super::{
     id_or_new, may_write_group, path_id, receipt_response, AppState, Problem, Write, READERS,

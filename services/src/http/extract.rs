@@ -1,11 +1,14 @@
-//! Request extractors that answer in problem+json: the caller, write headers and
-//! JSON bodies with the failing field named.
+//! Request extractors that answer in problem+json: the caller, write headers, JSON
+//! bodies, query strings and path parameters, with the failing field named.
 
 use axum::body::Bytes;
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -116,7 +119,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
+            .is_some_and(is_json_media_type);
         if !is_json {
             return Err(Problem::field(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -146,25 +149,240 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 }
             })?;
         hasher.update(&bytes);
-        let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(deserializer).map_err(|error| {
-            let path = error.path().to_string();
-            let message = error.inner().to_string();
-            // "missing field `name`" is reported at the parent; name the field itself.
-            let missing = message
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next());
-            let field = match (path.as_str(), missing) {
-                (".", Some(name)) => name.to_string(),
-                (".", None) => "body".to_string(),
-                (parent, Some(name)) => format!("{parent}.{name}"),
-                (parent, None) => parent.to_string(),
-            };
-            Problem::bad_request(field, message)
+        if may_hold_control_characters(&bytes) {
+            refuse_control_characters(&bytes)?;
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut deserializer)
+            .map_err(|error| path_problem(error, "body"))?;
+        deserializer.end().map_err(|_| {
+            Problem::bad_request("body", "must be one JSON value with nothing after it")
         })?;
         Ok(JsonBody {
             value,
             request_hash: hasher.finalize().to_vec(),
         })
+    }
+}
+
+/// A serde error as a problem naming the field at its path, or `root` for the whole.
+fn path_problem<E: std::fmt::Display>(error: serde_path_to_error::Error<E>, root: &str) -> Problem {
+    let path = error.path().to_string();
+    let message = error.inner().to_string();
+    // "missing field `name`" is reported at the parent; name the field itself.
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    let field = match (path.as_str(), missing) {
+        (".", Some(name)) => name.to_string(),
+        (".", None) => root.to_string(),
+        (parent, Some(name)) => format!("{parent}.{name}"),
+        (parent, None) => parent.to_string(),
+    };
+    Problem::bad_request(field, message)
+}
+
+/// `application/json` in any case, with optional parameters; a `charset`, if given,
+/// must be UTF-8, the only encoding JSON has (RFC 8259).
+fn is_json_media_type(content_type: &str) -> bool {
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        && parts.all(|parameter| match parameter.split_once('=') {
+            Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+                value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+            }
+            _ => true,
+        })
+}
+
+/// The characters no text field may hold: C0 controls, DEL and C1 controls, except
+/// tab, line feed and carriage return. They smuggle terminal escapes into whatever
+/// displays the text, and PostgreSQL's `jsonb` refuses `\u0000` outright.
+fn is_refused_control(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
+}
+
+/// A fast scan of JSON text for what could carry a refused control character inside
+/// a string. Raw C0 bytes are not valid JSON (serde_json refuses them), so only an
+/// escape `\u00XX` for a control, a raw DEL byte or a raw C1 character (UTF-8
+/// `C2 80`–`C2 9F`) can. Escapes are stepped over whole, so `\\u0000` (an escaped
+/// backslash, then text) is not mistaken for one.
+fn may_hold_control_characters(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            0x7f => return true,
+            0xc2 if matches!(bytes.get(i + 1), Some(0x80..=0x9f)) => return true,
+            b'\\' if bytes.get(i + 1) == Some(&b'u') => {
+                let escaped = bytes
+                    .get(i + 2..i + 6)
+                    .and_then(|hex| std::str::from_utf8(hex).ok())
+                    .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                    .and_then(char::from_u32);
+                if escaped.is_some_and(is_refused_control) {
+                    return true;
+                }
+                i += 6;
+            }
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+/// Finds the first string (or key) holding a refused control character and names
+/// its field. Text that is not JSON is left for the typed parse to report.
+fn refuse_control_characters(bytes: &[u8]) -> Result<(), Problem> {
+    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
+        return Ok(());
+    };
+    match control_character_at(&value, String::new()) {
+        Some(path) if path.is_empty() => Err(Problem::bad_request(
+            "body",
+            "must not contain control characters",
+        )),
+        Some(path) => Err(Problem::bad_request(
+            path,
+            "must not contain control characters (only tab and line breaks)",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The path of the first value under `value` with a refused control character, in
+/// the form serde errors use (`records[0].client_id`). A bad key names its object.
+fn control_character_at(value: &Value, path: String) -> Option<String> {
+    let dirty = |text: &str| text.chars().any(is_refused_control);
+    match value {
+        Value::String(text) => dirty(text).then_some(path),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| control_character_at(item, format!("{path}[{i}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            if dirty(key) {
+                return Some(path.clone());
+            }
+            let field = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            control_character_at(item, field)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
+}
+
+/// Query parameters, refused as a problem naming the parameter.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(Query)
+            .map_err(|error| path_problem(error, "query"))
+    }
+}
+
+/// Path parameters, refused as a problem naming the parameter.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(PathRejection::FailedToDeserializePathParams(error)) => {
+                let message = error.body_text();
+                match error.into_kind() {
+                    ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::InvalidUtf8InPathParam { key }
+                    | ErrorKind::DeserializeError { key, .. } => {
+                        Err(Problem::bad_request(key, message))
+                    }
+                    _ => Err(Problem::bad_request("path", message)),
+                }
+            }
+            Err(rejection) => Err(Problem::new(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_application_json_in_any_case_with_utf8_if_a_charset_is_named() {
+        for accepted in [
+            "application/json",
+            "APPLICATION/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/json; boundary=x",
+        ] {
+            assert!(is_json_media_type(accepted), "{accepted}");
+        }
+        for refused in [
+            "application/jsonxyz",
+            "application/json-seq",
+            "application/x-json",
+            "text/json",
+            "",
+            "application/json; charset=latin1",
+        ] {
+            assert!(!is_json_media_type(refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn the_scan_finds_every_way_json_carries_a_control_character() {
+        for suspicious in [
+            r#"{"a": "\u0000"}"#,
+            r#"{"a": "\u001B[31m"}"#,
+            r#"{"a": "\u007f"}"#,
+            r#"{"a": "\u0085"}"#,
+            r#"{"a": "\u009F"}"#,
+            "{\"a\": \"\u{7f}\"}",
+            "{\"a\": \"\u{85}\"}",
+        ] {
+            assert!(
+                may_hold_control_characters(suspicious.as_bytes()),
+                "{suspicious}"
+            );
+        }
+        for clean in [
+            r#"{"a": "tab\t line\n return\r"}"#,
+            r#"{"a": "\\u0000 is text after an escaped backslash"}"#,
+            r#"{"a": "\u00e9\u0100\ud83d\ude00 \"quoted\""}"#,
+            "{\"a\": \"é ü 中\"}",
+            r#"{"a": "truncated \u00"#,
+        ] {
+            assert!(!may_hold_control_characters(clean.as_bytes()), "{clean}");
+        }
+    }
+
+    #[test]
+    fn a_control_character_is_found_at_its_field_path() {
+        let at = |text: &str| {
+            let value: Value = serde_json::from_str(text).unwrap();
+            control_character_at(&value, String::new())
+        };
+        assert_eq!(at(r#"{"name": "a\u0007"}"#).as_deref(), Some("name"));
+        assert_eq!(
+            at(r#"{"records": [{"client_id": "ok"}, {"client_id": "\u0000"}]}"#).as_deref(),
+            Some("records[1].client_id")
+        );
+        assert_eq!(at(r#"{"a\u0000": 1}"#).as_deref(), Some(""));
+        assert_eq!(at(r#"{"reason": "line\nbreak\ttab"}"#), None);
     }
 }

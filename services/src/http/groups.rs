@@ -1,6 +1,6 @@
 //! Group routes: the group itself, its members, sessions, attendance and feedback.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
@@ -11,9 +11,9 @@ use circle_events::group::{
 use circle_events::instruments::Score;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{Caller, JsonBody, WriteHeaders};
+use super::extract::{Caller, JsonBody, Path, Query, WriteHeaders};
 use super::{
     id_or_new, may_write_group, path_id, receipt_response, AppState, Problem, Write, READERS,
     WRITERS,
@@ -502,7 +502,12 @@ pub struct GroupView {
     active_members: usize,
     /// Every membership period, past and present.
     members: Vec<MemberView>,
+    /// One page of sessions in the order they start (see `sessions_limit`).
     sessions: Vec<SessionView>,
+    /// All sessions of the group, cancelled ones included.
+    sessions_total: usize,
+    /// Pass as `sessions_after` for the next page; `null` on the last page.
+    next_sessions_after: Option<String>,
     version: u64,
     position: i64,
 }
@@ -518,6 +523,43 @@ pub struct GroupSummary {
     closed_on: Option<NaiveDate>,
 }
 
+/// Sessions a group read answers when the caller does not say.
+const DEFAULT_SESSIONS_LIMIT: usize = 500;
+/// The most sessions one group read answers.
+const MAX_SESSIONS_LIMIT: usize = 1000;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GroupQuery {
+    /// Start the page after this session (the previous page's `next_sessions_after`).
+    sessions_after: Option<String>,
+    /// Sessions per page: 1 to 1000, default 500.
+    sessions_limit: Option<usize>,
+}
+
+/// Which sessions a read answers: in start order, after a cursor, at most a limit.
+struct SessionPage<'a> {
+    after: Option<&'a str>,
+    limit: usize,
+}
+
+impl GroupQuery {
+    fn page(&self) -> Result<SessionPage<'_>, Problem> {
+        let limit = self.sessions_limit.unwrap_or(DEFAULT_SESSIONS_LIMIT);
+        if !(1..=MAX_SESSIONS_LIMIT).contains(&limit) {
+            return Err(Problem::bad_request(
+                "sessions_limit",
+                format!("must be from 1 to {MAX_SESSIONS_LIMIT}"),
+            ));
+        }
+        let after = self.sessions_after.as_deref();
+        if let Some(after) = after {
+            path_id("sessions_after", after)?;
+        }
+        Ok(SessionPage { after, limit })
+    }
+}
+
 fn may_read_group(caller: &Caller, group: &Group) -> bool {
     match caller.0.role {
         Role::Admin | Role::Auditor => true,
@@ -530,9 +572,12 @@ fn may_read_group(caller: &Caller, group: &Group) -> bool {
     }
 }
 
-fn group_view(cached: Cached<Group>) -> Option<GroupView> {
+fn group_view(cached: Cached<Group>, page: &SessionPage) -> Result<GroupView, Problem> {
     let group = cached.aggregate;
-    let profile = group.profile.clone()?;
+    let profile = group
+        .profile
+        .clone()
+        .ok_or_else(|| Problem::not_found("group not found"))?;
     let active_members = group.active_members().count();
     let members = group
         .memberships
@@ -546,64 +591,85 @@ fn group_view(cached: Cached<Group>) -> Option<GroupView> {
             })
         })
         .collect();
-    let mut sessions: Vec<SessionView> = group
+    // Order by start, then id; only the page's sessions are turned into views.
+    let mut order: Vec<(&DateTime<FixedOffset>, &String)> = group
         .sessions
         .iter()
-        .map(|(session_id, s)| SessionView {
-            session_id: session_id.clone(),
-            starts_at: s.starts_at,
-            duration_minutes: s.duration_minutes,
-            cancelled: s.cancelled.is_some(),
-            attendance: s
-                .attendance
-                .iter()
-                .map(|(client_id, mark)| AttendanceView {
-                    client_id: client_id.clone(),
-                    status: mark.status,
-                })
-                .collect(),
-            feedback_recorded: s.feedback_recorded,
+        .map(|(session_id, s)| (&s.starts_at, session_id))
+        .collect();
+    order.sort_unstable();
+    let first = match page.after {
+        None => 0,
+        Some(after) => {
+            let (id, session) = group.sessions.get_key_value(after).ok_or_else(|| {
+                Problem::bad_request("sessions_after", "no session with this id in the group")
+            })?;
+            order.partition_point(|key| *key <= (&session.starts_at, id))
+        }
+    };
+    let last = first.saturating_add(page.limit).min(order.len());
+    let page_order = order.get(first..last).unwrap_or_default();
+    let next_sessions_after = page_order
+        .last()
+        .filter(|_| last < order.len())
+        .map(|(_, id)| (*id).clone());
+    let sessions = page_order
+        .iter()
+        .filter_map(|(_, session_id)| {
+            let s = group.sessions.get(*session_id)?;
+            Some(SessionView {
+                session_id: (*session_id).clone(),
+                starts_at: s.starts_at,
+                duration_minutes: s.duration_minutes,
+                cancelled: s.cancelled.is_some(),
+                attendance: s
+                    .attendance
+                    .iter()
+                    .map(|(client_id, mark)| AttendanceView {
+                        client_id: client_id.clone(),
+                        status: mark.status,
+                    })
+                    .collect(),
+                feedback_recorded: s.feedback_recorded,
+            })
         })
         .collect();
-    sessions.sort_by(|a, b| {
-        a.starts_at
-            .cmp(&b.starts_at)
-            .then(a.session_id.cmp(&b.session_id))
-    });
-    Some(GroupView {
+    Ok(GroupView {
         group_id: profile.group_id,
         name: profile.name,
         focus: profile.focus,
         format: profile.format,
         capacity: profile.capacity,
+        sessions_total: group.sessions.len(),
         facilitators: group.facilitators.into_iter().collect(),
         starts_on: profile.starts_on,
         closed_on: group.closed_on,
         active_members,
         members,
         sessions,
+        next_sessions_after,
         version: cached.version,
         position: cached.last_position,
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/groups/{group_id}", params(("group_id" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/groups/{group_id}", params(("group_id" = String, Path), GroupQuery),
     responses((status = 200, body = GroupView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "groups")]
 pub async fn get_group(
     State(state): State<AppState>,
     caller: Caller,
     Path(group_id): Path<String>,
+    Query(query): Query<GroupQuery>,
 ) -> Result<Json<GroupView>, Problem> {
     caller.require(READERS)?;
     path_id("group_id", &group_id)?;
+    let page = query.page()?;
     let cached = state.groups.load(&group_id).await?;
     if cached.aggregate.exists() && !may_read_group(&caller, &cached.aggregate) {
         return Err(Problem::forbidden("this group is not one you facilitate"));
     }
-    group_view(cached)
-        .map(Json)
-        .ok_or_else(|| Problem::not_found("group not found"))
+    group_view(cached, &page).map(Json)
 }
 
 #[utoipa::path(get, path = "/api/v1/groups",

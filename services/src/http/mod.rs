@@ -141,33 +141,21 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/reports/outcomes", get(reports::outcomes))
         .route("/alerts", get(reports::alerts))
         .route("/openapi.json", get(openapi::serve))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), limit));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(no_route)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
 const CORRELATION_ID: &str = "x-correlation-id";
-
-/// A method as a metric label: the standard ones by name, anything else `other`, so
-/// that no request can add label values.
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    }
-}
 
 /// Runs every request in a span (method, route template, correlation id, status),
 /// counts and times it by route template, never by concrete path, and answers the
@@ -179,7 +167,7 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = method_label(request.method());
+    let method = crate::metrics::method_label(request.method().as_str());
     let given = request
         .headers()
         .get(CORRELATION_ID)
@@ -238,6 +226,19 @@ async fn limit(State(state): State<AppState>, request: Request, next: Next) -> R
 
 /// Readiness must answer fast even when the database does not.
 const READY_CHECK: Duration = Duration::from_secs(1);
+
+/// Any path no route matches, under `/api/v1` too.
+async fn no_route() -> Problem {
+    Problem::not_found("no resource at this path")
+}
+
+/// A known path with a method it does not take; the router adds `Allow`.
+async fn method_not_allowed(method: Method) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed here; the Allow header lists what is"),
+    )
+}
 
 /// Ready when the store answers within a second and every required task runs.
 async fn readyz(State(state): State<AppState>) -> Response {

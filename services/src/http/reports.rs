@@ -6,18 +6,19 @@
 //! one exists, see [`crate::as_of`]), so they are computed from history, not from
 //! anything that could have been changed since.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use circle_events::calendar;
 use circle_events::group::Focus;
 use circle_projections::practice::{Alert, Practice};
 use circle_projections::reports::{self, ReporterForm, RetentionScope};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::Caller;
+use super::extract::{Caller, Query};
 use super::{path_id, AppState, Problem};
 use crate::as_of;
 use crate::auth::Role;
@@ -49,11 +50,11 @@ impl ReportQuery {
         self.as_of
             .as_deref()
             .map(|t| {
-                DateTime::parse_from_rfc3339(t)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|_| {
-                        Problem::bad_request("as_of", "must be an RFC 3339 time with offset")
-                    })
+                let t = DateTime::parse_from_rfc3339(t).map_err(|_| {
+                    Problem::bad_request("as_of", "must be an RFC 3339 time with offset")
+                })?;
+                calendar::check_time(&t).map_err(|reason| Problem::bad_request("as_of", reason))?;
+                Ok(t.with_timezone(&Utc))
             })
             .transpose()
     }
