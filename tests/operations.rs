@@ -19,6 +19,9 @@ use circle_tests::{
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+/// What the writers did: the acknowledged writes, and every status by count.
+type Written = (Vec<Ack>, BTreeMap<u16, usize>);
+
 /// A write the service acknowledged: it must be in the log, exactly there.
 #[derive(Clone, Debug)]
 struct Ack {
@@ -106,7 +109,7 @@ async fn load(
     bases: &[String],
     groups: &[String],
     stop: Arc<AtomicBool>,
-) -> (Vec<Ack>, BTreeMap<u16, usize>) {
+) -> Written {
     let mut writers = Vec::new();
     for (w, group_id) in groups.iter().enumerate() {
         let (practice, bases, group_id, stop) = (
@@ -159,6 +162,23 @@ async fn load(
     (acks, statuses)
 }
 
+/// [`load`] in the background: stop it by setting the flag, then await the writes.
+fn start_load(
+    practice: &Arc<Practiced>,
+    bases: &[String],
+    groups: &[String],
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Written>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (practice, bases, groups, flag) = (
+        practice.clone(),
+        bases.to_vec(),
+        groups.to_vec(),
+        stop.clone(),
+    );
+    let writing = tokio::spawn(async move { load(&practice, &bases, &groups, flag).await });
+    (stop, writing)
+}
+
 /// Every acknowledged write is in the log at the position and version it was given.
 async fn assert_all_in_log(store: &Store, acks: &[Ack]) {
     let mut by_group: BTreeMap<&str, Vec<&Ack>> = BTreeMap::new();
@@ -201,16 +221,7 @@ async fn sigterm_under_32_writers_loses_no_acknowledged_command_and_exits_cleanl
         practice.create_group(&circle.base, group_id).await;
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writing = {
-        let (practice, bases, groups, stop) = (
-            practice.clone(),
-            vec![circle.base.clone()],
-            groups.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move { load(&practice, &bases, &groups, stop).await })
-    };
+    let (stop, writing) = start_load(&practice, std::slice::from_ref(&circle.base), &groups);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     circle.signal("TERM");
     let signalled = Instant::now();
@@ -284,16 +295,7 @@ async fn a_leader_killed_under_load_is_replaced_within_5s_and_nats_loses_and_dou
     }
     let leader = leader.unwrap();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writing = {
-        let (practice, bases, groups, stop) = (
-            practice.clone(),
-            bases.clone(),
-            groups.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move { load(&practice, &bases, &groups, stop).await })
-    };
+    let (stop, writing) = start_load(&practice, &bases, &groups);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     instances[leader].signal("KILL");
     let killed = Instant::now();
@@ -470,16 +472,7 @@ async fn a_postgresql_restart_under_load_answers_503_naming_the_cause_and_recove
     for group_id in &groups {
         practice.create_group(&circle.base, group_id).await;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let writing = {
-        let (practice, bases, groups, stop) = (
-            practice.clone(),
-            vec![circle.base.clone()],
-            groups.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move { load(&practice, &bases, &groups, stop).await })
-    };
+    let (stop, writing) = start_load(&practice, std::slice::from_ref(&circle.base), &groups);
     tokio::time::sleep(Duration::from_millis(800)).await;
     postgres.stop_server();
 
