@@ -365,3 +365,46 @@ on_both_backends!(
     one_holder_leads_at_a_time_and_a_deposed_leader_cannot_save,
     a_snapshot_is_found_by_the_time_its_events_were_recorded_by,
 );
+
+/// PostgreSQL's jsonb refuses `\u0000`: such an append must fail alone, not the
+/// group commit it shares with other clinicians' commands.
+#[tokio::test]
+async fn one_bad_append_fails_alone_and_its_batch_mates_commit() {
+    use circle_services::appender::Appender;
+    use circle_services::metrics::Metrics;
+
+    let store = circle_tests::postgres_store().await;
+    let (appender, mut worker) = Appender::new(
+        store.clone(),
+        Metrics::new(),
+        64,
+        tokio::sync::watch::channel(0).0,
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn({
+        let stop = stop.clone();
+        async move { worker.run(stop).await }
+    });
+    let mut poisoned = append("bad", 0, 1);
+    poisoned.events[0].payload = json!({"session_id": "s0", "reason": "nul \u{0000} here"});
+    let mut appends: Vec<Append> = (0..16).map(|g| append(&format!("g{g}"), 0, 1)).collect();
+    appends.insert(8, poisoned);
+    // Submitted together, so they meet in one batch.
+    let outcomes = futures_util::future::join_all(appends.into_iter().map(|a| {
+        let appender = appender.clone();
+        async move { appender.append(a).await }
+    }))
+    .await;
+    assert!(outcomes[8].is_err(), "the bad append fails");
+    let committed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(AppendResult::Committed { .. })))
+        .count();
+    assert_eq!(committed, 16, "{outcomes:?}");
+    assert_eq!(store.head_position().await.unwrap(), 16);
+
+    // Stopping drains and ends the worker; later appends are refused, not lost.
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(appender.append(append("late", 0, 1)).await.is_err());
+}
