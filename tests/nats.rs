@@ -153,12 +153,7 @@ async fn commands_succeed_through_a_nats_outage_and_everything_is_published_once
         json!({"group_id": "g1", "name": "Burst", "focus": "trauma", "format": "open", "capacity": 50, "facilitators": ["dr_a"]}),
     )
     .await;
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(nats.url())
-        .await
-        .unwrap();
-    let js = jetstream::new(client);
+    let js = nats.jetstream().await;
     wait_for_messages(&js, "CIRCLE_EVENTS", 1).await;
 
     // A burst of commands, with nats-server stopped part-way through.
@@ -298,12 +293,7 @@ async fn circle_starts_and_serves_without_nats_and_publishes_once_it_appears() {
     );
 
     nats.restart();
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(nats.url())
-        .await
-        .unwrap();
-    let js = jetstream::new(client);
+    let js = nats.jetstream().await;
     wait_for_messages(&js, "CIRCLE_EVENTS", app.head().await as u64).await;
     report_at(
         &js,

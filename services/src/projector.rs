@@ -131,7 +131,7 @@ impl ProjectionSettings {
     pub fn digest(&self) -> String {
         let mut hasher = Sha256::new();
         hasher.update(CHECKPOINT_FORMAT.to_be_bytes());
-        hasher.update(serde_json::to_vec(self).unwrap_or_default());
+        hasher.update(serde_json::to_vec(self).expect("plain numbers always serialize"));
         for definition in Catalogue::builtin().instruments() {
             hasher.update(definition.instrument.as_bytes());
             hasher.update(b"@");
@@ -429,8 +429,7 @@ async fn step(
     live: &LiveReports,
     last_recorded_at: &mut Option<DateTime<Utc>>,
 ) -> Result<usize, ProjectionError> {
-    let page = store.read_raw(live.position(), PAGE).await?;
-    let facts = page.into_iter().map(fact).collect::<Result<Vec<_>, _>>()?;
+    let facts = read_facts(store, live.position()).await?;
     let Some(last) = facts.last() else {
         return Ok(0);
     };
@@ -448,12 +447,17 @@ async fn step(
 
 /// Applies one page of the log beyond `practice.position`; returns how many.
 async fn fold_page(store: &Store, practice: &mut Practice) -> Result<usize, ProjectionError> {
-    let page = store.read_raw(practice.position, PAGE).await?;
-    let count = page.len();
-    for raw in page {
-        practice.apply(&fact(raw)?);
+    let facts = read_facts(store, practice.position).await?;
+    for fact in &facts {
+        practice.apply(fact);
     }
-    Ok(count)
+    Ok(facts.len())
+}
+
+/// One page of the log after `after`, decoded whole before anything is applied.
+async fn read_facts(store: &Store, after: i64) -> Result<Vec<Fact>, ProjectionError> {
+    let page = store.read_raw(after, PAGE).await?;
+    page.into_iter().map(fact).collect()
 }
 
 /// Rebuilds the reports from position 0 and saves the result as the checkpoint.

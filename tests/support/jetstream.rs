@@ -93,6 +93,16 @@ impl PrivateNats {
         }
     }
 
+    /// A JetStream context on this server, connecting whenever it is up.
+    pub async fn jetstream(&self) -> jetstream::Context {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(self.url())
+            .await
+            .expect("a NATS client");
+        jetstream::new(client)
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

@@ -156,13 +156,7 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Answer {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
+        let mut request = self.request(method, path, token, headers);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -179,6 +173,17 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: impl Into<Vec<u8>>,
     ) -> Answer {
+        let request = self.request(method, path, token, headers);
+        Self::answer(request.body(body.into())).await
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -186,7 +191,7 @@ impl TestApp {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        Self::answer(request.body(body.into())).await
+        request
     }
 
     /// A raw JSON body posted with `Content-Type: application/json`.

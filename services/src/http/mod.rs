@@ -174,11 +174,10 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         .and_then(|v| v.to_str().ok())
         .and_then(|v| uuid::Uuid::parse_str(v.trim()).ok());
     let correlation_id = given.unwrap_or_else(uuid::Uuid::new_v4);
+    let header =
+        HeaderValue::from_str(&correlation_id.to_string()).expect("a UUID is a header value");
     if !request.headers().contains_key(CORRELATION_ID) {
-        request.headers_mut().insert(
-            CORRELATION_ID,
-            HeaderValue::from_str(&correlation_id.to_string()).expect("a UUID is a header value"),
-        );
+        request.headers_mut().insert(CORRELATION_ID, header.clone());
     }
     let span = tracing::info_span!(
         "request",
@@ -190,11 +189,7 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     span.record("status", status);
-    if given.is_some() || !response.headers().contains_key(CORRELATION_ID) {
-        if let Ok(value) = HeaderValue::from_str(&correlation_id.to_string()) {
-            response.headers_mut().insert(CORRELATION_ID, value);
-        }
-    }
+    response.headers_mut().insert(CORRELATION_ID, header);
     state
         .metrics
         .observe_http(&route, method, status, started.elapsed());
