@@ -189,6 +189,11 @@ pub struct CommandService {
 }
 
 impl CommandService {
+    /// See [`Appender::disk_full`].
+    pub fn disk_full(&self) -> bool {
+        self.appender.disk_full()
+    }
+
     pub fn new(store: Store, appender: Appender, metrics: Metrics, max_attempts: u32) -> Self {
         CommandService {
             appender,

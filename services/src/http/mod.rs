@@ -235,7 +235,8 @@ async fn method_not_allowed(method: Method) -> Problem {
     )
 }
 
-/// Ready when the store answers within a second and every required task runs.
+/// Ready when the store answers within a second, its last commit did not fail for
+/// want of disk, and every required task runs.
 async fn readyz(State(state): State<AppState>) -> Response {
     let down = state.health.down();
     if !down.is_empty() {
@@ -245,6 +246,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
             format!("not ready: {} not running", down.join(", ")),
         )
         .retry_after(1)
+        .into_response();
+    }
+    if state.commands.disk_full() {
+        tracing::warn!("not ready: the event store's disk is full");
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the event store's disk is full; writes fail until space is freed",
+        )
+        .retry_after(5)
         .into_response();
     }
     match tokio::time::timeout(READY_CHECK, state.store.ping()).await {

@@ -31,7 +31,11 @@ pub use sqlite::SqliteStore;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("event store unavailable")]
-    Unavailable(#[from] sqlx::Error),
+    Unavailable(#[source] sqlx::Error),
+    /// The store's disk (or quota) is full: nothing was written, and nothing will be
+    /// until an operator frees space.
+    #[error("the event store's disk is full")]
+    DiskFull(#[source] sqlx::Error),
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
     #[error("applying migrations")]
@@ -40,6 +44,30 @@ pub enum StoreError {
     DataDir(#[source] std::io::Error),
     #[error("the event store is shutting down")]
     Stopped,
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// Sorts a database error by what an operator must do about it.
+    fn from(error: sqlx::Error) -> StoreError {
+        if is_disk_full(&error) {
+            StoreError::DiskFull(error)
+        } else {
+            StoreError::Unavailable(error)
+        }
+    }
+}
+
+/// SQLite's `SQLITE_FULL` (13, also for an I/O error on a full disk), PostgreSQL's
+/// `disk_full` (53100), or `ENOSPC` from the operating system.
+fn is_disk_full(error: &sqlx::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    match error {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("13") | Some("53100"))
+        }
+        sqlx::Error::Io(io) => io.raw_os_error() == Some(ENOSPC),
+        _ => false,
+    }
 }
 
 /// Who did it and in which chain of actions: recorded with every event.

@@ -54,6 +54,17 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // After SQLITE_FULL (or an I/O error) SQLite has already rolled the
+            // transaction back, so the ROLLBACK sqlx sends on drop fails and the
+            // connection still counts itself inside a transaction: every later BEGIN
+            // on it would fail, long after the disk has space again. Flush the
+            // rollback, and retire a connection that is still not clean.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(options)
             .await?;
         let store = SqliteStore { pool };
