@@ -704,3 +704,128 @@ async fn a_full_disk_under_the_embedded_store_refuses_writes_clearly_and_recover
     let positions: Vec<i64> = stream.iter().map(|e| e.position).collect();
     assert_eq!(positions, (1..=positions.len() as i64).collect::<Vec<_>>());
 }
+
+impl Practiced {
+    async fn get(&self, base: &str, path: &str) -> Value {
+        let answer = self
+            .http
+            .get(format!("{base}{path}"))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "GET {path}: {}",
+            answer.status()
+        );
+        answer.json().await.unwrap()
+    }
+
+    /// Attendance alerts in a group once the reports have taken in `position`.
+    async fn attendance_alerts(&self, base: &str, position: i64) -> usize {
+        let alerts = self
+            .get(
+                base,
+                &format!("/api/v1/alerts?group_id=g0&min_position={position}"),
+            )
+            .await;
+        let alerts = alerts.as_array().expect("a list of alerts");
+        alerts.iter().filter(|a| a["kind"] == "attendance").count()
+    }
+}
+
+/// A checkpoint built under other alert rules is not trusted after a restart: the
+/// reports are rebuilt from position 0 in the background, switched over when caught
+/// up, and saved under the new rules, which the next start then trusts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_other_alert_rules_rebuilds_the_reports_and_switches_over() {
+    let url = fresh_schema_url().await;
+    let practice = Practiced::new();
+    let first = CircleProcess::serve(&practice.env(&url));
+    first.wait_ready(Duration::from_secs(20)).await;
+    practice.create_group(&first.base, "g0").await;
+    let mut position = 0;
+    for client in ["c1", "c2"] {
+        let registered = practice
+            .post(
+                &first.base,
+                "/api/v1/clients",
+                json!({"client_id": client, "display_name": "A. Member", "birth_year": 1990}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(registered.status(), 201);
+        let joined = practice
+            .post(
+                &first.base,
+                "/api/v1/groups/g0/members",
+                json!({"client_id": client, "joined_on": "2026-01-01"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(joined.status(), 200);
+    }
+    // c2 misses two sessions in a row: an alert under the default rules (2), not under 3.
+    for n in 0..2 {
+        assert_eq!(
+            practice
+                .schedule(&first.base, "g0", n)
+                .await
+                .unwrap()
+                .status(),
+            201
+        );
+        let marked = practice
+            .post(
+                &first.base,
+                &format!("/api/v1/groups/g0/sessions/s{n}/attendance"),
+                json!({"records": [{"client_id": "c1", "status": "present"},
+                                   {"client_id": "c2", "status": "no_show"}]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(marked.status(), 200);
+        let body: Value = marked.json().await.unwrap();
+        position = body["position"].as_i64().unwrap();
+    }
+    assert_eq!(practice.attendance_alerts(&first.base, position).await, 1);
+    let mut first = first;
+    first.signal("TERM");
+    assert!(first
+        .exit_status(Duration::from_secs(10))
+        .await
+        .is_some_and(|s| s.success()));
+
+    let config = fresh_data_dir().join("circle.toml");
+    std::fs::write(&config, "alert_consecutive_absences = 3\n").unwrap();
+    let config = config.to_string_lossy().to_string();
+    let mut env = practice.env(&url);
+    env.push(("CIRCLE_CONFIG", config.as_str()));
+    let second = CircleProcess::serve(&env);
+    second.wait_ready(Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while practice.attendance_alerts(&second.base, position).await != 0 {
+        assert!(Instant::now() < deadline, "never switched to the new rules");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = second.log_text();
+    assert!(
+        log.contains("rebuilding the reports from position 0 in the background")
+            && log.contains("settings"),
+        "the log says why it rebuilds:\n{log}"
+    );
+    let mut second = second;
+    second.signal("TERM");
+    assert!(second
+        .exit_status(Duration::from_secs(10))
+        .await
+        .is_some_and(|s| s.success()));
+
+    // Saved under the new rules: the next start under them trusts the checkpoint.
+    let third = CircleProcess::serve(&env);
+    third.wait_ready(Duration::from_secs(20)).await;
+    assert_eq!(practice.attendance_alerts(&third.base, position).await, 0);
+    let log = third.log_text();
+    assert!(!log.contains("rebuilding the reports"), "{log}");
+}
