@@ -47,6 +47,9 @@ pub struct Settings {
     pub log: String,
     /// `text` for people, `json` for log shippers.
     pub log_format: LogFormat,
+    /// OTLP/HTTP traces endpoint (`http://collector:4318/v1/traces`); needs a build
+    /// with the `otlp` feature.
+    pub otlp_endpoint: Option<String>,
     /// Longest a request may take before it is answered 503, in milliseconds.
     pub request_timeout_ms: u64,
     /// Requests served at once; more are answered 503 with `Retry-After`.

@@ -24,3 +24,4 @@ pub mod projector;
 pub mod publisher;
 pub mod store;
 pub mod supervisor;
+pub mod telemetry;

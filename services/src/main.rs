@@ -9,6 +9,7 @@ use circle_services::config::{LogFormat, Overrides, Settings};
 use circle_services::errors::ErrorChain;
 use circle_services::projector;
 use circle_services::store::StoreError;
+use circle_services::telemetry;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -111,7 +112,11 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let settings = Settings::load(cli.config.as_deref(), args.overrides())?;
-            init_logging(&settings.log, settings.log_format);
+            let _telemetry = telemetry::init(
+                &settings.log,
+                settings.log_format,
+                settings.otlp_endpoint.as_deref(),
+            )?;
             serve(settings, false).await
         }
         Command::Demo(args) => {
@@ -121,7 +126,11 @@ async fn main() -> anyhow::Result<()> {
                 overrides.data_dir = Some(PathBuf::from("data/demo"));
             }
             let settings = Settings::load(cli.config.as_deref(), overrides)?;
-            init_logging(&settings.log, settings.log_format);
+            let _telemetry = telemetry::init(
+                &settings.log,
+                settings.log_format,
+                settings.otlp_endpoint.as_deref(),
+            )?;
             serve(settings, true).await
         }
         Command::Replay { projection, store } => {
@@ -131,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
                 ..Overrides::default()
             };
             let settings = Settings::load(cli.config.as_deref(), overrides)?;
-            init_logging("warn", LogFormat::Text);
+            let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
             let store = open_store(&settings).await?;
             let name = projection.unwrap_or_else(|| projector::REPORTS.to_string());
             let started = std::time::Instant::now();
@@ -158,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
                 ..Overrides::default()
             };
             let settings = Settings::load(cli.config.as_deref(), overrides)?;
-            init_logging("warn", LogFormat::Text);
+            let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
             let store = open_store(&settings).await?;
             let token = create_token(&store, role, clinician_id).await?;
             println!("created {} token: {token}", role.as_str());
@@ -252,21 +261,4 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     interrupt.await.unwrap_or(());
     tracing::info!("shutting down");
-}
-
-fn init_logging(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.init(),
-        // One JSON object per line, with the current span and its parents' fields.
-        LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
-    }
 }
