@@ -532,9 +532,6 @@ async fn a_clinician_outside_the_clients_groups_is_refused() {
         occurred_at: None,
         idempotency: None,
         if_match: None,
-        response_id: "g1".into(),
-        success_status: 200,
-        command_name: "remove_facilitator",
         key_action: None,
     };
     let removal = GroupCommand::RemoveFacilitator {

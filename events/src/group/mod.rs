@@ -26,7 +26,7 @@ pub use errors::GroupError;
 pub use events::*;
 
 use crate::calendar;
-use crate::ids::is_valid_id;
+use crate::ids::{is_valid_id, INVALID_ID};
 use crate::instruments::Catalogue;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -403,10 +403,7 @@ fn check_id(field: &str, id: &str) -> Result<(), GroupError> {
     if is_valid_id(id) {
         Ok(())
     } else {
-        Err(GroupError::invalid(
-            field,
-            "must be 1 to 64 characters from A-Z, a-z, 0-9, _ and -",
-        ))
+        Err(GroupError::invalid(field, INVALID_ID))
     }
 }
 
