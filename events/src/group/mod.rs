@@ -151,13 +151,14 @@ impl Group {
                     return Err(GroupError::AlreadyExists);
                 }
                 check_id("group_id", &group_id)?;
-                let name = name.trim().to_string();
-                if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+                // Counted as sent, so the limit is the one the API description gives.
+                if name.trim().is_empty() || name.chars().count() > MAX_NAME_LEN {
                     return Err(GroupError::invalid(
                         "name",
                         format!("must be 1 to {MAX_NAME_LEN} characters"),
                     ));
                 }
+                let name = name.trim().to_string();
                 if capacity == 0 || capacity > MAX_CAPACITY {
                     return Err(GroupError::invalid(
                         "capacity",

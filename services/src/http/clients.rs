@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::extract::{Caller, Ids};
+use super::extract::{whole_or_none, Caller, Ids};
 use super::groups::{parse_items, WriteResponse};
 use super::write::{Write, WRITERS};
 use super::{new_id, AppState, Problem, READERS};
@@ -20,7 +20,7 @@ use crate::auth::Role;
 use crate::crypto::PersonalData;
 use crate::store::{ClientKey, KeyAction};
 
-const MAX_PERSONAL_FIELD: usize = 200;
+pub(super) const MAX_PERSONAL_FIELD: usize = 200;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +29,7 @@ pub struct RegisterClientRequest {
     client_id: Option<ClientId>,
     /// Stored encrypted with the client's own key.
     display_name: Option<String>,
+    #[serde(default, deserialize_with = "whole_or_none")]
     birth_year: Option<i32>,
     /// Stored encrypted with the client's own key.
     contact: Option<String>,

@@ -1,6 +1,7 @@
 //! Group routes: the group itself, its members, sessions, attendance and feedback.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, FixedOffset, NaiveDate};
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{Caller, Ids, Query};
+use super::extract::{whole, whole_or_none, Caller, Ids, Query};
 use super::write::Write;
 use super::{new_id, AppState, Problem, READERS};
 use crate::auth::Role;
@@ -30,6 +31,7 @@ pub struct CreateGroupRequest {
     focus: Focus,
     format: Format,
     /// Defaults to 10.
+    #[serde(default, deserialize_with = "whole_or_none")]
     capacity: Option<u32>,
     /// A clinician creating a group must list themselves.
     facilitators: Vec<ClinicianId>,
@@ -139,6 +141,7 @@ pub struct ScheduleSessionRequest {
     session_id: Option<SessionId>,
     /// RFC 3339 with offset; its local date decides who was a member that day.
     starts_at: DateTime<FixedOffset>,
+    #[serde(deserialize_with = "whole")]
     duration_minutes: u32,
 }
 
@@ -343,7 +346,7 @@ pub struct GroupSummary {
 /// Sessions a group read answers when the caller does not say.
 const DEFAULT_SESSIONS_LIMIT: usize = 500;
 /// The most sessions one group read answers.
-const MAX_SESSIONS_LIMIT: usize = 1000;
+pub(super) const MAX_SESSIONS_LIMIT: usize = 1000;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -416,7 +419,11 @@ fn group_view(cached: Cached<Group>, page: &SessionPage) -> Result<GroupView, Pr
         None => 0,
         Some(after) => {
             let (id, session) = group.sessions.get_key_value(after).ok_or_else(|| {
-                Problem::bad_request("sessions_after", "no session with this id in the group")
+                Problem::field(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "sessions_after",
+                    "no session with this id in the group",
+                )
             })?;
             order.partition_point(|key| *key <= (&session.starts_at, id))
         }

@@ -5,6 +5,7 @@
 //! caller's role and answers a view. Every refusal is a [`Problem`].
 
 mod clients;
+mod exact;
 mod extract;
 mod groups;
 pub mod openapi;

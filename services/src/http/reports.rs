@@ -118,6 +118,21 @@ async fn with_practice<T>(
         return Ok(report(&practice, as_of));
     }
     if let Some(position) = query.min_position {
+        if position < 0 {
+            return Err(Problem::bad_request("min_position", "must be 0 or more"));
+        }
+        // A position the log has not reached is no write of the caller's: waiting
+        // cannot help, so it is refused rather than answered 503.
+        if state.reports.position() < position {
+            let head = state.store.head_position().await?;
+            if position > head {
+                return Err(Problem::field(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "min_position",
+                    format!("is beyond the log's last position, {head}"),
+                ));
+            }
+        }
         let wait = state.reporting.read_wait_max;
         if !state.reports.caught_up(position, wait).await {
             return Err(Problem::field(
@@ -172,7 +187,8 @@ pub async fn retention(
 ) -> Result<Response, Problem> {
     let scope = match (query.group_id()?, query.focus.as_deref()) {
         (Some(_), Some(_)) => {
-            return Err(Problem::bad_request(
+            return Err(Problem::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
                 "focus",
                 "give group_id or focus, not both",
             ))
