@@ -7,11 +7,14 @@
 //! - [`group`]: a therapy group with its members, sessions, attendance and feedback.
 //! - [`client`]: a client's registration, consents, erasure and stand-alone measures.
 //! - [`calendar`]: the span of dates and times a command may carry.
+//! - [`Command`]: a command's own name and the record it answers with.
+//! - [`ids`]: typed ids, checked when made.
 //! - [`instruments`]: the versioned questionnaire catalogue and exact scores.
 //! - [`upcast`]: reading events stored by older versions of this code.
 
 pub mod calendar;
 pub mod client;
+mod command;
 pub mod group;
 pub mod ids;
 pub mod instruments;
@@ -20,4 +23,5 @@ mod rejection;
 mod stored_forms;
 pub mod upcast;
 
+pub use command::Command;
 pub use rejection::{Rejection, RejectionKind};

@@ -144,9 +144,6 @@ impl Circle {
             occurred_at: None,
             idempotency: None,
             if_match: None,
-            response_id: group.into(),
-            success_status: 200,
-            command_name: "bench",
             key_action: None,
         };
         self.commands

@@ -132,9 +132,6 @@ fn context() -> CommandContext {
         occurred_at: None,
         idempotency: None,
         if_match: None,
-        response_id: "bench".into(),
-        success_status: 200,
-        command_name: "bench",
         key_action: None,
     }
 }

@@ -10,6 +10,7 @@ use circle_events::group::{
     AttendanceMark, AttendanceStatus, DepartureReason, Focus, Format, GroupCommand,
 };
 use circle_events::instruments::Score;
+use circle_events::Command;
 use uuid::Uuid;
 
 use crate::auth::{Principal, Role};
@@ -114,12 +115,7 @@ enum Course {
     DropsOut { after_week: i64 },
 }
 
-fn context(
-    command_name: &'static str,
-    response_id: &str,
-    at: DateTime<Utc>,
-    key: Option<KeyAction>,
-) -> CommandContext {
+fn context(at: DateTime<Utc>, key: Option<KeyAction>) -> CommandContext {
     CommandContext {
         principal: Principal {
             role: Role::Admin,
@@ -130,9 +126,6 @@ fn context(
         occurred_at: Some(at),
         idempotency: None,
         if_match: None,
-        response_id: response_id.into(),
-        success_status: 200,
-        command_name,
         key_action: key,
     }
 }
@@ -141,18 +134,12 @@ async fn group_command(
     state: &AppState,
     id: &str,
     command: GroupCommand,
-    name: &'static str,
     at: DateTime<Utc>,
 ) -> anyhow::Result<()> {
+    let name = command.name();
     state
         .commands
-        .execute(
-            &state.groups,
-            id,
-            command,
-            &context(name, id, at, None),
-            |_| true,
-        )
+        .execute(&state.groups, id, command, &context(at, None), |_| true)
         .await
         .map_err(describe)
         .with_context(|| format!("{name} on {id}"))?;
@@ -212,7 +199,6 @@ async fn seed_group(
             facilitators: vec![plan.facilitator.into()],
             starts_on: Some(start),
         },
-        "create_group",
         at_noon(start - Duration::days(14)),
     )
     .await?;
@@ -250,7 +236,6 @@ async fn seed_group(
                 client_id: client_id.clone(),
                 joined_on,
             },
-            "join_group",
             at_noon(joined_on),
         )
         .await?;
@@ -276,7 +261,6 @@ async fn seed_group(
                 starts_at,
                 duration_minutes: 90,
             },
-            "schedule_session",
             at_noon(date - Duration::days(7)),
         )
         .await?;
@@ -288,7 +272,6 @@ async fn seed_group(
                     session_id,
                     reason: "facilitator unwell".into(),
                 },
-                "cancel_session",
                 at_noon(date),
             )
             .await?;
@@ -340,7 +323,6 @@ async fn seed_group(
                 session_id: session_id.clone(),
                 records,
             },
-            "record_attendance",
             session_time + Duration::hours(2),
         )
         .await?;
@@ -400,7 +382,6 @@ async fn seed_group(
                     left_on,
                     reason,
                 },
-                "leave_group",
                 at_noon(left_on),
             )
             .await?;
@@ -439,7 +420,7 @@ async fn register_client(
                 client_id: client_id.into(),
                 personal: Some(sealed),
             },
-            &context("register_client", client_id, at, Some(action)),
+            &context(at, Some(action)),
             |_: &Client| true,
         )
         .await
@@ -467,7 +448,6 @@ async fn feedback(
             items,
             administered_at: None,
         },
-        "record_feedback",
         at,
     )
     .await

@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 
 use super::events::{AttendanceStatus, DepartureReason, Focus, Format};
 use crate::instruments::Score;
+use crate::Command;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum GroupCommand {
@@ -56,6 +57,52 @@ pub enum GroupCommand {
     CloseGroup {
         closed_on: NaiveDate,
     },
+}
+
+impl Command for GroupCommand {
+    fn name(&self) -> &'static str {
+        match self {
+            GroupCommand::CreateGroup { .. } => "create_group",
+            GroupCommand::AssignFacilitator { .. } => "assign_facilitator",
+            GroupCommand::RemoveFacilitator { .. } => "remove_facilitator",
+            GroupCommand::JoinGroup { .. } => "join_group",
+            GroupCommand::LeaveGroup { .. } => "leave_group",
+            GroupCommand::ScheduleSession { .. } => "schedule_session",
+            GroupCommand::CancelSession { .. } => "cancel_session",
+            GroupCommand::RecordAttendance { .. } => "record_attendance",
+            // Feedback outside a session is a client's measure taken in the group's care.
+            GroupCommand::RecordFeedback {
+                session_id: None, ..
+            } => "record_measure",
+            GroupCommand::RecordFeedback { .. } => "record_feedback",
+            GroupCommand::CloseGroup { .. } => "close_group",
+        }
+    }
+
+    fn record_id(&self) -> Option<&str> {
+        match self {
+            GroupCommand::ScheduleSession { session_id, .. }
+            | GroupCommand::CancelSession { session_id, .. }
+            | GroupCommand::RecordAttendance { session_id, .. }
+            | GroupCommand::RecordFeedback {
+                session_id: Some(session_id),
+                ..
+            } => Some(session_id),
+            GroupCommand::RecordFeedback {
+                session_id: None,
+                client_id,
+                ..
+            } => Some(client_id),
+            _ => None,
+        }
+    }
+
+    fn creates(&self) -> bool {
+        matches!(
+            self,
+            GroupCommand::CreateGroup { .. } | GroupCommand::ScheduleSession { .. }
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

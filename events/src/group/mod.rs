@@ -26,7 +26,7 @@ pub use errors::GroupError;
 pub use events::*;
 
 use crate::calendar;
-use crate::ids::is_valid_id;
+use crate::ids::{is_valid_id, INVALID_ID};
 use crate::instruments::Catalogue;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -151,13 +151,14 @@ impl Group {
                     return Err(GroupError::AlreadyExists);
                 }
                 check_id("group_id", &group_id)?;
-                let name = name.trim().to_string();
-                if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+                // Counted as sent, so the limit is the one the API description gives.
+                if name.trim().is_empty() || name.chars().count() > MAX_NAME_LEN {
                     return Err(GroupError::invalid(
                         "name",
                         format!("must be 1 to {MAX_NAME_LEN} characters"),
                     ));
                 }
+                let name = name.trim().to_string();
                 if capacity == 0 || capacity > MAX_CAPACITY {
                     return Err(GroupError::invalid(
                         "capacity",
@@ -403,10 +404,7 @@ fn check_id(field: &str, id: &str) -> Result<(), GroupError> {
     if is_valid_id(id) {
         Ok(())
     } else {
-        Err(GroupError::invalid(
-            field,
-            "must be 1 to 64 characters from A-Z, a-z, 0-9, _ and -",
-        ))
+        Err(GroupError::invalid(field, INVALID_ID))
     }
 }
 

@@ -1,10 +1,11 @@
 //! The OpenAPI 3 description, generated from the handlers and types themselves.
 
 use axum::Json;
+use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{clients, groups, reports};
+use super::{clients, exact, groups, reports};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -58,6 +59,14 @@ impl Modify for BearerAuth {
 }
 
 /// Served without a token: it describes the API and holds no data.
-pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn serve() -> Json<Value> {
+    Json(description())
+}
+
+/// The description as served: what utoipa generates from the handlers, made exact
+/// where Rust types cannot say it (see [`exact`]).
+pub fn description() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    exact::constrain(&mut doc);
+    doc
 }

@@ -13,13 +13,14 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use circle_events::calendar;
 use circle_events::group::Focus;
+use circle_events::ids::GroupId;
 use circle_projections::practice::{Alert, Practice};
 use circle_projections::reports::{self, ReporterForm, RetentionScope};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Caller, Query};
-use super::{path_id, AppState, Problem};
+use super::{AppState, Problem};
 use crate::as_of;
 use crate::auth::Role;
 
@@ -27,7 +28,7 @@ use crate::auth::Role;
 #[into_params(parameter_in = Query)]
 pub struct ReportQuery {
     /// The group to report on (for retention, leave out for the whole practice).
-    group_id: Option<String>,
+    group_id: Option<GroupId>,
     /// Retention only: all groups of one focus.
     focus: Option<String>,
     /// Outcomes only: `PHQ-9`, `GAD-7`, `ORS`, `SRS` or `GSRS`.
@@ -60,10 +61,7 @@ impl ReportQuery {
     }
 
     fn group_id(&self) -> Result<Option<&str>, Problem> {
-        match self.group_id.as_deref() {
-            Some(id) => path_id("group_id", id).map(|_| Some(id)),
-            None => Ok(None),
-        }
+        Ok(self.group_id.as_ref().map(GroupId::as_str))
     }
 
     fn required_group(&self) -> Result<&str, Problem> {
@@ -120,6 +118,21 @@ async fn with_practice<T>(
         return Ok(report(&practice, as_of));
     }
     if let Some(position) = query.min_position {
+        if position < 0 {
+            return Err(Problem::bad_request("min_position", "must be 0 or more"));
+        }
+        // A position the log has not reached is no write of the caller's: waiting
+        // cannot help, so it is refused rather than answered 503.
+        if state.reports.position() < position {
+            let head = state.store.head_position().await?;
+            if position > head {
+                return Err(Problem::field(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "min_position",
+                    format!("is beyond the log's last position, {head}"),
+                ));
+            }
+        }
         let wait = state.reporting.read_wait_max;
         if !state.reports.caught_up(position, wait).await {
             return Err(Problem::field(
@@ -174,7 +187,8 @@ pub async fn retention(
 ) -> Result<Response, Problem> {
     let scope = match (query.group_id()?, query.focus.as_deref()) {
         (Some(_), Some(_)) => {
-            return Err(Problem::bad_request(
+            return Err(Problem::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
                 "focus",
                 "give group_id or focus, not both",
             ))
