@@ -450,3 +450,5 @@ fn the_reporter_form_drops_member_rows_and_small_counts() {
     assert_eq!(retention.joined, Some(3));
     assert_eq!(retention.dropped_out, None);
 }
+
+mod goals;
