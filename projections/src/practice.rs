@@ -55,6 +55,17 @@ pub enum AlertKind {
     StalledGoal,
 }
 
+impl AlertKind {
+    /// Every kind, in the order counts are published.
+    pub const ALL: [AlertKind; 5] = [
+        AlertKind::Attendance,
+        AlertKind::Alliance,
+        AlertKind::Deterioration,
+        AlertKind::Risk,
+        AlertKind::StalledGoal,
+    ];
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub kind: AlertKind,

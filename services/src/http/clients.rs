@@ -69,6 +69,25 @@ async fn require_client_access(
     Ok(())
 }
 
+/// A client that exists and is not erased, for writes that name one in a group.
+pub(super) async fn require_active_client(
+    state: &AppState,
+    client_id: &str,
+) -> Result<Client, Problem> {
+    let client = state.clients.load(client_id).await?.aggregate;
+    if !client.exists() {
+        return Err(Problem::not_found("client not found"));
+    }
+    if client.erased.is_some() {
+        return Err(Problem::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "client_id",
+            "this client's data has been erased",
+        ));
+    }
+    Ok(client)
+}
+
 async fn execute(
     state: &AppState,
     write: Write<'_>,
@@ -279,17 +298,7 @@ pub async fn record_measure(
     };
     caller.require(WRITERS)?;
     path_id("group_id", &group_id)?;
-    let client = state.clients.load(&client_id).await?.aggregate;
-    if !client.exists() {
-        return Err(Problem::not_found("client not found"));
-    }
-    if client.erased.is_some() {
-        return Err(Problem::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "client_id",
-            "this client's data has been erased",
-        ));
-    }
+    require_active_client(&state, &client_id).await?;
     let command = GroupCommand::RecordFeedback {
         client_id: client_id.clone(),
         session_id: None,

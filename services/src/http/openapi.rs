@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{clients, groups, reports};
+use super::{clients, goals, groups, reports};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,16 +31,22 @@ use super::{clients, groups, reports};
         clients::change_consent,
         clients::erase_client,
         clients::record_measure,
+        goals::set_goal,
+        goals::check_in,
+        goals::close_goal,
+        goals::session_check_ins,
         reports::attendance,
         reports::retention,
         reports::outcomes,
+        reports::goals,
         reports::alerts,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "groups", description = "Groups, members, sessions, attendance, feedback"),
         (name = "clients", description = "Clients, consent, erasure, measures"),
-        (name = "reports", description = "Attendance, retention, outcomes, alerts; live or as_of"),
+        (name = "goals", description = "Members' goals (Goal Attainment Scaling) and check-ins"),
+        (name = "reports", description = "Attendance, retention, outcomes, goals, alerts; live or as_of"),
     )
 )]
 pub struct ApiDoc;
