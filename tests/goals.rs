@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 async fn every_gas_vector_holds_through_the_http_report() {
     let app = spawn_app().await;
     let (groups, position) = gas_vector_groups(&app, "gas").await;
-    for (group, expected) in &groups {
+    for (group, expected, _) in &groups {
         let report = app
             .get(
                 &format!("/api/v1/reports/goals?group_id={group}&min_position={position}"),
@@ -27,7 +27,7 @@ async fn every_gas_vector_holds_through_the_http_report() {
     }
     // Folded from the log as of now, the same figures.
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let (group, expected) = &groups[5];
+    let (group, expected, _) = &groups[5];
     let folded = app
         .get(
             &format!("/api/v1/reports/goals?group_id={group}&as_of={now}"),

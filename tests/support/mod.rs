@@ -351,8 +351,9 @@ pub fn assert_t(got: &Value, expected: f64, context: &str) {
 /// The GAS vectors as commands: per vector, a group `{prefix}{i}` with one member
 /// who sets one goal per weight (at the default start level) and checks in at the
 /// vector's levels, through the group check-in form at an attended session.
-/// Returns each group with its expected T, and the last position written.
-pub async fn gas_vector_groups(app: &TestApp, prefix: &str) -> (Vec<(String, f64)>, i64) {
+/// Returns each group with its expected T and its last position, and the last
+/// position written.
+pub async fn gas_vector_groups(app: &TestApp, prefix: &str) -> (Vec<(String, f64, i64)>, i64) {
     use serde_json::json;
     let admin = &app.admin;
     let mut groups = Vec::new();
@@ -425,7 +426,8 @@ pub async fn gas_vector_groups(app: &TestApp, prefix: &str) -> (Vec<(String, f64
                 json!({"check_ins": check_ins}),
             )
             .await);
-        groups.push((group, vector["expected_t"].as_f64().expect("expected_t")));
+        let expected = vector["expected_t"].as_f64().expect("expected_t");
+        groups.push((group, expected, position));
     }
     (groups, position)
 }
