@@ -444,3 +444,45 @@ async fn a_goal_title_is_sealed_in_the_log_and_unreadable_after_erasure() {
     assert_eq!(again.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(app.head().await, head);
 }
+
+#[tokio::test]
+async fn the_demo_practice_has_goals_one_member_exceeding_and_one_stalled() {
+    let app = spawn_app().await;
+    circle_services::demo::seed_if_empty(&app.state)
+        .await
+        .expect("demo seeds");
+    let head = app.head().await;
+    for group in ["grp-anxiety-tue", "grp-grief-wed"] {
+        let report = app
+            .get(
+                &format!("/api/v1/reports/goals?group_id={group}&min_position={head}"),
+                &app.admin,
+            )
+            .await;
+        assert_eq!(report.status, StatusCode::OK, "{:?}", report.body);
+        let clients = report.body["clients"].as_array().unwrap();
+        assert_eq!(clients.len(), 10, "every member set goals");
+        let first = &clients[0];
+        assert_eq!(first["latest_t"], 70.0, "{group}: {first}");
+        assert!(first["change"].as_f64().unwrap() > 0.0);
+        let stalled: Vec<&Value> = clients
+            .iter()
+            .filter(|c| !c["stalled_goals"].as_array().unwrap().is_empty())
+            .collect();
+        assert_eq!(stalled.len(), 1, "{group}: {stalled:?}");
+        assert_eq!(stalled[0]["client_id"], clients[7]["client_id"]);
+        let rate = report.body["summary"]["check_in_rate"].as_f64().unwrap();
+        assert!(rate > 0.5 && rate < 1.0, "{group}: {rate}");
+        let alerts = app
+            .get(&format!("/api/v1/alerts?group_id={group}"), &app.admin)
+            .await;
+        let stalled_alerts = alerts
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "stalled_goal")
+            .count();
+        assert_eq!(stalled_alerts, 1, "{group}");
+    }
+}
