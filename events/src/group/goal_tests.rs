@@ -276,7 +276,7 @@ fn no_check_in_dated_before_the_goal_was_set() {
         checked_in_at: Some(at("2026-01-12T10:00:00+00:00")),
     };
     assert_eq!(refusal(history(), early), rule("checked_in_at"));
-    let set_later = vec![history(), vec![goal_set("goal2", "c2", "2026-01-14")]].concat();
+    let set_later = with(history(), vec![goal_set("goal2", "c2", "2026-01-14")]);
     assert_eq!(
         refusal(set_later, check_in("goal2", "c2", 0, Some("s1"))),
         rule("session_id")

@@ -38,7 +38,6 @@ fn rule(field: &str, message: impl Into<String>) -> GroupError {
 }
 
 impl Group {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn decide_set_goal(
         &self,
         goal_id: String,

@@ -16,9 +16,8 @@ use utoipa::ToSchema;
 
 use super::clients::require_active_client;
 use super::extract::{Caller, JsonBody, Path, WriteHeaders};
-use super::{
-    id_or_new, may_write_group, path_id, receipt_response, AppState, Problem, Write, WRITERS,
-};
+use super::groups::execute;
+use super::{id_or_new, path_id, AppState, Problem, Write, WRITERS};
 use crate::store::ClientKey;
 
 /// Longest goal title, in characters: a sentence, like other personal fields.
@@ -91,27 +90,6 @@ fn check_title(title: &str) -> Result<&str, Problem> {
     Ok(title)
 }
 
-/// Runs a goal command in the group that decides it; the caller must facilitate it.
-async fn execute(
-    state: &AppState,
-    write: Write<'_>,
-    group_id: &str,
-    command: GroupCommand,
-    name: &'static str,
-    response_id: &str,
-    success: StatusCode,
-) -> Result<Response, Problem> {
-    write.caller.require(WRITERS)?;
-    let ctx = write.context(name, response_id, success, None);
-    let receipt = state
-        .commands
-        .execute(&state.groups, group_id, command, &ctx, |group| {
-            may_write_group(write.caller, group)
-        })
-        .await?;
-    Ok(receipt_response(receipt))
-}
-
 /// The group a goal of this client lives in. A goal of another client is refused
 /// naming `goal_id`; a `group_id` the caller gave must agree.
 async fn goal_group(
@@ -141,6 +119,31 @@ async fn goal_group(
         ));
     }
     Ok(home.group_id)
+}
+
+/// A write on one goal of one client, decided by the goal's group.
+async fn write_goal(
+    state: &AppState,
+    write: Write<'_>,
+    (client_id, goal_id): (&str, &str),
+    given_group: Option<&str>,
+    command: GroupCommand,
+    name: &'static str,
+) -> Result<Response, Problem> {
+    path_id("client_id", client_id)?;
+    path_id("goal_id", goal_id)?;
+    write.caller.require(WRITERS)?;
+    let group_id = goal_group(state, client_id, goal_id, given_group).await?;
+    execute(
+        state,
+        write,
+        &group_id,
+        command,
+        name,
+        goal_id,
+        StatusCode::OK,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/clients/{client_id}/goals", request_body = SetGoalRequest,
@@ -220,36 +223,25 @@ pub async fn check_in(
     Path((client_id, goal_id)): Path<(String, String)>,
     body: JsonBody<CheckInRequest>,
 ) -> Result<Response, Problem> {
-    path_id("client_id", &client_id)?;
-    path_id("goal_id", &goal_id)?;
-    caller.require(WRITERS)?;
     let request = body.value;
     if let Some(session_id) = &request.session_id {
         path_id("session_id", session_id)?;
     }
-    let group_id = goal_group(&state, &client_id, &goal_id, request.group_id.as_deref()).await?;
     let checked_in_at = match (&request.session_id, request.checked_in_at) {
         (None, None) => Some(Utc::now().fixed_offset()),
         (_, given) => given,
     };
     let command = GroupCommand::CheckIn {
         goal_id: goal_id.clone(),
-        client_id,
+        client_id: client_id.clone(),
         level: request.level,
         session_id: request.session_id,
         checked_in_at,
     };
     let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &group_id,
-        command,
-        "check_in",
-        &goal_id,
-        StatusCode::OK,
-    )
-    .await
+    let given_group = request.group_id.as_deref();
+    let ids = (client_id.as_str(), goal_id.as_str());
+    write_goal(&state, write, ids, given_group, command, "check_in").await
 }
 
 #[utoipa::path(post, path = "/api/v1/clients/{client_id}/goals/{goal_id}/closure", request_body = CloseGoalRequest,
@@ -263,29 +255,17 @@ pub async fn close_goal(
     Path((client_id, goal_id)): Path<(String, String)>,
     body: JsonBody<CloseGoalRequest>,
 ) -> Result<Response, Problem> {
-    path_id("client_id", &client_id)?;
-    path_id("goal_id", &goal_id)?;
-    caller.require(WRITERS)?;
     let request = body.value;
-    let group_id = goal_group(&state, &client_id, &goal_id, None).await?;
     let command = GroupCommand::CloseGoal {
         goal_id: goal_id.clone(),
-        client_id,
+        client_id: client_id.clone(),
         reason: request.reason,
         replaced_by: request.replaced_by,
         closed_on: request.closed_on.unwrap_or_else(|| Utc::now().date_naive()),
     };
     let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &group_id,
-        command,
-        "close_goal",
-        &goal_id,
-        StatusCode::OK,
-    )
-    .await
+    let ids = (client_id.as_str(), goal_id.as_str());
+    write_goal(&state, write, ids, None, command, "close_goal").await
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{group_id}/sessions/{session_id}/goal-check-ins", request_body = SessionCheckInsRequest,

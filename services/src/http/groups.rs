@@ -49,7 +49,8 @@ pub struct WriteResponse {
     position: i64,
 }
 
-async fn execute(
+/// Runs a command on a group whose facilitators (or an admin) may write it.
+pub(super) async fn execute(
     state: &AppState,
     write: Write<'_>,
     group_id: &str,
