@@ -63,9 +63,10 @@ fn member(log: &mut Log, client: &str) {
 }
 
 fn vectors() -> Vec<serde_json::Value> {
-    let file: serde_json::Value =
-        serde_json::from_str(include_str!("../../../testdata/gas_vectors.json")).expect("parses");
-    file["vectors"].as_array().expect("vectors").clone()
+    super::gas_vectors()["vectors"]
+        .as_array()
+        .expect("vectors")
+        .clone()
 }
 
 fn to_4(value: f64) -> f64 {
