@@ -105,6 +105,10 @@ typed_id!(
     /// A clinician, as facilitator of groups.
     ClinicianId
 );
+typed_id!(
+    /// A member's goal, unique across the practice.
+    GoalId
+);
 
 #[cfg(feature = "openapi")]
 fn id_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {

@@ -14,7 +14,9 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_json::Value;
 
 use crate::client::{ClientEvent, ConsentScope, ErasureReason, SealedPersonalData};
-use crate::group::{AttendanceStatus, DepartureReason, Focus, Format, GroupEvent, Measure};
+use crate::group::{
+    AttendanceStatus, DepartureReason, Focus, Format, GoalClosure, GroupEvent, Measure,
+};
 use crate::instruments::Score;
 use crate::upcast::{decode, decode_text, encode};
 
@@ -174,6 +176,87 @@ fn group_events() -> Vec<(GroupEvent, String)> {
             },
             r#"{"event_type": "GroupClosed", "event_version": 1,
                 "payload": {"closed_on": "2026-06-30"}}"#
+                .into(),
+        ),
+        (
+            GroupEvent::GoalSet {
+                goal_id: "goal1".into(),
+                client_id: "c1".into(),
+                title: SealedPersonalData {
+                    sealed: "bm9uY2UrdGl0bGU=".into(),
+                },
+                weight: 2,
+                start_level: -1,
+                set_on: date("2026-01-13"),
+            },
+            r#"{"event_type": "GoalSet", "event_version": 1, "payload": {
+                "goal_id": "goal1", "client_id": "c1", "title": {"sealed": "bm9uY2UrdGl0bGU="},
+                "weight": 2, "start_level": -1, "set_on": "2026-01-13"}}"#
+                .into(),
+        ),
+        (
+            GroupEvent::GoalCheckedIn {
+                goal_id: "goal1".into(),
+                client_id: "c1".into(),
+                level: 1,
+                session_id: Some("s1".into()),
+                checked_in_at: "2026-01-20T18:00:00+01:00".parse().expect("a valid time"),
+            },
+            r#"{"event_type": "GoalCheckedIn", "event_version": 1, "payload": {
+                "goal_id": "goal1", "client_id": "c1", "level": 1, "session_id": "s1",
+                "checked_in_at": "2026-01-20T18:00:00+01:00"}}"#
+                .into(),
+        ),
+        (
+            GroupEvent::GoalCheckedIn {
+                goal_id: "goal1".into(),
+                client_id: "c1".into(),
+                level: -2,
+                session_id: None,
+                checked_in_at: "2026-01-23T09:15:00+00:00".parse().expect("a valid time"),
+            },
+            r#"{"event_type": "GoalCheckedIn", "event_version": 1, "payload": {
+                "goal_id": "goal1", "client_id": "c1", "level": -2, "session_id": null,
+                "checked_in_at": "2026-01-23T09:15:00Z"}}"#
+                .into(),
+        ),
+        (
+            GroupEvent::GoalClosed {
+                goal_id: "goal1".into(),
+                client_id: "c1".into(),
+                reason: GoalClosure::Revised,
+                replaced_by: Some("goal2".into()),
+                closed_on: date("2026-02-03"),
+            },
+            r#"{"event_type": "GoalClosed", "event_version": 1, "payload": {
+                "goal_id": "goal1", "client_id": "c1", "reason": "revised",
+                "replaced_by": "goal2", "closed_on": "2026-02-03"}}"#
+                .into(),
+        ),
+        (
+            GroupEvent::GoalClosed {
+                goal_id: "goal2".into(),
+                client_id: "c1".into(),
+                reason: GoalClosure::Attained,
+                replaced_by: None,
+                closed_on: date("2026-03-03"),
+            },
+            r#"{"event_type": "GoalClosed", "event_version": 1, "payload": {
+                "goal_id": "goal2", "client_id": "c1", "reason": "attained",
+                "replaced_by": null, "closed_on": "2026-03-03"}}"#
+                .into(),
+        ),
+        (
+            GroupEvent::GoalClosed {
+                goal_id: "goal3".into(),
+                client_id: "c2".into(),
+                reason: GoalClosure::Dropped,
+                replaced_by: None,
+                closed_on: date("2026-03-10"),
+            },
+            r#"{"event_type": "GoalClosed", "event_version": 1, "payload": {
+                "goal_id": "goal3", "client_id": "c2", "reason": "dropped",
+                "replaced_by": null, "closed_on": "2026-03-10"}}"#
                 .into(),
         ),
     ]

@@ -133,6 +133,14 @@ impl Authenticator {
             .await
     }
 
+    /// Where a goal lives (its client and group), from the same index.
+    pub async fn goal_home(
+        &self,
+        goal_id: &str,
+    ) -> Result<Option<circle_projections::care_teams::GoalHome>, LoadError> {
+        self.care_teams.goal_home(goal_id).await
+    }
+
     pub async fn principal(&self, token: &str) -> Result<Option<Principal>, StoreError> {
         let hash = hash_token(token);
         if let Some(found) = self.known.read().ok().and_then(|k| k.get(&hash).cloned()) {

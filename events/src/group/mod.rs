@@ -12,6 +12,9 @@ mod commands;
 mod errors;
 mod events;
 #[cfg(test)]
+mod goal_tests;
+mod goals;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use commands::*;
 pub use errors::GroupError;
 pub use events::*;
+pub use goals::GoalState;
 
 use crate::calendar;
 use crate::ids::{is_valid_id, INVALID_ID};
@@ -36,6 +40,8 @@ pub struct Group {
     pub memberships: BTreeMap<String, Vec<MembershipPeriod>>,
     pub sessions: BTreeMap<String, SessionState>,
     pub closed_on: Option<NaiveDate>,
+    /// Members' goals by goal id.
+    pub goals: BTreeMap<String, GoalState>,
     /// Number of events applied, i.e. the stream sequence of the latest one.
     pub sequence: u64,
 }
@@ -351,6 +357,41 @@ impl Group {
                 check_date("closed_on", closed_on)?;
                 Ok(vec![GroupEvent::GroupClosed { closed_on }])
             }
+            SetGoal {
+                goal_id,
+                client_id,
+                title,
+                weight,
+                start_level,
+                set_on,
+            } => self.decide_set_goal(goal_id, client_id, title, weight, start_level, set_on),
+            CheckIn {
+                goal_id,
+                client_id,
+                level,
+                session_id,
+                checked_in_at,
+            } => {
+                let request = goals::CheckInRequest {
+                    goal_id,
+                    client_id,
+                    level,
+                    session_id,
+                    checked_in_at,
+                };
+                Ok(vec![self.decide_check_in(request, "")?])
+            }
+            CheckInSession {
+                session_id,
+                check_ins,
+            } => self.decide_session_check_ins(session_id, check_ins),
+            CloseGoal {
+                goal_id,
+                client_id,
+                reason,
+                replaced_by,
+                closed_on,
+            } => self.decide_close_goal(goal_id, client_id, reason, replaced_by, closed_on),
         }
     }
 
@@ -544,6 +585,9 @@ impl Aggregate for Group {
                 }
             }
             GroupEvent::GroupClosed { closed_on } => self.closed_on = Some(closed_on),
+            GroupEvent::GoalSet { .. }
+            | GroupEvent::GoalCheckedIn { .. }
+            | GroupEvent::GoalClosed { .. } => self.apply_goal(&event),
         }
     }
 }

@@ -6,13 +6,14 @@
 
 use chrono::{Datelike, Utc};
 use circle_events::group::{
-    MAX_ATTENDANCE_MARKS, MAX_CAPACITY, MAX_FACILITATORS, MAX_NAME_LEN, MAX_REASON_LEN,
-    MAX_SESSION_MINUTES,
+    GOAL_LEVELS, GOAL_WEIGHTS, MAX_ACTIVE_GOALS, MAX_ATTENDANCE_MARKS, MAX_CAPACITY,
+    MAX_FACILITATORS, MAX_NAME_LEN, MAX_REASON_LEN, MAX_SESSION_MINUTES,
 };
 use circle_events::instruments::Catalogue;
 use serde_json::{json, Map, Value};
 
 use super::clients::MAX_PERSONAL_FIELD;
+use super::goals::MAX_GOAL_TITLE;
 use super::groups::MAX_SESSIONS_LIMIT;
 
 /// Text with at least one character that is not white space, and no control
@@ -72,7 +73,8 @@ fn merge(target: Option<&mut Value>, extra: Value) {
 
 fn schemas(doc: &mut Value) {
     let this_year = Utc::now().year();
-    let rules: [(&str, &str, Value); 11] = [
+    let level = json!({"minimum": GOAL_LEVELS.start(), "maximum": GOAL_LEVELS.end()});
+    let rules: [(&str, &str, Value); 17] = [
         ("CreateGroupRequest", "name", text(MAX_NAME_LEN)),
         (
             "CreateGroupRequest",
@@ -108,6 +110,20 @@ fn schemas(doc: &mut Value) {
         ),
         ("RecordFeedbackRequest", "items", json!({})),
         ("RecordMeasureRequest", "items", json!({})),
+        ("SetGoalRequest", "title", text(MAX_GOAL_TITLE)),
+        (
+            "SetGoalRequest",
+            "weight",
+            json!({"minimum": GOAL_WEIGHTS.start(), "maximum": GOAL_WEIGHTS.end()}),
+        ),
+        ("SetGoalRequest", "start_level", level.clone()),
+        ("CheckInRequest", "level", level.clone()),
+        ("SessionCheckIn", "level", level),
+        (
+            "SessionCheckInsRequest",
+            "check_ins",
+            json!({"minItems": 1, "maxItems": MAX_ACTIVE_GOALS * MAX_CAPACITY as usize}),
+        ),
     ];
     let schemas = &mut doc["components"]["schemas"];
     for (schema, property, extra) in rules {
@@ -166,7 +182,7 @@ fn by_instrument(schema: &mut Value) {
 
 /// The query parameters each report route reads, and which it requires.
 fn parameters(doc: &mut Value) {
-    let routes: [(&str, &[(&str, bool)]); 4] = [
+    let routes: [(&str, &[(&str, bool)]); 5] = [
         (
             "/api/v1/reports/attendance",
             &[
@@ -189,6 +205,14 @@ fn parameters(doc: &mut Value) {
             &[
                 ("group_id", true),
                 ("instrument", true),
+                ("as_of", false),
+                ("min_position", false),
+            ],
+        ),
+        (
+            "/api/v1/reports/goals",
+            &[
+                ("group_id", true),
                 ("as_of", false),
                 ("min_position", false),
             ],
@@ -217,12 +241,7 @@ fn parameters(doc: &mut Value) {
             }
         });
     }
-    for op in [
-        "/api/v1/reports/attendance",
-        "/api/v1/reports/retention",
-        "/api/v1/reports/outcomes",
-        "/api/v1/alerts",
-    ] {
+    for (op, _) in routes {
         if let Some(Value::Array(params)) = doc["paths"][op]["get"].get_mut("parameters") {
             for param in params {
                 let extra = match param["name"].as_str() {

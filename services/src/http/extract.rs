@@ -7,7 +7,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use circle_events::ids::{ClientId, GroupId, SessionId, INVALID_ID};
+use circle_events::ids::{ClientId, GoalId, GroupId, SessionId, INVALID_ID};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -335,6 +335,9 @@ impl PathId for ClientId {
 }
 impl PathId for SessionId {
     const PARAM: &'static str = "session_id";
+}
+impl PathId for GoalId {
+    const PARAM: &'static str = "goal_id";
 }
 
 /// A route's path parameters, percent-decoded, by name.

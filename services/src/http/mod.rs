@@ -7,6 +7,7 @@
 mod clients;
 mod exact;
 mod extract;
+mod goals;
 mod groups;
 pub mod openapi;
 mod problem;
@@ -124,6 +125,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             "/groups/{group_id}/sessions/{session_id}/feedback",
             post(groups::record_feedback),
         )
+        .route(
+            "/groups/{group_id}/sessions/{session_id}/goal-check-ins",
+            post(goals::session_check_ins),
+        )
         .route("/groups/{group_id}/closure", post(groups::close_group))
         .route("/clients", post(clients::register_client))
         .route("/clients/{client_id}", get(clients::get_client))
@@ -136,9 +141,19 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             "/clients/{client_id}/measures",
             post(clients::record_measure),
         )
+        .route("/clients/{client_id}/goals", post(goals::set_goal))
+        .route(
+            "/clients/{client_id}/goals/{goal_id}/check-ins",
+            post(goals::check_in),
+        )
+        .route(
+            "/clients/{client_id}/goals/{goal_id}/closure",
+            post(goals::close_goal),
+        )
         .route("/reports/attendance", get(reports::attendance))
         .route("/reports/retention", get(reports::retention))
         .route("/reports/outcomes", get(reports::outcomes))
+        .route("/reports/goals", get(reports::goals))
         .route("/alerts", get(reports::alerts))
         .route("/openapi.json", get(openapi::serve))
         .method_not_allowed_fallback(method_not_allowed)

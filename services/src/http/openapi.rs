@@ -5,7 +5,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{clients, exact, groups, reports};
+use super::{clients, exact, goals, groups, reports};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,16 +32,22 @@ use super::{clients, exact, groups, reports};
         clients::change_consent,
         clients::erase_client,
         clients::record_measure,
+        goals::set_goal,
+        goals::check_in,
+        goals::close_goal,
+        goals::session_check_ins,
         reports::attendance,
         reports::retention,
         reports::outcomes,
+        reports::goals,
         reports::alerts,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "groups", description = "Groups, members, sessions, attendance, feedback"),
         (name = "clients", description = "Clients, consent, erasure, measures"),
-        (name = "reports", description = "Attendance, retention, outcomes, alerts; live or as_of"),
+        (name = "goals", description = "Members' goals (Goal Attainment Scaling) and check-ins"),
+        (name = "reports", description = "Attendance, retention, outcomes, goals, alerts; live or as_of"),
     )
 )]
 pub struct ApiDoc;

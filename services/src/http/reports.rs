@@ -1,4 +1,4 @@
-//! Report routes: attendance, retention, outcomes and alerts, live or `as_of` a past
+//! Report routes: attendance, retention, outcomes, goals and alerts, live or `as_of` a past
 //! time, with `min_position` for read-your-writes.
 //!
 //! Live reports come from the projection kept by [`crate::projector`]; `as_of`
@@ -149,6 +149,25 @@ async fn with_practice<T>(
     Ok(state.reports.read(|practice| report(practice, Utc::now())))
 }
 
+/// A report on one group, in the caller's form; `None` from `report` is a 404.
+async fn group_report<T: Serialize + ReporterForm>(
+    state: &AppState,
+    caller: &Caller,
+    query: &ReportQuery,
+    group_id: &str,
+    report: impl FnOnce(&Practice, DateTime<Utc>) -> Option<T>,
+) -> Result<Response, Problem> {
+    let form = form_for(state, caller, Some(group_id)).await?;
+    let k = state.reporting.reporter_min_count;
+    let report = with_practice(state, query, report)
+        .await?
+        .ok_or_else(|| not_found("group"))?;
+    Ok(match form {
+        Form::Full => Json(report).into_response(),
+        Form::Reporter => Json(report.for_reporters(k)).into_response(),
+    })
+}
+
 fn not_found(what: &str) -> Problem {
     Problem::not_found(format!("no {what} with that id"))
 }
@@ -163,17 +182,10 @@ pub async fn attendance(
     Query(query): Query<ReportQuery>,
 ) -> Result<Response, Problem> {
     let group_id = query.required_group()?.to_string();
-    let form = form_for(&state, &caller, Some(&group_id)).await?;
-    let k = state.reporting.reporter_min_count;
-    let report = with_practice(&state, &query, |p, as_of| {
+    group_report(&state, &caller, &query, &group_id, |p, as_of| {
         reports::attendance(p, &group_id, as_of)
     })
-    .await?
-    .ok_or_else(|| not_found("group"))?;
-    Ok(match form {
-        Form::Full => Json(report).into_response(),
-        Form::Reporter => Json(report.for_reporters(k)).into_response(),
-    })
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/reports/retention", params(ReportQuery),
@@ -250,17 +262,26 @@ pub async fn outcomes(
             "is not in the instrument catalogue",
         ));
     }
-    let form = form_for(&state, &caller, Some(&group_id)).await?;
-    let k = state.reporting.reporter_min_count;
-    let report = with_practice(&state, &query, |p, as_of| {
+    group_report(&state, &caller, &query, &group_id, |p, as_of| {
         reports::outcomes(p, &group_id, &instrument, as_of)
     })
-    .await?
-    .ok_or_else(|| not_found("group"))?;
-    Ok(match form {
-        Form::Full => Json(report).into_response(),
-        Form::Reporter => Json(report.for_reporters(k)).into_response(),
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/reports/goals", params(ReportQuery),
+    responses((status = 200, description = "Per member: baseline and latest GAS T-score, change, check-in rate, stalled goals; per group: mean T, share at T >= 50, check-in rate"),
+              (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "reports")]
+pub async fn goals(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ReportQuery>,
+) -> Result<Response, Problem> {
+    let group_id = query.required_group()?.to_string();
+    group_report(&state, &caller, &query, &group_id, |p, as_of| {
+        circle_projections::goals::goals(p, &group_id, as_of)
     })
+    .await
 }
 
 #[derive(Serialize, ToSchema)]

@@ -167,7 +167,7 @@ impl Writable for Group {
 
     /// Writers only; a clinician creates only groups they facilitate. A client the
     /// command brings in must be registered and not erased: joining names it in the
-    /// body (422), a measure is about it (404).
+    /// body (422), a measure or a goal is about it (404).
     async fn authorize(
         state: &AppState,
         caller: &Caller,
@@ -203,7 +203,8 @@ impl Writable for Group {
                 session_id: None,
                 client_id,
                 ..
-            } => {
+            }
+            | GroupCommand::SetGoal { client_id, .. } => {
                 require_live_client(state, client_id, Problem::not_found("client not found")).await
             }
             _ => Ok(()),
