@@ -686,3 +686,33 @@ fn answer(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The publisher's checkpoint state is a stored contract: this is its form.
+    #[test]
+    fn the_pending_state_keeps_its_stored_form() {
+        let pending = Pending {
+            groups: BTreeSet::from(["grp-a".to_string()]),
+            practice: true,
+            all_groups: false,
+        };
+        let stored = r#"{"groups":["grp-a"],"practice":true,"all_groups":false}"#;
+        assert_eq!(serde_json::to_string(&pending).unwrap(), stored);
+        assert_eq!(read_pending(stored), pending);
+        // Saved before `all_groups` existed.
+        let older = r#"{"groups":["grp-a"],"practice":true}"#;
+        assert_eq!(read_pending(older), pending);
+    }
+
+    #[test]
+    fn an_unreadable_checkpoint_leaves_every_report_pending_never_none() {
+        for unreadable in ["", "{", "[]", r#"{"groups":"grp-a"}"#] {
+            let pending = read_pending(unreadable);
+            assert_eq!(pending, Pending::everything(), "{unreadable:?}");
+            assert!(!pending.is_empty());
+        }
+    }
+}
