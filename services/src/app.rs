@@ -67,7 +67,7 @@ impl Settings {
 /// The store the settings name: PostgreSQL when a URL is set, else embedded.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     match &settings.database_url {
-        Some(url) => Store::postgres(url, settings.database_max_connections)
+        Some(url) => Store::postgres(url.expose(), settings.database_max_connections)
             .await
             .context("connecting to PostgreSQL"),
         None => Store::embedded(&settings.data_dir).await.with_context(|| {
@@ -83,7 +83,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
 /// the data directory so a newcomer needs no setup.
 fn master_key(settings: &Settings) -> anyhow::Result<String> {
     if let Some(key) = &settings.master_key {
-        return Ok(key.clone());
+        return Ok(key.expose().to_string());
     }
     if settings.database_url.is_some() {
         anyhow::bail!("CIRCLE_MASTER_KEY (base64 of 32 bytes) must be set when using PostgreSQL");
@@ -223,7 +223,7 @@ impl Application {
         );
         let generated_admin_token = match &settings.admin_token {
             Some(token) => {
-                register_token(&store, token, Role::Admin, None)
+                register_token(&store, token.expose(), Role::Admin, None)
                     .await
                     .context("registering the admin token")?;
                 None
