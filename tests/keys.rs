@@ -2,13 +2,16 @@
 //! managed and revoked at once on every instance, the master key is checked, erasure
 //! stops clinical writes.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use circle_services::app::Application;
+use circle_services::config::{Overrides, Settings};
 use circle_services::crypto::Vault;
-use circle_tests::process::CircleProcess;
-use circle_tests::fresh_schema_url;
-use reqwest::Method;
-use serde_json::Value;
+use circle_tests::process::{circle_binary, CircleProcess};
+use circle_tests::{fresh_schema_url, spawn_app, spawn_app_on, TestApp};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// The password in the test database URL (`user:password@host`).
@@ -108,4 +111,276 @@ async fn secrets_never_reach_the_log_or_an_answer() {
         assert!(!logs.contains(secret), "the {what} is in the log:\n{logs}");
         assert!(!bodies.contains(secret), "the {what} is in an answer");
     }
+}
+
+/// Issues a token through the API as the app's admin; returns (secret, id).
+async fn issue(app: &TestApp, body: Value) -> (String, String) {
+    let issued = app.post("/api/v1/tokens", &app.admin, body).await;
+    assert_eq!(issued.status, StatusCode::CREATED, "{:?}", issued.body);
+    (
+        issued.body["token"].as_str().unwrap().to_string(),
+        issued.body["token_id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The token stream's events in the log, as (type, actor role, payload).
+async fn token_events(app: &TestApp, token_id: &str) -> Vec<(String, String, Value)> {
+    let log = app.state.store.read_all(0, 10_000).await.unwrap();
+    log.into_iter()
+        .filter(|e| e.aggregate_type == "token" && e.aggregate_id == token_id)
+        .map(|e| (e.event_type, e.actor_role, e.payload))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_at_once_on_every_instance() {
+    let first = spawn_app().await;
+    let second = spawn_app_on(&first.database_url).await;
+    let (token, token_id) = issue(
+        &first,
+        json!({"role": "clinician", "clinician_id": "dr_rev", "label": "Dr Rev's laptop"}),
+    )
+    .await;
+    // Seen (and, before, cached) by both instances.
+    for app in [&first, &second] {
+        assert_eq!(app.get("/api/v1/groups", &token).await.status, StatusCode::OK);
+    }
+    let revoked = first
+        .post(
+            &format!("/api/v1/tokens/{token_id}/revocation"),
+            &first.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{:?}", revoked.body);
+    assert!(revoked.body["revoked_at"].is_string());
+    let unknown = second.get("/api/v1/groups", "never-issued-token-0123456789").await;
+    for app in [&second, &first] {
+        let refused = app.get("/api/v1/groups", &token).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        // A refused token reads exactly like one that never existed.
+        assert_eq!(refused.body, unknown.body);
+    }
+    // The audit feed says who granted access to whom, and who ended it.
+    let events = token_events(&first, &token_id).await;
+    let kinds: Vec<&str> = events.iter().map(|(t, ..)| t.as_str()).collect();
+    assert_eq!(kinds, ["TokenIssued", "TokenRevoked"]);
+    assert_eq!(events[0].1, "admin");
+    assert_eq!(events[0].2["clinician_id"], "dr_rev");
+    assert_eq!(events[0].2["role"], "clinician");
+    assert!(!events[0].2.to_string().contains(&token), "no secret in the log");
+    // Revoking again writes nothing more.
+    let again = second
+        .post(
+            &format!("/api/v1/tokens/{token_id}/revocation"),
+            &second.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(token_events(&first, &token_id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused() {
+    let app = spawn_app().await;
+    let expires_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let (token, _) = issue(
+        &app,
+        json!({"role": "auditor", "label": "short visit", "expires_at": expires_at.to_rfc3339()}),
+    )
+    .await;
+    assert_eq!(app.get("/api/v1/groups", &token).await.status, StatusCode::OK);
+    tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_millis(1600)).await;
+    assert_eq!(
+        app.get("/api/v1/groups", &token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn no_request_after_a_revocation_commits_succeeds() {
+    let first = spawn_app().await;
+    let second = Arc::new(spawn_app_on(&first.database_url).await);
+    let (token, token_id) = issue(&first, json!({"role": "auditor"})).await;
+    let token = Arc::new(token);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let (app, token, stop) = (second.clone(), token.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = Instant::now();
+                let status = app.get("/api/v1/groups", &token).await.status;
+                seen.push((sent, status));
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let revoked = first
+        .post(
+            &format!("/api/v1/tokens/{token_id}/revocation"),
+            &first.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    let committed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut before = 0;
+    let mut after = 0;
+    for reader in readers {
+        for (sent, status) in reader.await.unwrap() {
+            if sent > committed {
+                after += 1;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "a request after the revocation");
+            } else if status == StatusCode::OK {
+                before += 1;
+            }
+        }
+    }
+    assert!(before > 0 && after > 0, "{before} before, {after} after");
+}
+
+#[tokio::test]
+async fn tokens_are_managed_by_admins_only_and_checked() {
+    let app = spawn_app().await;
+    let clinician = app
+        .token(circle_services::auth::Role::Clinician, Some("dr_x"))
+        .await;
+    for (body, status, field) in [
+        (json!({"role": "superuser"}), StatusCode::BAD_REQUEST, "role"),
+        (json!({"role": "admin", "scope": "all"}), StatusCode::BAD_REQUEST, "scope"),
+        (json!({"role": "clinician"}), StatusCode::UNPROCESSABLE_ENTITY, "clinician_id"),
+        (
+            json!({"role": "admin", "clinician_id": "dr_x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "clinician_id",
+        ),
+        (
+            json!({"role": "admin", "expires_at": "2001-01-01T00:00:00Z"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "expires_at",
+        ),
+        (json!({"role": "admin", "label": " "}), StatusCode::BAD_REQUEST, "label"),
+    ] {
+        let refused = app.post("/api/v1/tokens", &app.admin, body.clone()).await;
+        assert_eq!(refused.status, status, "{body}: {:?}", refused.body);
+        assert_eq!(refused.field(), field, "{body}");
+    }
+    let forbidden = app.post("/api/v1/tokens", &clinician, json!({"role": "admin"})).await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.get("/api/v1/tokens", &clinician).await.status, StatusCode::FORBIDDEN);
+    let (secret, token_id) = issue(&app, json!({"role": "reporter", "label": "board pack"})).await;
+    let listed = app.get("/api/v1/tokens", &app.admin).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let text = listed.body.to_string();
+    assert!(!text.contains(&secret) && !text.contains(&app.admin), "no secret listed");
+    let row = listed.body["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["token_id"] == token_id.as_str())
+        .expect("the new token is listed")
+        .clone();
+    assert_eq!(row["role"], "reporter");
+    assert_eq!(row["label"], "board pack");
+    assert!(row["revoked_at"].is_null() && row["created_at"].is_string());
+    let missing = app
+        .post("/api/v1/tokens/tok_nothing/revocation", &app.admin, json!({}))
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+fn settings(url: &str, admin_token: Option<&str>) -> Settings {
+    Settings::load(
+        None,
+        Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            database_url: Some(url.to_string()),
+            admin_token: admin_token.map(String::from),
+            master_key: Some(Vault::generate_master_key()),
+            ..Overrides::default()
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn admin_tokens_do_not_pile_up_and_must_be_strong() {
+    let url = fresh_schema_url().await;
+    let weak = Application::build(&settings(&url, Some("a")))
+        .await
+        .err()
+        .expect("a one-letter admin token is refused");
+    assert!(format!("{weak:#}").contains("at least 24 characters"), "{weak:#}");
+    let first = Application::build(&settings(&url, None)).await.unwrap();
+    let generated = first.generated_admin_token.clone().expect("the first start makes one");
+    let store = first.state().store.clone();
+    drop(first);
+    for _ in 0..2 {
+        let again = Application::build(&settings(&url, None)).await.unwrap();
+        assert!(again.generated_admin_token.is_none(), "a restart makes no new admin token");
+    }
+    let admins: Vec<_> = store
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.role == "admin")
+        .collect();
+    assert_eq!(admins.len(), 1, "{admins:?}");
+    assert_eq!(admins[0].label, "generated at start");
+    // Once every admin token is revoked, the next start makes a new one.
+    circle_services::tokens::revoke(
+        &store,
+        &admins[0].token_id,
+        circle_services::tokens::operator("test"),
+    )
+    .await
+    .unwrap();
+    let after = Application::build(&settings(&url, None)).await.unwrap();
+    assert!(after.generated_admin_token.is_some_and(|t| t != generated));
+}
+
+#[tokio::test]
+async fn the_token_command_lists_and_revokes() {
+    let url = fresh_schema_url().await;
+    let circle = |args: &[&str]| {
+        let output = std::process::Command::new(circle_binary())
+            .args(args)
+            .env("CIRCLE_DATABASE_URL", &url)
+            .output()
+            .expect("run circle");
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let created = circle(&[
+        "token", "create", "--role", "auditor", "--label", "inspector", "--expires-in-days", "7",
+    ]);
+    let token_id = created
+        .split_whitespace()
+        .find(|w| w.starts_with("tok_"))
+        .expect("the id is printed")
+        .trim_end_matches(':')
+        .to_string();
+    let secret = created.split_whitespace().last().unwrap().to_string();
+    let listed = circle(&["token", "list"]);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&token_id))
+        .expect("listed");
+    assert!(row.contains("auditor") && row.contains("inspector"), "{row}");
+    assert!(!listed.contains(&secret), "the secret is never listed");
+    assert!(circle(&["token", "revoke", &token_id]).contains("revoked"));
+    let listed = circle(&["token", "list"]);
+    let row = listed.lines().find(|l| l.starts_with(&token_id)).unwrap();
+    assert!(!row.ends_with("\t-"), "revoked_at is set: {row}");
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::appender::Appender;
 use crate::as_of::{self, AsOfLimit};
-use crate::auth::{create_token, register_token, Authenticator, Role};
+use crate::auth::{Authenticator, Role};
 use crate::commands::{CommandService, Repository};
 use crate::config::Settings;
 use crate::crypto::Vault;
@@ -24,6 +24,7 @@ use crate::projector::{self, ProjectionSettings};
 use crate::publisher::{self, NatsSettings};
 use crate::store::Store;
 use crate::supervisor::{OnExit, Stage, Supervisor};
+use crate::tokens;
 use circle_projections::practice::AlertRules;
 
 pub struct Application {
@@ -110,6 +111,31 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     #[cfg(unix)]
     options.mode(0o600);
     options.open(path)?.write_all(contents.as_bytes())
+}
+
+/// The configured admin token is stored (once; it must be strong enough). Without
+/// one, a token is generated only while no live admin token exists (the first
+/// start, or after every admin token was revoked or expired), so restarts do not
+/// pile up permanent admin tokens; it is returned to be shown once.
+async fn admin_token(store: &Store, settings: &Settings) -> anyhow::Result<Option<String>> {
+    if let Some(token) = &settings.admin_token {
+        let grant = tokens::Grant::new(Role::Admin, None, "configured admin token");
+        tokens::register(store, token.expose(), &grant, tokens::operator("serve"))
+            .await
+            .context("registering the admin token (--admin-token, CIRCLE_ADMIN_TOKEN)")?;
+        return Ok(None);
+    }
+    if tokens::live_admin_exists(store)
+        .await
+        .context("looking for an admin token")?
+    {
+        return Ok(None);
+    }
+    let grant = tokens::Grant::new(Role::Admin, None, "generated at start");
+    let (secret, _) = tokens::issue(store, &grant, tokens::operator("serve"))
+        .await
+        .context("creating an admin token")?;
+    Ok(Some(secret))
 }
 
 impl Application {
@@ -221,19 +247,7 @@ impl Application {
             metrics.clone(),
             settings.command_attempts,
         );
-        let generated_admin_token = match &settings.admin_token {
-            Some(token) => {
-                register_token(&store, token.expose(), Role::Admin, None)
-                    .await
-                    .context("registering the admin token")?;
-                None
-            }
-            None => Some(
-                create_token(&store, Role::Admin, None)
-                    .await
-                    .context("creating an admin token")?,
-            ),
-        };
+        let generated_admin_token = admin_token(&store, settings).await?;
         match settings.nats() {
             None => tracing::info!(
                 "no NATS URL configured: publishing over NATS is off; reports are served over HTTP"

@@ -136,6 +136,7 @@ fn context(at: DateTime<Utc>, key: Option<KeyAction>) -> CommandContext {
             role: Role::Admin,
             clinician_id: None,
             actor_id: "demo-seeder".into(),
+            token_id: "none".into(),
         },
         correlation_id: Uuid::new_v4(),
         occurred_at: Some(at),

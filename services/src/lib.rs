@@ -26,3 +26,4 @@ pub mod secret;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tokens;

@@ -221,11 +221,56 @@ pub struct Snapshot {
     pub state: String,
 }
 
-/// An API token as stored: only its hash is kept.
+/// An API token as stored: its record; of the secret, only the hash is kept.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredToken {
+    /// How operators name a token (`circle token revoke ID`); not a secret.
+    pub token_id: String,
     pub role: String,
     pub clinician_id: Option<String>,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl StoredToken {
+    /// Neither revoked nor expired at `now`.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+/// What revoking a token found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Revocation {
+    Revoked(StoredToken),
+    /// Revoked before: nothing written.
+    AlreadyRevoked(StoredToken),
+    Unknown,
+}
+
+/// A token's event as the append that goes with its row change.
+fn token_append(token_id: &str, version: u64, event: NewEvent) -> Append {
+    Append {
+        aggregate_type: circle_events::token::TOKEN_TYPE,
+        aggregate_id: token_id.to_string(),
+        expected_version: version,
+        events: vec![event],
+        idempotency: None,
+        key_action: None,
+    }
+}
+
+/// A token's event is appended under its row's lock, so anything but a commit means
+/// the store is not as this code expects.
+fn expect_committed(results: Vec<AppendResult>) -> Result<(), StoreError> {
+    match results.as_slice() {
+        [AppendResult::Committed { .. }] => Ok(()),
+        other => Err(StoreError::Corrupt(format!(
+            "a token event was not appended: {other:?}"
+        ))),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -313,12 +358,29 @@ impl Store {
         dispatch!(self, s => s.client_key(client_id).await)
     }
 
-    pub async fn insert_token(
+    /// Stores a new token with its `TokenIssued` event in one transaction; `false`
+    /// (nothing written) when a token with this hash exists already.
+    pub async fn issue_token(
         &self,
         token_hash: &str,
         token: &StoredToken,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.insert_token(token_hash, token).await)
+        event: NewEvent,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.issue_token(token_hash, token, event).await)
+    }
+
+    /// Revokes a token with its `TokenRevoked` event in one transaction.
+    pub async fn revoke_token(
+        &self,
+        token_id: &str,
+        event: NewEvent,
+    ) -> Result<Revocation, StoreError> {
+        dispatch!(self, s => s.revoke_token(token_id, event).await)
+    }
+
+    /// Every token, revoked and expired ones included, oldest first.
+    pub async fn list_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        dispatch!(self, s => s.list_tokens().await)
     }
 
     pub async fn find_token(&self, token_hash: &str) -> Result<Option<StoredToken>, StoreError> {
