@@ -28,7 +28,10 @@ fn url_password(url: &str) -> String {
 async fn secrets_never_reach_the_log_or_an_answer() {
     let url = fresh_schema_url().await;
     let password = url_password(&url);
-    assert!(!password.is_empty(), "the test database URL carries a password");
+    assert!(
+        !password.is_empty(),
+        "the test database URL carries a password"
+    );
     let admin = format!("admin-{}", Uuid::new_v4().simple());
     let master_key = Vault::generate_master_key();
     let circle = CircleProcess::serve(&[
@@ -143,7 +146,10 @@ async fn a_revoked_token_is_refused_at_once_on_every_instance() {
     .await;
     // Seen (and, before, cached) by both instances.
     for app in [&first, &second] {
-        assert_eq!(app.get("/api/v1/groups", &token).await.status, StatusCode::OK);
+        assert_eq!(
+            app.get("/api/v1/groups", &token).await.status,
+            StatusCode::OK
+        );
     }
     let revoked = first
         .post(
@@ -154,7 +160,9 @@ async fn a_revoked_token_is_refused_at_once_on_every_instance() {
         .await;
     assert_eq!(revoked.status, StatusCode::OK, "{:?}", revoked.body);
     assert!(revoked.body["revoked_at"].is_string());
-    let unknown = second.get("/api/v1/groups", "never-issued-token-0123456789").await;
+    let unknown = second
+        .get("/api/v1/groups", "never-issued-token-0123456789")
+        .await;
     for app in [&second, &first] {
         let refused = app.get("/api/v1/groups", &token).await;
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
@@ -168,7 +176,10 @@ async fn a_revoked_token_is_refused_at_once_on_every_instance() {
     assert_eq!(events[0].1, "admin");
     assert_eq!(events[0].2["clinician_id"], "dr_rev");
     assert_eq!(events[0].2["role"], "clinician");
-    assert!(!events[0].2.to_string().contains(&token), "no secret in the log");
+    assert!(
+        !events[0].2.to_string().contains(&token),
+        "no secret in the log"
+    );
     // Revoking again writes nothing more.
     let again = second
         .post(
@@ -190,7 +201,10 @@ async fn an_expired_token_is_refused() {
         json!({"role": "auditor", "label": "short visit", "expires_at": expires_at.to_rfc3339()}),
     )
     .await;
-    assert_eq!(app.get("/api/v1/groups", &token).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/api/v1/groups", &token).await.status,
+        StatusCode::OK
+    );
     tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_millis(1600)).await;
     assert_eq!(
         app.get("/api/v1/groups", &token).await.status,
@@ -236,7 +250,11 @@ async fn no_request_after_a_revocation_commits_succeeds() {
         for (sent, status) in reader.await.unwrap() {
             if sent > committed {
                 after += 1;
-                assert_eq!(status, StatusCode::UNAUTHORIZED, "a request after the revocation");
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "a request after the revocation"
+                );
             } else if status == StatusCode::OK {
                 before += 1;
             }
@@ -252,9 +270,21 @@ async fn tokens_are_managed_by_admins_only_and_checked() {
         .token(circle_services::auth::Role::Clinician, Some("dr_x"))
         .await;
     for (body, status, field) in [
-        (json!({"role": "superuser"}), StatusCode::BAD_REQUEST, "role"),
-        (json!({"role": "admin", "scope": "all"}), StatusCode::BAD_REQUEST, "scope"),
-        (json!({"role": "clinician"}), StatusCode::UNPROCESSABLE_ENTITY, "clinician_id"),
+        (
+            json!({"role": "superuser"}),
+            StatusCode::BAD_REQUEST,
+            "role",
+        ),
+        (
+            json!({"role": "admin", "scope": "all"}),
+            StatusCode::BAD_REQUEST,
+            "scope",
+        ),
+        (
+            json!({"role": "clinician"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "clinician_id",
+        ),
         (
             json!({"role": "admin", "clinician_id": "dr_x"}),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -265,20 +295,32 @@ async fn tokens_are_managed_by_admins_only_and_checked() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "expires_at",
         ),
-        (json!({"role": "admin", "label": " "}), StatusCode::BAD_REQUEST, "label"),
+        (
+            json!({"role": "admin", "label": " "}),
+            StatusCode::BAD_REQUEST,
+            "label",
+        ),
     ] {
         let refused = app.post("/api/v1/tokens", &app.admin, body.clone()).await;
         assert_eq!(refused.status, status, "{body}: {:?}", refused.body);
         assert_eq!(refused.field(), field, "{body}");
     }
-    let forbidden = app.post("/api/v1/tokens", &clinician, json!({"role": "admin"})).await;
+    let forbidden = app
+        .post("/api/v1/tokens", &clinician, json!({"role": "admin"}))
+        .await;
     assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
-    assert_eq!(app.get("/api/v1/tokens", &clinician).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.get("/api/v1/tokens", &clinician).await.status,
+        StatusCode::FORBIDDEN
+    );
     let (secret, token_id) = issue(&app, json!({"role": "reporter", "label": "board pack"})).await;
     let listed = app.get("/api/v1/tokens", &app.admin).await;
     assert_eq!(listed.status, StatusCode::OK);
     let text = listed.body.to_string();
-    assert!(!text.contains(&secret) && !text.contains(&app.admin), "no secret listed");
+    assert!(
+        !text.contains(&secret) && !text.contains(&app.admin),
+        "no secret listed"
+    );
     let row = listed.body["tokens"]
         .as_array()
         .unwrap()
@@ -290,7 +332,11 @@ async fn tokens_are_managed_by_admins_only_and_checked() {
     assert_eq!(row["label"], "board pack");
     assert!(row["revoked_at"].is_null() && row["created_at"].is_string());
     let missing = app
-        .post("/api/v1/tokens/tok_nothing/revocation", &app.admin, json!({}))
+        .post(
+            "/api/v1/tokens/tok_nothing/revocation",
+            &app.admin,
+            json!({}),
+        )
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
@@ -302,7 +348,7 @@ fn settings(url: &str, admin_token: Option<&str>) -> Settings {
             listen: Some("127.0.0.1:0".into()),
             database_url: Some(url.to_string()),
             admin_token: admin_token.map(String::from),
-            master_key: Some(Vault::generate_master_key()),
+            master_key: Some(circle_tests::master_key_for(url)),
             ..Overrides::default()
         },
     )
@@ -316,14 +362,23 @@ async fn admin_tokens_do_not_pile_up_and_must_be_strong() {
         .await
         .err()
         .expect("a one-letter admin token is refused");
-    assert!(format!("{weak:#}").contains("at least 24 characters"), "{weak:#}");
+    assert!(
+        format!("{weak:#}").contains("at least 24 characters"),
+        "{weak:#}"
+    );
     let first = Application::build(&settings(&url, None)).await.unwrap();
-    let generated = first.generated_admin_token.clone().expect("the first start makes one");
+    let generated = first
+        .generated_admin_token
+        .clone()
+        .expect("the first start makes one");
     let store = first.state().store.clone();
     drop(first);
     for _ in 0..2 {
         let again = Application::build(&settings(&url, None)).await.unwrap();
-        assert!(again.generated_admin_token.is_none(), "a restart makes no new admin token");
+        assert!(
+            again.generated_admin_token.is_none(),
+            "a restart makes no new admin token"
+        );
     }
     let admins: Vec<_> = store
         .list_tokens()
@@ -363,7 +418,14 @@ async fn the_token_command_lists_and_revokes() {
         String::from_utf8(output.stdout).unwrap()
     };
     let created = circle(&[
-        "token", "create", "--role", "auditor", "--label", "inspector", "--expires-in-days", "7",
+        "token",
+        "create",
+        "--role",
+        "auditor",
+        "--label",
+        "inspector",
+        "--expires-in-days",
+        "7",
     ]);
     let token_id = created
         .split_whitespace()
@@ -377,10 +439,147 @@ async fn the_token_command_lists_and_revokes() {
         .lines()
         .find(|l| l.starts_with(&token_id))
         .expect("listed");
-    assert!(row.contains("auditor") && row.contains("inspector"), "{row}");
+    assert!(
+        row.contains("auditor") && row.contains("inspector"),
+        "{row}"
+    );
     assert!(!listed.contains(&secret), "the secret is never listed");
     assert!(circle(&["token", "revoke", &token_id]).contains("revoked"));
     let listed = circle(&["token", "list"]);
     let row = listed.lines().find(|l| l.starts_with(&token_id)).unwrap();
     assert!(!row.ends_with("\t-"), "revoked_at is set: {row}");
+}
+
+/// Builds and runs a Circle on `settings`; its base URL, or why it refused to start.
+async fn start(settings: &Settings) -> anyhow::Result<String> {
+    let app = Application::build(settings).await?;
+    let base = format!("http://{}", app.local_addr()?);
+    tokio::spawn(app.run(std::future::pending()));
+    Ok(base)
+}
+
+async fn register(base: &str, admin: &str, client_id: &str) {
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/api/v1/clients"))
+        .bearer_auth(admin)
+        .json(&json!({"client_id": client_id, "display_name": "Kim Keycheck"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+}
+
+const ADMIN: &str = "admin-token-for-key-checks-0123456789";
+
+#[tokio::test]
+async fn a_wrong_master_key_is_refused_at_start() {
+    let url = fresh_schema_url().await;
+    let with_key = |key: &str| {
+        let mut settings = settings(&url, Some(ADMIN));
+        settings.master_key = Some(circle_services::secret::Secret::new(key));
+        settings
+    };
+    let (right, wrong) = (Vault::generate_master_key(), Vault::generate_master_key());
+    let base = start(&with_key(&right)).await.unwrap();
+    register(&base, ADMIN, "cli-kc").await;
+    let refused = start(&with_key(&wrong))
+        .await
+        .expect_err("another key is refused");
+    assert!(
+        format!("{refused:#}").contains("key check failed"),
+        "{refused:#}"
+    );
+    start(&with_key(&right))
+        .await
+        .expect("the right key starts");
+
+    // A store sealed before key checks existed: a client's wrapped key decides.
+    let store = circle_services::store::Store::postgres(&url, 2)
+        .await
+        .unwrap();
+    let circle_services::store::Store::Postgres(pg) = &store else {
+        unreachable!()
+    };
+    sqlx::query("DELETE FROM key_check")
+        .execute(pg.pool())
+        .await
+        .unwrap();
+    let refused = start(&with_key(&wrong))
+        .await
+        .expect_err("refused by a client key");
+    assert!(
+        format!("{refused:#}").contains("key check failed"),
+        "{refused:#}"
+    );
+    start(&with_key(&right))
+        .await
+        .expect("the right key starts");
+    assert!(
+        store.key_check().await.unwrap().is_some(),
+        "and the check is stored"
+    );
+}
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_embedded_key_file_is_private_and_never_replaced_over_sealed_data() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = circle_tests::fresh_data_dir();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let embedded = |master_key: Option<String>| {
+        Settings::load(
+            None,
+            Overrides {
+                listen: Some("127.0.0.1:0".into()),
+                data_dir: Some(dir.clone()),
+                admin_token: Some(ADMIN.into()),
+                master_key,
+                ..Overrides::default()
+            },
+        )
+        .unwrap()
+    };
+    let base = start(&embedded(None)).await.unwrap();
+    register(&base, ADMIN, "cli-embedded").await;
+    let key_file = dir.join("master.key");
+    assert_eq!(mode(&dir), 0o700, "the data directory");
+    for name in ["master.key", "circle.sqlite3", "circle.sqlite3-wal"] {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = start(&embedded(None))
+        .await
+        .expect_err("a readable key file");
+    assert!(
+        format!("{refused:#}").contains("must be 0600"),
+        "{refused:#}"
+    );
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let other = Some(Vault::generate_master_key());
+    let refused = start(&embedded(other)).await.expect_err("another key");
+    assert!(
+        format!("{refused:#}").contains("key check failed"),
+        "{refused:#}"
+    );
+
+    let kept = std::fs::read_to_string(&key_file).unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+    let refused = start(&embedded(None))
+        .await
+        .expect_err("a missing key file");
+    assert!(format!("{refused:#}").contains("is missing"), "{refused:#}");
+    assert!(!key_file.exists(), "no new key over sealed data");
+    std::fs::write(&key_file, kept).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    start(&embedded(None))
+        .await
+        .expect("the restored key starts");
 }

@@ -80,23 +80,77 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     }
 }
 
-/// The master key from settings; for the embedded store a first run creates one in
-/// the data directory so a newcomer needs no setup.
-fn master_key(settings: &Settings) -> anyhow::Result<String> {
-    if let Some(key) = &settings.master_key {
-        return Ok(key.expose().to_string());
+/// The master key from settings (for the embedded store: `data_dir/master.key`,
+/// created on a first run so a newcomer needs no setup), checked against the store.
+async fn open_vault(settings: &Settings, store: &Store) -> anyhow::Result<Vault> {
+    let key = match &settings.master_key {
+        Some(key) => key.expose().to_string(),
+        None if settings.database_url.is_some() => anyhow::bail!(
+            "CIRCLE_MASTER_KEY (base64 of 32 bytes) must be set when using PostgreSQL"
+        ),
+        None => embedded_master_key(&settings.data_dir.join("master.key"), store).await?,
+    };
+    let vault = Vault::from_base64(&key).context("reading the master key")?;
+    check_master_key(&vault, store).await?;
+    Ok(vault)
+}
+
+/// Whether the store holds anything a master key sealed.
+async fn holds_sealed_data(store: &Store) -> anyhow::Result<bool> {
+    Ok(store.key_check().await?.is_some() || store.any_wrapped_key().await?.is_some())
+}
+
+/// Reads the key file, refusing one others may read; creates one only while the
+/// store holds nothing sealed, never over existing data (a new key opens none of it).
+async fn embedded_master_key(path: &Path, store: &Store) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(existing) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    anyhow::bail!(
+                        "{} may be read by others (mode {mode:o}); it must be 0600: chmod 600 it",
+                        path.display()
+                    );
+                }
+            }
+            Ok(existing.trim().to_string())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            if holds_sealed_data(store).await? {
+                anyhow::bail!(
+                    "{} is missing, but the store holds data sealed with a master key: \
+                     restore the key file (or set CIRCLE_MASTER_KEY); a new key would open none of it",
+                    path.display()
+                );
+            }
+            let key = Vault::generate_master_key();
+            write_private(path, &key).with_context(|| format!("writing {}", path.display()))?;
+            tracing::info!(path = %path.display(), "generated a master key for the embedded store");
+            Ok(key)
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
     }
-    if settings.database_url.is_some() {
-        anyhow::bail!("CIRCLE_MASTER_KEY (base64 of 32 bytes) must be set when using PostgreSQL");
+}
+
+/// Refuses a master key other than the one the store's data was sealed with: the
+/// stored check value must open (stores from before key checks: a client's wrapped
+/// key must), and the first start stores the check value.
+async fn check_master_key(vault: &Vault, store: &Store) -> anyhow::Result<()> {
+    const MISMATCH: &str = "the master key is not the one this store's personal data was \
+        sealed with (the key check failed): start with the original key";
+    if store.key_check().await?.is_none() {
+        if let Some((client_id, wrapped)) = store.any_wrapped_key().await? {
+            anyhow::ensure!(vault.unwraps(&wrapped, &client_id), MISMATCH);
+        }
+        store.save_key_check(&vault.key_check()).await?;
     }
-    let path = settings.data_dir.join("master.key");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        return Ok(existing.trim().to_string());
-    }
-    let key = Vault::generate_master_key();
-    write_private(&path, &key).with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated a master key for the embedded store");
-    Ok(key)
+    // Read back: of two first starts racing, the check value stored first decides.
+    let stored = store.key_check().await?;
+    anyhow::ensure!(stored.is_some_and(|sealed| vault.checks(&sealed)), MISMATCH);
+    Ok(())
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
@@ -152,7 +206,7 @@ impl Application {
     /// | `leader-lease` | lease | restart with backoff | no: followers serve anyway |
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
         let store = open_store(settings).await?;
-        let vault = Vault::from_base64(&master_key(settings)?).context("reading the master key")?;
+        let vault = open_vault(settings, &store).await?;
         let metrics = Metrics::new();
         let mut supervisor = Supervisor::new(metrics.clone());
         let (committed, committed_positions) = tokio::sync::watch::channel(0);

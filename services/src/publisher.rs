@@ -2,7 +2,7 @@
 //! path: with NATS down, commands still succeed; when it returns, everything is
 //! published from the publisher's own durable checkpoint.
 //!
-//! - Every event (but token events, kept for the audit feed) goes to `CIRCLE_EVENTS` on `circle.events.<aggregate_type>.<id>` with
+//! - Every event goes to `CIRCLE_EVENTS` on `circle.events.<aggregate_type>.<id>` with
 //!   `Nats-Msg-Id` = event id, CloudEvents `ce-*` headers and opaque ids only.
 //! - Reports go to `CIRCLE_REPORTS` on `circle.reports.<kind>.group.<id>` and
 //!   `circle.reports.<kind>.practice`, in the reporter form, with `Circle-Position`
@@ -47,8 +47,9 @@ use crate::store::{Fence, RecordedEvent, Store};
 const CHECKPOINT: &str = "nats";
 const PAGE: i64 = 1_000;
 const IDLE_POLL: Duration = Duration::from_millis(250);
-/// Payload fields holding sealed personal data, never published.
-const SEALED_FIELDS: [&str; 2] = ["personal", "title"];
+/// Fields never published: sealed personal data and goal titles, and a token's
+/// label (free text an admin wrote about whom a token is for).
+const SEALED_FIELDS: [&str; 3] = ["personal", "title", "label"];
 
 /// Every report Circle publishes and answers on NATS: `<ns>.reports.<kind>.…` and
 /// `<ns>.api.reports.<kind>`. A new report joins here and nowhere else.
@@ -385,11 +386,6 @@ impl Publisher {
         };
         let mut acks = Vec::with_capacity(page.len());
         for event in &page {
-            // Token events are for the audit feed: labels are free text, and who may
-            // call the API is no business of the subscribers.
-            if event.aggregate_type == circle_events::token::TOKEN_TYPE {
-                continue;
-            }
             let (subject, headers, body) = event_message(&self.settings.namespace, event);
             acks.push(self.js.publish_with_headers(subject, headers, body).await?);
             if event.aggregate_type == Group::TYPE {

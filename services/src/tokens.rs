@@ -98,7 +98,10 @@ pub async fn issue(
 ) -> Result<(String, StoredToken), TokenError> {
     let secret = random_token();
     let record = store_token(store, &secret, grant, by).await?;
-    Ok((secret, record.expect("a fresh random token is not stored yet")))
+    Ok((
+        secret,
+        record.expect("a fresh random token is not stored yet"),
+    ))
 }
 
 /// Stores a token the operator chose (`--admin-token`), if it is strong enough;

@@ -160,10 +160,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             "/tokens",
             get(tokens::list_tokens).post(tokens::create_token),
         )
-        .route(
-            "/tokens/{token_id}/revocation",
-            post(tokens::revoke_token),
-        )
+        .route("/tokens/{token_id}/revocation", post(tokens::revoke_token))
         .route("/openapi.json", get(openapi::serve))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), limit));

@@ -358,6 +358,21 @@ impl Store {
         dispatch!(self, s => s.client_key(client_id).await)
     }
 
+    /// The master key's check value, once a start has stored it.
+    pub async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        dispatch!(self, s => s.key_check().await)
+    }
+
+    /// Stores the check value unless one is stored already.
+    pub async fn save_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.save_key_check(sealed).await)
+    }
+
+    /// Some live wrapped client key: sealed data exists that a master key must open.
+    pub async fn any_wrapped_key(&self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        dispatch!(self, s => s.any_wrapped_key().await)
+    }
+
     /// Stores a new token with its `TokenIssued` event in one transaction; `false`
     /// (nothing written) when a token with this hash exists already.
     pub async fn issue_token(

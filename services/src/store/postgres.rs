@@ -36,6 +36,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         8,
         include_str!("migrations/postgres/0008_token_lifecycle.sql"),
     ),
+    (9, include_str!("migrations/postgres/0009_key_check.sql")),
 ];
 
 #[derive(Clone)]
@@ -196,6 +197,31 @@ impl PgStore {
             Some((None,)) => ClientKey::Destroyed,
             Some((Some(key),)) => ClientKey::Wrapped(key),
         })
+    }
+
+    pub async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn save_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO key_check (id, sealed) VALUES (1, $1) ON CONFLICT DO NOTHING")
+            .bind(sealed)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn any_wrapped_key(&self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT client_id, wrapped_key FROM client_keys
+             WHERE wrapped_key IS NOT NULL LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Stores a token's hash and record with its `TokenIssued` event, atomically;
@@ -488,7 +514,6 @@ type AppendRow = (
     Option<i32>,
     Option<Value>,
 );
-
 
 /// `circle_append_batch` on any executor: the pool (one statement, its own commit) or
 /// a transaction that writes something else atomically with the events.

@@ -28,7 +28,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("migrations/sqlite/0004_practice_snapshots.sql"),
     ),
-    (8, include_str!("migrations/sqlite/0008_token_lifecycle.sql")),
+    (
+        8,
+        include_str!("migrations/sqlite/0008_token_lifecycle.sql"),
+    ),
+    (9, include_str!("migrations/sqlite/0009_key_check.sql")),
 ];
 
 #[derive(Clone)]
@@ -40,6 +44,31 @@ fn timestamp(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Only the service's user may enter the data directory (0700) or read its files
+/// (0600): they hold the log, the wrapped client keys and token hashes. The database
+/// file is created 0600 before SQLite opens it, because SQLite gives its `-wal` and
+/// `-shm` files the database file's mode.
+fn restrict(data_dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+        let database = data_dir.join("circle.sqlite3");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&database)?;
+        for name in ["circle.sqlite3", "circle.sqlite3-wal", "circle.sqlite3-shm"] {
+            let path = data_dir.join(name);
+            if path.exists() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -47,6 +76,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 impl SqliteStore {
     pub async fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(StoreError::DataDir)?;
+        restrict(data_dir).map_err(StoreError::DataDir)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(data_dir.join("circle.sqlite3"))
             .create_if_missing(true)
@@ -212,6 +242,31 @@ impl SqliteStore {
             Some((None,)) => ClientKey::Destroyed,
             Some((Some(key),)) => ClientKey::Wrapped(key),
         })
+    }
+
+    pub async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn save_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO key_check (id, sealed) VALUES (1, ?)")
+            .bind(sealed)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn any_wrapped_key(&self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT client_id, wrapped_key FROM client_keys
+             WHERE wrapped_key IS NOT NULL LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn issue_token(
@@ -585,7 +640,6 @@ fn stored_token(row: &SqliteRow) -> Result<StoredToken, StoreError> {
         revoked_at: time("revoked_at")?,
     })
 }
-
 
 async fn find_response(
     conn: &mut sqlx::SqliteConnection,
