@@ -583,3 +583,144 @@ async fn the_embedded_key_file_is_private_and_never_replaced_over_sealed_data() 
         .await
         .expect("the restored key starts");
 }
+
+/// A group `g1` facilitated by `dr_a` with client `c1` a member since 2026-01-06 and
+/// a session `s1` on 2026-01-13.
+async fn group_with_member(app: &TestApp) {
+    let admin = &app.admin;
+    for (path, body) in [
+        (
+            "/api/v1/groups",
+            json!({"group_id": "g1", "name": "Tuesday", "focus": "anxiety", "format": "open",
+                   "capacity": 10, "facilitators": ["dr_a"]}),
+        ),
+        (
+            "/api/v1/clients",
+            json!({"client_id": "c1", "display_name": "Erin Erased"}),
+        ),
+        (
+            "/api/v1/groups/g1/members",
+            json!({"client_id": "c1", "joined_on": "2026-01-06"}),
+        ),
+        (
+            "/api/v1/groups/g1/sessions",
+            json!({"session_id": "s1", "starts_at": "2026-01-13T18:00:00+01:00", "duration_minutes": 90}),
+        ),
+    ] {
+        let answer = app.post(path, admin, body).await;
+        assert!(answer.status.is_success(), "{path}: {:?}", answer.body);
+    }
+}
+
+/// Every clinical write that names `c1`, as (path, body).
+fn clinical_writes(n: usize) -> Vec<(String, Value)> {
+    vec![
+        (
+            "/api/v1/groups/g1/sessions/s1/feedback".into(),
+            json!({"client_id": "c1", "instrument": "PHQ-9", "items": [1, 0, 0, 0, 0, 0, 0, 0, n % 2]}),
+        ),
+        (
+            "/api/v1/groups/g1/sessions/s1/attendance".into(),
+            json!({"records": [{"client_id": "c1", "status": if n % 2 == 0 { "present" } else { "late" }}]}),
+        ),
+        (
+            "/api/v1/clients/c1/measures".into(),
+            json!({"instrument": "PHQ-9", "items": [0, 0, 0, 0, 0, 0, 0, 0, n % 2],
+                   "administered_at": "2026-01-14T10:00:00Z", "group_id": "g1"}),
+        ),
+        (
+            "/api/v1/clients/c1/goals".into(),
+            json!({"title": format!("goal {n}"), "group_id": "g1", "set_on": "2026-01-13"}),
+        ),
+    ]
+}
+
+async fn erase(app: &TestApp) -> i64 {
+    let erased = app
+        .post(
+            "/api/v1/clients/c1/erasure",
+            &app.admin,
+            json!({"reason": "client_request"}),
+        )
+        .await;
+    assert_eq!(erased.status, StatusCode::OK, "{:?}", erased.body);
+    erased.position()
+}
+
+#[tokio::test]
+async fn erasure_ends_memberships_and_refuses_every_later_clinical_write() {
+    let app = spawn_app().await;
+    group_with_member(&app).await;
+    for (path, body) in clinical_writes(0) {
+        let before = app.post(&path, &app.admin, body).await;
+        assert!(
+            before.status.is_success(),
+            "{path} before erasure: {:?}",
+            before.body
+        );
+    }
+    let erased_at = erase(&app).await;
+    let head = app.head().await;
+    for (path, body) in clinical_writes(1) {
+        let refused = app.post(&path, &app.admin, body).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {:?}",
+            refused.body
+        );
+    }
+    assert_eq!(app.head().await, head, "nothing stored");
+    // The membership ended with the erasure, before it.
+    let log = app.state.store.read_all(0, 1000).await.unwrap();
+    let left = log
+        .iter()
+        .find(|e| e.event_type == "MemberLeft" && e.payload["client_id"] == "c1")
+        .expect("the membership ended");
+    assert!(left.position < erased_at);
+    let group = app.get("/api/v1/groups/g1", &app.admin).await;
+    assert!(!group.body.to_string().contains("Erin"));
+}
+
+#[tokio::test]
+async fn no_clinical_write_naming_an_erased_client_commits_after_its_erasure() {
+    let first = Arc::new(spawn_app().await);
+    let second = Arc::new(spawn_app_on(&first.database_url).await);
+    group_with_member(&first).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (app, stop) = (
+            if w % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            },
+            stop.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut n = w;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (path, body) = clinical_writes(n).swap_remove(n % 4);
+                let _ = app.post(&path, &app.admin, body).await;
+                n += 8;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let erased_at = erase(&first).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let log = first.state.store.read_all(0, 100_000).await.unwrap();
+    let before = log.iter().filter(|e| e.position < erased_at).count();
+    let late: Vec<_> = log
+        .iter()
+        .filter(|e| e.position > erased_at && e.payload.to_string().contains("\"c1\""))
+        .map(|e| (e.position, e.event_type.clone()))
+        .collect();
+    assert!(before > 10, "the writers ran before the erasure");
+    assert!(late.is_empty(), "written after ClientErased: {late:?}");
+}

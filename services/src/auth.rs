@@ -94,6 +94,11 @@ impl Authenticator {
             .await
     }
 
+    /// Every group a client has joined, from the same index.
+    pub async fn groups_of_client(&self, client_id: &str) -> Result<Vec<String>, LoadError> {
+        self.care_teams.groups_of_client(client_id).await
+    }
+
     /// Where a goal lives (its client and group), from the same index.
     pub async fn goal_home(
         &self,

@@ -128,6 +128,11 @@ pub enum KeyAction {
     Destroy {
         client_id: String,
     },
+    /// Appends only while none of these clients is erased: checked under the log's
+    /// lock, so no event naming a client commits after its `ClientErased`.
+    RequireLive {
+        client_ids: Vec<String>,
+    },
 }
 
 /// Remembers the answer to a request so a retry with the same key gets it again.
@@ -170,6 +175,10 @@ pub enum AppendResult {
     },
     /// The idempotency key was already used; here is what it answered.
     AlreadyAnswered(StoredResponse),
+    /// A client the append requires live ([`KeyAction::RequireLive`]) is erased.
+    ClientErased {
+        client_id: String,
+    },
 }
 
 /// An event as the log holds it.

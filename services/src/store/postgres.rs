@@ -37,6 +37,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("migrations/postgres/0008_token_lifecycle.sql"),
     ),
     (9, include_str!("migrations/postgres/0009_key_check.sql")),
+    (
+        10,
+        include_str!("migrations/postgres/0010_append_requires_live_clients.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -463,6 +467,10 @@ impl AppendColumns {
             Some(KeyAction::Destroy { client_id }) => {
                 (Some("destroy"), Some(client_id.clone()), None)
             }
+            // Ids never hold a comma (`ID_PATTERN`): one text per append carries them.
+            Some(KeyAction::RequireLive { client_ids }) => {
+                (Some("require"), Some(client_ids.join(",")), None)
+            }
             None => (None, None, None),
         };
         self.key_action.push(action);
@@ -633,6 +641,9 @@ fn append_result(row: AppendRow) -> Result<AppendResult, StoreError> {
                 status: status as u16,
                 body,
             }))
+        }
+        (outcome, _, _, _, _, Some(Value::String(client_id))) if outcome == "erased" => {
+            Ok(AppendResult::ClientErased { client_id })
         }
         (outcome, ..) => Err(StoreError::Corrupt(format!(
             "append function answered {outcome:?}"

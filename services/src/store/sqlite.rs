@@ -503,6 +503,22 @@ async fn append_batch(
             responses.insert(record.key.clone(), found);
         }
     }
+    let mut erased = std::collections::HashSet::new();
+    for append in batch {
+        if let Some(KeyAction::RequireLive { client_ids }) = &append.key_action {
+            for client_id in client_ids {
+                let destroyed: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM client_keys WHERE client_id = ? AND wrapped_key IS NULL",
+                )
+                .bind(client_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if destroyed.is_some() {
+                    erased.insert(client_id.clone());
+                }
+            }
+        }
+    }
     let plan = plan_batch(
         batch,
         head,
@@ -513,6 +529,7 @@ async fn append_batch(
                 .unwrap_or(0)
         },
         |key| responses.get(key).cloned(),
+        erased,
     );
     let recorded_at = timestamp(&Utc::now());
     for &(index, first_position, first_sequence) in &plan.accepted {
@@ -587,7 +604,7 @@ async fn append_batch(
                 .execute(&mut *tx)
                 .await?;
             }
-            None => {}
+            Some(KeyAction::RequireLive { .. }) | None => {}
         }
     }
     Ok(plan.results)
@@ -704,6 +721,8 @@ fn plan_batch(
     head: i64,
     mut version_of: impl FnMut(&str, &str) -> u64,
     mut stored_response: impl FnMut(&str) -> Option<StoredResponse>,
+    // Clients erased before the batch; erasures accepted in it are added in order.
+    mut erased: std::collections::HashSet<String>,
 ) -> BatchPlan {
     use std::collections::HashMap;
     let mut versions: HashMap<(&str, &str), u64> = HashMap::new();
@@ -722,6 +741,14 @@ fn plan_batch(
                 continue;
             }
         }
+        if let Some(KeyAction::RequireLive { client_ids }) = &append.key_action {
+            if let Some(client_id) = client_ids.iter().find(|c| erased.contains(*c)) {
+                results.push(AppendResult::ClientErased {
+                    client_id: client_id.clone(),
+                });
+                continue;
+            }
+        }
         let stream = (append.aggregate_type, append.aggregate_id.as_str());
         let current = *versions
             .entry(stream)
@@ -735,6 +762,9 @@ fn plan_batch(
         let count = append.events.len() as i64;
         let version = current + count as u64;
         versions.insert(stream, version);
+        if let Some(KeyAction::Destroy { client_id }) = &append.key_action {
+            erased.insert(client_id.clone());
+        }
         accepted.push((index, position + 1, current as i64 + 1));
         position += count;
         if let Some(idem) = &append.idempotency {
