@@ -724,3 +724,167 @@ async fn no_clinical_write_naming_an_erased_client_commits_after_its_erasure() {
     assert!(before > 10, "the writers ran before the erasure");
     assert!(late.is_empty(), "written after ClientErased: {late:?}");
 }
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// An embedded Circle in `dir` (its own `master.key`), with the test admin token.
+fn embedded_in(dir: &std::path::Path) -> Settings {
+    Settings::load(
+        None,
+        Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(dir.to_path_buf()),
+            admin_token: Some(ADMIN.into()),
+            ..Overrides::default()
+        },
+    )
+    .unwrap()
+}
+
+async fn wrapped_key(store: &circle_services::store::Store, client_id: &str) -> Vec<u8> {
+    match store.client_key(client_id).await.unwrap() {
+        circle_services::store::ClientKey::Wrapped(key) => key,
+        other => panic!("{client_id}: {other:?}"),
+    }
+}
+
+async fn erase_client(base: &str, client_id: &str) {
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/api/v1/clients/{client_id}/erasure"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"reason": "client_request"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_erased_key_is_gone_from_the_sqlite_files() {
+    let dir = circle_tests::fresh_data_dir();
+    let base = start(&embedded_in(&dir)).await.unwrap();
+    register(&base, ADMIN, "cli-gone").await;
+    let store = circle_services::store::Store::embedded(&dir).await.unwrap();
+    let key = wrapped_key(&store, "cli-gone").await;
+    let files = || {
+        ["circle.sqlite3", "circle.sqlite3-wal"]
+            .iter()
+            .map(|name| std::fs::read(dir.join(name)).unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        files().iter().any(|f| contains(f, &key)),
+        "the key is on disk at first"
+    );
+    erase_client(&base, "cli-gone").await;
+    for (name, bytes) in ["circle.sqlite3", "circle.sqlite3-wal"].iter().zip(files()) {
+        assert!(!contains(&bytes, &key), "the erased key is still in {name}");
+    }
+}
+
+#[tokio::test]
+async fn erasure_rewrites_the_postgres_key_table() {
+    let app = spawn_app().await;
+    group_with_member(&app).await;
+    let circle_services::store::Store::Postgres(pg) = &app.state.store else {
+        unreachable!()
+    };
+    let filenode = || async {
+        sqlx::query_scalar::<_, String>("SELECT pg_relation_filepath('client_keys')")
+            .fetch_one(pg.pool())
+            .await
+            .unwrap()
+    };
+    let before = filenode().await;
+    erase(&app).await;
+    // VACUUM FULL wrote a new file: the old one, with the dead row's bytes, is gone.
+    assert_ne!(filenode().await, before);
+}
+
+/// Like [`start`], with a sender that shuts the instance down and a handle that
+/// ends when it has.
+async fn start_stoppable(
+    settings: &Settings,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let app = Application::build(settings).await.unwrap();
+    let base = format!("http://{}", app.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        app.run(async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (base, stop, running)
+}
+
+#[tokio::test]
+async fn a_rotated_master_key_opens_live_keys_and_no_erased_one() {
+    let dir = circle_tests::fresh_data_dir();
+    let (base, stop, running) = start_stoppable(&embedded_in(&dir)).await;
+    register(&base, ADMIN, "cli-stays").await;
+    register(&base, ADMIN, "cli-goes").await;
+    let store = circle_services::store::Store::embedded(&dir).await.unwrap();
+    let old_key = std::fs::read_to_string(dir.join("master.key")).unwrap();
+    let erased_copy = wrapped_key(&store, "cli-goes").await; // as a backup keeps it
+    erase_client(&base, "cli-goes").await;
+    let refused = circle_services::app::rotate_master_key(&embedded_in(&dir), None)
+        .await
+        .err()
+        .expect("refused while an instance runs");
+    assert!(
+        format!("{refused:#}").contains("stop every instance"),
+        "{refused:#}"
+    );
+    stop.send(()).unwrap();
+    running.await.unwrap();
+
+    let rotation = circle_services::app::rotate_master_key(&embedded_in(&dir), None)
+        .await
+        .unwrap();
+    assert_eq!(rotation.rewrapped, 1, "the live key only");
+    assert!(
+        rotation.new_key.is_none(),
+        "the embedded store keeps it in its file"
+    );
+    let new_key = std::fs::read_to_string(dir.join("master.key")).unwrap();
+    assert_ne!(new_key, old_key);
+    assert_eq!(mode(&dir.join("master.key")), 0o600);
+    let (old, new) = (
+        Vault::from_base64(&old_key).unwrap(),
+        Vault::from_base64(&new_key).unwrap(),
+    );
+    // A kept copy of the erased key opened only with the old master key: destroyed
+    // (replaced in the file), nothing opens it any more.
+    assert!(old.unwraps(&erased_copy, "cli-goes"));
+    assert!(!new.unwraps(&erased_copy, "cli-goes"));
+    assert!(new.unwraps(&wrapped_key(&store, "cli-stays").await, "cli-stays"));
+
+    let base = start(&embedded_in(&dir)).await.unwrap();
+    let client: Value = reqwest::Client::new()
+        .get(format!("{base}/api/v1/clients/cli-stays"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(client["personal"]["display_name"], "Kim Keycheck");
+    let mut with_old = embedded_in(&dir);
+    with_old.master_key = Some(circle_services::secret::Secret::new(old_key));
+    let refused = start(&with_old)
+        .await
+        .expect_err("the old key no longer starts");
+    assert!(
+        format!("{refused:#}").contains("key check failed"),
+        "{refused:#}"
+    );
+}

@@ -153,6 +153,64 @@ async fn check_master_key(vault: &Vault, store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `circle keys rotate` did.
+pub struct Rotation {
+    /// Live client keys now wrapped by the new master key.
+    pub rewrapped: usize,
+    /// The new key, when it is the operator's to store (PostgreSQL, or a key given
+    /// in the environment); the embedded store keeps it in `master.key` itself.
+    pub new_key: Option<String>,
+}
+
+/// Re-wraps every live client key under a new master key (`new_key`, or a fresh
+/// one) and stores its key check, in one transaction; then compacts the key table
+/// so the old wrapped forms leave its files. Once the old master key is destroyed,
+/// no copy of an erased client's key (a backup, old WAL) can be opened. Every
+/// instance must be stopped: one still running would seal with the old key. A
+/// running leader is detected (the lease is taken for the rotation), followers not.
+pub async fn rotate_master_key(
+    settings: &Settings,
+    new_key: Option<String>,
+) -> anyhow::Result<Rotation> {
+    let store = open_store(settings).await?;
+    let old = open_vault(settings, &store).await?;
+    let holder = uuid::Uuid::new_v4();
+    let lease = store
+        .acquire_lease(crate::leader::LEADER_LEASE, holder, Duration::from_secs(60))
+        .await?;
+    anyhow::ensure!(
+        lease.is_some(),
+        "a Circle instance is running (it holds the leader lease): stop every instance first"
+    );
+    let generated = new_key.is_none();
+    let new_key = new_key.unwrap_or_else(Vault::generate_master_key);
+    let new = Vault::from_base64(&new_key).context("reading the new master key")?;
+    let embedded_file = (settings.database_url.is_none() && settings.master_key.is_none())
+        .then(|| settings.data_dir.join("master.key"));
+    // The new key is on disk before the store depends on it.
+    let staged = embedded_file
+        .as_ref()
+        .map(|file| file.with_extension("key.new"));
+    if let Some(staged) = &staged {
+        let _ = std::fs::remove_file(staged);
+        write_private(staged, &new_key).with_context(|| format!("writing {}", staged.display()))?;
+    }
+    let rewrap = |client_id: &str, wrapped: &[u8]| old.rewrap(&new, client_id, wrapped);
+    let rewrapped = store.rewrap_keys(&rewrap, &new.key_check()).await?;
+    if let (Some(staged), Some(file)) = (&staged, &embedded_file) {
+        std::fs::rename(staged, file)
+            .with_context(|| format!("replacing {} with {}", file.display(), staged.display()))?;
+    }
+    store.compact_keys().await?;
+    store
+        .release_lease(crate::leader::LEADER_LEASE, holder)
+        .await?;
+    Ok(Rotation {
+        rewrapped,
+        new_key: (embedded_file.is_none() && generated).then_some(new_key),
+    })
+}
+
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]

@@ -87,6 +87,13 @@ impl Vault {
         open_bytes(&self.master, client_id, wrapped_key).is_ok()
     }
 
+    /// A client's wrapped key, opened with this master key and wrapped again with
+    /// `to`'s (key rotation); `None` when this master key does not open it.
+    pub fn rewrap(&self, to: &Vault, client_id: &str, wrapped_key: &[u8]) -> Option<Vec<u8>> {
+        let key = open_bytes(&self.master, client_id, wrapped_key).ok()?;
+        Some(seal_bytes(&to.master, client_id, &key))
+    }
+
     pub fn new_client_key(&self, client_id: &str) -> NewClientKey {
         let mut key = [0u8; 32];
         OsRng.fill_bytes(&mut key);

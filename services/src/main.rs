@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use circle_services::app::{open_store, Application};
+use circle_services::app::{open_store, rotate_master_key, Application};
 use circle_services::auth::Role;
 use circle_services::config::{LogFormat, Overrides, Settings};
 use circle_services::errors::ErrorChain;
@@ -45,6 +45,33 @@ enum Command {
     Token {
         #[command(subcommand)]
         action: TokenAction,
+    },
+    /// Manage the master key.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Re-wrap every live client key under a new master key (stop every instance
+    /// first). The embedded store replaces `master.key`; with PostgreSQL the new key
+    /// is CIRCLE_NEW_MASTER_KEY, or generated and printed once.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The current master key (PostgreSQL; the embedded store reads its file).
+        #[arg(long, env = "CIRCLE_MASTER_KEY", hide_env_values = true, hide = true)]
+        master_key: Option<String>,
+        /// The new master key (base64 of 32 bytes); generated when absent.
+        #[arg(
+            long,
+            env = "CIRCLE_NEW_MASTER_KEY",
+            hide_env_values = true,
+            hide = true
+        )]
+        new_master_key: Option<String>,
     },
 }
 
@@ -180,6 +207,32 @@ async fn main() -> anyhow::Result<()> {
                 practice.position,
                 started.elapsed().as_secs_f64()
             );
+            Ok(())
+        }
+        Command::Keys {
+            action:
+                KeysAction::Rotate {
+                    store,
+                    master_key,
+                    new_master_key,
+                },
+        } => {
+            let overrides = Overrides {
+                data_dir: store.data_dir,
+                database_url: store.database_url,
+                master_key,
+                ..Overrides::default()
+            };
+            let settings = Settings::load(cli.config.as_deref(), overrides)?;
+            let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
+            let rotation = rotate_master_key(&settings, new_master_key).await?;
+            println!(
+                "re-wrapped {} client keys under the new master key",
+                rotation.rewrapped
+            );
+            if let Some(key) = rotation.new_key {
+                println!("new master key (shown once; set CIRCLE_MASTER_KEY to it): {key}");
+            }
             Ok(())
         }
         Command::Token { action } => {

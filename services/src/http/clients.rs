@@ -176,7 +176,17 @@ pub async fn erase_client(
     let key_action = KeyAction::Destroy {
         client_id: ids.to_string(),
     };
-    writer.with_key(key_action).run(&state, &ids, command).await
+    let answer = writer
+        .with_key(key_action)
+        .run(&state, &ids, command)
+        .await?;
+    // The key is destroyed in the log's transaction; this makes the key table's files
+    // forget its bytes too. Failing that is for the operator, not the caller: the
+    // erasure itself has committed.
+    if let Err(error) = state.store.compact_keys().await {
+        tracing::warn!(client_id = %ids, error = %crate::errors::ErrorChain(&error), "the key table was not compacted after an erasure");
+    }
+    Ok(answer)
 }
 
 /// Ends the client's open memberships (reason `other`, under the erasure's

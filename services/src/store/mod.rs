@@ -367,6 +367,25 @@ impl Store {
         dispatch!(self, s => s.client_key(client_id).await)
     }
 
+    /// After an erasure or a key rotation: makes the key table's files forget
+    /// overwritten keys (PostgreSQL: `VACUUM FULL client_keys`; SQLite: a truncating
+    /// WAL checkpoint, with `secure_delete` on). Backups and archived WAL are not
+    /// touched: see ARCHITECTURE.md, "Tokens and keys".
+    pub async fn compact_keys(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.compact_keys().await)
+    }
+
+    /// Replaces every live wrapped client key with `rewrap(client_id, wrapped)` and
+    /// the key check with `key_check`, in one transaction (`circle keys rotate`);
+    /// a key `rewrap` cannot open aborts it all. Returns how many keys were rewrapped.
+    pub async fn rewrap_keys(
+        &self,
+        rewrap: &dyn Fn(&str, &[u8]) -> Option<Vec<u8>>,
+        key_check: &[u8],
+    ) -> Result<usize, StoreError> {
+        dispatch!(self, s => s.rewrap_keys(rewrap, key_check).await)
+    }
+
     /// The master key's check value, once a start has stored it.
     pub async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
         dispatch!(self, s => s.key_check().await)

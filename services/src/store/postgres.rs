@@ -203,6 +203,54 @@ impl PgStore {
         })
     }
 
+    /// Rewrites the key table so a destroyed key's old bytes leave its files: a
+    /// plain VACUUM only marks dead tuples free, leaving their bytes in the pages.
+    /// The table is small (one row per client); its exclusive lock holds appends that
+    /// touch it for as long as the rewrite takes.
+    pub async fn compact_keys(&self) -> Result<(), StoreError> {
+        sqlx::query("VACUUM FULL client_keys")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every live wrapped key replaced by `rewrap`'s, and the key check by
+    /// `key_check`, in one transaction.
+    pub async fn rewrap_keys(
+        &self,
+        rewrap: &dyn Fn(&str, &[u8]) -> Option<Vec<u8>>,
+        key_check: &[u8],
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let live: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT client_id, wrapped_key FROM client_keys
+             WHERE wrapped_key IS NOT NULL ORDER BY client_id FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (client_id, wrapped) in &live {
+            let Some(rewrapped) = rewrap(client_id, wrapped) else {
+                return Err(StoreError::Corrupt(format!(
+                    "the key of client {client_id} does not open with the current master key"
+                )));
+            };
+            sqlx::query("UPDATE client_keys SET wrapped_key = $2 WHERE client_id = $1")
+                .bind(client_id)
+                .bind(rewrapped)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO key_check (id, sealed) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE SET sealed = EXCLUDED.sealed, created_at = now()",
+        )
+        .bind(key_check)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(live.len())
+    }
+
     pub async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")

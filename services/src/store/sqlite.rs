@@ -82,6 +82,9 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            // Deleted and overwritten content is zeroed, not left in free pages: an
+            // erased client's wrapped key must not stay readable in the file.
+            .pragma("secure_delete", "on")
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -242,6 +245,57 @@ impl SqliteStore {
             Some((None,)) => ClientKey::Destroyed,
             Some((Some(key),)) => ClientKey::Wrapped(key),
         })
+    }
+
+    /// With `secure_delete` on, a destroyed key's bytes are zeroed in the database
+    /// pages; the WAL still holds the old pages until a checkpoint copies them back
+    /// and truncates it. A reader can hold the checkpoint up: retry briefly.
+    pub async fn compact_keys(&self) -> Result<(), StoreError> {
+        for _ in 0..50 {
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.pool)
+                .await?;
+            if busy == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(StoreError::Corrupt(
+            "the WAL could not be truncated: readers kept it busy".into(),
+        ))
+    }
+
+    pub async fn rewrap_keys(
+        &self,
+        rewrap: &dyn Fn(&str, &[u8]) -> Option<Vec<u8>>,
+        key_check: &[u8],
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let live: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT client_id, wrapped_key FROM client_keys
+             WHERE wrapped_key IS NOT NULL ORDER BY client_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (client_id, wrapped) in &live {
+            let Some(rewrapped) = rewrap(client_id, wrapped) else {
+                return Err(StoreError::Corrupt(format!(
+                    "the key of client {client_id} does not open with the current master key"
+                )));
+            };
+            sqlx::query("UPDATE client_keys SET wrapped_key = ? WHERE client_id = ?")
+                .bind(rewrapped)
+                .bind(client_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT OR REPLACE INTO key_check (id, sealed, created_at) VALUES (1, ?, ?)")
+            .bind(key_check)
+            .bind(timestamp(&Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(live.len())
     }
 
     pub async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
