@@ -126,6 +126,12 @@ async fn issue(app: &TestApp, body: Value) -> (String, String) {
     )
 }
 
+/// Revokes a token through `app`'s API as `by`.
+async fn revoke(app: &TestApp, by: &str, token_id: &str) -> circle_tests::Answer {
+    let path = format!("/api/v1/tokens/{token_id}/revocation");
+    app.post(&path, by, json!({})).await
+}
+
 /// The token stream's events in the log, as (type, actor role, payload).
 async fn token_events(app: &TestApp, token_id: &str) -> Vec<(String, String, Value)> {
     let log = app.state.store.read_all(0, 10_000).await.unwrap();
@@ -151,13 +157,7 @@ async fn a_revoked_token_is_refused_at_once_on_every_instance() {
             StatusCode::OK
         );
     }
-    let revoked = first
-        .post(
-            &format!("/api/v1/tokens/{token_id}/revocation"),
-            &first.admin,
-            json!({}),
-        )
-        .await;
+    let revoked = revoke(&first, &first.admin, &token_id).await;
     assert_eq!(revoked.status, StatusCode::OK, "{:?}", revoked.body);
     assert!(revoked.body["revoked_at"].is_string());
     let unknown = second
@@ -181,13 +181,7 @@ async fn a_revoked_token_is_refused_at_once_on_every_instance() {
         "no secret in the log"
     );
     // Revoking again writes nothing more.
-    let again = second
-        .post(
-            &format!("/api/v1/tokens/{token_id}/revocation"),
-            &second.admin,
-            json!({}),
-        )
-        .await;
+    let again = revoke(&second, &second.admin, &token_id).await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(token_events(&first, &token_id).await.len(), 2);
 }
@@ -233,13 +227,7 @@ async fn no_request_after_a_revocation_commits_succeeds() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let revoked = first
-        .post(
-            &format!("/api/v1/tokens/{token_id}/revocation"),
-            &first.admin,
-            json!({}),
-        )
-        .await;
+    let revoked = revoke(&first, &first.admin, &token_id).await;
     assert_eq!(revoked.status, StatusCode::OK);
     let committed = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -458,6 +446,12 @@ async fn start(settings: &Settings) -> anyhow::Result<String> {
     Ok(base)
 }
 
+/// A start that must be refused, saying `why`.
+async fn refused(settings: &Settings, why: &str) {
+    let error = start(settings).await.expect_err(why);
+    assert!(format!("{error:#}").contains(why), "{error:#}");
+}
+
 async fn register(base: &str, admin: &str, client_id: &str) {
     let answer = reqwest::Client::new()
         .post(format!("{base}/api/v1/clients"))
@@ -482,13 +476,7 @@ async fn a_wrong_master_key_is_refused_at_start() {
     let (right, wrong) = (Vault::generate_master_key(), Vault::generate_master_key());
     let base = start(&with_key(&right)).await.unwrap();
     register(&base, ADMIN, "cli-kc").await;
-    let refused = start(&with_key(&wrong))
-        .await
-        .expect_err("another key is refused");
-    assert!(
-        format!("{refused:#}").contains("key check failed"),
-        "{refused:#}"
-    );
+    refused(&with_key(&wrong), "key check failed").await;
     start(&with_key(&right))
         .await
         .expect("the right key starts");
@@ -504,13 +492,7 @@ async fn a_wrong_master_key_is_refused_at_start() {
         .execute(pg.pool())
         .await
         .unwrap();
-    let refused = start(&with_key(&wrong))
-        .await
-        .expect_err("refused by a client key");
-    assert!(
-        format!("{refused:#}").contains("key check failed"),
-        "{refused:#}"
-    );
+    refused(&with_key(&wrong), "key check failed").await;
     start(&with_key(&right))
         .await
         .expect("the right key starts");
@@ -554,28 +536,15 @@ async fn the_embedded_key_file_is_private_and_never_replaced_over_sealed_data() 
     }
 
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let refused = start(&embedded(None))
-        .await
-        .expect_err("a readable key file");
-    assert!(
-        format!("{refused:#}").contains("must be 0600"),
-        "{refused:#}"
-    );
+    refused(&embedded(None), "must be 0600").await;
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     let other = Some(Vault::generate_master_key());
-    let refused = start(&embedded(other)).await.expect_err("another key");
-    assert!(
-        format!("{refused:#}").contains("key check failed"),
-        "{refused:#}"
-    );
+    refused(&embedded(other), "key check failed").await;
 
     let kept = std::fs::read_to_string(&key_file).unwrap();
     std::fs::remove_file(&key_file).unwrap();
-    let refused = start(&embedded(None))
-        .await
-        .expect_err("a missing key file");
-    assert!(format!("{refused:#}").contains("is missing"), "{refused:#}");
+    refused(&embedded(None), "is missing").await;
     assert!(!key_file.exists(), "no new key over sealed data");
     std::fs::write(&key_file, kept).unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -621,7 +590,7 @@ fn clinical_writes(n: usize) -> Vec<(String, Value)> {
         ),
         (
             "/api/v1/groups/g1/sessions/s1/attendance".into(),
-            json!({"records": [{"client_id": "c1", "status": if n % 2 == 0 { "present" } else { "late" }}]}),
+            json!({"records": [{"client_id": "c1", "status": if n.is_multiple_of(2) { "present" } else { "late" }}]}),
         ),
         (
             "/api/v1/clients/c1/measures".into(),
@@ -835,13 +804,13 @@ async fn a_rotated_master_key_opens_live_keys_and_no_erased_one() {
     let old_key = std::fs::read_to_string(dir.join("master.key")).unwrap();
     let erased_copy = wrapped_key(&store, "cli-goes").await; // as a backup keeps it
     erase_client(&base, "cli-goes").await;
-    let refused = circle_services::app::rotate_master_key(&embedded_in(&dir), None)
+    let running_refused = circle_services::app::rotate_master_key(&embedded_in(&dir), None)
         .await
         .err()
         .expect("refused while an instance runs");
     assert!(
-        format!("{refused:#}").contains("stop every instance"),
-        "{refused:#}"
+        format!("{running_refused:#}").contains("stop every instance"),
+        "{running_refused:#}"
     );
     stop.send(()).unwrap();
     running.await.unwrap();
@@ -880,11 +849,5 @@ async fn a_rotated_master_key_opens_live_keys_and_no_erased_one() {
     assert_eq!(client["personal"]["display_name"], "Kim Keycheck");
     let mut with_old = embedded_in(&dir);
     with_old.master_key = Some(circle_services::secret::Secret::new(old_key));
-    let refused = start(&with_old)
-        .await
-        .expect_err("the old key no longer starts");
-    assert!(
-        format!("{refused:#}").contains("key check failed"),
-        "{refused:#}"
-    );
+    refused(&with_old, "key check failed").await;
 }

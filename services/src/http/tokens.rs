@@ -61,12 +61,8 @@ pub struct TokenList {
 #[derive(Serialize, ToSchema)]
 pub struct IssuedToken {
     token: String,
-    token_id: String,
-    role: Role,
-    clinician_id: Option<String>,
-    label: String,
-    created_at: DateTime<Utc>,
-    expires_at: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    record: TokenView,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -151,15 +147,9 @@ pub async fn create_token(
     let (token, record) = tokens::issue(&state.store, &grant, actor(&caller, &headers))
         .await
         .map_err(refusal)?;
-    let view = TokenView::of(record)?;
     let issued = IssuedToken {
         token,
-        token_id: view.token_id,
-        role: view.role,
-        clinician_id: view.clinician_id,
-        label: view.label,
-        created_at: view.created_at,
-        expires_at: view.expires_at,
+        record: TokenView::of(record)?,
     };
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }

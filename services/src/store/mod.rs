@@ -250,6 +250,26 @@ impl StoredToken {
     }
 }
 
+/// Re-wraps one client's wrapped key (`client_id`, `wrapped`): `None` when it does
+/// not open with the current master key.
+pub type Rewrap<'a> = &'a dyn Fn(&str, &[u8]) -> Option<Vec<u8>>;
+
+/// Every live key re-wrapped, or the first one that does not open, as an error that
+/// aborts the rotation's transaction.
+fn rewrap_all(
+    rewrap: Rewrap<'_>,
+    live: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    live.into_iter()
+        .map(|(client_id, wrapped)| match rewrap(&client_id, &wrapped) {
+            Some(rewrapped) => Ok((client_id, rewrapped)),
+            None => Err(StoreError::Corrupt(format!(
+                "the key of client {client_id} does not open with the current master key"
+            ))),
+        })
+        .collect()
+}
+
 /// What revoking a token found.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Revocation {
@@ -380,7 +400,7 @@ impl Store {
     /// a key `rewrap` cannot open aborts it all. Returns how many keys were rewrapped.
     pub async fn rewrap_keys(
         &self,
-        rewrap: &dyn Fn(&str, &[u8]) -> Option<Vec<u8>>,
+        rewrap: Rewrap<'_>,
         key_check: &[u8],
     ) -> Result<usize, StoreError> {
         dispatch!(self, s => s.rewrap_keys(rewrap, key_check).await)

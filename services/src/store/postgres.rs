@@ -218,7 +218,7 @@ impl PgStore {
     /// `key_check`, in one transaction.
     pub async fn rewrap_keys(
         &self,
-        rewrap: &dyn Fn(&str, &[u8]) -> Option<Vec<u8>>,
+        rewrap: Rewrap<'_>,
         key_check: &[u8],
     ) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -228,14 +228,10 @@ impl PgStore {
         )
         .fetch_all(&mut *tx)
         .await?;
-        for (client_id, wrapped) in &live {
-            let Some(rewrapped) = rewrap(client_id, wrapped) else {
-                return Err(StoreError::Corrupt(format!(
-                    "the key of client {client_id} does not open with the current master key"
-                )));
-            };
+        let count = live.len();
+        for (client_id, rewrapped) in rewrap_all(rewrap, live)? {
             sqlx::query("UPDATE client_keys SET wrapped_key = $2 WHERE client_id = $1")
-                .bind(client_id)
+                .bind(&client_id)
                 .bind(rewrapped)
                 .execute(&mut *tx)
                 .await?;
@@ -248,7 +244,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(live.len())
+        Ok(count)
     }
 
     pub async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {

@@ -267,7 +267,7 @@ impl SqliteStore {
 
     pub async fn rewrap_keys(
         &self,
-        rewrap: &dyn Fn(&str, &[u8]) -> Option<Vec<u8>>,
+        rewrap: Rewrap<'_>,
         key_check: &[u8],
     ) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -277,15 +277,11 @@ impl SqliteStore {
         )
         .fetch_all(&mut *tx)
         .await?;
-        for (client_id, wrapped) in &live {
-            let Some(rewrapped) = rewrap(client_id, wrapped) else {
-                return Err(StoreError::Corrupt(format!(
-                    "the key of client {client_id} does not open with the current master key"
-                )));
-            };
+        let count = live.len();
+        for (client_id, rewrapped) in rewrap_all(rewrap, live)? {
             sqlx::query("UPDATE client_keys SET wrapped_key = ? WHERE client_id = ?")
                 .bind(rewrapped)
-                .bind(client_id)
+                .bind(&client_id)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -295,7 +291,7 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(live.len())
+        Ok(count)
     }
 
     pub async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
