@@ -421,6 +421,8 @@ async fn roles_decide_who_may_write_and_read() {
     assert_eq!(own_list.body, json!([]));
 
     let facilitator = app.token(Role::Clinician, Some("dr_a")).await;
+    // Issuing the token is an event too: count from after it.
+    let before = app.head().await;
     let allowed = app
         .post("/api/v1/groups/g1/sessions", &facilitator, body.clone())
         .await;
@@ -527,6 +529,7 @@ async fn a_clinician_outside_the_clients_groups_is_refused() {
             role: Role::Admin,
             clinician_id: None,
             actor_id: "admin-test".into(),
+            token_id: "none".into(),
         },
         correlation_id: uuid::Uuid::new_v4(),
         occurred_at: None,

@@ -109,6 +109,10 @@ typed_id!(
     /// A member's goal, unique across the practice.
     GoalId
 );
+typed_id!(
+    /// An API token's record (`tok_…`): names a token, is not its secret.
+    TokenId
+);
 
 #[cfg(feature = "openapi")]
 fn id_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {

@@ -10,6 +10,7 @@
 //! - [`Command`]: a command's own name and the record it answers with.
 //! - [`ids`]: typed ids, checked when made.
 //! - [`instruments`]: the versioned questionnaire catalogue and exact scores.
+//! - [`token`]: API tokens issued and revoked, as events for the audit feed.
 //! - [`upcast`]: reading events stored by older versions of this code.
 
 pub mod calendar;
@@ -21,6 +22,7 @@ pub mod instruments;
 mod rejection;
 #[cfg(test)]
 mod stored_forms;
+pub mod token;
 pub mod upcast;
 
 pub use command::Command;

@@ -18,6 +18,7 @@ use crate::group::{
     AttendanceStatus, DepartureReason, Focus, Format, GoalClosure, GroupEvent, Measure,
 };
 use crate::instruments::Score;
+use crate::token::TokenEvent;
 use crate::upcast::{decode, decode_text, encode};
 
 fn date(text: &str) -> chrono::NaiveDate {
@@ -318,6 +319,32 @@ fn client_events() -> Vec<(ClientEvent, String)> {
     ]
 }
 
+fn token_events() -> Vec<(TokenEvent, String)> {
+    vec![
+        (
+            TokenEvent::TokenIssued {
+                token_id: "tok_1".into(),
+                role: "clinician".into(),
+                clinician_id: Some("dr_a".into()),
+                label: "Dr A's laptop".into(),
+                expires_at: Some("2026-06-30T00:00:00Z".parse().expect("a valid time")),
+            },
+            r#"{"event_type": "TokenIssued", "event_version": 1, "payload": {
+                "token_id": "tok_1", "role": "clinician", "clinician_id": "dr_a",
+                "label": "Dr A's laptop", "expires_at": "2026-06-30T00:00:00Z"}}"#
+                .into(),
+        ),
+        (
+            TokenEvent::TokenRevoked {
+                token_id: "tok_1".into(),
+            },
+            r#"{"event_type": "TokenRevoked", "event_version": 1,
+                "payload": {"token_id": "tok_1"}}"#
+                .into(),
+        ),
+    ]
+}
+
 /// Rows older builds wrote, which this build reads but no longer writes.
 fn upcast_sources() -> Vec<(GroupEvent, String)> {
     vec![(
@@ -379,6 +406,11 @@ fn every_client_event_is_written_and_read_exactly_as_pinned() {
 }
 
 #[test]
+fn every_token_event_is_written_and_read_exactly_as_pinned() {
+    check_written(token_events());
+}
+
+#[test]
 fn rows_written_by_older_versions_still_read_as_pinned() {
     for (event, row) in upcast_sources() {
         let (event_type, version, payload) = stored(&row);
@@ -398,6 +430,8 @@ fn every_variant_has_a_pinned_form() {
             .collect(),
     );
     assert_eq!(client, variant_names::<ClientEvent>(), "ClientEvent rows");
+    let token = pinned(token_events().iter().map(|(e, _)| e.event_type()).collect());
+    assert_eq!(token, variant_names::<TokenEvent>(), "TokenEvent rows");
 }
 
 /// The variant names serde derives for an enum: what the log can ever hold, read

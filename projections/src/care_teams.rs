@@ -106,6 +106,16 @@ impl CareTeams {
             .any(|facilitators| facilitators.contains(clinician_id))
     }
 
+    /// Every group `client_id` has joined, including ones they have left.
+    pub fn groups_of_client(&self, client_id: &str) -> Vec<String> {
+        self.groups_of_client
+            .get(client_id)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
     /// Where a goal lives, if it was ever set.
     pub fn goal_home(&self, goal_id: &str) -> Option<&GoalHome> {
         self.goals.get(goal_id)

@@ -28,6 +28,8 @@ pub struct Fact {
 pub enum AnyEvent {
     Group(GroupEvent),
     Client(ClientEvent),
+    /// Tokens issued and revoked: in the log for the audit feed, nothing to report.
+    Token(circle_events::token::TokenEvent),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,7 +206,7 @@ impl Practice {
             AnyEvent::Client(ClientEvent::ClientErased { .. }) => {
                 self.erased_clients.insert(fact.aggregate_id.clone());
             }
-            AnyEvent::Client(_) => {}
+            AnyEvent::Client(_) | AnyEvent::Token(_) => {}
         }
     }
 

@@ -139,6 +139,7 @@ impl Circle {
                 role: Role::Admin,
                 clinician_id: None,
                 actor_id: "bench".into(),
+                token_id: "none".into(),
             },
             correlation_id: Uuid::new_v4(),
             occurred_at: None,

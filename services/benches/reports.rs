@@ -127,6 +127,7 @@ fn context() -> CommandContext {
             role: Role::Admin,
             clinician_id: None,
             actor_id: "bench".into(),
+            token_id: "none".into(),
         },
         correlation_id: Uuid::new_v4(),
         occurred_at: None,

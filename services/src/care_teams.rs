@@ -52,6 +52,12 @@ impl CareTeamIndex {
         Ok(teams.clinician_knows_client(clinician_id, client_id))
     }
 
+    /// Every group a client has joined, as of everything committed before this call.
+    pub async fn groups_of_client(&self, client_id: &str) -> Result<Vec<String>, LoadError> {
+        let teams = self.current().await?;
+        Ok(teams.groups_of_client(client_id))
+    }
+
     /// Where a goal lives, as of everything committed before this call.
     pub async fn goal_home(&self, goal_id: &str) -> Result<Option<GoalHome>, LoadError> {
         let teams = self.current().await?;

@@ -46,6 +46,9 @@ pub enum CommandError<E: std::error::Error> {
     IdempotencyKeyReused,
     #[error("too many concurrent changes to this record; try again")]
     Contended,
+    /// A client the command names was erased before it could commit.
+    #[error("this client's data has been erased")]
+    ClientErased { client_id: String },
     #[error(transparent)]
     Store(#[from] SharedStoreError),
     #[error(transparent)]
@@ -238,7 +241,7 @@ impl CommandService {
             .await;
         let label = match &outcome {
             Ok(_) => "accepted",
-            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Rejected(_) | CommandError::ClientErased { .. }) => "rejected",
             Err(CommandError::Forbidden) => "forbidden",
             Err(CommandError::VersionMismatch { .. } | CommandError::IdempotencyKeyReused) => {
                 "conflict"
@@ -336,6 +339,9 @@ impl CommandService {
                 AppendResult::AlreadyAnswered(stored) => {
                     let idem = ctx.idempotency.as_ref().ok_or(CommandError::Contended)?;
                     return replay_answer(idem, stored.request_hash, stored.status, stored.body);
+                }
+                AppendResult::ClientErased { client_id } => {
+                    return Err(CommandError::ClientErased { client_id });
                 }
             }
         }

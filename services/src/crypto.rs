@@ -12,6 +12,10 @@ use circle_events::client::SealedPersonalData;
 use serde::{Deserialize, Serialize};
 
 const NONCE_LEN: usize = 12;
+/// Associated data of the key check: no client id has a `/`, so no client's sealed
+/// value can pass for it.
+const KEY_CHECK_CONTEXT: &str = "circle/key-check";
+const KEY_CHECK_TEXT: &[u8] = b"circle master key check v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -64,6 +68,30 @@ impl Vault {
         let mut bytes = [0u8; 32];
         OsRng.fill_bytes(&mut bytes);
         STANDARD.encode(bytes)
+    }
+
+    /// A value only this master key opens, stored so a start with another key is
+    /// refused ([`Vault::checks`]).
+    pub fn key_check(&self) -> Vec<u8> {
+        seal_bytes(&self.master, KEY_CHECK_CONTEXT, KEY_CHECK_TEXT)
+    }
+
+    /// Whether `sealed` is this master key's check value.
+    pub fn checks(&self, sealed: &[u8]) -> bool {
+        open_bytes(&self.master, KEY_CHECK_CONTEXT, sealed).is_ok_and(|text| text == KEY_CHECK_TEXT)
+    }
+
+    /// Whether this master key opens a client's wrapped key (for stores sealed before
+    /// key checks existed).
+    pub fn unwraps(&self, wrapped_key: &[u8], client_id: &str) -> bool {
+        open_bytes(&self.master, client_id, wrapped_key).is_ok()
+    }
+
+    /// A client's wrapped key, opened with this master key and wrapped again with
+    /// `to`'s (key rotation); `None` when this master key does not open it.
+    pub fn rewrap(&self, to: &Vault, client_id: &str, wrapped_key: &[u8]) -> Option<Vec<u8>> {
+        let key = open_bytes(&self.master, client_id, wrapped_key).ok()?;
+        Some(seal_bytes(&to.master, client_id, &key))
     }
 
     pub fn new_client_key(&self, client_id: &str) -> NewClientKey {
@@ -229,6 +257,16 @@ mod tests {
         assert!(vault
             .open_goal_title(&other.wrapped, "c1", "goal1", &sealed)
             .is_err());
+    }
+
+    #[test]
+    fn a_key_check_passes_only_for_its_master_key() {
+        let (one, other) = (vault(), vault());
+        let check = one.key_check();
+        assert!(one.checks(&check));
+        assert!(!other.checks(&check));
+        let key = one.new_client_key("c1");
+        assert!(one.unwraps(&key.wrapped, "c1") && !other.unwraps(&key.wrapped, "c1"));
     }
 
     #[test]

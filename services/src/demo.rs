@@ -136,6 +136,7 @@ fn context(at: DateTime<Utc>, key: Option<KeyAction>) -> CommandContext {
             role: Role::Admin,
             clinician_id: None,
             actor_id: "demo-seeder".into(),
+            token_id: "none".into(),
         },
         correlation_id: Uuid::new_v4(),
         occurred_at: Some(at),
@@ -168,7 +169,16 @@ fn describe<E: std::error::Error>(error: CommandError<E>) -> anyhow::Error {
 /// Seeds the practice when the log is empty; says what it did either way.
 pub async fn seed_if_empty(state: &AppState) -> anyhow::Result<String> {
     let head = state.store.head_position().await?;
-    if head > 0 {
+    // Token events (the admin token registered at start) do not make a practice.
+    let groups = state
+        .store
+        .aggregate_ids(<circle_events::group::Group as cqrs_es::Aggregate>::TYPE)
+        .await?;
+    let clients = state
+        .store
+        .aggregate_ids(<circle_events::client::Client as cqrs_es::Aggregate>::TYPE)
+        .await?;
+    if !groups.is_empty() || !clients.is_empty() {
         return Ok(format!(
             "demo data already present ({head} events); delete the data directory to start over"
         ));

@@ -47,8 +47,9 @@ use crate::store::{Fence, RecordedEvent, Store};
 const CHECKPOINT: &str = "nats";
 const PAGE: i64 = 1_000;
 const IDLE_POLL: Duration = Duration::from_millis(250);
-/// Payload fields holding sealed personal data, never published.
-const SEALED_FIELDS: [&str; 2] = ["personal", "title"];
+/// Fields never published: sealed personal data and goal titles, and a token's
+/// label (free text an admin wrote about whom a token is for).
+const SEALED_FIELDS: [&str; 3] = ["personal", "title", "label"];
 
 /// Every report Circle publishes and answers on NATS: `<ns>.reports.<kind>.…` and
 /// `<ns>.api.reports.<kind>`. A new report joins here and nowhere else.

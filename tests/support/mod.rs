@@ -113,6 +113,20 @@ pub fn fresh_namespace() -> String {
     format!("t{}", uuid::Uuid::new_v4().simple())
 }
 
+/// One master key per database, as in a deployment: every instance on a schema
+/// must use the key its data was sealed with (a start with another is refused).
+pub fn master_key_for(database_url: &str) -> String {
+    static KEYS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+        std::sync::OnceLock::new();
+    let mut keys = KEYS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    keys.entry(database_url.to_string())
+        .or_insert_with(Vault::generate_master_key)
+        .clone()
+}
+
 /// A Circle on an existing schema with settings adjusted by `configure`.
 pub async fn spawn_app_with(database_url: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let admin = format!("admin-{}", uuid::Uuid::new_v4().simple());
@@ -122,7 +136,7 @@ pub async fn spawn_app_with(database_url: &str, configure: impl FnOnce(&mut Sett
             listen: Some("127.0.0.1:0".into()),
             database_url: Some(database_url.to_string()),
             admin_token: Some(admin.clone()),
-            master_key: Some(Vault::generate_master_key()),
+            master_key: Some(master_key_for(database_url)),
             ..Overrides::default()
         },
     )

@@ -97,6 +97,33 @@ pub struct GoalLevel {
     pub level: i8,
 }
 
+impl GroupCommand {
+    /// The clients this command writes about: each must not be erased when it
+    /// commits (services checks this under the log's lock).
+    pub fn clients_named(&self) -> Vec<&str> {
+        match self {
+            GroupCommand::JoinGroup { client_id, .. }
+            | GroupCommand::LeaveGroup { client_id, .. }
+            | GroupCommand::RecordFeedback { client_id, .. }
+            | GroupCommand::SetGoal { client_id, .. }
+            | GroupCommand::CheckIn { client_id, .. }
+            | GroupCommand::CloseGoal { client_id, .. } => vec![client_id],
+            GroupCommand::RecordAttendance { records, .. } => {
+                records.iter().map(|r| r.client_id.as_str()).collect()
+            }
+            GroupCommand::CheckInSession { check_ins, .. } => {
+                check_ins.iter().map(|c| c.client_id.as_str()).collect()
+            }
+            GroupCommand::CreateGroup { .. }
+            | GroupCommand::AssignFacilitator { .. }
+            | GroupCommand::RemoveFacilitator { .. }
+            | GroupCommand::ScheduleSession { .. }
+            | GroupCommand::CancelSession { .. }
+            | GroupCommand::CloseGroup { .. } => Vec::new(),
+        }
+    }
+}
+
 impl Command for GroupCommand {
     fn name(&self) -> &'static str {
         match self {

@@ -6,7 +6,7 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Datelike, FixedOffset, Utc};
 use circle_events::client::{Client, ClientCommand, ConsentScope, ErasureReason};
-use circle_events::group::GroupCommand;
+use circle_events::group::{DepartureReason, GroupCommand};
 use circle_events::ids::{ClientId, GroupId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -14,9 +14,10 @@ use utoipa::ToSchema;
 
 use super::extract::{whole_or_none, Caller, Ids};
 use super::groups::{parse_items, WriteResponse};
-use super::write::{Write, WRITERS};
+use super::write::{Write, Writer, WRITERS};
 use super::{new_id, AppState, Problem, READERS};
 use crate::auth::Role;
+use crate::commands::CommandContext;
 use crate::crypto::PersonalData;
 use crate::store::{ClientKey, KeyAction};
 
@@ -166,13 +167,75 @@ pub async fn erase_client(
     State(state): State<AppState>,
     Write { ids, body, writer }: Write<ClientId, ErasureRequest>,
 ) -> Result<Response, Problem> {
+    // Admins only, before anything is written.
+    writer.caller.require(&[Role::Admin])?;
+    end_memberships(&state, &writer, ids.as_str()).await?;
     let command = ClientCommand::EraseClient {
         reason: body.reason,
     };
     let key_action = KeyAction::Destroy {
         client_id: ids.to_string(),
     };
-    writer.with_key(key_action).run(&state, &ids, command).await
+    let answer = writer
+        .with_key(key_action)
+        .run(&state, &ids, command)
+        .await?;
+    // The key is destroyed in the log's transaction; this makes the key table's files
+    // forget its bytes too. Failing that is for the operator, not the caller: the
+    // erasure itself has committed.
+    if let Err(error) = state.store.compact_keys().await {
+        tracing::warn!(client_id = %ids, error = %crate::errors::ErrorChain(&error), "the key table was not compacted after an erasure");
+    }
+    Ok(answer)
+}
+
+/// Ends the client's open memberships (reason `other`, under the erasure's
+/// correlation id) before the erasure commits: afterwards no command naming the
+/// client can commit (see [`crate::store::KeyAction::RequireLive`]), this one included.
+async fn end_memberships(
+    state: &AppState,
+    writer: &Writer,
+    client_id: &str,
+) -> Result<(), Problem> {
+    let today = Utc::now().date_naive();
+    let ctx = CommandContext {
+        principal: writer.caller.0.clone(),
+        correlation_id: writer.headers.correlation_id,
+        occurred_at: None,
+        idempotency: None,
+        if_match: None,
+        key_action: None,
+    };
+    for group_id in state.auth.groups_of_client(client_id).await? {
+        let group = state.groups.load(&group_id).await?.aggregate;
+        let open = group
+            .memberships
+            .get(client_id)
+            .and_then(|periods| periods.last())
+            .filter(|period| period.left_on.is_none());
+        let (Some(period), None) = (open, group.closed_on) else {
+            continue;
+        };
+        let command = GroupCommand::LeaveGroup {
+            client_id: client_id.to_string(),
+            left_on: today.max(period.joined_on),
+            reason: DepartureReason::Other,
+        };
+        match state
+            .commands
+            .execute(&state.groups, &group_id, command, &ctx, |_| true)
+            .await
+        {
+            Ok(_) => {}
+            // A rule of the group's refused the departure: the erasure goes ahead, and
+            // the erasure check refuses every later write naming the client anyway.
+            Err(crate::commands::CommandError::Rejected(rejection)) => {
+                tracing::warn!(%group_id, error = %rejection, "an erased client's membership could not be ended")
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -74,7 +74,7 @@ fn merge(target: Option<&mut Value>, extra: Value) {
 fn schemas(doc: &mut Value) {
     let this_year = Utc::now().year();
     let level = json!({"minimum": GOAL_LEVELS.start(), "maximum": GOAL_LEVELS.end()});
-    let rules: [(&str, &str, Value); 17] = [
+    let rules: [(&str, &str, Value); 18] = [
         ("CreateGroupRequest", "name", text(MAX_NAME_LEN)),
         (
             "CreateGroupRequest",
@@ -111,6 +111,11 @@ fn schemas(doc: &mut Value) {
         ("RecordFeedbackRequest", "items", json!({})),
         ("RecordMeasureRequest", "items", json!({})),
         ("SetGoalRequest", "title", text(MAX_GOAL_TITLE)),
+        (
+            "CreateTokenRequest",
+            "label",
+            text(crate::tokens::MAX_LABEL_CHARS),
+        ),
         (
             "SetGoalRequest",
             "weight",

@@ -7,7 +7,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use circle_events::ids::{ClientId, GoalId, GroupId, SessionId, INVALID_ID};
+use circle_events::ids::{ClientId, GoalId, GroupId, SessionId, TokenId, INVALID_ID};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -338,6 +338,9 @@ impl PathId for SessionId {
 }
 impl PathId for GoalId {
     const PARAM: &'static str = "goal_id";
+}
+impl PathId for TokenId {
+    const PARAM: &'static str = "token_id";
 }
 
 /// A route's path parameters, percent-decoded, by name.

@@ -12,6 +12,7 @@ mod groups;
 pub mod openapi;
 mod problem;
 mod reports;
+mod tokens;
 mod write;
 
 use std::ops::Deref;
@@ -155,6 +156,11 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/reports/outcomes", get(reports::outcomes))
         .route("/reports/goals", get(reports::goals))
         .route("/alerts", get(reports::alerts))
+        .route(
+            "/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route("/tokens/{token_id}/revocation", post(tokens::revoke_token))
         .route("/openapi.json", get(openapi::serve))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), limit));

@@ -5,7 +5,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{clients, exact, goals, groups, reports};
+use super::{clients, exact, goals, groups, reports, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -41,13 +41,18 @@ use super::{clients, exact, goals, groups, reports};
         reports::outcomes,
         reports::goals,
         reports::alerts,
+        tokens::list_tokens,
+        tokens::create_token,
+        tokens::revoke_token,
     ),
+    components(schemas(circle_events::ids::TokenId)),
     modifiers(&BearerAuth),
     tags(
         (name = "groups", description = "Groups, members, sessions, attendance, feedback"),
         (name = "clients", description = "Clients, consent, erasure, measures"),
         (name = "goals", description = "Members' goals (Goal Attainment Scaling) and check-ins"),
         (name = "reports", description = "Attendance, retention, outcomes, goals, alerts; live or as_of"),
+        (name = "tokens", description = "API tokens: issue, list, revoke (admins)"),
     )
 )]
 pub struct ApiDoc;

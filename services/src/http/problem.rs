@@ -187,6 +187,9 @@ impl<E: Rejection> From<CommandError<E>> for Problem {
                 Problem::field(StatusCode::CONFLICT, "Idempotency-Key", e.to_string())
             }
             e @ CommandError::Contended => Problem::new(StatusCode::CONFLICT, e.to_string()),
+            e @ CommandError::ClientErased { .. } => {
+                Problem::field(StatusCode::UNPROCESSABLE_ENTITY, "client_id", e.to_string())
+            }
             CommandError::Store(e) => Problem::store_failed(&e.0, &e),
             CommandError::Load(e) => Problem::from(e),
         }

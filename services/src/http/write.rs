@@ -89,7 +89,11 @@ impl Writer {
         command: <I::Aggregate as cqrs_es::Aggregate>::Command,
     ) -> Result<Response, Problem> {
         I::Aggregate::authorize(state, &self.caller, id.as_ref(), &command).await?;
-        let ctx = self.context();
+        let mut ctx = self.context();
+        let named = I::Aggregate::clients_named(&command);
+        if ctx.key_action.is_none() && !named.is_empty() {
+            ctx.key_action = Some(KeyAction::RequireLive { client_ids: named });
+        }
         let caller = &self.caller;
         let receipt = state
             .commands
@@ -158,6 +162,12 @@ pub trait Writable:
 
     /// Whether the caller may act on the aggregate as it stands.
     fn may_write(caller: &Caller, current: &Self) -> bool;
+
+    /// Other aggregates' clients the command writes about: it commits only while none
+    /// of them is erased (a client's own stream refuses by itself).
+    fn clients_named(_: &Self::Command) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl Writable for Group {
@@ -226,6 +236,14 @@ impl Writable for Group {
             }
             Role::Auditor | Role::Reporter => false,
         }
+    }
+
+    fn clients_named(command: &GroupCommand) -> Vec<String> {
+        command
+            .clients_named()
+            .into_iter()
+            .map(String::from)
+            .collect()
     }
 }
 
