@@ -20,6 +20,7 @@ pub mod errors;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod policy;
 pub mod projector;
 pub mod publisher;
 pub mod store;

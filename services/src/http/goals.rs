@@ -16,8 +16,10 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::extract::{whole, whole_or_none};
-use super::write::{Write, WRITERS};
+use super::guard::authorize_client;
+use super::write::Write;
 use super::{new_id, AppState, Problem};
+use crate::policy::Action;
 use crate::store::ClientKey;
 
 /// Longest goal title, in characters: a sentence, like other personal fields.
@@ -141,8 +143,8 @@ pub async fn set_goal(
     State(state): State<AppState>,
     Write { ids, body, writer }: Write<ClientId, SetGoalRequest>,
 ) -> Result<Response, Problem> {
-    // Before any lookup, so that a reader learns nothing of which goals exist.
-    writer.caller.require(WRITERS)?;
+    // Before any lookup, so that a caller learns nothing of which goals exist.
+    authorize_client(&state, &writer.caller, Action::WriteClient, ids.as_str()).await?;
     let title = check_title(&body.title)?;
     let group_id = body.group_id;
     let goal_id = body.goal_id.unwrap_or_else(|| new_id("goal"));
@@ -190,8 +192,14 @@ pub async fn check_in(
     State(state): State<AppState>,
     Write { ids, body, writer }: Write<(ClientId, GoalId), CheckInRequest>,
 ) -> Result<Response, Problem> {
-    writer.caller.require(WRITERS)?;
     let (client_id, goal_id) = ids;
+    authorize_client(
+        &state,
+        &writer.caller,
+        Action::WriteClient,
+        client_id.as_str(),
+    )
+    .await?;
     let group_id = goal_group(&state, &client_id, &goal_id, body.group_id.as_ref()).await?;
     let checked_in_at = match (&body.session_id, body.checked_in_at) {
         (None, None) => Some(Utc::now().fixed_offset()),
@@ -215,8 +223,14 @@ pub async fn close_goal(
     State(state): State<AppState>,
     Write { ids, body, writer }: Write<(ClientId, GoalId), CloseGoalRequest>,
 ) -> Result<Response, Problem> {
-    writer.caller.require(WRITERS)?;
     let (client_id, goal_id) = ids;
+    authorize_client(
+        &state,
+        &writer.caller,
+        Action::WriteClient,
+        client_id.as_str(),
+    )
+    .await?;
     let group_id = goal_group(&state, &client_id, &goal_id, None).await?;
     let command = GroupCommand::CloseGoal {
         goal_id: goal_id.to_string(),

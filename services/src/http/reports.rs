@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Caller, Query};
+use super::guard::{allow, authorize_group};
 use super::{AppState, Problem};
 use crate::as_of;
-use crate::auth::Role;
+use crate::policy::{Action, Resource, View};
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -70,33 +71,21 @@ impl ReportQuery {
     }
 }
 
-/// Decides the caller's form: reporters always get the aggregate form; clinicians get
-/// full reports for groups they facilitate and the aggregate form for wider scopes.
+/// The caller's form, by the policy: the full report, or the aggregate form
+/// (reporters; clinicians for scopes wider than one group of theirs).
 async fn form_for(
     state: &AppState,
     caller: &Caller,
     group_id: Option<&str>,
 ) -> Result<Form, Problem> {
-    match caller.0.role {
-        Role::Admin | Role::Auditor => Ok(Form::Full),
-        Role::Reporter => Ok(Form::Reporter),
-        Role::Clinician => {
-            let Some(group_id) = group_id else {
-                return Ok(Form::Reporter);
-            };
-            let group = state.groups.load(group_id).await?.aggregate;
-            let facilitates = caller
-                .0
-                .clinician_id
-                .as_ref()
-                .is_some_and(|c| group.facilitators.contains(c));
-            if facilitates || !group.exists() {
-                Ok(Form::Full)
-            } else {
-                Err(Problem::forbidden("this group is not one you facilitate"))
-            }
-        }
-    }
+    let view = match group_id {
+        Some(group_id) => authorize_group(state, caller, Action::ReadReport, group_id).await?,
+        None => allow(caller, Action::ReadReport, Resource::Practice)?,
+    };
+    Ok(match view {
+        View::Full | View::Withheld => Form::Full,
+        View::Aggregate => Form::Reporter,
+    })
 }
 
 /// Runs `report` on the practice the query asks for: live (after waiting for
@@ -319,15 +308,12 @@ pub async fn alerts(
     caller: Caller,
     Query(query): Query<ReportQuery>,
 ) -> Result<Json<Vec<AlertView>>, Problem> {
-    // Alerts name members: never in the aggregate form.
-    caller.require(&[Role::Admin, Role::Auditor, Role::Clinician])?;
+    // Alerts name members: the policy never allows them in an aggregate form.
     let group_id = query.group_id()?.map(String::from);
-    if caller.0.role == Role::Clinician {
-        let group = group_id
-            .as_deref()
-            .ok_or_else(|| Problem::bad_request("group_id", "is required for clinicians"))?;
-        form_for(&state, &caller, Some(group)).await?;
-    }
+    match group_id.as_deref() {
+        Some(group) => authorize_group(&state, &caller, Action::ReadAlerts, group).await?,
+        None => allow(&caller, Action::ReadAlerts, Resource::Practice)?,
+    };
     let views = with_practice(&state, &query, |p, _| {
         reports::alerts(p, group_id.as_deref())
             .into_iter()
