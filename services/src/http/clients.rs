@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::extract::{whole_or_none, Caller, Ids};
 use super::groups::{parse_items, WriteResponse};
-use super::guard::authorize_client;
+use super::guard::{authorize_client, disclose};
 use super::write::Write;
 use super::{new_id, AppState, Problem};
 use crate::crypto::PersonalData;
@@ -204,7 +204,7 @@ pub async fn get_client(
     State(state): State<AppState>,
     caller: Caller,
     Ids(client_id): Ids<ClientId>,
-) -> Result<Json<ClientView>, Problem> {
+) -> Result<Response, Problem> {
     let client_id = String::from(client_id);
     let view = authorize_client(&state, &caller, Action::ReadClient, &client_id).await?;
     let cached = state.clients.load(&client_id).await?;
@@ -227,7 +227,8 @@ pub async fn get_client(
         }
         _ => None,
     };
-    Ok(Json(ClientView {
+    let disclosed = vec![client_id.clone()];
+    let view = Json(ClientView {
         client_id,
         erased,
         consents: client.consents.into_iter().collect(),
@@ -235,5 +236,6 @@ pub async fn get_client(
         measures_recorded: client.measures_recorded,
         version: cached.version,
         position: cached.last_position,
-    }))
+    });
+    Ok(disclose(view, disclosed))
 }

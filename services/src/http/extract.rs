@@ -301,6 +301,19 @@ pub fn whole_or_none<'de, D: Deserializer<'de>, T: TryFrom<i64>>(
     Ok(Option::<Whole<T>>::deserialize(deserializer)?.map(|Whole(n)| n))
 }
 
+/// An RFC 3339 time with offset, within the calendar's span, from a query
+/// parameter; a refusal names `field`.
+pub(super) fn parse_time(
+    field: &str,
+    text: &str,
+) -> Result<chrono::DateTime<chrono::Utc>, Problem> {
+    let t = chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|_| Problem::bad_request(field, "must be an RFC 3339 time with offset"))?;
+    circle_events::calendar::check_time(&t)
+        .map_err(|reason| Problem::bad_request(field, reason))?;
+    Ok(t.with_timezone(&chrono::Utc))
+}
+
 /// Query parameters, refused as a problem naming the parameter.
 pub struct Query<T>(pub T);
 

@@ -15,7 +15,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{whole, whole_or_none, Caller, Ids, Query};
-use super::guard::{allow, authorize_group};
+use super::guard::{allow, authorize_group, disclose};
 use super::write::Write;
 use super::{new_id, AppState, Problem};
 use crate::commands::Cached;
@@ -481,11 +481,14 @@ pub async fn get_group(
     caller: Caller,
     Ids(group_id): Ids<GroupId>,
     Query(query): Query<GroupQuery>,
-) -> Result<Json<GroupView>, Problem> {
+) -> Result<Response, Problem> {
     authorize_group(&state, &caller, Action::ReadGroup, group_id.as_str()).await?;
     let page = query.page()?;
     let cached = state.groups.load(group_id.as_str()).await?;
-    group_view(cached, &page).map(Json)
+    let view = group_view(cached, &page)?;
+    // Members and their attendance are client-level data.
+    let disclosed = view.members.iter().map(|m| m.client_id.clone()).collect();
+    Ok(disclose(Json(view), disclosed))
 }
 
 #[utoipa::path(get, path = "/api/v1/groups",

@@ -5,6 +5,7 @@
 //! access policy ([`crate::policy`], through [`guard`]) and answers a view. Every
 //! refusal is a [`Problem`].
 
+mod access;
 mod clients;
 mod exact;
 mod extract;
@@ -61,6 +62,7 @@ pub struct Services {
     pub groups: Repository<Group>,
     pub clients: Repository<Client>,
     pub auth: Authenticator,
+    pub access_log: crate::access_log::AccessLog,
     pub vault: Vault,
     pub metrics: Metrics,
     pub health: Health,
@@ -157,6 +159,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/reports/outcomes", get(reports::outcomes))
         .route("/reports/goals", get(reports::goals))
         .route("/alerts", get(reports::alerts))
+        .route("/audit/access", get(access::access_log))
         .route("/openapi.json", get(openapi::serve))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))

@@ -5,7 +5,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{clients, exact, goals, groups, reports};
+use super::{access, clients, exact, goals, groups, reports};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -41,6 +41,7 @@ use super::{clients, exact, goals, groups, reports};
         reports::outcomes,
         reports::goals,
         reports::alerts,
+        access::access_log,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -48,6 +49,7 @@ use super::{clients, exact, goals, groups, reports};
         (name = "clients", description = "Clients, consent, erasure, measures"),
         (name = "goals", description = "Members' goals (Goal Attainment Scaling) and check-ins"),
         (name = "reports", description = "Attendance, retention, outcomes, goals, alerts; live or as_of"),
+        (name = "audit", description = "The access log: who saw or was refused whose data (auditors and admins)"),
     )
 )]
 pub struct ApiDoc;
