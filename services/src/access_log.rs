@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::appender::gather;
 use crate::auth::Principal;
 use crate::errors::ErrorChain;
 use crate::store::access::NewAccess;
@@ -27,8 +28,6 @@ use crate::store::{Store, StoreError};
 
 /// Entries committed together at most.
 const MAX_BATCH: usize = 512;
-/// Scheduler turns without a new arrival before a batch is sent (as the appender).
-const GATHER_TURNS: u32 = 8;
 /// More clients than this in one answer are recorded as a count and a digest.
 pub const MAX_LISTED_CLIENTS: usize = 100;
 /// Longest `Circle-Purpose`, in characters.
@@ -90,45 +89,18 @@ impl AccessLog {
 impl AccessLogWorker {
     /// Commits until `stop`; then refuses new entries, commits those queued, returns.
     pub async fn run(&mut self, stop: CancellationToken) -> anyhow::Result<()> {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
-        loop {
-            let first = tokio::select! {
-                biased;
-                first = self.incoming.recv() => first,
-                _ = stop.cancelled(), if !self.incoming.is_closed() => {
-                    self.incoming.close();
-                    continue;
-                }
-            };
-            let Some((entry, reply)) = first else {
-                return Ok(());
-            };
-            batch.push(entry);
-            replies.push(reply);
-            let mut idle_turns = 0;
-            while batch.len() < MAX_BATCH && idle_turns < GATHER_TURNS {
-                match self.incoming.try_recv() {
-                    Ok((entry, reply)) => {
-                        batch.push(entry);
-                        replies.push(reply);
-                        idle_turns = 0;
-                    }
-                    Err(_) => {
-                        idle_turns += 1;
-                        tokio::task::yield_now().await;
-                    }
-                }
-            }
+        let mut queued = Vec::with_capacity(MAX_BATCH);
+        while gather(&mut self.incoming, &stop, MAX_BATCH, &mut queued).await {
+            let (batch, replies): (Vec<NewAccess>, Vec<Reply>) = queued.drain(..).unzip();
             let outcome = self.store.append_access(&batch).await.map_err(|error| {
                 tracing::warn!(error = %ErrorChain(&error), entries = batch.len(), "the access log could not be written");
                 AccessLogError(Arc::new(error))
             });
-            for reply in replies.drain(..) {
+            for reply in replies {
                 let _ = reply.send(outcome.clone());
             }
-            batch.clear();
         }
+        Ok(())
     }
 }
 

@@ -93,6 +93,7 @@ pub async fn access_log(
             let mut entry = serde_json::from_str(&row.entry).unwrap_or(Value::Null);
             if let Value::Object(map) = &mut entry {
                 let hash: String = row.hash.iter().map(|b| format!("{b:02x}")).collect();
+                map.insert("seq".into(), Value::from(row.seq));
                 map.insert("hash".into(), Value::String(hash));
             }
             entry

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::extract::{whole, whole_or_none};
 use super::guard::authorize_client;
-use super::write::Write;
+use super::write::{Write, Writer};
 use super::{new_id, AppState, Problem};
 use crate::policy::Action;
 use crate::store::ClientKey;
@@ -99,14 +99,18 @@ fn check_title(title: &str) -> Result<&str, Problem> {
     Ok(title)
 }
 
-/// The group a goal of this client lives in. A goal of another client is refused
-/// naming `goal_id`; a `group_id` the caller gave must agree.
+/// The group a goal of this client lives in, once the caller may write about the
+/// client (asked first, so a caller learns nothing of which goals exist). A goal of
+/// another client is refused naming `goal_id`; a `group_id` the caller gave must agree.
 async fn goal_group(
     state: &AppState,
+    writer: &Writer,
     client_id: &ClientId,
     goal_id: &GoalId,
     given_group: Option<&GroupId>,
 ) -> Result<GroupId, Problem> {
+    let client = client_id.as_str();
+    authorize_client(state, &writer.caller, Action::WriteClient, client).await?;
     let home = state
         .auth
         .goal_home(goal_id.as_str())
@@ -193,14 +197,8 @@ pub async fn check_in(
     Write { ids, body, writer }: Write<(ClientId, GoalId), CheckInRequest>,
 ) -> Result<Response, Problem> {
     let (client_id, goal_id) = ids;
-    authorize_client(
-        &state,
-        &writer.caller,
-        Action::WriteClient,
-        client_id.as_str(),
-    )
-    .await?;
-    let group_id = goal_group(&state, &client_id, &goal_id, body.group_id.as_ref()).await?;
+    let given_group = body.group_id.as_ref();
+    let group_id = goal_group(&state, &writer, &client_id, &goal_id, given_group).await?;
     let checked_in_at = match (&body.session_id, body.checked_in_at) {
         (None, None) => Some(Utc::now().fixed_offset()),
         (_, given) => given,
@@ -224,14 +222,7 @@ pub async fn close_goal(
     Write { ids, body, writer }: Write<(ClientId, GoalId), CloseGoalRequest>,
 ) -> Result<Response, Problem> {
     let (client_id, goal_id) = ids;
-    authorize_client(
-        &state,
-        &writer.caller,
-        Action::WriteClient,
-        client_id.as_str(),
-    )
-    .await?;
-    let group_id = goal_group(&state, &client_id, &goal_id, None).await?;
+    let group_id = goal_group(&state, &writer, &client_id, &goal_id, None).await?;
     let command = GroupCommand::CloseGoal {
         goal_id: goal_id.to_string(),
         client_id: client_id.to_string(),

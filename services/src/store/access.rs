@@ -5,8 +5,10 @@
 //! processes on one database extend one chain, with gap-free sequence numbers.
 //!
 //! What an entry says is the caller's business ([`crate::access_log`]); here it is
-//! JSON text, hashed as stored: `hash = SHA-256(prev_hash || entry)`, so the chain
-//! verifies from the stored text alone, without re-serializing anything.
+//! JSON text, hashed as stored: `hash = SHA-256(prev_hash ‖ seq ‖ entry)` (`seq` as
+//! 8 bytes big-endian), so the chain verifies from the stored rows alone, without
+//! re-serializing anything. PostgreSQL computes it in `circle_access_append` (one
+//! round trip per batch), SQLite's store here; [`verify_chain`] checks either.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -14,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::{PgStore, SqliteStore, Store, StoreError};
 
-/// An entry to append. `entry` is a JSON object; the store adds its `seq`.
+/// An entry to append. `entry` is a JSON object; its `seq` is the row's.
 #[derive(Clone, Debug)]
 pub struct NewAccess {
     pub recorded: DateTime<Utc>,
@@ -46,10 +48,12 @@ pub struct AccessFilter {
     pub limit: i64,
 }
 
-/// The chain's link: SHA-256 of the previous hash and the entry's stored text.
-pub fn chain_hash(prev_hash: &[u8], entry: &str) -> Vec<u8> {
+/// The chain's link: SHA-256 of the previous hash, the sequence number and the
+/// entry's stored text.
+pub fn chain_hash(prev_hash: &[u8], seq: i64, entry: &str) -> Vec<u8> {
     let mut hasher = Sha256::new();
     hasher.update(prev_hash);
+    hasher.update(seq.to_be_bytes());
     hasher.update(entry.as_bytes());
     hasher.finalize().to_vec()
 }
@@ -75,12 +79,8 @@ fn plan(head_seq: i64, head_hash: Vec<u8>, batch: &[NewAccess]) -> Planned {
     let (mut seq, mut prev) = (head_seq, head_hash);
     for access in batch {
         seq += 1;
-        let mut entry = access.entry.clone();
-        if let Value::Object(map) = &mut entry {
-            map.insert("seq".into(), Value::from(seq));
-        }
-        let text = entry.to_string();
-        let hash = chain_hash(&prev, &text);
+        let text = access.entry.to_string();
+        let hash = chain_hash(&prev, seq, &text);
         let mut ids = access.client_ids.clone();
         ids.sort_unstable();
         ids.dedup();
@@ -124,6 +124,9 @@ impl Store {
 
 type Row = (i64, String, Vec<u8>, Vec<u8>);
 
+/// The chain's new head.
+const MOVE_HEAD: &str = "UPDATE access_log_head SET seq = ?, hash = ? WHERE id = 1";
+
 fn stored((seq, entry, prev_hash, hash): Row) -> StoredAccess {
     StoredAccess {
         seq,
@@ -135,54 +138,26 @@ fn stored((seq, entry, prev_hash, hash): Row) -> StoredAccess {
 
 impl PgStore {
     async fn append_access(&self, batch: &[NewAccess]) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let (seq, hash): (i64, Vec<u8>) =
-            sqlx::query_as("SELECT seq, hash FROM access_log_head WHERE id = 1 FOR UPDATE")
-                .fetch_one(&mut *tx)
-                .await?;
-        let planned = plan(seq, hash, batch);
-        let Some(last) = planned.rows.last() else {
-            return Ok(());
-        };
-        let (head_seq, head_hash) = (last.seq, last.hash.clone());
-        let seqs: Vec<i64> = planned.rows.iter().map(|r| r.seq).collect();
-        let entries: Vec<&str> = planned.rows.iter().map(|r| r.entry.as_str()).collect();
-        let prevs: Vec<&[u8]> = planned
-            .rows
-            .iter()
-            .map(|r| r.prev_hash.as_slice())
-            .collect();
-        let hashes: Vec<&[u8]> = planned.rows.iter().map(|r| r.hash.as_slice()).collect();
-        sqlx::query(
-            "INSERT INTO access_log (seq, recorded, agent_who, entry, prev_hash, hash)
-             SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::text[], $4::text[],
-                                  $5::bytea[], $6::bytea[])",
-        )
-        .bind(&seqs)
-        .bind(&planned.recorded)
-        .bind(&planned.agents)
-        .bind(&entries)
-        .bind(&prevs)
-        .bind(&hashes)
-        .execute(&mut *tx)
-        .await?;
-        if !planned.clients.is_empty() {
-            let (ids, seqs): (Vec<String>, Vec<i64>) = planned.clients.into_iter().unzip();
-            sqlx::query(
-                "INSERT INTO access_log_clients (client_id, seq)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[])",
-            )
-            .bind(&ids)
-            .bind(&seqs)
-            .execute(&mut *tx)
-            .await?;
+        let recorded: Vec<DateTime<Utc>> = batch.iter().map(|a| a.recorded).collect();
+        let agents: Vec<&str> = batch.iter().map(|a| a.agent_who.as_str()).collect();
+        let entries: Vec<String> = batch.iter().map(|a| a.entry.to_string()).collect();
+        let mut client_ids = Vec::new();
+        let mut client_entries = Vec::new();
+        for (index, access) in batch.iter().enumerate() {
+            let mut ids: Vec<&str> = access.client_ids.iter().map(String::as_str).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            client_entries.extend(std::iter::repeat_n(index as i32 + 1, ids.len()));
+            client_ids.extend(ids);
         }
-        sqlx::query("UPDATE access_log_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(head_seq)
-            .bind(&head_hash)
-            .execute(&mut *tx)
+        sqlx::query("SELECT circle_access_append($1, $2, $3, $4, $5)")
+            .bind(&recorded)
+            .bind(&agents)
+            .bind(&entries)
+            .bind(&client_ids)
+            .bind(&client_entries)
+            .execute(self.pool())
             .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -247,7 +222,7 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("UPDATE access_log_head SET seq = ?, hash = ? WHERE id = 1")
+        sqlx::query(MOVE_HEAD)
             .bind(head_seq)
             .bind(&head_hash)
             .execute(&mut *tx)
@@ -285,7 +260,7 @@ impl SqliteStore {
 pub fn verify_chain(prev: &[u8], rows: &[StoredAccess]) -> Result<(), i64> {
     let mut prev = prev.to_vec();
     for row in rows {
-        if row.prev_hash != prev || row.hash != chain_hash(&row.prev_hash, &row.entry) {
+        if row.prev_hash != prev || row.hash != chain_hash(&row.prev_hash, row.seq, &row.entry) {
             return Err(row.seq);
         }
         prev = row.hash.clone();
@@ -311,7 +286,6 @@ mod tests {
         let planned = plan(0, GENESIS.to_vec(), &[access("x"), access("y")]);
         assert_eq!(verify_chain(&GENESIS, &planned.rows), Ok(()));
         assert_eq!(planned.rows[1].seq, 2);
-        assert!(planned.rows[1].entry.contains("\"seq\":2"));
         assert_eq!(planned.clients.len(), 4, "duplicates within one entry go");
         let mut tampered = planned.rows.clone();
         tampered[0].entry = tampered[0].entry.replace('x', "z");

@@ -1,7 +1,7 @@
 -- The access log: who saw (or was refused) whose data, append-only and hash-chained.
--- `entry` is the JSON text hashed into the chain: hash = SHA-256(prev_hash || entry),
--- so the chain verifies from the stored text alone. `seq` is assigned under the lock
--- on access_log_head, gap-free like the events' positions.
+-- hash = SHA-256(prev_hash || seq as 8 bytes big-endian || entry), over the stored
+-- JSON text, so the chain verifies from the stored rows alone. `seq` is assigned
+-- under the lock on access_log_head, gap-free like the events' positions.
 CREATE TABLE access_log (
     seq        bigint      PRIMARY KEY,
     recorded   timestamptz NOT NULL,
@@ -27,6 +27,39 @@ CREATE TABLE access_log_head (
     hash bytea   NOT NULL
 );
 INSERT INTO access_log_head (id, seq, hash) VALUES (1, 0, decode(repeat('00', 32), 'hex'));
+
+-- A batch in one round trip (and, called outside a transaction, one commit): lock
+-- the head, chain and insert each entry, index its clients, move the head.
+-- a_client_entry[k] is the 1-based index in a_entry of the entry a_client_id[k]
+-- belongs to. SQLite's store computes the same chain in Rust (store/access.rs).
+CREATE FUNCTION circle_access_append(
+    a_recorded     timestamptz[],
+    a_agent        text[],
+    a_entry        text[],
+    a_client_id    text[],
+    a_client_entry integer[]
+) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    head_seq  bigint;
+    head_hash bytea;
+    first_seq bigint;
+    prev      bytea;
+BEGIN
+    SELECT seq, hash INTO head_seq, head_hash FROM access_log_head WHERE id = 1 FOR UPDATE;
+    first_seq := head_seq + 1;
+    FOR i IN 1 .. coalesce(array_length(a_entry, 1), 0) LOOP
+        prev := head_hash;
+        head_seq := head_seq + 1;
+        head_hash := sha256(prev || int8send(head_seq) || convert_to(a_entry[i], 'UTF8'));
+        INSERT INTO access_log (seq, recorded, agent_who, entry, prev_hash, hash)
+        VALUES (head_seq, a_recorded[i], a_agent[i], a_entry[i], prev, head_hash);
+    END LOOP;
+    INSERT INTO access_log_clients (client_id, seq)
+    SELECT c.client_id, first_seq + c.entry - 1
+    FROM unnest(a_client_id, a_client_entry) AS c(client_id, entry);
+    UPDATE access_log_head SET seq = head_seq, hash = head_hash WHERE id = 1;
+END
+$$;
 
 CREATE FUNCTION circle_access_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
