@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log::AccessLog;
 use crate::appender::Appender;
 use crate::as_of::{self, AsOfLimit};
 use crate::auth::{Authenticator, Role};
@@ -257,6 +258,7 @@ impl Application {
     /// | task | stage | ends unexpectedly | required for `/readyz` |
     /// |---|---|---|---|
     /// | `appender` | writers | stop the process (commands cannot commit) | yes |
+    /// | `access-log` | writers | restart with backoff (reads of client data answer 503 meanwhile) | yes |
     /// | `projector` | followers | restart with backoff | yes |
     /// | `as-of-snapshots` | followers | restart with backoff | no: `as_of` folds further |
     /// | `nats-publisher` | followers | restart with backoff | no: NATS may be down |
@@ -286,6 +288,25 @@ impl Application {
                 async move { worker.lock().await.run(stop).await }
             },
         );
+
+        let access_log = if settings.access_log {
+            let (access_log, worker) = AccessLog::new(store.clone());
+            let worker = Arc::new(Mutex::new(worker));
+            supervisor.spawn(
+                "access-log",
+                Stage::Writers,
+                OnExit::Restart,
+                true,
+                move |stop| {
+                    let worker = worker.clone();
+                    async move { worker.lock().await.run(stop).await }
+                },
+            );
+            access_log
+        } else {
+            tracing::warn!("the access log is off: reads of client data are not recorded");
+            AccessLog::off()
+        };
 
         let (campaign, leadership) = Campaign::new(
             store.clone(),
@@ -418,6 +439,7 @@ impl Application {
                 metrics.clone(),
             ),
             auth: Authenticator::new(store.clone()),
+            access_log,
             store,
             commands,
             vault,

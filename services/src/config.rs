@@ -61,6 +61,9 @@ pub struct Settings {
     pub leader_lease_ttl_ms: u64,
     /// From SIGTERM to exit: HTTP drains, then the appender, then the followers.
     pub shutdown_grace_ms: u64,
+    /// Record every disclosure of client data and every refusal (ARCHITECTURE.md,
+    /// "Privacy"). Off only to measure what it costs.
+    pub access_log: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]

@@ -6,6 +6,7 @@
 //! [`appender::Appender`] (group commit), the [`commands::CommandService`] and the
 //! [`http`] router from [`config::Settings`].
 
+pub mod access_log;
 pub mod app;
 pub mod appender;
 pub mod as_of;
@@ -20,6 +21,7 @@ pub mod errors;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod policy;
 pub mod projector;
 pub mod publisher;
 pub mod secret;

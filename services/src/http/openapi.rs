@@ -5,7 +5,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{clients, exact, goals, groups, reports, tokens};
+use super::{access, clients, exact, goals, groups, reports, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -44,6 +44,7 @@ use super::{clients, exact, goals, groups, reports, tokens};
         tokens::list_tokens,
         tokens::create_token,
         tokens::revoke_token,
+        access::access_log,
     ),
     components(schemas(circle_events::ids::TokenId)),
     modifiers(&BearerAuth),
@@ -53,6 +54,7 @@ use super::{clients, exact, goals, groups, reports, tokens};
         (name = "goals", description = "Members' goals (Goal Attainment Scaling) and check-ins"),
         (name = "reports", description = "Attendance, retention, outcomes, goals, alerts; live or as_of"),
         (name = "tokens", description = "API tokens: issue, list, revoke (admins)"),
+        (name = "audit", description = "The access log: who saw or was refused whose data (auditors and admins)"),
     )
 )]
 pub struct ApiDoc;

@@ -14,6 +14,7 @@
 //! Appends arrive in batches from the [`crate::appender`]: many concurrent commands
 //! share one transaction, which is how the store goes past one-commit-per-command.
 
+pub mod access;
 pub mod cqrs;
 mod postgres;
 mod sqlite;

@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         5,
         include_str!("migrations/postgres/0005_practice_snapshots.sql"),
     ),
+    (6, include_str!("migrations/postgres/0006_access_log.sql")),
     (
         8,
         include_str!("migrations/postgres/0008_token_lifecycle.sql"),

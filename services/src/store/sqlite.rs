@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("migrations/sqlite/0004_practice_snapshots.sql"),
     ),
+    (5, include_str!("migrations/sqlite/0005_access_log.sql")),
     (
         8,
         include_str!("migrations/sqlite/0008_token_lifecycle.sql"),
@@ -74,6 +75,10 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 impl SqliteStore {
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub async fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(StoreError::DataDir)?;
         restrict(data_dir).map_err(StoreError::DataDir)?;
