@@ -182,6 +182,10 @@ pub struct Practice {
     pub groups: BTreeMap<String, GroupRecord>,
     pub erased_clients: BTreeSet<String>,
     pub alerts: Vec<Alert>,
+    /// The latest `recorded_at` among the events folded (positions follow commit
+    /// order, not the clock): an `as_of` at or after it sees all of this state.
+    #[serde(default)]
+    pub max_recorded_at: Option<DateTime<Utc>>,
 }
 
 impl Practice {
@@ -199,6 +203,7 @@ impl Practice {
             return;
         }
         self.position = fact.position;
+        self.max_recorded_at = self.max_recorded_at.max(Some(fact.recorded_at));
         match &fact.event {
             AnyEvent::Group(event) => self.apply_group(fact, event),
             AnyEvent::Client(ClientEvent::ClientErased { .. }) => {

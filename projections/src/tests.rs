@@ -458,3 +458,25 @@ fn gas_vectors() -> serde_json::Value {
 }
 
 mod goals;
+
+#[test]
+fn the_practice_records_the_latest_recording_time_not_the_last() {
+    let mut practice = Practice::new(AlertRules::default());
+    assert_eq!(practice.max_recorded_at, None);
+    for (position, minutes) in [(1, 10), (2, 5), (3, 7)] {
+        practice.apply(&Fact {
+            position,
+            recorded_at: now() + Duration::minutes(minutes),
+            aggregate_id: "g1".into(),
+            event: AnyEvent::Group(GroupEvent::MemberJoined {
+                client_id: format!("c{position}"),
+                joined_on: date("2026-01-01"),
+            }),
+        });
+    }
+    // Positions follow commit order, recording times the clock before commit.
+    assert_eq!(
+        practice.max_recorded_at,
+        Some(now() + Duration::minutes(10))
+    );
+}

@@ -3,12 +3,17 @@
 //!
 //! - [`AsOfLimit`] bounds how many such folds run at once; the rest are told to come
 //!   back (503 with `Retry-After`) instead of queueing on two cores.
-//! - Snapshots: [`write_snapshots`] keeps the fold of every event up to a position,
-//!   every N events, with the latest `recorded_at` among them. [`practice_as_of`]
+//! - Snapshots: the projector keeps the fold of every event up to a position, every
+//!   N events ([`Snapshots`]), with the latest `recorded_at` among them (the state's
+//!   own `max_recorded_at`). [`practice_as_of`]
 //!   starts from the newest snapshot whose events were all recorded by `as_of`, then
 //!   folds the rest with the usual `recorded_at <= as_of` filter. Because every event
 //!   in such a snapshot passes that filter, the answer is the one a fold from
 //!   position 0 would give.
+//!
+//! - When the live reports already are the practice as of that time (an `as_of` at
+//!   or after everything they folded, with nothing later recorded by then), they
+//!   answer without a fold ([`live_position_as_of`]).
 //!
 //! Snapshots are a cache: one that cannot be read, or was made under other alert
 //! rules, is ignored and the fold starts from position 0.
@@ -19,10 +24,8 @@ use chrono::{DateTime, Utc};
 use circle_projections::practice::{AlertRules, Practice};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::projector::{self, fact, ProjectionError};
+use crate::projector::{self, LiveReports, ProjectionError};
 use crate::store::{Snapshot, Store};
-
-const PAGE: i64 = 10_000;
 
 /// At most so many `as_of` folds at once.
 #[derive(Clone)]
@@ -69,51 +72,64 @@ pub async fn practice_as_of(
     Ok(practice)
 }
 
-/// Brings the snapshots up to the head of the log: from the newest one, folds
-/// forward and keeps a snapshot every `every` events. For whoever drives the
-/// projections (after a checkpoint, or on a timer); returns how many were written.
-pub async fn write_snapshots(
+/// Whether the live reports are exactly the practice as of `as_of`: every event they
+/// folded was recorded by then and none after them was. Returns the position to check
+/// under the read lock (the state may move on meanwhile), or `None` to fold instead.
+/// An `as_of` at the head of the log then costs no fold at all.
+pub async fn live_position_as_of(
+    live: &LiveReports,
     store: &Store,
-    rules: AlertRules,
+    as_of: DateTime<Utc>,
+) -> Result<Option<i64>, ProjectionError> {
+    if live.rebuilding() {
+        return Ok(None);
+    }
+    let (position, covered) =
+        live.read(|p| (p.position, p.max_recorded_at.is_none_or(|m| m <= as_of)));
+    if !covered || !store.read_raw_until(position, as_of, 1).await?.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(position))
+}
+
+/// Keeps a snapshot of the fold it is shown at every multiple of `every` events.
+/// The projector shows it its own state as it folds (following or rebuilding), so
+/// snapshots cost no second fold and no second state.
+#[derive(Clone, Debug)]
+pub struct Snapshots {
     every: i64,
-) -> Result<usize, ProjectionError> {
-    let every = every.max(1);
-    let latest = store.latest_snapshot(None).await?;
-    let (mut practice, mut max_recorded_at) = match latest
-        .as_ref()
-        .and_then(|snapshot| Some((restore(snapshot, rules)?, snapshot.max_recorded_at)))
-    {
-        Some((practice, max)) => (practice, Some(max)),
-        None => (Practice::new(rules), None),
-    };
-    let mut last_kept = practice.position;
-    let mut written = 0;
-    loop {
-        let page = store.read_raw(practice.position, PAGE).await?;
-        if page.is_empty() {
-            return Ok(written);
+    next: i64,
+}
+
+impl Snapshots {
+    /// For a fold now at `position`.
+    pub fn new(every: i64, position: i64) -> Snapshots {
+        let every = every.max(1);
+        Snapshots {
+            every,
+            next: (position / every + 1) * every,
         }
-        for raw in page {
-            let recorded_at = raw.recorded_at;
-            max_recorded_at = Some(max_recorded_at.map_or(recorded_at, |m| m.max(recorded_at)));
-            practice.apply(&fact(raw)?);
-            if practice.position - last_kept < every {
-                continue;
-            }
-            let Some(max_recorded_at) = max_recorded_at else {
-                continue;
-            };
-            let state = serde_json::to_string(&practice).map_err(ProjectionError::State)?;
-            store
-                .save_snapshot(&Snapshot {
-                    position: practice.position,
-                    max_recorded_at,
-                    state,
-                })
-                .await?;
-            last_kept = practice.position;
-            written += 1;
+    }
+
+    pub fn every(&self) -> i64 {
+        self.every
+    }
+
+    /// The snapshot due now that the fold has reached `practice.position`, if any.
+    pub fn due(&mut self, practice: &Practice) -> Result<Option<Snapshot>, ProjectionError> {
+        if practice.position < self.next {
+            return Ok(None);
         }
+        self.next = (practice.position / self.every + 1) * self.every;
+        let Some(max_recorded_at) = practice.max_recorded_at else {
+            return Ok(None);
+        };
+        let state = serde_json::to_string(practice).map_err(ProjectionError::State)?;
+        Ok(Some(Snapshot {
+            position: practice.position,
+            max_recorded_at,
+            state,
+        }))
     }
 }
 
@@ -148,5 +164,29 @@ mod tests {
         );
         drop(first);
         assert!(limit.try_enter().is_ok());
+    }
+
+    fn at(position: i64, seconds: i64) -> Practice {
+        Practice {
+            position,
+            max_recorded_at: DateTime::from_timestamp(seconds, 0),
+            ..Practice::new(AlertRules::default())
+        }
+    }
+
+    #[test]
+    fn snapshots_fall_due_at_each_multiple_passed_and_carry_the_latest_recording_time() {
+        let mut snapshots = Snapshots::new(10, 3);
+        assert!(snapshots.due(&at(9, 100)).unwrap().is_none());
+        let kept = snapshots.due(&at(10, 90)).unwrap().unwrap();
+        assert_eq!(kept.position, 10);
+        assert_eq!(kept.max_recorded_at.timestamp(), 90);
+        let back: Practice = serde_json::from_str(&kept.state).unwrap();
+        assert_eq!(back, at(10, 90));
+        assert!(snapshots.due(&at(19, 100)).unwrap().is_none());
+        // A fold that jumps past a multiple keeps one where it landed.
+        assert_eq!(snapshots.due(&at(25, 100)).unwrap().unwrap().position, 25);
+        assert!(snapshots.due(&at(29, 100)).unwrap().is_none());
+        assert!(snapshots.due(&at(30, 100)).unwrap().is_some());
     }
 }

@@ -6,6 +6,7 @@
 //! [`appender::Appender`] (group commit), the [`commands::CommandService`] and the
 //! [`http`] router from [`config::Settings`].
 
+pub mod alloc;
 pub mod app;
 pub mod appender;
 pub mod as_of;

@@ -23,10 +23,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::as_of;
 use crate::errors::ErrorChain;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::store::{RawEvent, Store, StoreError};
+use crate::store::{RawEvent, Snapshot, Store, StoreError};
 
 pub const REPORTS: &str = "reports";
 const PAGE: i64 = 10_000;
@@ -82,25 +83,30 @@ pub fn fact(raw: RawEvent) -> Result<Fact, ProjectionError> {
 }
 
 /// Folds the log from `after` onto `practice`, page by page, keeping only events
-/// recorded up to `until` when given. `progress` sees (position, head) after each page.
+/// recorded up to `until` when given (filtered by the store, so the rest of the log is
+/// neither fetched nor decoded). `progress` sees (position, head) after each page.
 pub async fn fold(
     store: &Store,
     practice: &mut Practice,
     until: Option<DateTime<Utc>>,
     mut progress: impl FnMut(i64, i64),
 ) -> Result<(), ProjectionError> {
+    async fn read(store: &Store, after: i64, until: Option<DateTime<Utc>>) -> ReadResult {
+        match until {
+            Some(until) => store.read_raw_until(after, until, PAGE).await,
+            None => store.read_raw(after, PAGE).await,
+        }
+    }
+    type ReadResult = Result<Vec<RawEvent>, StoreError>;
     let head = store.head_position().await?;
-    let mut page = store.read_raw(practice.position, PAGE).await?;
+    let mut page = read(store, practice.position, until).await?;
     while let Some(last) = page.last().map(|e| e.position) {
         // Fetch the next page while this one is decoded and applied.
         let next = {
             let store = store.clone();
-            tokio::spawn(async move { store.read_raw(last, PAGE).await })
+            tokio::spawn(async move { read(&store, last, until).await })
         };
         for raw in page {
-            if until.is_some_and(|t| raw.recorded_at > t) {
-                continue;
-            }
             practice.apply(&fact(raw)?);
         }
         progress(last, head.max(last));
@@ -113,7 +119,8 @@ pub async fn fold(
 
 /// Version of the stored checkpoint's form. Bump it when `Practice`'s serialized
 /// shape changes: a checkpoint of another format is rebuilt, never misread.
-pub const CHECKPOINT_FORMAT: u32 = 1;
+/// 2: the state records `max_recorded_at` (for the `as_of` snapshots taken from it).
+pub const CHECKPOINT_FORMAT: u32 = 2;
 
 /// The settings a projection's state depends on. A checkpoint records their digest;
 /// when they change, the state is rebuilt from position 0 with the new ones.
@@ -238,6 +245,7 @@ pub async fn start(
     metrics: Metrics,
     committed: watch::Receiver<i64>,
     leadership: Leadership,
+    snapshot_every: i64,
 ) -> Result<(Arc<LiveReports>, Follower), ProjectionError> {
     let digest = settings.digest();
     let (practice, stale) = match store.load_checkpoint(REPORTS).await? {
@@ -264,6 +272,7 @@ pub async fn start(
         store.head_position().await?,
         None,
     );
+    let snapshots = as_of::Snapshots::new(snapshot_every, practice.position);
     let (position, _) = watch::channel(practice.position);
     let live = Arc::new(LiveReports {
         practice: RwLock::new(practice),
@@ -278,6 +287,7 @@ pub async fn start(
         leadership,
         settings,
         digest,
+        snapshots,
     };
     Ok((live, follower))
 }
@@ -293,6 +303,8 @@ pub struct Follower {
     leadership: Leadership,
     settings: ProjectionSettings,
     digest: String,
+    /// `as_of` snapshots of the state built under the current settings.
+    snapshots: as_of::Snapshots,
 }
 
 impl Follower {
@@ -306,12 +318,19 @@ impl Follower {
             .live
             .rebuilding()
             .then(|| Practice::new(self.settings.alert_rules));
+        if rebuild.is_some() {
+            self.snapshots = as_of::Snapshots::new(self.snapshots.every(), 0);
+        }
         while !stop.is_cancelled() {
             let step = async {
-                let applied = step(&self.store, &self.live, &mut last_recorded_at).await?;
+                // Only the leader keeps snapshots, and only of the current settings' state.
+                let leading = self.leadership.fence().is_some();
+                let keep = (leading && rebuild.is_none()).then_some(&mut self.snapshots);
+                let applied = step(&self.store, &self.live, &mut last_recorded_at, keep).await?;
                 if let Some(fresh) = rebuild.as_mut() {
                     // One page of the rebuild per step; the old state stays live.
-                    fold_page(&self.store, fresh).await?;
+                    let keep = leading.then_some(&mut self.snapshots);
+                    fold_page(&self.store, fresh, keep).await?;
                     if fresh.position >= self.live.position() {
                         self.switch_over(rebuild.take().unwrap_or_default());
                         saved_position = -1;
@@ -357,7 +376,18 @@ impl Follower {
             }
         }
         // Stopping: everything the appender drained is in the log; take it in and save.
-        while step(&self.store, &self.live, &mut last_recorded_at).await? > 0 {}
+        let keep =
+            (self.leadership.fence().is_some() && rebuild.is_none()).then_some(&mut self.snapshots);
+        let mut keep = keep;
+        while step(
+            &self.store,
+            &self.live,
+            &mut last_recorded_at,
+            keep.as_deref_mut(),
+        )
+        .await?
+            > 0
+        {}
         if rebuild.is_none() && self.live.position() > saved_position {
             self.save().await;
         }
@@ -395,6 +425,8 @@ impl Follower {
                 .map_err(ProjectionError::from),
             Err(error) => Err(error),
         };
+        // The checkpoint's text was the size of the whole state: give it back.
+        crate::alloc::release_free_memory();
         match outcome {
             Ok(true) => {
                 self.metrics.checkpoint_saved(REPORTS);
@@ -423,35 +455,68 @@ impl Follower {
     }
 }
 
-/// Applies one page of new events; returns how many.
+/// Applies one page of new events, keeping the snapshots that fall due when given;
+/// returns how many.
 async fn step(
     store: &Store,
     live: &LiveReports,
     last_recorded_at: &mut Option<DateTime<Utc>>,
+    snapshots: Option<&mut as_of::Snapshots>,
 ) -> Result<usize, ProjectionError> {
     let facts = read_facts(store, live.position()).await?;
     let Some(last) = facts.last() else {
         return Ok(0);
     };
     let (position, recorded_at) = (last.position, last.recorded_at);
-    {
+    let due = {
         let mut practice = live.practice.write().unwrap_or_else(|p| p.into_inner());
-        for fact in &facts {
-            practice.apply(fact);
-        }
-    }
+        apply_page(&mut practice, &facts, snapshots)
+    };
     *last_recorded_at = Some(recorded_at);
     live.position.send_replace(position);
+    save_snapshots(store, due?).await?;
     Ok(facts.len())
 }
 
 /// Applies one page of the log beyond `practice.position`; returns how many.
-async fn fold_page(store: &Store, practice: &mut Practice) -> Result<usize, ProjectionError> {
+async fn fold_page(
+    store: &Store,
+    practice: &mut Practice,
+    snapshots: Option<&mut as_of::Snapshots>,
+) -> Result<usize, ProjectionError> {
     let facts = read_facts(store, practice.position).await?;
-    for fact in &facts {
-        practice.apply(fact);
-    }
+    let due = apply_page(practice, &facts, snapshots)?;
+    save_snapshots(store, due).await?;
     Ok(facts.len())
+}
+
+/// Applies `facts`, taking the snapshots that fall due on the way (at their exact
+/// positions, so they do not depend on how the log was paged).
+fn apply_page(
+    practice: &mut Practice,
+    facts: &[Fact],
+    mut snapshots: Option<&mut as_of::Snapshots>,
+) -> Result<Vec<Snapshot>, ProjectionError> {
+    let mut due = Vec::new();
+    for fact in facts {
+        practice.apply(fact);
+        if let Some(snapshots) = snapshots.as_deref_mut() {
+            due.extend(snapshots.due(practice)?);
+        }
+    }
+    Ok(due)
+}
+
+async fn save_snapshots(store: &Store, due: Vec<Snapshot>) -> Result<(), ProjectionError> {
+    if due.is_empty() {
+        return Ok(());
+    }
+    for snapshot in &due {
+        store.save_snapshot(snapshot).await?;
+    }
+    drop(due);
+    crate::alloc::release_free_memory();
+    Ok(())
 }
 
 /// One page of the log after `after`, decoded whole before anything is applied.
@@ -528,7 +593,7 @@ mod tests {
         let practice = Practice::new(AlertRules::default());
         let text = write_checkpoint(&practice, "d1g3st").unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["format"], 1);
+        assert_eq!(value["format"], 2);
         assert_eq!(value["settings"], "d1g3st");
         assert_eq!(value["state"]["position"], 0);
         assert_eq!(value["state"]["rules"]["consecutive_absences"], 2);

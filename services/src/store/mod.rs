@@ -296,6 +296,18 @@ impl Store {
         dispatch!(self, s => s.read_raw(after, limit).await)
     }
 
+    /// Like [`Store::read_raw`], keeping only events recorded by `until`: the filter
+    /// runs in the database, so an `as_of` in the middle of the log does not fetch and
+    /// decode the rest of it.
+    pub async fn read_raw_until(
+        &self,
+        after: i64,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        dispatch!(self, s => s.read_raw_until(after, until, limit).await)
+    }
+
     pub async fn head_position(&self) -> Result<i64, StoreError> {
         dispatch!(self, s => s.head_position().await)
     }

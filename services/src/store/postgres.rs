@@ -205,6 +205,25 @@ impl PgStore {
         Ok(rows.into_iter().map(raw_event).collect())
     }
 
+    pub async fn read_raw_until(
+        &self,
+        after: i64,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        let rows: Vec<RawRow> = sqlx::query_as(
+            "SELECT position, recorded_at, aggregate_type, aggregate_id, event_type, event_version,
+                    payload::text
+             FROM events WHERE position > $1 AND recorded_at <= $2 ORDER BY position LIMIT $3",
+        )
+        .bind(after)
+        .bind(until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(raw_event).collect())
+    }
+
     pub async fn head_position(&self) -> Result<i64, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")

@@ -254,7 +254,7 @@ impl SqliteStore {
     }
 
     pub async fn read_raw(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, StoreError> {
-        let rows: Vec<(i64, String, String, String, String, i64, String)> = sqlx::query_as(
+        let rows: Vec<RawSqliteRow> = sqlx::query_as(
             "SELECT position, recorded_at, aggregate_type, aggregate_id, event_type, event_version,
                     payload
              FROM events WHERE position > ? ORDER BY position LIMIT ?",
@@ -263,31 +263,26 @@ impl SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(
-                |(
-                    position,
-                    recorded_at,
-                    aggregate_type,
-                    aggregate_id,
-                    event_type,
-                    version,
-                    payload,
-                )| {
-                    Ok(RawEvent {
-                        position,
-                        recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
-                            .map_err(|e| corrupt("recorded_at", e))?
-                            .with_timezone(&Utc),
-                        aggregate_type,
-                        aggregate_id,
-                        event_type,
-                        event_version: version as u32,
-                        payload,
-                    })
-                },
-            )
-            .collect()
+        raw_events(rows)
+    }
+
+    pub async fn read_raw_until(
+        &self,
+        after: i64,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        let rows: Vec<RawSqliteRow> = sqlx::query_as(
+            "SELECT position, recorded_at, aggregate_type, aggregate_id, event_type, event_version,
+                    payload
+             FROM events WHERE position > ? AND recorded_at <= ? ORDER BY position LIMIT ?",
+        )
+        .bind(after)
+        .bind(timestamp(&until))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        raw_events(rows)
     }
 
     pub async fn head_position(&self) -> Result<i64, StoreError> {
@@ -583,4 +578,35 @@ fn plan_batch(
         });
     }
     BatchPlan { results, accepted }
+}
+
+/// position, recorded_at, aggregate_type, aggregate_id, event_type, event_version, payload
+type RawSqliteRow = (i64, String, String, String, String, i64, String);
+
+fn raw_events(rows: Vec<RawSqliteRow>) -> Result<Vec<RawEvent>, StoreError> {
+    rows.into_iter()
+        .map(
+            |(
+                position,
+                recorded_at,
+                aggregate_type,
+                aggregate_id,
+                event_type,
+                version,
+                payload,
+            )| {
+                Ok(RawEvent {
+                    position,
+                    recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
+                        .map_err(|e| corrupt("recorded_at", e))?
+                        .with_timezone(&Utc),
+                    aggregate_type,
+                    aggregate_id,
+                    event_type,
+                    event_version: version as u32,
+                    payload,
+                })
+            },
+        )
+        .collect()
 }
