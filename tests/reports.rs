@@ -327,6 +327,7 @@ async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
             position: head,
             max_recorded_at: recorded_by,
             state: serde_json::to_string(&empty_at_head(other_rules)).unwrap(),
+            range: None,
         })
         .await
         .unwrap();
@@ -347,6 +348,7 @@ async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
                 ..Practice::new(rules)
             })
             .unwrap(),
+            range: None,
         })
         .await
         .unwrap();

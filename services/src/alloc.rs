@@ -7,12 +7,16 @@
 //! arenas, and handing free pages back after those peaks, keep the resident size
 //! close to what is live. Elsewhere (another libc) both are no-ops.
 
-/// At most two malloc arenas. Call before the runtime starts its threads.
+/// At most two malloc arenas, and blocks of 1 MB or more always mapped apart (so
+/// they go back to the system when freed; by default glibc raises that threshold
+/// to 32 MB after the first large free, and such blocks then stay in the heap).
+/// Call before the runtime starts its threads.
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before other threads run.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

@@ -93,7 +93,7 @@ pub async fn fold(
 ) -> Result<(), ProjectionError> {
     async fn read(store: &Store, after: i64, until: Option<DateTime<Utc>>) -> ReadResult {
         match until {
-            Some(until) => store.read_raw_until(after, until, PAGE).await,
+            Some(until) => store.read_raw_until(after, i64::MAX, until, PAGE).await,
             None => store.read_raw(after, PAGE).await,
         }
     }
@@ -318,21 +318,28 @@ impl Follower {
             .live
             .rebuilding()
             .then(|| Practice::new(self.settings.alert_rules));
-        if rebuild.is_some() {
-            self.snapshots = as_of::Snapshots::new(self.snapshots.every(), 0);
-        }
+        // A keeper sees every event of the fold it snapshots, from where it starts.
+        let every = self.snapshots.every();
+        self.snapshots = as_of::Snapshots::new(every, self.live.position());
+        let mut fresh_snapshots = as_of::Snapshots::new(every, 0);
         while !stop.is_cancelled() {
             let step = async {
                 // Only the leader keeps snapshots, and only of the current settings' state.
                 let leading = self.leadership.fence().is_some();
-                let keep = (leading && rebuild.is_none()).then_some(&mut self.snapshots);
-                let applied = step(&self.store, &self.live, &mut last_recorded_at, keep).await?;
+                let keep = leading && rebuild.is_none();
+                let applied = step(
+                    &self.store,
+                    &self.live,
+                    &mut last_recorded_at,
+                    (&mut self.snapshots, keep),
+                )
+                .await?;
                 if let Some(fresh) = rebuild.as_mut() {
                     // One page of the rebuild per step; the old state stays live.
-                    let keep = leading.then_some(&mut self.snapshots);
-                    fold_page(&self.store, fresh, keep).await?;
+                    fold_page(&self.store, fresh, (&mut fresh_snapshots, leading)).await?;
                     if fresh.position >= self.live.position() {
                         self.switch_over(rebuild.take().unwrap_or_default());
+                        self.snapshots = fresh_snapshots.clone();
                         saved_position = -1;
                     }
                 }
@@ -376,14 +383,12 @@ impl Follower {
             }
         }
         // Stopping: everything the appender drained is in the log; take it in and save.
-        let keep =
-            (self.leadership.fence().is_some() && rebuild.is_none()).then_some(&mut self.snapshots);
-        let mut keep = keep;
+        let keep = self.leadership.fence().is_some() && rebuild.is_none();
         while step(
             &self.store,
             &self.live,
             &mut last_recorded_at,
-            keep.as_deref_mut(),
+            (&mut self.snapshots, keep),
         )
         .await?
             > 0
@@ -455,13 +460,13 @@ impl Follower {
     }
 }
 
-/// Applies one page of new events, keeping the snapshots that fall due when given;
-/// returns how many.
+/// Applies one page of new events, keeping the snapshots that fall due when told
+/// to; returns how many.
 async fn step(
     store: &Store,
     live: &LiveReports,
     last_recorded_at: &mut Option<DateTime<Utc>>,
-    snapshots: Option<&mut as_of::Snapshots>,
+    snapshots: (&mut as_of::Snapshots, bool),
 ) -> Result<usize, ProjectionError> {
     let facts = read_facts(store, live.position()).await?;
     let Some(last) = facts.last() else {
@@ -482,7 +487,7 @@ async fn step(
 async fn fold_page(
     store: &Store,
     practice: &mut Practice,
-    snapshots: Option<&mut as_of::Snapshots>,
+    snapshots: (&mut as_of::Snapshots, bool),
 ) -> Result<usize, ProjectionError> {
     let facts = read_facts(store, practice.position).await?;
     let due = apply_page(practice, &facts, snapshots)?;
@@ -495,14 +500,15 @@ async fn fold_page(
 fn apply_page(
     practice: &mut Practice,
     facts: &[Fact],
-    mut snapshots: Option<&mut as_of::Snapshots>,
+    (snapshots, keep): (&mut as_of::Snapshots, bool),
 ) -> Result<Vec<Snapshot>, ProjectionError> {
     let mut due = Vec::new();
     for fact in facts {
-        practice.apply(fact);
-        if let Some(snapshots) = snapshots.as_deref_mut() {
-            due.extend(snapshots.due(practice)?);
+        if fact.position <= practice.position {
+            continue;
         }
+        practice.apply(fact);
+        due.extend(snapshots.due(practice, fact.recorded_at, keep)?);
     }
     Ok(due)
 }

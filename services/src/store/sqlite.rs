@@ -28,6 +28,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("migrations/sqlite/0004_practice_snapshots.sql"),
     ),
+    (
+        5,
+        include_str!("migrations/sqlite/0005_snapshot_ranges.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -269,15 +273,18 @@ impl SqliteStore {
     pub async fn read_raw_until(
         &self,
         after: i64,
+        upto: i64,
         until: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<RawEvent>, StoreError> {
         let rows: Vec<RawSqliteRow> = sqlx::query_as(
             "SELECT position, recorded_at, aggregate_type, aggregate_id, event_type, event_version,
                     payload
-             FROM events WHERE position > ? AND recorded_at <= ? ORDER BY position LIMIT ?",
+             FROM events WHERE position > ? AND position <= ? AND recorded_at <= ?
+             ORDER BY position LIMIT ?",
         )
         .bind(after)
+        .bind(upto)
         .bind(timestamp(&until))
         .bind(limit)
         .fetch_all(&self.pool)
@@ -359,13 +366,16 @@ impl SqliteStore {
 
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO practice_snapshots (position, max_recorded_at, state, created_at)
-             VALUES (?, ?, ?, ?) ON CONFLICT (position) DO NOTHING",
+            "INSERT INTO practice_snapshots
+                 (position, max_recorded_at, state, created_at, range_after, range_min_recorded_at)
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (position) DO NOTHING",
         )
         .bind(snapshot.position)
         .bind(timestamp(&snapshot.max_recorded_at))
         .bind(&snapshot.state)
         .bind(timestamp(&Utc::now()))
+        .bind(snapshot.range.map(|r| r.after))
+        .bind(snapshot.range.map(|r| timestamp(&r.min_recorded_at)))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -391,9 +401,36 @@ impl SqliteStore {
                 position,
                 max_recorded_at,
                 state,
+                range: None,
             })
         })
         .transpose()
+    }
+
+    pub async fn snapshot_ranges(&self, after: i64) -> Result<Vec<(i64, LogRange)>, StoreError> {
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT position, range_after, range_min_recorded_at FROM practice_snapshots
+             WHERE position > ? AND range_after IS NOT NULL
+               AND range_min_recorded_at IS NOT NULL
+             ORDER BY position",
+        )
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(position, after, min_recorded_at)| {
+                let min_recorded_at = DateTime::parse_from_rfc3339(&min_recorded_at)
+                    .map_err(|e| corrupt("range_min_recorded_at", e))?
+                    .with_timezone(&Utc);
+                Ok((
+                    position,
+                    LogRange {
+                        after,
+                        min_recorded_at,
+                    },
+                ))
+            })
+            .collect()
     }
 
     pub async fn save_checkpoint(
