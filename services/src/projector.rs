@@ -31,7 +31,10 @@ use crate::store::{RawEvent, Snapshot, Store, StoreError};
 
 pub const REPORTS: &str = "reports";
 const PAGE: i64 = 10_000;
-const SAVE_EVERY_EVENTS: i64 = 20_000;
+/// A checkpoint is as big as the whole state: while catching up (full pages) it is
+/// saved only every so many events, not on the timer, or saving would take most of
+/// a rebuild's time. A restart re-folds at most that many.
+const SAVE_EVERY_EVENTS: i64 = 100_000;
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
@@ -350,8 +353,11 @@ impl Follower {
             match step {
                 Ok(applied) => {
                     let position = self.live.position();
+                    let catching_up = applied as i64 >= PAGE;
                     let due = position - saved_position >= SAVE_EVERY_EVENTS
-                        || (position > saved_position && saved_at.elapsed() >= SAVE_EVERY);
+                        || (!catching_up
+                            && position > saved_position
+                            && saved_at.elapsed() >= SAVE_EVERY);
                     if due && rebuild.is_none() && self.save().await {
                         saved_position = position;
                         saved_at = Instant::now();
