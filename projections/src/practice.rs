@@ -10,7 +10,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use circle_events::client::ClientEvent;
 use circle_events::group::{AttendanceStatus, Focus, GroupEvent, Measure};
 use circle_events::instruments::{Catalogue, Direction, Score};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::goals::{GoalCheckIn, GoalRecord, STALLED_AFTER};
 use crate::outcomes::{classify, Classification};
@@ -97,11 +97,46 @@ impl SessionRecord {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RecordedScore {
     pub administered_at: DateTime<FixedOffset>,
     pub total: Score,
     pub reference_version: String,
+}
+
+/// Stored as `[unix seconds, nanoseconds, UTC offset in seconds, total, reference
+/// version]`: a state holds one per measure recorded, and numbers read several times
+/// faster than an object with an RFC 3339 time (restoring a snapshot is most of an
+/// `as_of` report's time).
+impl Serialize for RecordedScore {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let at = &self.administered_at;
+        (
+            at.timestamp(),
+            at.timestamp_subsec_nanos(),
+            at.offset().local_minus_utc(),
+            self.total,
+            &self.reference_version,
+        )
+            .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordedScore {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (seconds, nanos, offset, total, reference_version): (i64, u32, i32, Score, String) =
+            Deserialize::deserialize(deserializer)?;
+        let offset = FixedOffset::east_opt(offset)
+            .ok_or_else(|| serde::de::Error::custom("UTC offset out of range"))?;
+        let administered_at = DateTime::from_timestamp(seconds, nanos)
+            .ok_or_else(|| serde::de::Error::custom("time out of range"))?
+            .with_timezone(&offset);
+        Ok(RecordedScore {
+            administered_at,
+            total,
+            reference_version,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -480,3 +480,23 @@ fn the_practice_records_the_latest_recording_time_not_the_last() {
         Some(now() + Duration::minutes(10))
     );
 }
+
+#[test]
+fn a_recorded_score_is_stored_as_numbers_and_reads_back_the_same() {
+    let score = crate::practice::RecordedScore {
+        administered_at: at("2024-01-02T18:00:00.25+01:00"),
+        total: Score::from_tenths(196),
+        reference_version: "2024.1".into(),
+    };
+    let stored = serde_json::to_value(&score).unwrap();
+    assert_eq!(
+        stored,
+        serde_json::json!([1704214800, 250_000_000, 3600, 19.6, "2024.1"])
+    );
+    let back: crate::practice::RecordedScore = serde_json::from_value(stored).unwrap();
+    assert_eq!(back, score);
+    assert_eq!(
+        back.administered_at.to_rfc3339(),
+        "2024-01-02T18:00:00.250+01:00"
+    );
+}
