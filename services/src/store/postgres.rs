@@ -402,8 +402,16 @@ impl PgStore {
         recorded_by: Option<DateTime<Utc>>,
     ) -> Result<Option<Snapshot>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        let row: Option<(i64, DateTime<Utc>, String)> = sqlx::query_as(
-            "SELECT position, max_recorded_at, state FROM practice_snapshots
+        type Row = (
+            i64,
+            DateTime<Utc>,
+            String,
+            Option<i64>,
+            Option<DateTime<Utc>>,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT position, max_recorded_at, state, range_after, range_min_recorded_at
+             FROM practice_snapshots
              WHERE $1::timestamptz IS NULL OR max_recorded_at <= $1
              ORDER BY position DESC LIMIT 1",
         )
@@ -411,12 +419,17 @@ impl PgStore {
         .fetch_optional(&mut *conn)
         .await?;
         conn.shrink_buffers();
-        Ok(row.map(|(position, max_recorded_at, state)| Snapshot {
-            position,
-            max_recorded_at,
-            state,
-            range: None,
-        }))
+        Ok(
+            row.map(|(position, max_recorded_at, state, after, min)| Snapshot {
+                position,
+                max_recorded_at,
+                state,
+                range: after.zip(min).map(|(after, min_recorded_at)| LogRange {
+                    after,
+                    min_recorded_at,
+                }),
+            }),
+        )
     }
 
     pub async fn snapshot_ranges(&self, after: i64) -> Result<Vec<(i64, LogRange)>, StoreError> {

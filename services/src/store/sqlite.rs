@@ -385,23 +385,34 @@ impl SqliteStore {
         &self,
         recorded_by: Option<DateTime<Utc>>,
     ) -> Result<Option<Snapshot>, StoreError> {
-        let row: Option<(i64, String, String)> = sqlx::query_as(
-            "SELECT position, max_recorded_at, state FROM practice_snapshots
+        type Row = (i64, String, String, Option<i64>, Option<String>);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT position, max_recorded_at, state, range_after, range_min_recorded_at
+             FROM practice_snapshots
              WHERE ?1 IS NULL OR max_recorded_at <= ?1
              ORDER BY position DESC LIMIT 1",
         )
         .bind(recorded_by.as_ref().map(timestamp))
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|(position, max_recorded_at, state)| {
-            let max_recorded_at = DateTime::parse_from_rfc3339(&max_recorded_at)
-                .map_err(|e| corrupt("max_recorded_at", e))?
-                .with_timezone(&Utc);
+        let time = |text: &str, what| {
+            DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| corrupt(what, e))
+        };
+        row.map(|(position, max_recorded_at, state, after, min)| {
+            let range = match (after, min) {
+                (Some(after), Some(min)) => Some(LogRange {
+                    after,
+                    min_recorded_at: time(&min, "range_min_recorded_at")?,
+                }),
+                _ => None,
+            };
             Ok(Snapshot {
                 position,
-                max_recorded_at,
+                max_recorded_at: time(&max_recorded_at, "max_recorded_at")?,
                 state,
-                range: None,
+                range,
             })
         })
         .transpose()
