@@ -68,6 +68,12 @@ async fn appends_are_read_back_in_order_with_their_metadata(store: Store) {
             },
         ]
     );
+    let stretch = |after, upto, until, limit| Stretch {
+        after,
+        upto,
+        until,
+        limit,
+    };
     let all = store.read_all(0, 100).await.unwrap();
     assert_eq!(
         all.iter().map(|e| e.position).collect::<Vec<_>>(),
@@ -353,16 +359,22 @@ async fn a_read_up_to_a_time_and_position_filters_in_the_store(store: Store) {
         events.iter().map(|e| e.position).collect::<Vec<_>>()
     };
     let all = store
-        .read_raw_until(0, i64::MAX, now + hour, 10)
+        .read_raw_until(stretch(0, i64::MAX, now + hour, 10))
         .await
         .unwrap();
     assert_eq!(all, store.read_raw(0, 10).await.unwrap());
-    let some = store.read_raw_until(1, 4, now + hour, 2).await.unwrap();
+    let some = store
+        .read_raw_until(stretch(1, 4, now + hour, 2))
+        .await
+        .unwrap();
     assert_eq!(positions(some), vec![2, 3]);
-    let some = store.read_raw_until(2, 4, now + hour, 10).await.unwrap();
+    let some = store
+        .read_raw_until(stretch(2, 4, now + hour, 10))
+        .await
+        .unwrap();
     assert_eq!(positions(some), vec![3, 4]);
     let none = store
-        .read_raw_until(0, i64::MAX, now - hour, 10)
+        .read_raw_until(stretch(0, i64::MAX, now - hour, 10))
         .await
         .unwrap();
     assert!(none.is_empty(), "recorded after the time asked");

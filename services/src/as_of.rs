@@ -25,7 +25,7 @@ use circle_projections::practice::{AlertRules, Practice};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::projector::{self, LiveReports, ProjectionError};
-use crate::store::{LogRange, Snapshot, Store};
+use crate::store::{LogRange, Snapshot, Store, Stretch};
 
 const PAGE: i64 = 10_000;
 
@@ -74,7 +74,13 @@ pub async fn practice_as_of(
     for (after, upto) in stretches_to_read(practice.position, &ranges, as_of) {
         let mut cursor = after;
         loop {
-            let page = store.read_raw_until(cursor, upto, as_of, PAGE).await?;
+            let stretch = Stretch {
+                after: cursor,
+                upto,
+                until: as_of,
+                limit: PAGE,
+            };
+            let page = store.read_raw_until(stretch).await?;
             let Some(last) = page.last().map(|e| e.position) else {
                 break;
             };
@@ -128,7 +134,12 @@ pub async fn live_position_as_of(
         live.read(|p| (p.position, p.max_recorded_at.is_none_or(|m| m <= as_of)));
     if !covered
         || !store
-            .read_raw_until(position, i64::MAX, as_of, 1)
+            .read_raw_until(Stretch {
+                after: position,
+                upto: i64::MAX,
+                until: as_of,
+                limit: 1,
+            })
             .await?
             .is_empty()
     {

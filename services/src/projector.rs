@@ -27,7 +27,7 @@ use crate::as_of;
 use crate::errors::ErrorChain;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::store::{RawEvent, Snapshot, Store, StoreError};
+use crate::store::{RawEvent, Snapshot, Store, StoreError, Stretch};
 
 pub const REPORTS: &str = "reports";
 const PAGE: i64 = 10_000;
@@ -96,7 +96,15 @@ pub async fn fold(
 ) -> Result<(), ProjectionError> {
     async fn read(store: &Store, after: i64, until: Option<DateTime<Utc>>) -> ReadResult {
         match until {
-            Some(until) => store.read_raw_until(after, i64::MAX, until, PAGE).await,
+            Some(until) => {
+                let stretch = Stretch {
+                    after,
+                    upto: i64::MAX,
+                    until,
+                    limit: PAGE,
+                };
+                store.read_raw_until(stretch).await
+            }
             None => store.read_raw(after, PAGE).await,
         }
     }

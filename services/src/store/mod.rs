@@ -203,6 +203,15 @@ pub struct RawEvent {
     pub payload: String,
 }
 
+/// Up to `limit` events in `(after, upto]` of the log recorded by `until`.
+#[derive(Clone, Copy, Debug)]
+pub struct Stretch {
+    pub after: i64,
+    pub upto: i64,
+    pub until: DateTime<Utc>,
+    pub limit: i64,
+}
+
 /// Proof of holding a lease at an epoch, checked by the writes made under it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fence {
@@ -310,14 +319,8 @@ impl Store {
     /// `until`: the filter
     /// runs in the database, so an `as_of` in the middle of the log does not fetch and
     /// decode the rest of it.
-    pub async fn read_raw_until(
-        &self,
-        after: i64,
-        upto: i64,
-        until: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<RawEvent>, StoreError> {
-        dispatch!(self, s => s.read_raw_until(after, upto, until, limit).await)
+    pub async fn read_raw_until(&self, stretch: Stretch) -> Result<Vec<RawEvent>, StoreError> {
+        dispatch!(self, s => s.read_raw_until(stretch).await)
     }
 
     pub async fn head_position(&self) -> Result<i64, StoreError> {

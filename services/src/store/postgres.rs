@@ -209,23 +209,17 @@ impl PgStore {
         Ok(rows.into_iter().map(raw_event).collect())
     }
 
-    pub async fn read_raw_until(
-        &self,
-        after: i64,
-        upto: i64,
-        until: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<RawEvent>, StoreError> {
+    pub async fn read_raw_until(&self, stretch: Stretch) -> Result<Vec<RawEvent>, StoreError> {
         let rows: Vec<RawRow> = sqlx::query_as(
             "SELECT position, recorded_at, aggregate_type, aggregate_id, event_type, event_version,
                     payload::text
              FROM events WHERE position > $1 AND position <= $2 AND recorded_at <= $3
              ORDER BY position LIMIT $4",
         )
-        .bind(after)
-        .bind(upto)
-        .bind(until)
-        .bind(limit)
+        .bind(stretch.after)
+        .bind(stretch.upto)
+        .bind(stretch.until)
+        .bind(stretch.limit)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(raw_event).collect())

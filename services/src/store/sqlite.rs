@@ -270,23 +270,17 @@ impl SqliteStore {
         raw_events(rows)
     }
 
-    pub async fn read_raw_until(
-        &self,
-        after: i64,
-        upto: i64,
-        until: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<RawEvent>, StoreError> {
+    pub async fn read_raw_until(&self, stretch: Stretch) -> Result<Vec<RawEvent>, StoreError> {
         let rows: Vec<RawSqliteRow> = sqlx::query_as(
             "SELECT position, recorded_at, aggregate_type, aggregate_id, event_type, event_version,
                     payload
              FROM events WHERE position > ? AND position <= ? AND recorded_at <= ?
              ORDER BY position LIMIT ?",
         )
-        .bind(after)
-        .bind(upto)
-        .bind(timestamp(&until))
-        .bind(limit)
+        .bind(stretch.after)
+        .bind(stretch.upto)
+        .bind(timestamp(&stretch.until))
+        .bind(stretch.limit)
         .fetch_all(&self.pool)
         .await?;
         raw_events(rows)
