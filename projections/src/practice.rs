@@ -72,6 +72,7 @@ pub struct Alert {
     pub group_id: String,
     pub client_id: String,
     /// When the event that raised it was recorded.
+    #[serde(with = "stored_time::utc")]
     pub raised_at: DateTime<Utc>,
     pub position: i64,
     pub detail: String,
@@ -82,6 +83,7 @@ pub use circle_events::group::MembershipPeriod as Period;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
+    #[serde(with = "stored_time::fixed")]
     pub starts_at: DateTime<FixedOffset>,
     pub cancelled: bool,
     pub marks: BTreeMap<String, AttendanceStatus>,
@@ -110,15 +112,8 @@ pub struct RecordedScore {
 /// `as_of` report's time).
 impl Serialize for RecordedScore {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let at = &self.administered_at;
-        (
-            at.timestamp(),
-            at.timestamp_subsec_nanos(),
-            at.offset().local_minus_utc(),
-            self.total,
-            &self.reference_version,
-        )
-            .serialize(serializer)
+        let (seconds, nanos, offset) = stored_time::parts(&self.administered_at);
+        (seconds, nanos, offset, self.total, &self.reference_version).serialize(serializer)
     }
 }
 
@@ -126,16 +121,78 @@ impl<'de> Deserialize<'de> for RecordedScore {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (seconds, nanos, offset, total, reference_version): (i64, u32, i32, Score, String) =
             Deserialize::deserialize(deserializer)?;
-        let offset = FixedOffset::east_opt(offset)
-            .ok_or_else(|| serde::de::Error::custom("UTC offset out of range"))?;
-        let administered_at = DateTime::from_timestamp(seconds, nanos)
-            .ok_or_else(|| serde::de::Error::custom("time out of range"))?
-            .with_timezone(&offset);
         Ok(RecordedScore {
-            administered_at,
+            administered_at: stored_time::from_parts(seconds, nanos, offset)?,
             total,
             reference_version,
         })
+    }
+}
+
+/// Times in the stored state as numbers (`[unix seconds, nanoseconds]`, and the UTC
+/// offset in seconds for local times): reading RFC 3339 text was most of the cost
+/// of restoring a large state.
+mod stored_time {
+    use chrono::{DateTime, FixedOffset, Utc};
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn parts(at: &DateTime<FixedOffset>) -> (i64, u32, i32) {
+        (
+            at.timestamp(),
+            at.timestamp_subsec_nanos(),
+            at.offset().local_minus_utc(),
+        )
+    }
+
+    pub fn from_parts<E: Error>(
+        seconds: i64,
+        nanos: u32,
+        offset: i32,
+    ) -> Result<DateTime<FixedOffset>, E> {
+        let offset =
+            FixedOffset::east_opt(offset).ok_or_else(|| E::custom("UTC offset out of range"))?;
+        Ok(utc_from_parts::<E>(seconds, nanos)?.with_timezone(&offset))
+    }
+
+    fn utc_from_parts<E: Error>(seconds: i64, nanos: u32) -> Result<DateTime<Utc>, E> {
+        DateTime::from_timestamp(seconds, nanos).ok_or_else(|| E::custom("time out of range"))
+    }
+
+    pub mod fixed {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            at: &DateTime<FixedOffset>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            parts(at).serialize(serializer)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<DateTime<FixedOffset>, D::Error> {
+            let (seconds, nanos, offset) = Deserialize::deserialize(deserializer)?;
+            from_parts(seconds, nanos, offset)
+        }
+    }
+
+    pub mod utc {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            at: &DateTime<Utc>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            (at.timestamp(), at.timestamp_subsec_nanos()).serialize(serializer)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<DateTime<Utc>, D::Error> {
+            let (seconds, nanos) = Deserialize::deserialize(deserializer)?;
+            utc_from_parts(seconds, nanos)
+        }
     }
 }
 

@@ -500,3 +500,26 @@ fn a_recorded_score_is_stored_as_numbers_and_reads_back_the_same() {
         "2024-01-02T18:00:00.250+01:00"
     );
 }
+
+#[test]
+fn session_and_alert_times_are_stored_as_numbers_and_read_back_the_same() {
+    let log = attendance_log();
+    let stored = serde_json::to_value(&log.practice).unwrap();
+    let session = stored["groups"]["g1"]["sessions"]
+        .as_object()
+        .and_then(|sessions| sessions.values().next())
+        .unwrap();
+    assert!(
+        session["starts_at"]
+            .as_array()
+            .is_some_and(|a| a.len() == 3),
+        "{session}"
+    );
+    let alert = &stored["alerts"][0];
+    assert_eq!(
+        alert["raised_at"],
+        serde_json::json!([now().timestamp(), 0])
+    );
+    let back: Practice = serde_json::from_value(stored).unwrap();
+    assert_eq!(back, log.practice);
+}

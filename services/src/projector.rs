@@ -131,7 +131,7 @@ pub async fn fold(
 /// Version of the stored checkpoint's form. Bump it when `Practice`'s serialized
 /// shape changes: a checkpoint of another format is rebuilt, never misread.
 /// 2: the state records `max_recorded_at` (for the `as_of` snapshots taken from it),
-/// and measures as arrays of numbers.
+/// and its times (measures, sessions, alerts) as numbers.
 pub const CHECKPOINT_FORMAT: u32 = 2;
 
 /// The settings a projection's state depends on. A checkpoint records their digest;
