@@ -5,7 +5,7 @@ use circle_events::group::{Focus, Format, Group, GroupCommand};
 use circle_services::store::cqrs::CqrsStore;
 use circle_services::store::{
     Append, AppendResult, ClientKey, EventMetadata, Fence, IdempotencyRecord, KeyAction, LogRange,
-    NewEvent, Snapshot, Store,
+    NewEvent, Snapshot, Store, Stretch,
 };
 use cqrs_es::{CqrsFramework, EventStore};
 use serde_json::json;
@@ -68,12 +68,6 @@ async fn appends_are_read_back_in_order_with_their_metadata(store: Store) {
             },
         ]
     );
-    let stretch = |after, upto, until, limit| Stretch {
-        after,
-        upto,
-        until,
-        limit,
-    };
     let all = store.read_all(0, 100).await.unwrap();
     assert_eq!(
         all.iter().map(|e| e.position).collect::<Vec<_>>(),
@@ -352,6 +346,12 @@ async fn a_snapshot_is_found_by_the_time_its_events_were_recorded_by(store: Stor
 }
 
 async fn a_read_up_to_a_time_and_position_filters_in_the_store(store: Store) {
+    let stretch = |after, upto, until, limit| Stretch {
+        after,
+        upto,
+        until,
+        limit,
+    };
     store.commit_batch(&[append("g1", 0, 5)]).await.unwrap();
     let now = chrono::Utc::now();
     let hour = chrono::Duration::hours(1);
