@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessLog;
 use crate::appender::Appender;
-use crate::as_of::{self, AsOfLimit};
+use crate::as_of::AsOfLimit;
 use crate::auth::{Authenticator, Role};
 use crate::commands::{CommandService, Repository};
 use crate::config::Settings;
@@ -37,9 +37,6 @@ pub struct Application {
     /// Set when no admin token was configured and one was generated at start.
     pub generated_admin_token: Option<String>,
 }
-
-/// How often the leader brings the `as_of` snapshots up to the head of the log.
-const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 
 impl Settings {
     pub fn alert_rules(&self) -> AlertRules {
@@ -260,7 +257,6 @@ impl Application {
     /// | `appender` | writers | stop the process (commands cannot commit) | yes |
     /// | `access-log` | writers | restart with backoff (reads of client data answer 503 meanwhile) | yes |
     /// | `projector` | followers | restart with backoff | yes |
-    /// | `as-of-snapshots` | followers | restart with backoff | no: `as_of` folds further |
     /// | `nats-publisher` | followers | restart with backoff | no: NATS may be down |
     /// | `nats-service` | followers | restart with backoff | no |
     /// | `leader-lease` | lease | restart with backoff | no: followers serve anyway |
@@ -336,6 +332,7 @@ impl Application {
             metrics.clone(),
             committed_positions.clone(),
             leadership.clone(),
+            settings.as_of_snapshot_every_events,
         )
         .await
         .context("starting the reports projection")?;
@@ -346,34 +343,6 @@ impl Application {
             true,
             move |stop| follower.clone().run(stop),
         );
-        let (snapshot_store, snapshot_leadership, rules, every) = (
-            store.clone(),
-            leadership.clone(),
-            settings.alert_rules(),
-            settings.as_of_snapshot_every_events,
-        );
-        supervisor.spawn(
-            "as-of-snapshots",
-            Stage::Followers,
-            OnExit::Restart,
-            false,
-            move |stop| {
-                let (store, leadership) = (snapshot_store.clone(), snapshot_leadership.clone());
-                async move {
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(SNAPSHOT_EVERY) => {}
-                        }
-                        // One writer is enough; a second would write the same snapshots.
-                        if leadership.fence().is_some() {
-                            as_of::write_snapshots(&store, rules, every).await?;
-                        }
-                    }
-                }
-            },
-        );
-
         let commands = CommandService::new(
             store.clone(),
             appender,

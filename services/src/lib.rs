@@ -7,6 +7,7 @@
 //! [`http`] router from [`config::Settings`].
 
 pub mod access_log;
+pub mod alloc;
 pub mod app;
 pub mod appender;
 pub mod as_of;
