@@ -353,10 +353,13 @@ fn outcomes_classify_each_member_and_summarize_the_group() {
     assert_eq!(s.share_reliably_improved, Some(0.5));
     assert!(s.effect_size.is_some());
 
-    let reporter = report.for_reporters(5);
+    let reporter = report.clone().for_reporters(4);
     assert!(reporter.clients.is_none());
     assert_eq!(reporter.summary.recovered, None);
-    assert_eq!(reporter.summary.mean_change, Some(3.25));
+    assert_eq!(reporter.summary.mean_change, Some(3.25), "from 4 people, k = 4");
+    let reporter = report.for_reporters(5);
+    assert_eq!(reporter.summary.mean_change, None, "from 4 people, k = 5");
+    assert_eq!(reporter.summary.effect_size, None);
 }
 
 #[test]
@@ -458,6 +461,7 @@ fn gas_vectors() -> serde_json::Value {
 }
 
 mod goals;
+mod reporter;
 
 #[test]
 fn the_practice_records_the_latest_recording_time_not_the_last() {
