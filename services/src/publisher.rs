@@ -561,7 +561,9 @@ fn alert_counts(practice: &Practice, group_id: Option<&str>, k: u32) -> Value {
     for kind in AlertKind::ALL {
         let n = alerts.iter().filter(|a| a.kind == kind).count() as u32;
         let name = to_json(&kind).as_str().unwrap_or_default().to_string();
-        counts.insert(name, if n < k { Value::Null } else { json!(n) });
+        let mut count = Some(n);
+        reports::withhold_small(&mut count, n, k);
+        counts.insert(name, json!(count));
     }
     json!({"scope": group_id.map_or("practice".to_string(), |g| format!("group:{g}")), "position": practice.position, "counts": counts})
 }

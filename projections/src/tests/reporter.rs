@@ -36,19 +36,33 @@ fn a_one_member_groups_attendance_rates_are_withheld() {
     .enumerate()
     {
         let session = format!("s{n}");
-        log.session("g1", &session, &format!("2026-01-{:02}T18:00:00+00:00", 6 + 7 * n));
+        log.session(
+            "g1",
+            &session,
+            &format!("2026-01-{:02}T18:00:00+00:00", 6 + 7 * n),
+        );
         log.mark("g1", &session, "c1", status);
     }
     let full = reports::attendance(&log.practice, "g1", now()).unwrap();
     let rates: Vec<_> = full.by_session.iter().map(|s| s.attendance_rate).collect();
-    assert_eq!(rates, vec![Some(1.0), Some(0.0), Some(0.0)], "the probe's leak");
+    assert_eq!(
+        rates,
+        vec![Some(1.0), Some(0.0), Some(0.0)],
+        "the probe's leak"
+    );
     assert_eq!(full.attendance_rate, Some(0.333333));
 
     let reporter = full.for_reporters(K);
-    assert!(reporter.by_session.iter().all(|s| s.attendance_rate.is_none()));
+    assert!(reporter
+        .by_session
+        .iter()
+        .all(|s| s.attendance_rate.is_none()));
     assert_eq!(reporter.attendance_rate, None);
     let json = serde_json::to_value(&reporter).unwrap();
-    assert_eq!(json["by_session"][0]["attendance_rate"], serde_json::Value::Null);
+    assert_eq!(
+        json["by_session"][0]["attendance_rate"],
+        serde_json::Value::Null
+    );
     assert_eq!(json["attendance_rate"], serde_json::Value::Null);
 }
 
@@ -69,7 +83,11 @@ fn a_session_rate_needs_k_members_expected_and_the_overall_rate_k_members() {
     let reporter = reports::attendance(&log.practice, "g1", now())
         .unwrap()
         .for_reporters(K);
-    assert_eq!(reporter.by_session[0].attendance_rate, Some(1.0), "5 expected");
+    assert_eq!(
+        reporter.by_session[0].attendance_rate,
+        Some(1.0),
+        "5 expected"
+    );
     assert_eq!(reporter.by_session[1].attendance_rate, None, "4 expected");
     assert_eq!(reporter.attendance_rate, Some(1.0), "5 members in all");
 }
@@ -128,7 +146,10 @@ fn a_kaplan_meier_step_with_fewer_than_k_at_risk_is_left_out_and_said_so() {
     );
     assert_eq!(full.kaplan_meier[1].events, Some(1));
     assert_eq!(full.median_days, Some(20));
-    assert_eq!(full.kaplan_meier_min_at_risk, None, "the full form is unchanged");
+    assert_eq!(
+        full.kaplan_meier_min_at_risk, None,
+        "the full form is unchanged"
+    );
 
     let reporter = full.for_reporters(K);
     let kept: Vec<_> = reporter.kaplan_meier.iter().map(|r| r.t_days).collect();
@@ -159,7 +180,10 @@ fn survival_at_a_day_is_shown_only_while_k_people_are_still_at_risk() {
     assert_eq!(full.survival_at["28"], Some(0.833333));
     let reporter = full.for_reporters(K);
     assert_eq!(reporter.kaplan_meier.len(), 1, "6 at risk on day 10");
-    assert_eq!(reporter.survival_at["28"], None, "2 still at risk on day 28");
+    assert_eq!(
+        reporter.survival_at["28"], None,
+        "2 still at risk on day 28"
+    );
 }
 
 #[test]
@@ -195,7 +219,12 @@ fn the_6mp_curve_keeps_every_step_at_k_5() {
     let mut log = Log::new();
     log.created("g1", Focus::Grief);
     let joined_on = date("2025-01-06");
-    for (i, o) in vector["observations"].as_array().unwrap().iter().enumerate() {
+    for (i, o) in vector["observations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         let client = format!("c{i}");
         log.joined("g1", &client, "2025-01-06");
         let days = o["t"].as_i64().unwrap() * 7;
