@@ -445,3 +445,124 @@ pub async fn gas_vector_groups(app: &TestApp, prefix: &str) -> (Vec<(String, f64
     }
     (groups, position)
 }
+
+/// The security probe's group (issue 7, item 2): one member, three sessions
+/// (present, no-show, no-show), a PHQ-9 change of 24, a goal checked in, and a
+/// dropout on day 15. Every figure about it is one person's. Returns the last
+/// position.
+pub async fn one_member_group(app: &TestApp, group: &str) -> i64 {
+    use serde_json::json;
+    let admin = &app.admin;
+    let client = format!("{group}-c");
+    let ok = |answer: Answer| {
+        assert!(answer.status.is_success(), "{:?}", answer.body);
+        answer.position()
+    };
+    ok(app
+        .post(
+            "/api/v1/groups",
+            admin,
+            json!({"group_id": group, "name": "Probe", "focus": "anxiety", "format": "open",
+                   "facilitators": ["dr_a"]}),
+        )
+        .await);
+    ok(app
+        .post("/api/v1/clients", admin, json!({"client_id": client}))
+        .await);
+    ok(app
+        .post(
+            &format!("/api/v1/groups/{group}/members"),
+            admin,
+            json!({"client_id": client, "joined_on": "2026-01-01"}),
+        )
+        .await);
+    for (n, status) in ["present", "no_show", "no_show"].iter().enumerate() {
+        let session = format!("{group}-s{n}");
+        ok(app
+            .post(
+                &format!("/api/v1/groups/{group}/sessions"),
+                admin,
+                json!({"session_id": session,
+                       "starts_at": format!("2026-01-{:02}T18:00:00+00:00", 5 + 3 * n),
+                       "duration_minutes": 90}),
+            )
+            .await);
+        ok(app
+            .post(
+                &format!("/api/v1/groups/{group}/sessions/{session}/attendance"),
+                admin,
+                json!({"records": [{"client_id": client, "status": status}]}),
+            )
+            .await);
+    }
+    for (session, items) in [
+        ("s0", [3, 3, 3, 3, 3, 3, 3, 3, 0]),
+        ("s2", [0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    ] {
+        ok(app
+            .post(
+                &format!("/api/v1/groups/{group}/sessions/{group}-{session}/feedback"),
+                admin,
+                json!({"client_id": client, "instrument": "PHQ-9", "items": items}),
+            )
+            .await);
+    }
+    let goal = format!("{group}-goal");
+    ok(app
+        .post(
+            &format!("/api/v1/clients/{client}/goals"),
+            admin,
+            json!({"goal_id": goal, "title": "Probe goal", "weight": 2, "group_id": group,
+                   "set_on": "2026-01-02"}),
+        )
+        .await);
+    ok(app
+        .post(
+            &format!("/api/v1/groups/{group}/sessions/{group}-s0/goal-check-ins"),
+            admin,
+            json!({"check_ins": [{"client_id": client, "goal_id": goal, "level": 1}]}),
+        )
+        .await);
+    ok(app
+        .post(
+            &format!("/api/v1/groups/{group}/members/{client}/departure"),
+            admin,
+            json!({"left_on": "2026-01-16", "reason": "dropped_out"}),
+        )
+        .await)
+}
+
+/// The numbers in a report that are about people: for a report on fewer than k
+/// people, each is computed from fewer than k. Left out: log positions, the session
+/// count, the GAS ρ, the instrument's catalogue values and the reporter form's own k.
+pub fn numbers_about_people(report: &Value) -> Vec<String> {
+    const NOT_ABOUT_PEOPLE: [&str; 6] = [
+        "position",
+        "sessions_held",
+        "rho",
+        "clinical_cutoff",
+        "reliable_change",
+        "kaplan_meier_min_at_risk",
+    ];
+    fn walk(value: &Value, key: &str, path: String, found: &mut Vec<String>) {
+        match value {
+            Value::Number(_) if !NOT_ABOUT_PEOPLE.contains(&key) => {
+                found.push(format!("{path} = {value}"))
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, key, format!("{path}[{i}]"), found);
+                }
+            }
+            Value::Object(fields) => {
+                for (name, field) in fields {
+                    walk(field, name, format!("{path}.{name}"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(report, "", String::new(), &mut found);
+    found
+}
