@@ -11,7 +11,7 @@ use circle_events::instruments::{Catalogue, Direction, InstrumentDefinition, Sco
 use serde::Serialize;
 
 use crate::outcomes::{classify, effect_size, Classification};
-use crate::practice::{Alert, GroupRecord, Practice};
+use crate::practice::{Alert, AlertKind, GroupRecord, Practice};
 use crate::survival::{KaplanMeier, Observation};
 
 /// Rounds for stable, readable output.
@@ -210,6 +210,10 @@ pub struct RetentionReport {
     pub people: u32,
     #[serde(skip)]
     pub people_at_risk_on: BTreeMap<String, u32>,
+    /// Distinct people behind `joined`, `active`, `completed`, `dropped_out` and
+    /// `other_exits` (which count membership periods). Never serialized.
+    #[serde(skip)]
+    pub people_counted: [u32; 5],
 }
 
 pub fn retention(
@@ -219,6 +223,8 @@ pub fn retention(
 ) -> RetentionReport {
     let today: NaiveDate = as_of.date_naive();
     let (mut joined, mut active, mut completed, mut dropped, mut other) = (0, 0, 0, 0, 0);
+    // Who is behind each count, in the order of `RetentionReport::people_counted`.
+    let mut counted: [std::collections::BTreeSet<&str>; 5] = Default::default();
     let mut observations = Vec::new();
     let mut whose: Vec<(u32, &str)> = Vec::new();
     for (group_id, group) in &practice.groups {
@@ -234,25 +240,27 @@ pub fn retention(
                 continue;
             }
             joined += 1;
+            counted[0].insert(client_id);
             let ended = period.left_on.filter(|left| *left <= today);
-            let (end, event) = match (ended, period.reason) {
+            let (end, event, exit) = match (ended, period.reason) {
                 (Some(left), Some(DepartureReason::DroppedOut)) => {
                     dropped += 1;
-                    (left, true)
+                    (left, true, 3)
                 }
                 (Some(left), Some(DepartureReason::Completed)) => {
                     completed += 1;
-                    (left, false)
+                    (left, false, 2)
                 }
                 (Some(left), _) => {
                     other += 1;
-                    (left, false)
+                    (left, false, 4)
                 }
                 (None, _) => {
                     active += 1;
-                    (today, false)
+                    (today, false, 1)
                 }
             };
+            counted[exit].insert(client_id);
             let days = (end - period.joined_on).num_days().max(0) as u32;
             observations.push(Observation { days, event });
             whose.push((days, client_id));
@@ -267,7 +275,7 @@ pub fn retention(
     let step_times: Vec<u32> = km.steps.iter().map(|s| s.t_days).collect();
     let people_at_steps = people_from(&whose, &step_times);
     let people_at_days = people_from(&whose, &SURVIVAL_DAYS);
-    let people = people_from(&whose, &[0])[0];
+    let people_counted = counted.map(|people| people.len() as u32);
     RetentionReport {
         scope: scope.label(),
         as_of,
@@ -294,7 +302,8 @@ pub fn retention(
         kaplan_meier_min_at_risk: None,
         median_days: km.median(),
         survival_at,
-        people,
+        people: people_counted[0],
+        people_counted,
         people_at_risk_on: SURVIVAL_DAYS
             .iter()
             .zip(people_at_days)
@@ -307,9 +316,9 @@ pub fn retention(
 /// long (the people at risk then), in the order of `times`.
 fn people_from(observations: &[(u32, &str)], times: &[u32]) -> Vec<u32> {
     let mut longest_first: Vec<&(u32, &str)> = observations.iter().collect();
-    longest_first.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    longest_first.sort_unstable_by_key(|o| std::cmp::Reverse(o.0));
     let mut order: Vec<usize> = (0..times.len()).collect();
-    order.sort_unstable_by(|a, b| times[*b].cmp(&times[*a]));
+    order.sort_unstable_by_key(|i| std::cmp::Reverse(times[*i]));
     let mut seen = std::collections::BTreeSet::new();
     let mut next = longest_first.into_iter().peekable();
     let mut counts = vec![0; times.len()];
@@ -440,6 +449,27 @@ pub fn alerts<'a>(practice: &'a Practice, group_id: Option<&str>) -> Vec<&'a Ale
         .collect()
 }
 
+/// Alerts in the reporter form: how many of each kind, withheld when fewer than k
+/// people raised them (several alerts may be one person's).
+pub fn alert_counts(
+    practice: &Practice,
+    group_id: Option<&str>,
+    k: u32,
+) -> Vec<(AlertKind, Option<u32>)> {
+    let alerts = alerts(practice, group_id);
+    AlertKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let of_kind: Vec<&&Alert> = alerts.iter().filter(|a| a.kind == kind).collect();
+            let people: std::collections::BTreeSet<&str> =
+                of_kind.iter().map(|a| a.client_id.as_str()).collect();
+            let mut count = Some(of_kind.len() as u32);
+            withhold_small(&mut count, people.len() as u32, k);
+            (kind, count)
+        })
+        .collect()
+}
+
 // ---- the reporter form ----
 
 /// Minimum necessary for reporting consumers: no per-member rows, and no value
@@ -505,14 +535,18 @@ impl ReporterForm for AttendanceReport {
 impl ReporterForm for RetentionReport {
     fn for_reporters(mut self, k: u32) -> Self {
         withhold_small(&mut self.dropout_rate, self.people, k);
-        for count in [
+        // These count membership periods; the people behind them decide.
+        for (count, people) in [
             &mut self.joined,
             &mut self.active,
             &mut self.completed,
             &mut self.dropped_out,
             &mut self.other_exits,
-        ] {
-            suppress(count, k);
+        ]
+        .into_iter()
+        .zip(self.people_counted)
+        {
+            withhold_small(count, people, k);
         }
         // The risk set only shrinks, so what is kept is the curve's start.
         self.kaplan_meier

@@ -199,7 +199,7 @@ fn the_risk_set_counts_people_not_membership_periods() {
     assert_eq!(full.kaplan_meier[0].at_risk, Some(5), "periods at risk");
     let reporter = full.for_reporters(K);
     assert!(reporter.kaplan_meier.is_empty(), "4 people at risk");
-    assert_eq!(reporter.joined, Some(5), "a count of periods, not below k");
+    assert_eq!(reporter.joined, None, "5 periods, but 4 people");
     assert_eq!(reporter.dropout_rate, None, "4 people");
 }
 
@@ -246,4 +246,22 @@ fn the_6mp_curve_keeps_every_step_at_k_5() {
     assert_eq!(reporter.median_days, full.median_days);
     assert_eq!(reporter.survival_at, full.survival_at);
     assert_eq!(reporter.dropout_rate, full.dropout_rate);
+}
+
+#[test]
+fn five_alerts_of_one_person_are_not_a_count_of_five() {
+    let mut log = group_of(&["c1"]);
+    for day in 1..=5 {
+        let when = format!("2026-02-{day:02}T18:00:00Z");
+        log.measure("g1", "c1", "PHQ-9", phq9(0, 1), &when);
+    }
+    let risk = |k| {
+        reports::alert_counts(&log.practice, Some("g1"), k)
+            .into_iter()
+            .find(|(kind, _)| *kind == AlertKind::Risk)
+            .map(|(_, count)| count)
+    };
+    assert_eq!(reports::alerts(&log.practice, Some("g1")).len(), 5);
+    assert_eq!(risk(K), Some(None), "five alerts, one person");
+    assert_eq!(risk(1), Some(Some(5)));
 }
