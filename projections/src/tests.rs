@@ -152,8 +152,9 @@ fn phq9(total_first_eight: i64, item9: i64) -> Vec<Score> {
     items.into_iter().map(Score::whole).collect()
 }
 
-#[test]
-fn the_6mp_vector_as_group_memberships_gives_the_published_retention() {
+/// The 6-MP vector as memberships of group `g1`: everyone joins on one day and
+/// leaves after 7×t days, dropouts for events, completions for censored.
+fn six_mp_log() -> (Log, serde_json::Value) {
     let vector: serde_json::Value =
         serde_json::from_str(include_str!("../../testdata/km_6mp.json")).expect("vector parses");
     let mut log = Log::new();
@@ -175,6 +176,12 @@ fn the_6mp_vector_as_group_memberships_gives_the_published_retention() {
         };
         log.left("g1", &client, joined_on + Duration::days(days), reason);
     }
+    (log, vector)
+}
+
+#[test]
+fn the_6mp_vector_as_group_memberships_gives_the_published_retention() {
+    let (log, vector) = six_mp_log();
     let report = reports::retention(&log.practice, &RetentionScope::Group("g1".into()), now());
     let expected = vector["expected"].as_array().unwrap();
     assert_eq!(report.kaplan_meier.len(), expected.len());

@@ -378,28 +378,8 @@ pub async fn gas_vector_groups(app: &TestApp, prefix: &str) -> (Vec<(String, f64
             format!("{prefix}{i}-c"),
             format!("{prefix}{i}-s"),
         );
-        let ok = |answer: Answer| {
-            assert!(answer.status.is_success(), "{:?}", answer.body);
-            answer.position()
-        };
-        ok(app
-            .post(
-                "/api/v1/groups",
-                admin,
-                json!({"group_id": group, "name": "Goals", "focus": "depression",
-                       "format": "open", "facilitators": ["dr_a"]}),
-            )
-            .await);
-        ok(app
-            .post("/api/v1/clients", admin, json!({"client_id": client}))
-            .await);
-        ok(app
-            .post(
-                &format!("/api/v1/groups/{group}/members"),
-                admin,
-                json!({"client_id": client, "joined_on": "2026-01-05"}),
-            )
-            .await);
+        let ok = succeeded;
+        group_with_member(app, &group, "depression", &client, "2026-01-05").await;
         ok(app
             .post(
                 &format!("/api/v1/groups/{group}/sessions"),
@@ -446,6 +426,46 @@ pub async fn gas_vector_groups(app: &TestApp, prefix: &str) -> (Vec<(String, f64
     (groups, position)
 }
 
+/// An answer that must have succeeded: its log position.
+pub fn succeeded(answer: Answer) -> i64 {
+    assert!(answer.status.is_success(), "{:?}", answer.body);
+    answer.position()
+}
+
+/// An open group of `focus` facilitated by `dr_a`, with `client` registered and
+/// joined on `joined_on`. Returns the last position.
+pub async fn group_with_member(
+    app: &TestApp,
+    group: &str,
+    focus: &str,
+    client: &str,
+    joined_on: &str,
+) -> i64 {
+    use serde_json::json;
+    let admin = &app.admin;
+    succeeded(
+        app.post(
+            "/api/v1/groups",
+            admin,
+            json!({"group_id": group, "name": "Group", "focus": focus, "format": "open",
+                   "facilitators": ["dr_a"]}),
+        )
+        .await,
+    );
+    succeeded(
+        app.post("/api/v1/clients", admin, json!({"client_id": client}))
+            .await,
+    );
+    succeeded(
+        app.post(
+            &format!("/api/v1/groups/{group}/members"),
+            admin,
+            json!({"client_id": client, "joined_on": joined_on}),
+        )
+        .await,
+    )
+}
+
 /// The security probe's group (issue 7, item 2): one member, three sessions
 /// (present, no-show, no-show), a PHQ-9 change of 24, a goal checked in, and a
 /// dropout on day 15. Every figure about it is one person's. Returns the last
@@ -454,28 +474,8 @@ pub async fn one_member_group(app: &TestApp, group: &str) -> i64 {
     use serde_json::json;
     let admin = &app.admin;
     let client = format!("{group}-c");
-    let ok = |answer: Answer| {
-        assert!(answer.status.is_success(), "{:?}", answer.body);
-        answer.position()
-    };
-    ok(app
-        .post(
-            "/api/v1/groups",
-            admin,
-            json!({"group_id": group, "name": "Probe", "focus": "anxiety", "format": "open",
-                   "facilitators": ["dr_a"]}),
-        )
-        .await);
-    ok(app
-        .post("/api/v1/clients", admin, json!({"client_id": client}))
-        .await);
-    ok(app
-        .post(
-            &format!("/api/v1/groups/{group}/members"),
-            admin,
-            json!({"client_id": client, "joined_on": "2026-01-01"}),
-        )
-        .await);
+    let ok = succeeded;
+    group_with_member(app, group, "anxiety", &client, "2026-01-01").await;
     for (n, status) in ["present", "no_show", "no_show"].iter().enumerate() {
         let session = format!("{group}-s{n}");
         ok(app

@@ -214,27 +214,7 @@ fn the_dropout_rate_of_fewer_than_k_people_is_withheld() {
 
 #[test]
 fn the_6mp_curve_keeps_every_step_at_k_5() {
-    let vector: serde_json::Value =
-        serde_json::from_str(include_str!("../../../testdata/km_6mp.json")).unwrap();
-    let mut log = Log::new();
-    log.created("g1", Focus::Grief);
-    let joined_on = date("2025-01-06");
-    for (i, o) in vector["observations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
-        let client = format!("c{i}");
-        log.joined("g1", &client, "2025-01-06");
-        let days = o["t"].as_i64().unwrap() * 7;
-        let reason = if o["event"].as_bool().unwrap() {
-            DepartureReason::DroppedOut
-        } else {
-            DepartureReason::Completed
-        };
-        log.left("g1", &client, joined_on + Duration::days(days), reason);
-    }
+    let (log, _) = six_mp_log();
     let full = reports::retention(&log.practice, &RetentionScope::Group("g1".into()), now());
     let reporter = full.clone().for_reporters(K);
     // Six or more at risk at every step: the curve, median and S(t) survive.
