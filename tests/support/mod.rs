@@ -380,21 +380,15 @@ pub async fn gas_vector_groups(app: &TestApp, prefix: &str) -> (Vec<(String, f64
         );
         let ok = succeeded;
         group_with_member(app, &group, "depression", &client, "2026-01-05").await;
-        ok(app
-            .post(
-                &format!("/api/v1/groups/{group}/sessions"),
-                admin,
-                json!({"session_id": session, "starts_at": "2026-01-13T18:00:00+00:00",
-                       "duration_minutes": 90}),
-            )
-            .await);
-        ok(app
-            .post(
-                &format!("/api/v1/groups/{group}/sessions/{session}/attendance"),
-                admin,
-                json!({"records": [{"client_id": client, "status": "present"}]}),
-            )
-            .await);
+        held_session(
+            app,
+            &group,
+            &session,
+            "2026-01-13T18:00:00+00:00",
+            &client,
+            "present",
+        )
+        .await;
         let weights = vector["weights"].as_array().expect("weights");
         let mut check_ins = Vec::new();
         for (g, (weight, level)) in weights
@@ -466,6 +460,35 @@ pub async fn group_with_member(
     )
 }
 
+/// A session of 90 minutes at `starts_at` with one member's attendance. Returns the
+/// last position.
+pub async fn held_session(
+    app: &TestApp,
+    group: &str,
+    session: &str,
+    starts_at: &str,
+    client: &str,
+    status: &str,
+) -> i64 {
+    use serde_json::json;
+    succeeded(
+        app.post(
+            &format!("/api/v1/groups/{group}/sessions"),
+            &app.admin,
+            json!({"session_id": session, "starts_at": starts_at, "duration_minutes": 90}),
+        )
+        .await,
+    );
+    succeeded(
+        app.post(
+            &format!("/api/v1/groups/{group}/sessions/{session}/attendance"),
+            &app.admin,
+            json!({"records": [{"client_id": client, "status": status}]}),
+        )
+        .await,
+    )
+}
+
 /// The security probe's group (issue 7, item 2): one member, three sessions
 /// (present, no-show, no-show), a PHQ-9 change of 24, a goal checked in, and a
 /// dropout on day 15. Every figure about it is one person's. Returns the last
@@ -478,22 +501,8 @@ pub async fn one_member_group(app: &TestApp, group: &str) -> i64 {
     group_with_member(app, group, "anxiety", &client, "2026-01-01").await;
     for (n, status) in ["present", "no_show", "no_show"].iter().enumerate() {
         let session = format!("{group}-s{n}");
-        ok(app
-            .post(
-                &format!("/api/v1/groups/{group}/sessions"),
-                admin,
-                json!({"session_id": session,
-                       "starts_at": format!("2026-01-{:02}T18:00:00+00:00", 5 + 3 * n),
-                       "duration_minutes": 90}),
-            )
-            .await);
-        ok(app
-            .post(
-                &format!("/api/v1/groups/{group}/sessions/{session}/attendance"),
-                admin,
-                json!({"records": [{"client_id": client, "status": status}]}),
-            )
-            .await);
+        let starts_at = format!("2026-01-{:02}T18:00:00+00:00", 5 + 3 * n);
+        held_session(app, group, &session, &starts_at, &client, status).await;
     }
     for (session, items) in [
         ("s0", [3, 3, 3, 3, 3, 3, 3, 3, 0]),
