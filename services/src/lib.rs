@@ -9,6 +9,7 @@
 pub mod app;
 pub mod appender;
 pub mod as_of;
+pub mod audit;
 pub mod auth;
 mod cache;
 pub mod care_teams;

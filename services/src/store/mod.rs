@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+pub use crate::audit::chain::AuditEvent;
+use crate::audit::chain::{self, to_micros};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -163,6 +165,39 @@ pub struct RecordedEvent {
     pub causation_id: Option<Uuid>,
 }
 
+impl RecordedEvent {
+    fn from_audit(e: AuditEvent, payload: Value) -> RecordedEvent {
+        RecordedEvent {
+            position: e.position,
+            event_id: e.event_id,
+            aggregate_type: e.aggregate_type,
+            aggregate_id: e.aggregate_id,
+            sequence: e.sequence,
+            event_type: e.event_type,
+            event_version: e.event_version,
+            payload,
+            occurred_at: e.occurred_at,
+            recorded_at: e.recorded_at,
+            actor_id: e.actor_id,
+            actor_role: e.actor_role,
+            correlation_id: e.correlation_id,
+            causation_id: e.causation_id,
+        }
+    }
+}
+
+/// Which events an audit read selects besides `position > after`; `None` selects all.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuditFilter {
+    pub aggregate_type: Option<String>,
+    pub aggregate_id: Option<String>,
+    pub actor_id: Option<String>,
+    /// `recorded_at >= from`.
+    pub from: Option<DateTime<Utc>>,
+    /// `recorded_at < to`.
+    pub to: Option<DateTime<Utc>>,
+}
+
 /// An event for projections: only what they read, the payload as stored text.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RawEvent {
@@ -261,6 +296,17 @@ impl Store {
     /// The log in global order: up to `limit` events with `position > after`.
     pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
         dispatch!(self, s => s.read_all(after, limit).await)
+    }
+
+    /// The log for auditors: up to `limit` events with `position > after` that `filter`
+    /// selects, in order, with the exact payload text and the stored chain hash.
+    pub async fn read_audit(
+        &self,
+        after: i64,
+        limit: i64,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        dispatch!(self, s => s.read_audit(after, limit, filter).await)
     }
 
     /// Like [`Store::read_all`], lean: for projections that only fold payloads.

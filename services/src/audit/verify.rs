@@ -1,0 +1,169 @@
+//! Checking a log from its events alone: positions from 1 without a gap, every hash
+//! recomputed from the event's contents and the hash before it, and the Merkle root
+//! of every prefix, to compare with signed checkpoints. The same check serves the
+//! offline export verifier, `circle audit verify --database-url` and
+//! `GET /api/v1/audit/verify`.
+
+use super::chain::{AuditEvent, Hash, GENESIS};
+use super::merkle::CompactRange;
+
+/// The first thing wrong with a log, and where.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("position {position}: {reason}")]
+pub struct BadPosition {
+    pub position: i64,
+    pub reason: String,
+}
+
+impl BadPosition {
+    pub fn new(position: i64, reason: impl Into<String>) -> BadPosition {
+        BadPosition {
+            position,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A log checked event by event, in position order.
+#[derive(Clone, Debug)]
+pub struct LogCheck {
+    previous: Hash,
+    range: CompactRange,
+}
+
+impl Default for LogCheck {
+    fn default() -> LogCheck {
+        LogCheck {
+            previous: GENESIS,
+            range: CompactRange::default(),
+        }
+    }
+}
+
+impl LogCheck {
+    /// Events checked so far (= the last good position).
+    pub fn checked(&self) -> u64 {
+        self.range.size()
+    }
+
+    /// The RFC 6962 root of the events checked so far.
+    pub fn root(&self) -> Hash {
+        self.range.root()
+    }
+
+    /// The position the next event must have.
+    pub fn next_position(&self) -> i64 {
+        self.checked() as i64 + 1
+    }
+
+    /// Checks the next event: its position, then its hash.
+    pub fn push(&mut self, event: &AuditEvent) -> Result<(), BadPosition> {
+        let next = self.next_position();
+        if event.position > next {
+            return Err(BadPosition::new(
+                next,
+                format!("missing: the next event is at position {}", event.position),
+            ));
+        }
+        if event.position < next {
+            return Err(BadPosition::new(
+                event.position,
+                format!("out of order or repeated, after position {}", next - 1),
+            ));
+        }
+        if event.expected_hash(&self.previous) != event.hash {
+            return Err(BadPosition::new(
+                next,
+                "the hash does not match the event's contents and the hash before it",
+            ));
+        }
+        self.previous = event.hash;
+        self.range.push(&event.hash, |_, _, _| {});
+        Ok(())
+    }
+
+    /// Called at the end of the log: nothing may be missing up to `size`.
+    pub fn ends_at_or_after(&self, size: u64) -> Result<(), BadPosition> {
+        if self.checked() < size {
+            return Err(BadPosition::new(
+                self.next_position(),
+                format!(
+                    "missing: the log ends at position {} but a checkpoint covers {size} events",
+                    self.checked()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::tests::sample;
+
+    /// A valid log of `n` events.
+    pub(crate) fn log(n: i64) -> Vec<AuditEvent> {
+        let mut previous = GENESIS;
+        (1..=n)
+            .map(|position| {
+                let mut e = sample();
+                e.position = position;
+                e.sequence = position;
+                e.payload = format!(r#"{{"n":{position}}}"#);
+                e.hash = e.expected_hash(&previous);
+                previous = e.hash;
+                e
+            })
+            .collect()
+    }
+
+    fn first_bad(events: &[AuditEvent]) -> Option<BadPosition> {
+        let mut check = LogCheck::default();
+        events.iter().find_map(|e| check.push(e).err())
+    }
+
+    #[test]
+    fn a_valid_log_passes_and_each_kind_of_damage_names_its_position() {
+        let good = log(10);
+        assert_eq!(first_bad(&good), None);
+
+        let mut changed = good.clone();
+        changed[4].payload = r#"{"n":6}"#.into();
+        assert_eq!(first_bad(&changed).unwrap().position, 5);
+
+        let mut deleted = good.clone();
+        deleted.remove(6);
+        let bad = first_bad(&deleted).unwrap();
+        assert_eq!((bad.position, bad.reason.starts_with("missing")), (7, true));
+
+        let mut swapped = good.clone();
+        swapped.swap(2, 3);
+        assert_eq!(first_bad(&swapped).unwrap().position, 3);
+
+        let mut renumbered = good.clone();
+        renumbered.swap(2, 3);
+        renumbered[2].position = 3;
+        renumbered[3].position = 4;
+        assert_eq!(first_bad(&renumbered).unwrap().position, 3);
+
+        let mut inserted = good.clone();
+        let mut extra = good[8].clone();
+        extra.event_id = uuid::Uuid::from_u128(99);
+        inserted.insert(8, extra);
+        for (i, e) in inserted.iter_mut().enumerate() {
+            e.position = i as i64 + 1;
+        }
+        assert_eq!(first_bad(&inserted).unwrap().position, 9);
+    }
+
+    #[test]
+    fn a_log_shorter_than_a_checkpoint_names_the_first_missing_position() {
+        let mut check = LogCheck::default();
+        for e in log(3) {
+            check.push(&e).unwrap();
+        }
+        assert!(check.ends_at_or_after(3).is_ok());
+        assert_eq!(check.ends_at_or_after(5).unwrap_err().position, 4);
+    }
+}
