@@ -472,6 +472,7 @@ on_both_backends!(
     one_holder_leads_at_a_time_and_a_deposed_leader_cannot_save,
     a_snapshot_is_found_by_the_time_its_events_were_recorded_by,
     every_append_is_chained_in_the_transaction_that_positions_it,
+    the_log_refuses_every_change_but_erasure_still_works,
 );
 
 /// Events written before the chain existed, straight into a schema at migration 5.
@@ -528,6 +529,44 @@ async fn postgres_chains_events_written_before_the_chain_on_migration() {
     assert_eq!(check_chain(&store).await.checked(), 5);
 }
 
+/// UPDATE, DELETE and TRUNCATE of events are refused to everyone the trigger binds;
+/// erasure still works, because it only ever touches `client_keys`.
+async fn the_log_refuses_every_change_but_erasure_still_works(store: Store) {
+    let mut register = append("c1", 0, 1);
+    register.aggregate_type = "client";
+    register.key_action = Some(KeyAction::Store {
+        client_id: "c1".into(),
+        wrapped_key: vec![7; 40],
+    });
+    store.commit_batch(&[register]).await.unwrap();
+    let statements: &[&str] = match &store {
+        Store::Postgres(_) => &[
+            "UPDATE events SET actor_id = 'x'",
+            "UPDATE events SET actor_id = 'x' WHERE position = 99",
+            "DELETE FROM events WHERE position = 1",
+            "TRUNCATE events",
+        ],
+        Store::Sqlite(_) => &["UPDATE events SET actor_id = 'x'", "DELETE FROM events"],
+    };
+    for sql in statements {
+        let refused = match &store {
+            Store::Postgres(pg) => sqlx::query(sql).execute(pg.pool()).await.err(),
+            Store::Sqlite(lite) => sqlx::query(sql).execute(lite.pool()).await.err(),
+        };
+        let message = refused.unwrap_or_else(|| panic!("{sql} was allowed")).to_string();
+        assert!(message.contains("append-only"), "{sql}: {message}");
+    }
+    let mut erase = append("c1", 1, 1);
+    erase.aggregate_type = "client";
+    erase.key_action = Some(KeyAction::Destroy {
+        client_id: "c1".into(),
+    });
+    let results = store.commit_batch(&[erase]).await.unwrap();
+    assert!(matches!(results[0], AppendResult::Committed { .. }));
+    assert_eq!(store.client_key("c1").await.unwrap(), ClientKey::Destroyed);
+    assert_eq!(check_chain(&store).await.checked(), 2);
+}
+
 #[tokio::test]
 async fn sqlite_chains_events_written_before_the_chain_on_migration() {
     use sqlx::Connection;
@@ -574,6 +613,14 @@ async fn sqlite_chains_events_written_before_the_chain_on_migration() {
 
     let store = Store::embedded(&dir).await.unwrap();
     assert_eq!(check_chain(&store).await.checked(), 3);
+    let refused = match &store {
+        Store::Sqlite(lite) => sqlx::query("UPDATE events SET hash = NULL")
+            .execute(lite.pool())
+            .await
+            .is_err(),
+        Store::Postgres(_) => unreachable!(),
+    };
+    assert!(refused, "the back-filled log is append-only");
     store.commit_batch(&[append("g1", 0, 2)]).await.unwrap();
     assert_eq!(check_chain(&store).await.checked(), 5);
 }

@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("migrations/postgres/0005_practice_snapshots.sql"),
     ),
     (6, include_str!("migrations/postgres/0006_hash_chain.sql")),
+    (7, include_str!("migrations/postgres/0007_append_only.sql")),
 ];
 
 #[derive(Clone)]

@@ -65,6 +65,10 @@ impl SqliteStore {
         Ok(store)
     }
 
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await.map_err(StoreError::Migration)?;
