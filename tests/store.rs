@@ -553,7 +553,9 @@ async fn the_log_refuses_every_change_but_erasure_still_works(store: Store) {
             Store::Postgres(pg) => sqlx::query(sql).execute(pg.pool()).await.err(),
             Store::Sqlite(lite) => sqlx::query(sql).execute(lite.pool()).await.err(),
         };
-        let message = refused.unwrap_or_else(|| panic!("{sql} was allowed")).to_string();
+        let message = refused
+            .unwrap_or_else(|| panic!("{sql} was allowed"))
+            .to_string();
         assert!(message.contains("append-only"), "{sql}: {message}");
     }
     let mut erase = append("c1", 1, 1);

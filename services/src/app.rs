@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::appender::Appender;
 use crate::as_of::{self, AsOfLimit};
+use crate::audit::note::Signer;
+use crate::audit::tree::{CheckpointPolicy, Checkpointer};
 use crate::auth::{create_token, register_token, Authenticator, Role};
 use crate::commands::{CommandService, Repository};
 use crate::config::Settings;
@@ -98,6 +100,37 @@ fn master_key(settings: &Settings) -> anyhow::Result<String> {
     Ok(key)
 }
 
+/// The checkpoint signer from settings; the embedded store creates a key in the data
+/// directory on first run, as it does the master key. PostgreSQL without a configured
+/// key signs nothing: instances generating keys of their own would disagree.
+fn audit_signer(settings: &Settings) -> anyhow::Result<Option<Signer>> {
+    let text = match (&settings.audit_signing_key, &settings.database_url) {
+        (Some(key), _) => key.expose().to_string(),
+        (None, Some(_)) => {
+            tracing::warn!(
+                "no CIRCLE_AUDIT_SIGNING_KEY: the log is chained but no checkpoints are signed"
+            );
+            return Ok(None);
+        }
+        (None, None) => {
+            let path = settings.data_dir.join("audit.key");
+            match std::fs::read_to_string(&path) {
+                Ok(existing) => existing,
+                Err(_) => {
+                    let key = Signer::generate(&settings.audit_origin)?;
+                    write_private(&path, &key)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    tracing::info!(path = %path.display(), "generated the audit signing key");
+                    key
+                }
+            }
+        }
+    };
+    Ok(Some(
+        Signer::parse(&text).context("reading the audit signing key")?,
+    ))
+}
+
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
@@ -124,6 +157,7 @@ impl Application {
     /// | `nats-publisher` | followers | restart with backoff | no: NATS may be down |
     /// | `nats-service` | followers | restart with backoff | no |
     /// | `leader-lease` | lease | restart with backoff | no: followers serve anyway |
+    /// | `audit-checkpoints` | followers | restart with backoff | no: the chain needs none |
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
         let store = open_store(settings).await?;
         let vault = Vault::from_base64(&master_key(settings)?).context("reading the master key")?;
@@ -215,6 +249,34 @@ impl Application {
             },
         );
 
+        let signer = audit_signer(settings)?.map(Arc::new);
+        let (checkpoints, _) = tokio::sync::watch::channel(None);
+        if let Some(signer) = &signer {
+            let checkpointer = Arc::new(Checkpointer {
+                store: store.clone(),
+                signer: signer.clone(),
+                policy: CheckpointPolicy {
+                    every_events: settings.audit_checkpoint_every_events.max(1),
+                    every: Duration::from_millis(settings.audit_checkpoint_every_ms),
+                },
+            });
+            let (leadership, checkpoints) = (leadership.clone(), checkpoints.clone());
+            supervisor.spawn(
+                "audit-checkpoints",
+                Stage::Followers,
+                OnExit::Restart,
+                false,
+                move |stop| {
+                    let (checkpointer, leadership, checkpoints) = (
+                        checkpointer.clone(),
+                        leadership.clone(),
+                        checkpoints.clone(),
+                    );
+                    async move { checkpointer.run(leadership, checkpoints, stop).await }
+                },
+            );
+        }
+
         let commands = CommandService::new(
             store.clone(),
             appender,
@@ -292,6 +354,7 @@ impl Application {
                 metrics.clone(),
             ),
             auth: Authenticator::new(store.clone()),
+            audit_key: signer.map(|s| s.verifier_key()),
             store,
             commands,
             vault,

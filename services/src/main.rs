@@ -86,6 +86,14 @@ struct ServeArgs {
     /// Base64 of 32 bytes wrapping every client's key (environment only).
     #[arg(long, env = "CIRCLE_MASTER_KEY", hide_env_values = true, hide = true)]
     master_key: Option<String>,
+    /// The checkpoint signing key, signed-note form (environment only).
+    #[arg(
+        long,
+        env = "CIRCLE_AUDIT_SIGNING_KEY",
+        hide_env_values = true,
+        hide = true
+    )]
+    audit_signing_key: Option<String>,
     /// Log lines as text (for people) or JSON (for log shippers).
     #[arg(long, env = "CIRCLE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -100,6 +108,7 @@ impl ServeArgs {
             nats_url: self.nats_url,
             admin_token: self.admin_token,
             master_key: self.master_key,
+            audit_signing_key: self.audit_signing_key,
             log_format: self.log_format,
         }
     }

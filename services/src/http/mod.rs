@@ -63,6 +63,8 @@ pub struct Services {
     pub health: Health,
     pub limits: Limits,
     pub as_of_limit: crate::as_of::AsOfLimit,
+    /// The checkpoint verifier key (signed-note form), when checkpoints are signed.
+    pub audit_key: Option<String>,
 }
 
 /// Bounds on the API: requests at once and the time each may take.

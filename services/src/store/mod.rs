@@ -26,7 +26,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use crate::audit::chain::AuditEvent;
-use crate::audit::chain::{self, to_micros};
+use crate::audit::chain::{self, to_micros, Hash};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -198,6 +198,28 @@ pub struct AuditFilter {
     pub to: Option<DateTime<Utc>>,
 }
 
+/// A perfect subtree of the Merkle tree: (level, index from the left).
+pub type NodeKey = (u32, u64);
+
+/// A signed checkpoint as stored: the tree size, its root and the signed note.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TreeHead {
+    pub size: i64,
+    pub root: Hash,
+    pub note: String,
+}
+
+fn stored_hash((key, bytes): (i64, Vec<u8>)) -> Result<(i64, Hash), StoreError> {
+    chain::hash_from_slice(&bytes)
+        .map(|hash| (key, hash))
+        .ok_or_else(|| StoreError::Corrupt(format!("a stored hash at {key} is not 32 bytes")))
+}
+
+fn tree_head((size, root, note): (i64, Vec<u8>, String)) -> Result<TreeHead, StoreError> {
+    let (size, root) = stored_hash((size, root))?;
+    Ok(TreeHead { size, root, note })
+}
+
 /// An event for projections: only what they read, the payload as stored text.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RawEvent {
@@ -307,6 +329,42 @@ impl Store {
         filter: &AuditFilter,
     ) -> Result<Vec<AuditEvent>, StoreError> {
         dispatch!(self, s => s.read_audit(after, limit, filter).await)
+    }
+
+    /// The stored chain hashes at these positions (those that exist).
+    pub async fn chain_hashes(&self, positions: &[i64]) -> Result<Vec<(i64, Hash)>, StoreError> {
+        dispatch!(self, s => s.chain_hashes(positions).await)
+    }
+
+    /// The stored Merkle subtrees among `keys`.
+    pub async fn merkle_nodes(&self, keys: &[NodeKey]) -> Result<Vec<(NodeKey, Hash)>, StoreError> {
+        dispatch!(self, s => s.merkle_nodes(keys).await)
+    }
+
+    /// Keeps Merkle subtrees; one already kept stays as it is.
+    pub async fn save_merkle_nodes(&self, nodes: &[(NodeKey, Hash)]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.save_merkle_nodes(nodes).await)
+    }
+
+    /// Stores a signed checkpoint unless one of that size exists, while `fence` is
+    /// current. Returns the checkpoint stored at that size (the earlier one if there
+    /// was one: a size is never signed twice), or `None` when fenced out.
+    pub async fn save_tree_head(
+        &self,
+        head: &TreeHead,
+        fence: &Fence,
+    ) -> Result<Option<TreeHead>, StoreError> {
+        dispatch!(self, s => s.save_tree_head(head, fence).await)
+    }
+
+    /// The checkpoint of this tree size, or the latest when `None`.
+    pub async fn tree_head(&self, size: Option<i64>) -> Result<Option<TreeHead>, StoreError> {
+        dispatch!(self, s => s.tree_head(size).await)
+    }
+
+    /// Every checkpoint, by tree size.
+    pub async fn tree_heads(&self) -> Result<Vec<TreeHead>, StoreError> {
+        dispatch!(self, s => s.tree_heads().await)
     }
 
     /// Like [`Store::read_all`], lean: for projections that only fold payloads.

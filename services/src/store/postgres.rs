@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (6, include_str!("migrations/postgres/0006_hash_chain.sql")),
     (7, include_str!("migrations/postgres/0007_append_only.sql")),
+    (8, include_str!("migrations/postgres/0008_audit_tree.sql")),
 ];
 
 #[derive(Clone)]
@@ -225,6 +226,95 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(audit_event).collect()
+    }
+
+    pub async fn chain_hashes(&self, positions: &[i64]) -> Result<Vec<(i64, Hash)>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT position, hash FROM events WHERE position = ANY($1)")
+                .bind(positions)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(stored_hash).collect()
+    }
+
+    pub async fn merkle_nodes(&self, keys: &[NodeKey]) -> Result<Vec<(NodeKey, Hash)>, StoreError> {
+        let levels: Vec<i32> = keys.iter().map(|k| k.0 as i32).collect();
+        let indexes: Vec<i64> = keys.iter().map(|k| k.1 as i64).collect();
+        let rows: Vec<(i32, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT n.level, n.node_index, n.hash
+             FROM unnest($1::int[], $2::bigint[]) AS k(level, node_index)
+             JOIN merkle_nodes n ON n.level = k.level AND n.node_index = k.node_index",
+        )
+        .bind(&levels)
+        .bind(&indexes)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(level, index, hash)| {
+                let (_, hash) = stored_hash((index, hash))?;
+                Ok(((level as u32, index as u64), hash))
+            })
+            .collect()
+    }
+
+    pub async fn save_merkle_nodes(&self, nodes: &[(NodeKey, Hash)]) -> Result<(), StoreError> {
+        let levels: Vec<i32> = nodes.iter().map(|(k, _)| k.0 as i32).collect();
+        let indexes: Vec<i64> = nodes.iter().map(|(k, _)| k.1 as i64).collect();
+        let hashes: Vec<&[u8]> = nodes.iter().map(|(_, h)| h.as_slice()).collect();
+        sqlx::query(
+            "INSERT INTO merkle_nodes (level, node_index, hash)
+             SELECT * FROM unnest($1::int[], $2::bigint[], $3::bytea[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&levels)
+        .bind(&indexes)
+        .bind(&hashes)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn save_tree_head(
+        &self,
+        head: &TreeHead,
+        fence: &Fence,
+    ) -> Result<Option<TreeHead>, StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (tree_size, root, note)
+             SELECT $1, $2, $3
+             WHERE EXISTS (SELECT 1 FROM leases WHERE name = $4 AND holder = $5 AND epoch = $6)
+             ON CONFLICT (tree_size) DO NOTHING",
+        )
+        .bind(head.size)
+        .bind(head.root.as_slice())
+        .bind(&head.note)
+        .bind(&fence.lease)
+        .bind(fence.holder)
+        .bind(fence.epoch)
+        .execute(&self.pool)
+        .await?;
+        self.tree_head(Some(head.size)).await
+    }
+
+    pub async fn tree_head(&self, size: Option<i64>) -> Result<Option<TreeHead>, StoreError> {
+        let row: Option<(i64, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT tree_size, root, note FROM audit_checkpoints
+             WHERE $1::bigint IS NULL OR tree_size = $1
+             ORDER BY tree_size DESC LIMIT 1",
+        )
+        .bind(size)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(tree_head).transpose()
+    }
+
+    pub async fn tree_heads(&self) -> Result<Vec<TreeHead>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT tree_size, root, note FROM audit_checkpoints ORDER BY tree_size",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(tree_head).collect()
     }
 
     pub async fn read_raw(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, StoreError> {

@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("migrations/sqlite/0004_practice_snapshots.sql"),
     ),
     (5, include_str!("migrations/sqlite/0005_append_only.sql")),
+    (6, include_str!("migrations/sqlite/0006_audit_tree.sql")),
 ];
 
 /// Before this migration makes events append-only, the chain is back-filled.
@@ -311,6 +312,97 @@ impl SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(audit_event).collect()
+    }
+
+    pub async fn chain_hashes(&self, positions: &[i64]) -> Result<Vec<(i64, Hash)>, StoreError> {
+        let list = serde_json::to_string(positions).map_err(|e| corrupt("positions", e))?;
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT position, hash FROM events
+             WHERE position IN (SELECT value FROM json_each(?))",
+        )
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(stored_hash).collect()
+    }
+
+    pub async fn merkle_nodes(&self, keys: &[NodeKey]) -> Result<Vec<(NodeKey, Hash)>, StoreError> {
+        let list = serde_json::to_string(keys).map_err(|e| corrupt("node keys", e))?;
+        let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT n.level, n.node_index, n.hash FROM json_each(?) AS k
+             JOIN merkle_nodes n
+               ON n.level = k.value ->> 0 AND n.node_index = k.value ->> 1",
+        )
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(level, index, hash)| {
+                let (_, hash) = stored_hash((index, hash))?;
+                Ok(((level as u32, index as u64), hash))
+            })
+            .collect()
+    }
+
+    pub async fn save_merkle_nodes(&self, nodes: &[(NodeKey, Hash)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for ((level, index), hash) in nodes {
+            sqlx::query(
+                "INSERT INTO merkle_nodes (level, node_index, hash) VALUES (?, ?, ?)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(*level as i64)
+            .bind(*index as i64)
+            .bind(hash.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn save_tree_head(
+        &self,
+        head: &TreeHead,
+        fence: &Fence,
+    ) -> Result<Option<TreeHead>, StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (tree_size, root, note, created_at)
+             SELECT ?1, ?2, ?3, ?4
+             WHERE EXISTS (SELECT 1 FROM leases WHERE name = ?5 AND holder = ?6 AND epoch = ?7)
+             ON CONFLICT (tree_size) DO NOTHING",
+        )
+        .bind(head.size)
+        .bind(head.root.as_slice())
+        .bind(&head.note)
+        .bind(timestamp(&Utc::now()))
+        .bind(&fence.lease)
+        .bind(fence.holder.to_string())
+        .bind(fence.epoch)
+        .execute(&self.pool)
+        .await?;
+        self.tree_head(Some(head.size)).await
+    }
+
+    pub async fn tree_head(&self, size: Option<i64>) -> Result<Option<TreeHead>, StoreError> {
+        let row: Option<(i64, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT tree_size, root, note FROM audit_checkpoints
+             WHERE ?1 IS NULL OR tree_size = ?1
+             ORDER BY tree_size DESC LIMIT 1",
+        )
+        .bind(size)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(tree_head).transpose()
+    }
+
+    pub async fn tree_heads(&self) -> Result<Vec<TreeHead>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT tree_size, root, note FROM audit_checkpoints ORDER BY tree_size",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(tree_head).collect()
     }
 
     pub async fn read_raw(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, StoreError> {
