@@ -211,3 +211,253 @@ on_both_backends!(
     the_leader_refuses_to_extend_a_tree_whose_signed_root_it_cannot_reproduce,
     a_deposed_leader_stores_no_checkpoint,
 );
+
+/// A Circle on PostgreSQL that signs a checkpoint within 200 ms of a write and
+/// publishes it on NATS under a namespace of its own.
+async fn audited_app() -> (circle_tests::TestApp, String, String) {
+    let url = circle_tests::fresh_schema_url().await;
+    let namespace = circle_tests::fresh_namespace();
+    let key = Signer::generate("circle.test/log").unwrap();
+    let (ns, secret) = (namespace.clone(), key.clone());
+    let app = circle_tests::spawn_app_with(&url, move |settings| {
+        settings.audit_signing_key = Some(circle_services::config::Secret::new(secret));
+        settings.audit_checkpoint_every_ms = 200;
+        settings.nats_url = Some(circle_tests::nats_url());
+        settings.nats_namespace = ns;
+    })
+    .await;
+    (app, namespace, key)
+}
+
+/// The signed note of the latest checkpoint, once it covers `size` events.
+async fn checkpoint_at(app: &circle_tests::TestApp, token: &str, size: i64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = app.get("/api/v1/audit/checkpoint", token).await;
+        if let serde_json::Value::String(note) = &answer.body {
+            if note.lines().nth(1) == Some(size.to_string().as_str()) {
+                return note.clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint of {size}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn auditors_read_the_log_checkpoints_and_proofs_over_http() {
+    use circle_services::auth::Role;
+    use reqwest::StatusCode;
+
+    let (app, namespace, _) = audited_app().await;
+    circle_tests::six_mp_group(&app, "g6mp").await;
+    let sealed = app
+        .post(
+            "/api/v1/clients",
+            &app.admin,
+            json!({"client_id": "named", "display_name": "Ada Lovelace"}),
+        )
+        .await;
+    assert_eq!(sealed.status, StatusCode::CREATED);
+    let head = app.head().await;
+    let auditor = app.token(Role::Auditor, None).await;
+    let note = checkpoint_at(&app, &auditor, head).await;
+    let key = app.get("/api/v1/audit/key", &auditor).await;
+    let key = key.body.as_str().unwrap().to_string();
+    let verifier = Verifier::parse(&key).unwrap();
+    let checkpoint = Checkpoint::open(&note, &verifier).unwrap();
+    assert_eq!(checkpoint.size, head as u64);
+
+    // Only auditors and admins.
+    for (role, clinician) in [(Role::Clinician, Some("dr_a")), (Role::Reporter, None)] {
+        let token = app.token(role, clinician).await;
+        for path in [
+            "/api/v1/audit/events",
+            "/api/v1/audit/checkpoint",
+            "/api/v1/audit/verify",
+        ] {
+            assert_eq!(
+                app.get(path, &token).await.status,
+                StatusCode::FORBIDDEN,
+                "{path}"
+            );
+        }
+    }
+    let anonymous = app
+        .send(reqwest::Method::GET, "/api/v1/audit/key", None, &[], None)
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+
+    // The NDJSON export: every event, chained, with the signed root; no plain text.
+    let export = app
+        .http
+        .get(format!("{}/api/v1/audit/events", app.base))
+        .bearer_auth(&auditor)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.headers()["content-type"], "application/x-ndjson");
+    let text = export.text().await.unwrap();
+    assert!(!text.contains("Ada Lovelace"));
+    let mut check = circle_services::audit::verify::LogCheck::default();
+    for line in text.lines() {
+        let event: circle_services::store::AuditEvent = serde_json::from_str(line).unwrap();
+        check.push(&event).unwrap();
+    }
+    assert_eq!(
+        (check.checked(), check.root()),
+        (head as u64, checkpoint.root)
+    );
+
+    // Paged JSON and filters.
+    let page = app
+        .get("/api/v1/audit/events?after=10&limit=5", &auditor)
+        .await;
+    assert_eq!(page.body["events"][0]["position"], 11);
+    assert_eq!(page.body["next_after"], 15);
+    let one = app
+        .get(
+            "/api/v1/audit/events?aggregate_type=client&aggregate_id=named",
+            &auditor,
+        )
+        .await;
+    assert_eq!(one.body["events"].as_array().unwrap().len(), 1);
+    assert_eq!(one.body["next_after"], serde_json::Value::Null);
+
+    // Proofs, checked against the signed root.
+    let inclusion = app
+        .get(
+            &format!("/api/v1/audit/proof/inclusion?position=17&tree_size={head}"),
+            &auditor,
+        )
+        .await;
+    assert_eq!(inclusion.status, StatusCode::OK, "{:?}", inclusion.body);
+    let hex = |v: &serde_json::Value| {
+        circle_services::audit::chain::hash_from_hex(v.as_str().unwrap()).unwrap()
+    };
+    let proof: Vec<_> = inclusion.body["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(hex)
+        .collect();
+    let leaf = hex(&inclusion.body["leaf_hash"]);
+    assert!(merkle::verify_inclusion(
+        16,
+        head as u64,
+        &leaf,
+        &proof,
+        &checkpoint.root
+    ));
+    let consistency = app
+        .get(
+            &format!("/api/v1/audit/proof/consistency?from=10&to={head}"),
+            &auditor,
+        )
+        .await;
+    let proof: Vec<_> = consistency.body["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(hex)
+        .collect();
+    let old_root = hex(&consistency.body["from_root"]);
+    assert!(merkle::verify_consistency(
+        10,
+        head as u64,
+        &old_root,
+        &checkpoint.root,
+        &proof
+    ));
+
+    let verdict = app.get("/api/v1/audit/verify", &auditor).await;
+    assert_eq!(verdict.body["ok"], true, "{:?}", verdict.body);
+    assert_eq!(verdict.body["checked"], head);
+
+    // Out of range: 400 naming the parameter.
+    for (path, field) in [
+        (
+            format!("/api/v1/audit/proof/inclusion?position=0&tree_size={head}"),
+            "position",
+        ),
+        (
+            format!(
+                "/api/v1/audit/proof/inclusion?position={}&tree_size={head}",
+                head + 1
+            ),
+            "position",
+        ),
+        (
+            format!(
+                "/api/v1/audit/proof/inclusion?position=1&tree_size={}",
+                head + 1
+            ),
+            "tree_size",
+        ),
+        (
+            "/api/v1/audit/proof/inclusion?position=x".to_string(),
+            "position",
+        ),
+        (
+            format!("/api/v1/audit/proof/consistency?from=5&to={}", head + 1),
+            "to",
+        ),
+        (
+            "/api/v1/audit/proof/consistency?from=9&to=5".to_string(),
+            "from",
+        ),
+        (
+            "/api/v1/audit/proof/consistency?from=0&to=5".to_string(),
+            "from",
+        ),
+        (
+            format!("/api/v1/audit/checkpoint?tree_size={}", head + 1),
+            "tree_size",
+        ),
+        (
+            "/api/v1/audit/checkpoint?tree_size=-1".to_string(),
+            "tree_size",
+        ),
+        ("/api/v1/audit/events?limit=0".to_string(), "limit"),
+        ("/api/v1/audit/events?after=-1".to_string(), "after"),
+        ("/api/v1/audit/events?from=yesterday".to_string(), "from"),
+    ] {
+        let answer = app.get(&path, &auditor).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(answer.content_type, "application/problem+json", "{path}");
+        assert_eq!(answer.field(), field, "{path}: {:?}", answer.body);
+    }
+    let unsigned = app
+        .get("/api/v1/audit/checkpoint?tree_size=3", &auditor)
+        .await;
+    assert_eq!(unsigned.status, StatusCode::NOT_FOUND);
+
+    // The same checkpoint on NATS.
+    let client = async_nats::connect(circle_tests::nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = format!("{}_AUDIT", namespace.to_uppercase());
+    let subject = format!("{namespace}.audit.checkpoint");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = match js.get_stream(&stream).await {
+            Ok(s) => s.get_last_raw_message_by_subject(&subject).await.ok(),
+            Err(_) => None,
+        };
+        if let Some(message) = found {
+            let published = std::str::from_utf8(&message.payload).unwrap().to_string();
+            if Checkpoint::open(&published, &verifier).unwrap().size == head as u64 {
+                assert_eq!(published, note);
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint on NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -325,6 +325,19 @@ impl Application {
                         async move { nats.publish(leadership, committed, stop).await }
                     },
                 );
+                if signer.is_some() {
+                    let (nats, checkpoints) = (nats.clone(), checkpoints.clone());
+                    supervisor.spawn(
+                        "nats-checkpoints",
+                        Stage::Followers,
+                        OnExit::Restart,
+                        false,
+                        move |stop| {
+                            let (nats, signed) = (nats.clone(), checkpoints.subscribe());
+                            async move { nats.publish_checkpoints(signed, stop).await }
+                        },
+                    );
+                }
                 supervisor.spawn(
                     "nats-service",
                     Stage::Followers,
@@ -354,7 +367,7 @@ impl Application {
                 metrics.clone(),
             ),
             auth: Authenticator::new(store.clone()),
-            audit_key: signer.map(|s| s.verifier_key()),
+            audit_key: signer.as_ref().map(|s| s.verifier_key()),
             store,
             commands,
             vault,

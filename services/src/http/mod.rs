@@ -3,6 +3,7 @@
 //! Handlers are thin: parse and check the request, ask the caller's role, build a
 //! command and hand it to the [`CommandService`]. Every refusal is a [`Problem`].
 
+mod audit;
 mod clients;
 mod extract;
 mod groups;
@@ -142,6 +143,12 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/reports/retention", get(reports::retention))
         .route("/reports/outcomes", get(reports::outcomes))
         .route("/alerts", get(reports::alerts))
+        .route("/audit/events", get(audit::events))
+        .route("/audit/checkpoint", get(audit::checkpoint))
+        .route("/audit/key", get(audit::key))
+        .route("/audit/proof/inclusion", get(audit::inclusion))
+        .route("/audit/proof/consistency", get(audit::consistency))
+        .route("/audit/verify", get(audit::verify))
         .route("/openapi.json", get(openapi::serve))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), limit));

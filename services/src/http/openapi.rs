@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{clients, groups, reports};
+use super::{audit, clients, groups, reports};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,12 +35,20 @@ use super::{clients, groups, reports};
         reports::retention,
         reports::outcomes,
         reports::alerts,
+        audit::events,
+        audit::checkpoint,
+        audit::key,
+        audit::inclusion,
+        audit::consistency,
+        audit::verify,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "groups", description = "Groups, members, sessions, attendance, feedback"),
         (name = "clients", description = "Clients, consent, erasure, measures"),
         (name = "reports", description = "Attendance, retention, outcomes, alerts; live or as_of"),
+        (name = "audit", description = "The log with its hash chain, signed checkpoints, RFC 9162 \
+            proofs (hex); auditors and admins only"),
     )
 )]
 pub struct ApiDoc;
