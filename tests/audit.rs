@@ -461,3 +461,252 @@ async fn auditors_read_the_log_checkpoints_and_proofs_over_http() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Runs `circle audit …`; returns (exit code, stdout). Off the test's runtime, which
+/// also serves the app the command may call.
+async fn circle_audit(args: &[&str]) -> (i32, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let output = std::process::Command::new(circle_tests::process::circle_binary())
+            .arg("audit")
+            .args(&args)
+            .env_remove("CIRCLE_DATABASE_URL")
+            .output()
+            .expect("run circle");
+        let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        (output.status.code().unwrap_or(-1), stdout)
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs `sql` as the owner of the schema's tables with every user trigger on events
+/// and checkpoints disabled, as an attacker with database rights would; the owner
+/// can do this, and so can any superuser.
+async fn as_attacker(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "BEGIN;
+         ALTER TABLE events DISABLE TRIGGER USER;
+         ALTER TABLE audit_checkpoints DISABLE TRIGGER USER;
+         {sql};
+         ALTER TABLE events ENABLE TRIGGER USER;
+         ALTER TABLE audit_checkpoints ENABLE TRIGGER USER;
+         COMMIT;"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+/// 40 events, a checkpoint of them, then `attack`: the first bad position that both
+/// the store check and `circle audit verify --database-url` report, and the reason.
+async fn first_bad_after(attack: &str) -> (i64, String) {
+    let url = circle_tests::fresh_schema_url().await;
+    let store = Store::postgres(&url, 4).await.unwrap();
+    fill(&store, 40).await;
+    let fence = lead(&store).await;
+    tree::checkpoint(&store, &signer(), &fence)
+        .await
+        .unwrap()
+        .unwrap();
+    as_attacker(&url, attack).await;
+    let verdict = tree::verify_store(&store, |_, _| {}).await.unwrap();
+    assert!(!verdict.ok, "{verdict:?}");
+    let position = verdict.first_bad_position.unwrap();
+    let (code, out) = circle_audit(&["verify", "--database-url", &url]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with(&format!("FAIL position {position}: ")),
+        "{out}"
+    );
+    (position, verdict.reason.unwrap())
+}
+
+#[tokio::test]
+async fn a_changed_payload_byte_is_found_at_its_position() {
+    let (position, reason) = first_bad_after(
+        "UPDATE events SET payload_text = overlay(payload_text placing 'X' from 3 for 1)
+         WHERE position = 17",
+    )
+    .await;
+    assert_eq!(position, 17, "{reason}");
+}
+
+#[tokio::test]
+async fn a_changed_recorded_at_is_found_at_its_position() {
+    let (position, reason) = first_bad_after(
+        "UPDATE events SET recorded_at = recorded_at + interval '1 microsecond'
+         WHERE position = 23",
+    )
+    .await;
+    assert_eq!(position, 23, "{reason}");
+}
+
+#[tokio::test]
+async fn a_deleted_row_is_found_at_its_position() {
+    let (position, reason) = first_bad_after("DELETE FROM events WHERE position = 30").await;
+    assert_eq!(position, 30);
+    assert!(reason.starts_with("missing"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_deleted_last_row_is_found_against_the_checkpoint() {
+    let (position, reason) = first_bad_after("DELETE FROM events WHERE position = 40").await;
+    assert_eq!(position, 40);
+    assert!(reason.starts_with("missing"), "{reason}");
+}
+
+#[tokio::test]
+async fn two_swapped_rows_are_found_at_the_first() {
+    let (position, reason) = first_bad_after(
+        "UPDATE events SET position = -11 WHERE position = 11;
+         UPDATE events SET position = 11 WHERE position = 12;
+         UPDATE events SET position = 12 WHERE position = -11",
+    )
+    .await;
+    assert_eq!(position, 11, "{reason}");
+}
+
+#[tokio::test]
+async fn an_inserted_row_is_found_at_its_position() {
+    let (position, reason) = first_bad_after(
+        "UPDATE events SET position = -(position + 1) WHERE position >= 35;
+         UPDATE events SET position = -position WHERE position < 0;
+         INSERT INTO events (position, event_id, aggregate_type, aggregate_id, sequence,
+             event_type, event_version, payload, payload_text, occurred_at, recorded_at,
+             actor_id, actor_role, correlation_id, causation_id, hash)
+         SELECT 35, gen_random_uuid(), aggregate_type, 'forged', 1, event_type,
+                event_version, payload, payload_text, occurred_at, recorded_at, 'dr_x',
+                actor_role, correlation_id, causation_id, hash
+         FROM events WHERE position = 34;
+         UPDATE log_head SET position = position + 1",
+    )
+    .await;
+    assert_eq!(position, 35, "{reason}");
+}
+
+/// The strongest attack: history rewritten with every hash recomputed, the stored
+/// checkpoints and tree removed, and the server signing the new log. The chain
+/// passes; the consistency proof against the checkpoint the auditor kept does not.
+#[tokio::test]
+async fn a_log_rewritten_with_recomputed_hashes_fails_consistency_with_a_kept_checkpoint() {
+    use circle_services::auth::Role;
+
+    let (app, _, key) = audited_app().await;
+    let store = app.state.store.clone();
+    let auditor = app.token(Role::Auditor, None).await;
+    fill(&store, 40).await;
+    let kept = checkpoint_at(&app, &auditor, 40).await;
+    let verifier_key = Signer::parse(&key).unwrap().verifier_key();
+    let dir = circle_tests::fresh_data_dir();
+    let (kept_file, key_file) = (dir.join("kept.checkpoint"), dir.join("circle.vkey"));
+    std::fs::write(&kept_file, &kept).unwrap();
+    std::fs::write(&key_file, &verifier_key).unwrap();
+    let consistency = |new: std::path::PathBuf| {
+        let args = [
+            "consistency".to_string(),
+            kept_file.display().to_string(),
+            new.display().to_string(),
+            "--url".into(),
+            app.base.clone(),
+            "--token".into(),
+            auditor.clone(),
+            "--key".into(),
+            key_file.display().to_string(),
+        ];
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            circle_audit(&args).await
+        }
+    };
+
+    // Honest growth: consistent.
+    fill(&store, 3).await;
+    let honest = dir.join("honest.checkpoint");
+    std::fs::write(&honest, checkpoint_at(&app, &auditor, 43).await).unwrap();
+    let (code, out) = consistency(honest).await;
+    assert_eq!((code, out.starts_with("ok ")), (0, true), "{out}");
+
+    // The offline export check agrees with the kept checkpoint.
+    let export = dir.join("export.ndjson");
+    let text = app
+        .http
+        .get(format!("{}/api/v1/audit/events", app.base))
+        .bearer_auth(&auditor)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    std::fs::write(&export, &text).unwrap();
+    let offline = |export: std::path::PathBuf| {
+        let args = [
+            "verify".to_string(),
+            "--export".into(),
+            export.display().to_string(),
+            "--checkpoint".into(),
+            kept_file.display().to_string(),
+            "--key".into(),
+            key_file.display().to_string(),
+        ];
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            circle_audit(&args).await
+        }
+    };
+    let (code, out) = offline(export).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("ok 43 events, root "), "{out}");
+    let edited = dir.join("edited.ndjson");
+    let one_byte: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| match i {
+            6 => line.replacen("snow", "snoW", 1),
+            _ => line.to_string(),
+        })
+        .collect();
+    std::fs::write(&edited, one_byte.join("\n")).unwrap();
+    let (code, out) = offline(edited).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            1,
+            "FAIL position 7: the hash does not match the event's contents and the hash before it"
+        )
+    );
+
+    // The rewrite.
+    as_attacker(
+        &app.database_url,
+        "UPDATE events SET payload_text = replace(payload_text, 'snow', 'rain')
+         WHERE position = 5;
+         DO $$ DECLARE h bytea; r events; BEGIN
+             SELECT hash INTO h FROM events WHERE position = 4;
+             FOR r IN SELECT * FROM events WHERE position >= 5 ORDER BY position LOOP
+                 h := sha256(h || circle_event_bytes(r));
+                 UPDATE events SET hash = h WHERE position = r.position;
+             END LOOP;
+             UPDATE log_head SET hash = h;
+         END $$;
+         DELETE FROM audit_checkpoints;
+         DELETE FROM merkle_nodes",
+    )
+    .await;
+    fill(&store, 2).await;
+    let rewritten = dir.join("rewritten.checkpoint");
+    std::fs::write(&rewritten, checkpoint_at(&app, &auditor, 45).await).unwrap();
+    let verdict = app.get("/api/v1/audit/verify", &auditor).await;
+    assert_eq!(
+        verdict.body["ok"], true,
+        "the chain alone passes: {:?}",
+        verdict.body
+    );
+    let (code, out) = consistency(rewritten.clone()).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("rewritten"), "{out}");
+}

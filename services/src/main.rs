@@ -39,6 +39,12 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Check the log without trusting the server: an export offline, the store, or
+    /// the consistency of two checkpoints an auditor kept.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -57,6 +63,48 @@ enum TokenAction {
         clinician_id: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Recompute the chain and the Merkle root of an NDJSON export (offline) and check
+    /// a signed checkpoint against it; without --export, check the store itself.
+    /// Prints `ok <n> events, root <hex>` (exit 0) or the first bad position (exit 1).
+    Verify {
+        /// An export from GET /api/v1/audit/events (Accept: application/x-ndjson).
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// A signed checkpoint (GET /api/v1/audit/checkpoint) the export must match.
+        #[arg(long, requires = "key", requires = "export")]
+        checkpoint: Option<PathBuf>,
+        /// The verifier key (GET /api/v1/audit/key), kept by the auditor.
+        #[arg(long, requires = "checkpoint")]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Fetch the consistency proof between two signed checkpoints and check it: a log
+    /// rewritten since OLD fails here.
+    Consistency {
+        old: PathBuf,
+        new: PathBuf,
+        /// Circle's base URL, e.g. http://127.0.0.1:8080 (plain HTTP).
+        #[arg(long)]
+        url: String,
+        /// An auditor's or admin's API token.
+        #[arg(long, env = "CIRCLE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The verifier key; both checkpoints' signatures are checked with it.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Create a checkpoint signing key: prints the key (for CIRCLE_AUDIT_SIGNING_KEY)
+    /// and the verifier key auditors keep.
+    Keygen {
+        /// The log's name, e.g. clinic.example/circle.
+        #[arg(long)]
+        origin: String,
     },
 }
 
@@ -153,6 +201,20 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Audit { action } => {
+            init_logging("warn", LogFormat::Text);
+            let outcome = audit(cli.config.as_deref(), action).await;
+            match outcome {
+                Ok(line) => {
+                    println!("{line}");
+                    Ok(())
+                }
+                Err(reason) => {
+                    println!("FAIL {reason}");
+                    std::process::exit(1)
+                }
+            }
+        }
         Command::Token {
             action:
                 TokenAction::Create {
@@ -174,6 +236,143 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs an audit command; `Err` is the one-line reason it failed.
+async fn audit(config: Option<&std::path::Path>, action: AuditAction) -> Result<String, String> {
+    use circle_services::audit::{merkle, note, tree, verify};
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))
+    };
+    match action {
+        AuditAction::Verify {
+            export: Some(export),
+            checkpoint,
+            key,
+            ..
+        } => {
+            let file = std::fs::File::open(&export)
+                .map_err(|e| format!("reading {}: {e}", export.display()))?;
+            let signed = match (checkpoint, key) {
+                (Some(c), Some(k)) => Some((read(&c)?, read(&k)?)),
+                _ => None,
+            };
+            let signed = signed.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+            verify::verify_export(std::io::BufReader::new(file), signed)
+                .map(|summary| summary.to_string())
+                .map_err(|failure| failure.to_string())
+        }
+        AuditAction::Verify {
+            export: None,
+            store,
+            ..
+        } => {
+            let overrides = Overrides {
+                data_dir: store.data_dir,
+                database_url: store.database_url,
+                ..Overrides::default()
+            };
+            let settings = Settings::load(config, overrides).map_err(|e| format!("{e:#}"))?;
+            let store = open_store(&settings).await.map_err(|e| format!("{e:#}"))?;
+            let verdict = tree::verify_store(&store, |n, head| progress_bar(n as i64, head))
+                .await
+                .map_err(|e| format!("reading the store: {}", ErrorChain(&e)))?;
+            eprintln!();
+            match (verdict.first_bad_position, verdict.reason) {
+                (None, None) => Ok(format!(
+                    "ok {} events, root {}",
+                    verdict.checked, verdict.root
+                )),
+                (position, reason) => Err(format!(
+                    "position {}: {}",
+                    position.map_or("?".to_string(), |p| p.to_string()),
+                    reason.unwrap_or_default()
+                )),
+            }
+        }
+        AuditAction::Consistency {
+            old,
+            new,
+            url,
+            token,
+            key,
+        } => {
+            let verifier = note::Verifier::parse(&read(&key)?).map_err(|e| e.to_string())?;
+            let open = |path: &PathBuf| -> Result<note::Checkpoint, String> {
+                note::Checkpoint::open(&read(path)?, &verifier)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            };
+            let (old, new) = (open(&old)?, open(&new)?);
+            if old.size > new.size {
+                return Err(format!(
+                    "OLD has {} events, NEW only {}",
+                    old.size, new.size
+                ));
+            }
+            let proof: Vec<merkle::Hash> = if old.size == 0 || old.size == new.size {
+                Vec::new()
+            } else {
+                fetch_consistency(&url, &token, old.size, new.size).await?
+            };
+            if merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &proof) {
+                Ok(format!(
+                    "ok the log of {} events extends the one of {} signed earlier",
+                    new.size, old.size
+                ))
+            } else {
+                Err(format!(
+                    "the log of {} events is not an extension of the one of {} events signed \
+                     earlier: history before {} was rewritten",
+                    new.size, old.size, old.size
+                ))
+            }
+        }
+        AuditAction::Keygen { origin } => {
+            let key = note::Signer::generate(&origin).map_err(|e| e.to_string())?;
+            let signer = note::Signer::parse(&key).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "signing key (CIRCLE_AUDIT_SIGNING_KEY, keep secret): {key}\nverifier key (give to auditors): {}",
+                signer.verifier_key()
+            ))
+        }
+    }
+}
+
+/// GET /api/v1/audit/proof/consistency, the proof's hashes decoded.
+async fn fetch_consistency(
+    base: &str,
+    token: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<circle_services::audit::merkle::Hash>, String> {
+    let url = format!(
+        "{}/api/v1/audit/proof/consistency?from={from}&to={to}",
+        base.trim_end_matches('/')
+    );
+    let response = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| format!("fetching {url}: {e}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| format!("{url} answered {status} without JSON: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("{url} answered {status}: {}", body["detail"]));
+    }
+    body["proof"]
+        .as_array()
+        .ok_or_else(|| format!("{url}: no proof in the answer"))?
+        .iter()
+        .map(|h| {
+            h.as_str()
+                .and_then(circle_services::audit::chain::hash_from_hex)
+                .ok_or_else(|| format!("{url}: a proof hash is not 64 hex digits"))
+        })
+        .collect()
 }
 
 async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {

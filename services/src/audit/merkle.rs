@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
-use super::chain::Hash;
+pub use super::chain::Hash;
 
 /// Perfect subtrees of 2^4 = 16 leaves and up are stored (about n/8 rows for n
 /// events); smaller ones are hashed from the events' chain hashes when needed.

@@ -4,8 +4,11 @@
 //! offline export verifier, `circle audit verify --database-url` and
 //! `GET /api/v1/audit/verify`.
 
-use super::chain::{AuditEvent, Hash, GENESIS};
+use std::io::BufRead;
+
+use super::chain::{to_hex, AuditEvent, Hash, GENESIS};
 use super::merkle::CompactRange;
+use super::note::{Checkpoint, Verifier};
 
 /// The first thing wrong with a log, and where.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -97,6 +100,88 @@ impl LogCheck {
     }
 }
 
+/// Why an export failed: a position, or the checkpoint itself.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ExportFailure {
+    #[error("{0}")]
+    Bad(#[from] BadPosition),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+}
+
+/// A checked export: how many events, and their root.
+#[derive(Debug, PartialEq)]
+pub struct ExportSummary {
+    pub events: u64,
+    pub root: Hash,
+    /// The checkpoint whose signature and root were checked.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+impl std::fmt::Display for ExportSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ok {} events, root {}", self.events, to_hex(&self.root))
+    }
+}
+
+/// Checks an NDJSON export (one event per line, from position 1) offline, and, when
+/// given a signed checkpoint and the verifier key, its signature and that the export
+/// has its root at its size. Never panics: every malformed input is a failure.
+pub fn verify_export(
+    export: impl BufRead,
+    checkpoint: Option<(&str, &str)>,
+) -> Result<ExportSummary, ExportFailure> {
+    let checkpoint = match checkpoint {
+        None => None,
+        Some((note, key)) => {
+            let verifier =
+                Verifier::parse(key).map_err(|e| ExportFailure::Checkpoint(e.to_string()))?;
+            Some(
+                Checkpoint::open(note, &verifier)
+                    .map_err(|e| ExportFailure::Checkpoint(e.to_string()))?,
+            )
+        }
+    };
+    let mut check = LogCheck::default();
+    let compare = |check: &LogCheck| -> Result<(), BadPosition> {
+        match &checkpoint {
+            Some(c) if c.size == check.checked() && c.root != check.root() => {
+                Err(BadPosition::new(
+                    c.size as i64,
+                    format!(
+                        "the first {} events do not have the root of the signed checkpoint",
+                        c.size
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    };
+    compare(&check)?;
+    for (number, line) in export.lines().enumerate() {
+        let next = check.next_position();
+        let line = line.map_err(|e| {
+            BadPosition::new(next, format!("line {} is unreadable: {e}", number + 1))
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: AuditEvent = serde_json::from_str(&line).map_err(|e| {
+            BadPosition::new(next, format!("line {} is not an event: {e}", number + 1))
+        })?;
+        check.push(&event)?;
+        compare(&check)?;
+    }
+    if let Some(c) = &checkpoint {
+        check.ends_at_or_after(c.size)?;
+    }
+    Ok(ExportSummary {
+        events: check.checked(),
+        root: check.root(),
+        checkpoint,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +240,87 @@ mod tests {
             e.position = i as i64 + 1;
         }
         assert_eq!(first_bad(&inserted).unwrap().position, 9);
+    }
+
+    fn export(events: &[AuditEvent]) -> String {
+        events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap() + "\n")
+            .collect()
+    }
+
+    #[test]
+    fn an_export_verifies_with_its_checkpoint_and_malformed_input_fails_with_a_reason() {
+        use crate::audit::note::Signer;
+        let events = log(12);
+        let text = export(&events);
+        let summary = verify_export(text.as_bytes(), None).unwrap();
+        assert_eq!(summary.events, 12);
+        assert!(summary.to_string().starts_with("ok 12 events, root "));
+
+        let signer = Signer::parse(&Signer::generate("t.example/log").unwrap()).unwrap();
+        let key = signer.verifier_key();
+        let mut prefix = LogCheck::default();
+        for e in &events[..10] {
+            prefix.push(e).unwrap();
+        }
+        let at_10 = signer.sign(
+            &Checkpoint {
+                origin: "t.example/log".into(),
+                size: 10,
+                root: prefix.root(),
+            }
+            .text(),
+        );
+        let ok = verify_export(text.as_bytes(), Some((&at_10, &key))).unwrap();
+        assert_eq!(ok.checkpoint.unwrap().size, 10);
+
+        let wrong_root = signer.sign(
+            &Checkpoint {
+                origin: "t.example/log".into(),
+                size: 10,
+                root: [1; 32],
+            }
+            .text(),
+        );
+        let failed = verify_export(text.as_bytes(), Some((&wrong_root, &key))).unwrap_err();
+        assert!(matches!(
+            failed,
+            ExportFailure::Bad(BadPosition { position: 10, .. })
+        ));
+
+        let short = export(&events[..8]);
+        let failed = verify_export(short.as_bytes(), Some((&at_10, &key))).unwrap_err();
+        assert!(matches!(
+            failed,
+            ExportFailure::Bad(BadPosition { position: 9, .. })
+        ));
+
+        let forged = at_10.replace("\n10\n", "\n11\n");
+        assert!(matches!(
+            verify_export(text.as_bytes(), Some((&forged, &key))),
+            Err(ExportFailure::Checkpoint(_))
+        ));
+        assert!(matches!(
+            verify_export(text.as_bytes(), Some((&at_10, "not a key"))),
+            Err(ExportFailure::Checkpoint(_))
+        ));
+
+        let truncated = &text[..text.len() - 40];
+        let failed = verify_export(truncated.as_bytes(), None).unwrap_err();
+        assert!(matches!(
+            failed,
+            ExportFailure::Bad(BadPosition { position: 12, .. })
+        ));
+        for junk in ["{", "[]", "null", "\u{0}", "{\"position\":1}"] {
+            let failed = verify_export(junk.as_bytes(), None).unwrap_err();
+            assert!(matches!(
+                failed,
+                ExportFailure::Bad(BadPosition { position: 1, .. })
+            ));
+        }
+        let not_utf8: &[u8] = b"\xff\xfe\n";
+        assert!(verify_export(not_utf8, None).is_err());
     }
 
     #[test]
