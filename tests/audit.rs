@@ -710,3 +710,91 @@ async fn a_log_rewritten_with_recomputed_hashes_fails_consistency_with_a_kept_ch
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("rewritten"), "{out}");
 }
+
+/// `tests/python/verify_log.py`, written from ARCHITECTURE.md alone with the Python
+/// standard library and `cryptography`, agrees with `circle audit verify`: chain,
+/// root, signature, and one inclusion and one consistency proof fetched over HTTP.
+#[tokio::test]
+async fn an_independent_python_verifier_agrees_with_circle() {
+    use circle_services::auth::Role;
+
+    let (app, _, key) = audited_app().await;
+    circle_tests::six_mp_group(&app, "g6mp").await;
+    let named = app
+        .post(
+            "/api/v1/clients",
+            &app.admin,
+            json!({"client_id": "named", "display_name": "Zoë Ünicode", "birth_year": 1980}),
+        )
+        .await;
+    assert_eq!(named.status, reqwest::StatusCode::CREATED);
+    let erased = app
+        .post(
+            "/api/v1/clients/named/erasure",
+            &app.admin,
+            json!({"reason": "client_request"}),
+        )
+        .await;
+    assert_eq!(erased.status, reqwest::StatusCode::OK, "{:?}", erased.body);
+    let head = app.head().await;
+    let auditor = app.token(Role::Auditor, None).await;
+    let note = checkpoint_at(&app, &auditor, head).await;
+    let dir = circle_tests::fresh_data_dir();
+    let (export, checkpoint, vkey) = (
+        dir.join("export.ndjson"),
+        dir.join("checkpoint"),
+        dir.join("key"),
+    );
+    let text = app
+        .http
+        .get(format!("{}/api/v1/audit/events", app.base))
+        .bearer_auth(&auditor)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    std::fs::write(&export, text).unwrap();
+    std::fs::write(&checkpoint, note).unwrap();
+    std::fs::write(&vkey, Signer::parse(&key).unwrap().verifier_key()).unwrap();
+
+    let paths = [&export, &checkpoint, &vkey].map(|p| p.display().to_string());
+    let (code, rust) = circle_audit(&[
+        "verify",
+        "--export",
+        &paths[0],
+        "--checkpoint",
+        &paths[1],
+        "--key",
+        &paths[2],
+    ])
+    .await;
+    assert_eq!(code, 0, "{rust}");
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/verify_log.py");
+    let args = [
+        script.display().to_string(),
+        paths[0].clone(),
+        paths[1].clone(),
+        paths[2].clone(),
+        app.base.clone(),
+        auditor.clone(),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(args)
+            .output()
+            .expect("python3 runs (scripts/test installs cryptography)")
+    })
+    .await
+    .unwrap();
+    let python = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        output.status.success(),
+        "{python} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(python, rust);
+    assert!(python.starts_with(&format!("ok {head} events, root ")));
+}
