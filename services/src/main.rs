@@ -388,6 +388,18 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         println!("admin token (shown once): {token}");
         println!("try: curl -H 'Authorization: Bearer {token}' http://{address}/api/v1/groups");
     }
+    if demo {
+        let token = app
+            .generated_admin_token
+            .clone()
+            .unwrap_or_else(|| "$TOKEN".to_string());
+        let get = format!("curl -sH 'Authorization: Bearer {token}' http://{address}/api/v1/audit");
+        println!("check the log yourself (a checkpoint is signed within seconds):");
+        println!("  {get}/checkpoint > checkpoint.txt");
+        println!("  {get}/key > circle.vkey");
+        println!("  {get}/events -H 'Accept: application/x-ndjson' > export.ndjson");
+        println!("  circle audit verify --export export.ndjson --checkpoint checkpoint.txt --key circle.vkey");
+    }
     println!("circle listening on http://{address} (OpenAPI: /api/v1/openapi.json)");
     app.run(shutdown_signal()).await
 }
