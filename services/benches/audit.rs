@@ -18,7 +18,6 @@ use circle_services::config::{Overrides, Secret, Settings};
 use circle_services::crypto::Vault;
 use circle_services::metrics::Metrics;
 use circle_services::store::{Append, EventMetadata, Fence, NewEvent, Store};
-use futures_util::StreamExt;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
@@ -131,7 +130,10 @@ async fn main() {
     .execute(&pool)
     .await
     .expect("switch the chain off");
-    println!("{:>8} {:>16} {:>16} {:>8}", "writers", "chain appends/s", "off appends/s", "ratio");
+    println!(
+        "{:>8} {:>16} {:>16} {:>8}",
+        "writers", "chain appends/s", "off appends/s", "ratio"
+    );
     for writers in [8, 32] {
         let (mut on, mut off) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
@@ -254,10 +256,9 @@ async fn main() {
         .send()
         .await
         .expect("export");
-    let mut body = response.bytes_stream();
+    let mut response = response;
     let (mut lines, mut bytes) = (0u64, 0u64);
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.expect("chunk");
+    while let Some(chunk) = response.chunk().await.expect("chunk") {
         bytes += chunk.len() as u64;
         lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
     }

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::chain::{Hash, GENESIS};
@@ -23,6 +24,8 @@ use crate::store::{AuditFilter, Fence, NodeKey, Store, StoreError, TreeHead};
 
 /// Events read per page while extending or verifying.
 const PAGE: i64 = 10_000;
+/// Pages read and hashed ahead while verifying.
+const READ_AHEAD: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
@@ -283,7 +286,49 @@ pub async fn verify_store(
     if let Some(bad) = compare(&check) {
         return Ok(verdict(&check, Some(bad)));
     }
-    let mut after = 0;
+    // Pages up to the head are read and hashed ahead, on other connections and
+    // threads, while this task checks them in order. Each page also reads the event
+    // before it, so its hashes are computed from the stored hash they must follow,
+    // and keeps only its own range, so a missing row still shows as missing.
+    let pages = (0..head.max(0)).step_by(PAGE as usize).map(|start| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut rows = store
+                .read_audit((start - 1).max(0), PAGE + 1, &AuditFilter::default())
+                .await?;
+            let mut previous = match rows.first() {
+                Some(first) if start > 0 && first.position == start => rows.remove(0).hash,
+                _ => GENESIS,
+            };
+            rows.retain(|e| e.position <= start + PAGE);
+            let hashed: Vec<(Hash, Hash)> = rows
+                .iter()
+                .map(|e| {
+                    let expected = e.expected_hash(&previous);
+                    let used = previous;
+                    previous = e.hash;
+                    (used, expected)
+                })
+                .collect();
+            Ok::<_, StoreError>((rows, hashed))
+        })
+    });
+    let mut pages = futures_util::stream::iter(pages).buffered(READ_AHEAD);
+    while let Some(page) = pages.next().await {
+        let (rows, hashed) =
+            page.map_err(|e| StoreError::Corrupt(format!("a verify page: {e}")))??;
+        for (event, hashed) in rows.iter().zip(hashed) {
+            if let Err(bad) = check.push_hashed(event, Some(hashed)) {
+                return Ok(verdict(&check, Some(bad)));
+            }
+            if let Some(bad) = compare(&check) {
+                return Ok(verdict(&check, Some(bad)));
+            }
+        }
+        progress(check.checked(), head);
+    }
+    // Then anything past the head, one page at a time (normally nothing).
+    let mut after = check.checked() as i64;
     loop {
         let page = store
             .read_audit(after, PAGE, &AuditFilter::default())
@@ -298,7 +343,6 @@ pub async fn verify_store(
                 return Ok(verdict(&check, Some(bad)));
             }
         }
-        progress(check.checked(), head);
     }
     let signed = heads.last().map_or(0, |h| h.size as u64);
     let bad = check.ends_at_or_after(signed.max(head as u64)).err();

@@ -61,6 +61,17 @@ impl LogCheck {
 
     /// Checks the next event: its position, then its hash.
     pub fn push(&mut self, event: &AuditEvent) -> Result<(), BadPosition> {
+        self.push_hashed(event, None)
+    }
+
+    /// Like [`LogCheck::push`], given `(previous, expected)`: the event's hash computed
+    /// elsewhere (in parallel) after `previous`. Used only when `previous` is the hash
+    /// this check holds, so the outcome is the same as hashing here.
+    pub fn push_hashed(
+        &mut self,
+        event: &AuditEvent,
+        hashed: Option<(Hash, Hash)>,
+    ) -> Result<(), BadPosition> {
         let next = self.next_position();
         if event.position > next {
             return Err(BadPosition::new(
@@ -74,7 +85,11 @@ impl LogCheck {
                 format!("out of order or repeated, after position {}", next - 1),
             ));
         }
-        if event.expected_hash(&self.previous) != event.hash {
+        let expected = match hashed {
+            Some((previous, expected)) if previous == self.previous => expected,
+            _ => event.expected_hash(&self.previous),
+        };
+        if expected != event.hash {
             return Err(BadPosition::new(
                 next,
                 "the hash does not match the event's contents and the hash before it",
