@@ -277,21 +277,21 @@ pub(crate) mod tests {
     fn every_field_changes_the_hash() {
         let base = sample();
         let h = base.expected_hash(&GENESIS);
-        let variants: Vec<Box<dyn Fn(&mut AuditEvent)>> = vec![
-            Box::new(|e| e.position = 2),
-            Box::new(|e| e.event_id = Uuid::from_u128(1)),
-            Box::new(|e| e.aggregate_type = "client".into()),
-            Box::new(|e| e.aggregate_id = "g2".into()),
-            Box::new(|e| e.sequence = 2),
-            Box::new(|e| e.event_type = "X".into()),
-            Box::new(|e| e.event_version = 2),
-            Box::new(|e| e.payload = r#"{"reason":"snow","session_id":"s2"}"#.into()),
-            Box::new(|e| e.occurred_at += chrono::Duration::microseconds(1)),
-            Box::new(|e| e.recorded_at += chrono::Duration::microseconds(1)),
-            Box::new(|e| e.actor_id = "dr_b".into()),
-            Box::new(|e| e.actor_role = "admin".into()),
-            Box::new(|e| e.correlation_id = Uuid::from_u128(0x12)),
-            Box::new(|e| e.causation_id = Some(Uuid::nil())),
+        let variants: [fn(&mut AuditEvent); 14] = [
+            |e| e.position = 2,
+            |e| e.event_id = Uuid::from_u128(1),
+            |e| e.aggregate_type = "client".into(),
+            |e| e.aggregate_id = "g2".into(),
+            |e| e.sequence = 2,
+            |e| e.event_type = "X".into(),
+            |e| e.event_version = 2,
+            |e| e.payload = r#"{"reason":"snow","session_id":"s2"}"#.into(),
+            |e| e.occurred_at += chrono::Duration::microseconds(1),
+            |e| e.recorded_at += chrono::Duration::microseconds(1),
+            |e| e.actor_id = "dr_b".into(),
+            |e| e.actor_role = "admin".into(),
+            |e| e.correlation_id = Uuid::from_u128(0x12),
+            |e| e.causation_id = Some(Uuid::nil()),
         ];
         for change in variants {
             let mut e = base.clone();
