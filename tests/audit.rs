@@ -220,7 +220,7 @@ async fn audited_app() -> (circle_tests::TestApp, String, String) {
     let key = Signer::generate("circle.test/log").unwrap();
     let (ns, secret) = (namespace.clone(), key.clone());
     let app = circle_tests::spawn_app_with(&url, move |settings| {
-        settings.audit_signing_key = Some(circle_services::config::Secret::new(secret));
+        settings.audit_signing_key = Some(circle_services::secret::Secret::new(secret));
         settings.audit_checkpoint_every_ms = 200;
         settings.nats_url = Some(circle_tests::nats_url());
         settings.nats_namespace = ns;

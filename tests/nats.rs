@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use circle_tests::jetstream::{msg_ids, report_at, wait_for_messages, PrivateNats};
 use circle_tests::{
-    assert_matches_6mp, fresh_namespace, fresh_schema_url, nats_url, six_mp_group, spawn_app_with,
-    TestApp,
+    assert_matches_6mp, assert_t, fresh_namespace, fresh_schema_url, gas_vector_groups, nats_url,
+    six_mp_group, spawn_app_with, TestApp,
 };
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -70,7 +70,14 @@ async fn the_6mp_retention_report_arrives_on_nats_and_from_the_micro_service() {
     let events_stream = format!("{}_EVENTS", ns.to_uppercase());
     wait_for_messages(&js, &events_stream, app.head().await as u64).await;
     let stream = js.get_stream(&events_stream).await.unwrap();
-    let first = stream.get_raw_message(1).await.unwrap();
+    // The admin token's issue comes first (a token event, its label withheld).
+    let issued = stream.get_raw_message(1).await.unwrap();
+    assert!(issued
+        .subject
+        .as_str()
+        .starts_with(&format!("{ns}.events.token.")));
+    assert!(!String::from_utf8_lossy(&issued.payload).contains("label"));
+    let first = stream.get_raw_message(2).await.unwrap();
     assert_eq!(first.subject.as_str(), format!("{ns}.events.group.g6mp"));
     for header in [
         "ce-specversion",
@@ -89,6 +96,69 @@ async fn the_6mp_retention_report_arrives_on_nats_and_from_the_micro_service() {
     let body: Value = serde_json::from_slice(&registered.payload).unwrap();
     assert_eq!(body["event_type"], "ClientRegistered");
     assert!(body["data"].get("personal").is_none());
+}
+
+#[tokio::test]
+async fn every_gas_vector_arrives_on_nats_and_from_the_micro_service() {
+    let ns = fresh_namespace();
+    let app = nats_app(&nats_url(), &ns, 5).await;
+    let (groups, _) = gas_vector_groups(&app, "gas").await;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let reports = format!("{}_REPORTS", ns.to_uppercase());
+    for (group, expected, position) in &groups {
+        let subject = format!("{ns}.reports.goals.group.{group}");
+        let published = report_at(&js, &reports, &subject, *position).await;
+        assert_t(&published["summary"]["mean_t"], *expected, &subject);
+        assert!(
+            published.get("clients").is_none(),
+            "reporter form: {published}"
+        );
+        assert_eq!(
+            published["summary"]["members_with_goals"],
+            Value::Null,
+            "1 < k"
+        );
+
+        let reply = client
+            .request(
+                format!("{ns}.api.reports.goals"),
+                json!({"group_id": group}).to_string().into(),
+            )
+            .await
+            .unwrap();
+        let answered: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_t(&answered["summary"]["mean_t"], *expected, "micro service");
+        assert!(answered.get("clients").is_none());
+    }
+    // Goal events are published without their sealed titles.
+    let events = format!("{}_EVENTS", ns.to_uppercase());
+    wait_for_messages(&js, &events, app.head().await as u64).await;
+    let stream = js.get_stream(&events).await.unwrap();
+    let last = stream
+        .get_last_raw_message_by_subject(&format!("{ns}.events.group.gas0"))
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&last.payload).unwrap();
+    assert_eq!(body["event_type"], "GoalCheckedIn");
+    let mut set_seen = false;
+    let mut messages = stream
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap()
+        .messages()
+        .await
+        .unwrap();
+    for _ in 0..app.head().await {
+        let message = messages.next().await.unwrap().unwrap();
+        let body: Value = serde_json::from_slice(&message.payload).unwrap();
+        if body["event_type"] == "GoalSet" {
+            set_seen = true;
+            assert!(body["data"].get("title").is_none(), "{body}");
+            assert!(body["data"]["weight"].is_number());
+        }
+    }
+    assert!(set_seen);
 }
 
 #[tokio::test]

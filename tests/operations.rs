@@ -545,3 +545,290 @@ async fn a_postgresql_restart_under_load_answers_503_naming_the_cause_and_recove
     assert!(named, "no 503 log line names the database error:\n{log}");
     println!("recovered {recovered:?} after PostgreSQL returned; {statuses:?}");
 }
+
+/// A write's status, whether it says when to retry, and its body; the version of an
+/// acknowledged one goes to `acks`.
+async fn answered(answer: reqwest::Response, acks: &mut Vec<i64>) -> (u16, bool, Value) {
+    let status = answer.status().as_u16();
+    let retry = answer.headers().contains_key("retry-after");
+    let body: Value = answer.json().await.unwrap();
+    if status < 300 {
+        acks.push(body["version"].as_i64().unwrap());
+    }
+    (status, retry, body)
+}
+
+/// A small tmpfs: a disk that can really fill. Mounting needs root (CI runs as root);
+/// elsewhere the test says it cannot run rather than pretend.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> Option<SmallDisk> {
+        let path = fresh_data_dir();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m,mode=0700")])
+            .arg("tmpfs")
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk { path })
+    }
+
+    /// Writes a file until the disk refuses more; returns it.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while file
+            .write_all(&block)
+            .and_then(|_| file.sync_data())
+            .is_ok()
+        {}
+        // Whatever a partial block left: fill it byte by byte.
+        while file.write_all(&[0]).and_then(|_| file.sync_data()).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_embedded_store_refuses_writes_clearly_and_recovers_when_space_returns(
+) {
+    let Some(disk) = SmallDisk::mount(24) else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let practice = Arc::new(Practiced::new());
+    let data_dir = disk.path.to_string_lossy().to_string();
+    let circle = CircleProcess::serve(&[
+        ("CIRCLE_DATA_DIR", data_dir.as_str()),
+        ("CIRCLE_ADMIN_TOKEN", practice.admin.as_str()),
+        ("CIRCLE_MASTER_KEY", practice.master_key.as_str()),
+    ]);
+    circle.wait_ready(Duration::from_secs(20)).await;
+    practice.create_group(&circle.base, "g0").await;
+    let mut acks = Vec::new();
+    let mut n = 0;
+    for _ in 0..20 {
+        n += 1;
+        let answer = practice.schedule(&circle.base, "g0", n).await.unwrap();
+        let (status, _, body) = answered(answer, &mut acks).await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    let filler = disk.fill();
+    // SQLite may still have free pages; write until the disk shows, then 30 more.
+    let mut refused = 0;
+    let mut statuses = BTreeMap::new();
+    for _ in 0..5_000 {
+        n += 1;
+        let answer = practice.schedule(&circle.base, "g0", n).await.unwrap();
+        let (status, retry, body) = answered(answer, &mut acks).await;
+        *statuses.entry(status).or_insert(0) += 1;
+        if status >= 300 {
+            assert_eq!(status, 503, "a full disk answers 503: {body}");
+            assert!(retry, "a 503 carries Retry-After");
+            assert!(
+                body["detail"].as_str().unwrap_or("").contains("disk"),
+                "the problem says the disk is full: {body}\n{}",
+                circle.log_text()
+            );
+            refused += 1;
+            if refused == 30 {
+                break;
+            }
+        }
+    }
+    assert_eq!(refused, 30, "the disk never filled: {statuses:?}");
+    let ready = practice
+        .http
+        .get(format!("{}/readyz", circle.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "not ready while writes fail");
+    let log = circle.log_text();
+    assert!(
+        log.contains("database or disk is full"),
+        "the log names SQLite's error:\n{log}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let back = Instant::now();
+    loop {
+        n += 1;
+        let answer = practice.schedule(&circle.base, "g0", n).await.unwrap();
+        let (status, _, body) = answered(answer, &mut acks).await;
+        if status == 201 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "still {status} 5 s after space returned: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..30 {
+        n += 1;
+        let answer = practice.schedule(&circle.base, "g0", n).await.unwrap();
+        let (status, _, body) = answered(answer, &mut acks).await;
+        assert_eq!(
+            status, 201,
+            "every write succeeds once space is back: {body}"
+        );
+    }
+    circle.wait_ready(Duration::from_secs(5)).await;
+
+    // Nothing half-written: the log holds exactly the acknowledged writes, in order.
+    drop(circle);
+    let store = Store::embedded(&disk.path).await.unwrap();
+    let stream = store.load_stream("group", "g0", 0).await.unwrap();
+    let versions: Vec<i64> = stream.iter().map(|e| e.sequence).collect();
+    let expected: Vec<i64> = std::iter::once(1).chain(acks.iter().copied()).collect();
+    assert_eq!(
+        versions, expected,
+        "the log is exactly what was acknowledged"
+    );
+    let positions: Vec<i64> = stream.iter().map(|e| e.position).collect();
+    // After the admin token's event, the group's writes are the rest of the log.
+    let head = store.head_position().await.unwrap();
+    let first = head - positions.len() as i64 + 1;
+    assert_eq!(positions, (first..=head).collect::<Vec<_>>());
+}
+
+impl Practiced {
+    async fn get(&self, base: &str, path: &str) -> Value {
+        let answer = self
+            .http
+            .get(format!("{base}{path}"))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "GET {path}: {}",
+            answer.status()
+        );
+        answer.json().await.unwrap()
+    }
+
+    /// Attendance alerts in a group once the reports have taken in `position`.
+    async fn attendance_alerts(&self, base: &str, position: i64) -> usize {
+        let alerts = self
+            .get(
+                base,
+                &format!("/api/v1/alerts?group_id=g0&min_position={position}"),
+            )
+            .await;
+        let alerts = alerts.as_array().expect("a list of alerts");
+        alerts.iter().filter(|a| a["kind"] == "attendance").count()
+    }
+}
+
+/// A checkpoint built under other alert rules is not trusted after a restart: the
+/// reports are rebuilt from position 0 in the background, switched over when caught
+/// up, and saved under the new rules, which the next start then trusts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_other_alert_rules_rebuilds_the_reports_and_switches_over() {
+    let url = fresh_schema_url().await;
+    let practice = Practiced::new();
+    let first = CircleProcess::serve(&practice.env(&url));
+    first.wait_ready(Duration::from_secs(20)).await;
+    practice.create_group(&first.base, "g0").await;
+    let mut position = 0;
+    for client in ["c1", "c2"] {
+        let registered = practice
+            .post(
+                &first.base,
+                "/api/v1/clients",
+                json!({"client_id": client, "display_name": "A. Member", "birth_year": 1990}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(registered.status(), 201);
+        let joined = practice
+            .post(
+                &first.base,
+                "/api/v1/groups/g0/members",
+                json!({"client_id": client, "joined_on": "2026-01-01"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(joined.status(), 200);
+    }
+    // c2 misses two sessions in a row: an alert under the default rules (2), not under 3.
+    for n in 0..2 {
+        assert_eq!(
+            practice
+                .schedule(&first.base, "g0", n)
+                .await
+                .unwrap()
+                .status(),
+            201
+        );
+        let marked = practice
+            .post(
+                &first.base,
+                &format!("/api/v1/groups/g0/sessions/s{n}/attendance"),
+                json!({"records": [{"client_id": "c1", "status": "present"},
+                                   {"client_id": "c2", "status": "no_show"}]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(marked.status(), 200);
+        let body: Value = marked.json().await.unwrap();
+        position = body["position"].as_i64().unwrap();
+    }
+    assert_eq!(practice.attendance_alerts(&first.base, position).await, 1);
+    let mut first = first;
+    first.signal("TERM");
+    assert!(first
+        .exit_status(Duration::from_secs(10))
+        .await
+        .is_some_and(|s| s.success()));
+
+    let config = fresh_data_dir().join("circle.toml");
+    std::fs::write(&config, "alert_consecutive_absences = 3\n").unwrap();
+    let config = config.to_string_lossy().to_string();
+    let mut env = practice.env(&url);
+    env.push(("CIRCLE_CONFIG", config.as_str()));
+    let second = CircleProcess::serve(&env);
+    second.wait_ready(Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while practice.attendance_alerts(&second.base, position).await != 0 {
+        assert!(Instant::now() < deadline, "never switched to the new rules");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = second.log_text();
+    assert!(
+        log.contains("rebuilding the reports from position 0 in the background")
+            && log.contains("settings"),
+        "the log says why it rebuilds:\n{log}"
+    );
+    let mut second = second;
+    second.signal("TERM");
+    assert!(second
+        .exit_status(Duration::from_secs(10))
+        .await
+        .is_some_and(|s| s.success()));
+
+    // Saved under the new rules: the next start under them trusts the checkpoint.
+    let third = CircleProcess::serve(&env);
+    third.wait_ready(Duration::from_secs(20)).await;
+    assert_eq!(practice.attendance_alerts(&third.base, position).await, 0);
+    let log = third.log_text();
+    assert!(!log.contains("rebuilding the reports"), "{log}");
+}

@@ -197,6 +197,60 @@ async fn client_keys_are_stored_and_destroyed_with_their_events(store: Store) {
     assert_eq!(store.client_key("c2").await.unwrap(), ClientKey::Missing);
 }
 
+async fn an_append_naming_an_erased_client_is_refused_even_in_its_erasures_batch(store: Store) {
+    let client = |id: &str, version: u64, action: KeyAction| {
+        let mut append = append(id, version, 1);
+        append.aggregate_type = "client";
+        append.key_action = Some(action);
+        append
+    };
+    let store_key = |id: &str| KeyAction::Store {
+        client_id: id.into(),
+        wrapped_key: vec![7; 60],
+    };
+    store
+        .commit_batch(&[
+            client("c1", 0, store_key("c1")),
+            client("c2", 0, store_key("c2")),
+        ])
+        .await
+        .unwrap();
+    let naming = |ids: &[&str], version: u64| {
+        let mut write = append("g1", version, 1);
+        write.key_action = Some(KeyAction::RequireLive {
+            client_ids: ids.iter().map(|c| c.to_string()).collect(),
+        });
+        write
+    };
+    let before = store
+        .commit_batch(&[naming(&["c1", "c2"], 0)])
+        .await
+        .unwrap();
+    assert!(matches!(before[0], AppendResult::Committed { .. }));
+    // The erasure and a write naming the client in one batch: the write comes after.
+    let destroy = KeyAction::Destroy {
+        client_id: "c2".into(),
+    };
+    let results = store
+        .commit_batch(&[client("c2", 1, destroy), naming(&["c1", "c2"], 1)])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], AppendResult::Committed { .. }));
+    assert_eq!(
+        results[1],
+        AppendResult::ClientErased {
+            client_id: "c2".into()
+        }
+    );
+    let later = store.commit_batch(&[naming(&["c2"], 1)]).await.unwrap();
+    assert!(matches!(later[0], AppendResult::ClientErased { .. }));
+    let others = store.commit_batch(&[naming(&["c1"], 1)]).await.unwrap();
+    assert!(matches!(
+        others[0],
+        AppendResult::Committed { version: 2, .. }
+    ));
+}
+
 async fn stock_cqrs_es_runs_on_the_store(store: Store) {
     let cqrs = CqrsFramework::new(CqrsStore::<Group>::new(store.clone()), vec![], ());
     cqrs.execute(
@@ -467,6 +521,7 @@ on_both_backends!(
     a_stale_expected_version_conflicts_without_failing_the_batch,
     an_idempotency_key_answers_the_same_and_appends_once,
     client_keys_are_stored_and_destroyed_with_their_events,
+    an_append_naming_an_erased_client_is_refused_even_in_its_erasures_batch,
     stock_cqrs_es_runs_on_the_store,
     a_checkpoint_keeps_state_and_position_together,
     one_holder_leads_at_a_time_and_a_deposed_leader_cannot_save,

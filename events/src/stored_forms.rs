@@ -14,8 +14,11 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_json::Value;
 
 use crate::client::{ClientEvent, ConsentScope, ErasureReason, SealedPersonalData};
-use crate::group::{AttendanceStatus, DepartureReason, Focus, Format, GroupEvent, Measure};
+use crate::group::{
+    AttendanceStatus, DepartureReason, Focus, Format, GoalClosure, GroupEvent, Measure,
+};
 use crate::instruments::Score;
+use crate::token::TokenEvent;
 use crate::upcast::{decode, decode_text, encode};
 
 fn date(text: &str) -> chrono::NaiveDate {
@@ -176,6 +179,87 @@ fn group_events() -> Vec<(GroupEvent, String)> {
                 "payload": {"closed_on": "2026-06-30"}}"#
                 .into(),
         ),
+        (
+            GroupEvent::GoalSet {
+                goal_id: "goal1".into(),
+                client_id: "c1".into(),
+                title: SealedPersonalData {
+                    sealed: "bm9uY2UrdGl0bGU=".into(),
+                },
+                weight: 2,
+                start_level: -1,
+                set_on: date("2026-01-13"),
+            },
+            r#"{"event_type": "GoalSet", "event_version": 1, "payload": {
+                "goal_id": "goal1", "client_id": "c1", "title": {"sealed": "bm9uY2UrdGl0bGU="},
+                "weight": 2, "start_level": -1, "set_on": "2026-01-13"}}"#
+                .into(),
+        ),
+        (
+            GroupEvent::GoalCheckedIn {
+                goal_id: "goal1".into(),
+                client_id: "c1".into(),
+                level: 1,
+                session_id: Some("s1".into()),
+                checked_in_at: "2026-01-20T18:00:00+01:00".parse().expect("a valid time"),
+            },
+            r#"{"event_type": "GoalCheckedIn", "event_version": 1, "payload": {
+                "goal_id": "goal1", "client_id": "c1", "level": 1, "session_id": "s1",
+                "checked_in_at": "2026-01-20T18:00:00+01:00"}}"#
+                .into(),
+        ),
+        (
+            GroupEvent::GoalCheckedIn {
+                goal_id: "goal1".into(),
+                client_id: "c1".into(),
+                level: -2,
+                session_id: None,
+                checked_in_at: "2026-01-23T09:15:00+00:00".parse().expect("a valid time"),
+            },
+            r#"{"event_type": "GoalCheckedIn", "event_version": 1, "payload": {
+                "goal_id": "goal1", "client_id": "c1", "level": -2, "session_id": null,
+                "checked_in_at": "2026-01-23T09:15:00Z"}}"#
+                .into(),
+        ),
+        (
+            GroupEvent::GoalClosed {
+                goal_id: "goal1".into(),
+                client_id: "c1".into(),
+                reason: GoalClosure::Revised,
+                replaced_by: Some("goal2".into()),
+                closed_on: date("2026-02-03"),
+            },
+            r#"{"event_type": "GoalClosed", "event_version": 1, "payload": {
+                "goal_id": "goal1", "client_id": "c1", "reason": "revised",
+                "replaced_by": "goal2", "closed_on": "2026-02-03"}}"#
+                .into(),
+        ),
+        (
+            GroupEvent::GoalClosed {
+                goal_id: "goal2".into(),
+                client_id: "c1".into(),
+                reason: GoalClosure::Attained,
+                replaced_by: None,
+                closed_on: date("2026-03-03"),
+            },
+            r#"{"event_type": "GoalClosed", "event_version": 1, "payload": {
+                "goal_id": "goal2", "client_id": "c1", "reason": "attained",
+                "replaced_by": null, "closed_on": "2026-03-03"}}"#
+                .into(),
+        ),
+        (
+            GroupEvent::GoalClosed {
+                goal_id: "goal3".into(),
+                client_id: "c2".into(),
+                reason: GoalClosure::Dropped,
+                replaced_by: None,
+                closed_on: date("2026-03-10"),
+            },
+            r#"{"event_type": "GoalClosed", "event_version": 1, "payload": {
+                "goal_id": "goal3", "client_id": "c2", "reason": "dropped",
+                "replaced_by": null, "closed_on": "2026-03-10"}}"#
+                .into(),
+        ),
     ]
 }
 
@@ -231,6 +315,32 @@ fn client_events() -> Vec<(ClientEvent, String)> {
                 r#"{{"event_type": "MeasureRecorded", "event_version": 1,
                     "payload": {{"measure": {MEASURE}}}}}"#
             ),
+        ),
+    ]
+}
+
+fn token_events() -> Vec<(TokenEvent, String)> {
+    vec![
+        (
+            TokenEvent::TokenIssued {
+                token_id: "tok_1".into(),
+                role: "clinician".into(),
+                clinician_id: Some("dr_a".into()),
+                label: "Dr A's laptop".into(),
+                expires_at: Some("2026-06-30T00:00:00Z".parse().expect("a valid time")),
+            },
+            r#"{"event_type": "TokenIssued", "event_version": 1, "payload": {
+                "token_id": "tok_1", "role": "clinician", "clinician_id": "dr_a",
+                "label": "Dr A's laptop", "expires_at": "2026-06-30T00:00:00Z"}}"#
+                .into(),
+        ),
+        (
+            TokenEvent::TokenRevoked {
+                token_id: "tok_1".into(),
+            },
+            r#"{"event_type": "TokenRevoked", "event_version": 1,
+                "payload": {"token_id": "tok_1"}}"#
+                .into(),
         ),
     ]
 }
@@ -296,6 +406,11 @@ fn every_client_event_is_written_and_read_exactly_as_pinned() {
 }
 
 #[test]
+fn every_token_event_is_written_and_read_exactly_as_pinned() {
+    check_written(token_events());
+}
+
+#[test]
 fn rows_written_by_older_versions_still_read_as_pinned() {
     for (event, row) in upcast_sources() {
         let (event_type, version, payload) = stored(&row);
@@ -315,6 +430,8 @@ fn every_variant_has_a_pinned_form() {
             .collect(),
     );
     assert_eq!(client, variant_names::<ClientEvent>(), "ClientEvent rows");
+    let token = pinned(token_events().iter().map(|(e, _)| e.event_type()).collect());
+    assert_eq!(token, variant_names::<TokenEvent>(), "TokenEvent rows");
 }
 
 /// The variant names serde derives for an enum: what the log can ever hold, read

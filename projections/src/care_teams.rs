@@ -4,6 +4,10 @@
 //! facilitates now. This index answers that from two small maps (the groups of each
 //! client, the facilitators of each group), so the answer costs a few lookups rather
 //! than a load of every group.
+//!
+//! It also knows where each goal lives (its client and group), so a route under
+//! `/clients/{id}/goals/{goal_id}` finds the group that decides it, and refuses a goal
+//! of another client by name.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -18,6 +22,15 @@ pub struct CareTeams {
     facilitators: HashMap<String, BTreeSet<String>>,
     /// Every group a client has joined, including ones they have left.
     groups_of_client: HashMap<String, BTreeSet<String>>,
+    /// goal id → where it lives.
+    goals: HashMap<String, GoalHome>,
+}
+
+/// The client a goal belongs to and the group that decides its check-ins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoalHome {
+    pub client_id: String,
+    pub group_id: String,
 }
 
 impl CareTeams {
@@ -53,8 +66,22 @@ impl CareTeams {
                     .or_default()
                     .insert(group_id.clone());
             }
+            GroupEvent::GoalSet {
+                goal_id, client_id, ..
+            } => {
+                // The first home wins: a later goal of the same id elsewhere is
+                // refused by the write path, which asks this index first.
+                self.goals
+                    .entry(goal_id.clone())
+                    .or_insert_with(|| GoalHome {
+                        client_id: client_id.clone(),
+                        group_id: group_id.clone(),
+                    });
+            }
             // Leaving keeps the history: a facilitator still sees a former member.
             GroupEvent::MemberLeft { .. }
+            | GroupEvent::GoalCheckedIn { .. }
+            | GroupEvent::GoalClosed { .. }
             | GroupEvent::SessionScheduled { .. }
             | GroupEvent::SessionCancelled { .. }
             | GroupEvent::AttendanceRecorded { .. }
@@ -77,6 +104,21 @@ impl CareTeams {
             .flatten()
             .filter_map(|group_id| self.facilitators.get(group_id))
             .any(|facilitators| facilitators.contains(clinician_id))
+    }
+
+    /// Every group `client_id` has joined, including ones they have left.
+    pub fn groups_of_client(&self, client_id: &str) -> Vec<String> {
+        self.groups_of_client
+            .get(client_id)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Where a goal lives, if it was ever set.
+    pub fn goal_home(&self, goal_id: &str) -> Option<&GoalHome> {
+        self.goals.get(goal_id)
     }
 }
 
@@ -186,6 +228,32 @@ mod tests {
             },
         );
         assert!(log.knows("dr_a", "c1"));
+    }
+
+    #[test]
+    fn a_goal_is_found_in_the_group_it_was_set_in() {
+        let mut log = Log::new();
+        log.created("g1", "dr_a").joined("g1", "c1");
+        let set = |client: &str| GroupEvent::GoalSet {
+            goal_id: "goal1".into(),
+            client_id: client.into(),
+            title: circle_events::client::SealedPersonalData {
+                sealed: "eA==".into(),
+            },
+            weight: 1,
+            start_level: -1,
+            set_on: "2026-01-06".parse().unwrap(),
+        };
+        assert_eq!(log.teams.goal_home("goal1"), None);
+        log.group("g1", set("c1"));
+        log.group("g2", set("c2"));
+        assert_eq!(
+            log.teams.goal_home("goal1"),
+            Some(&GoalHome {
+                client_id: "c1".into(),
+                group_id: "g1".into()
+            })
+        );
     }
 
     #[test]

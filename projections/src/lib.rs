@@ -2,13 +2,15 @@
 //! crate feeds decoded events in log order into a [`practice::Practice`] and asks
 //! [`reports`] for a report as of a time.
 //!
-//! - [`care_teams`]: which clinicians may see which clients.
+//! - [`care_teams`]: which clinicians may see which clients, and where goals live.
+//! - [`goals`]: Goal Attainment Scaling, check-in rates, stalled goals.
 //! - [`practice`]: the fold, and the alerts raised on the event that carries them.
 //! - [`reports`]: attendance, retention, outcomes, alerts; the reporter form.
 //! - [`survival`]: Kaplan–Meier retention with Greenwood standard errors.
 //! - [`outcomes`]: reliable and clinically significant change, effect sizes.
 
 pub mod care_teams;
+pub mod goals;
 pub mod outcomes;
 pub mod practice;
 pub mod reports;

@@ -12,6 +12,7 @@ use circle_events::group::{AttendanceStatus, Focus, GroupEvent, Measure};
 use circle_events::instruments::{Catalogue, Direction, Score};
 use serde::{Deserialize, Serialize};
 
+use crate::goals::{GoalCheckIn, GoalRecord, STALLED_AFTER};
 use crate::outcomes::{classify, Classification};
 
 /// A decoded event with the log facts the reports need.
@@ -27,6 +28,8 @@ pub struct Fact {
 pub enum AnyEvent {
     Group(GroupEvent),
     Client(ClientEvent),
+    /// Tokens issued and revoked: in the log for the audit feed, nothing to report.
+    Token(circle_events::token::TokenEvent),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +53,19 @@ pub enum AlertKind {
     Alliance,
     Deterioration,
     Risk,
+    /// No check-in on an active goal in the member's last 3 attended sessions.
+    StalledGoal,
+}
+
+impl AlertKind {
+    /// Every kind, in the order counts are published.
+    pub const ALL: [AlertKind; 5] = [
+        AlertKind::Attendance,
+        AlertKind::Alliance,
+        AlertKind::Deterioration,
+        AlertKind::Risk,
+        AlertKind::StalledGoal,
+    ];
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,6 +115,12 @@ pub struct GroupRecord {
     pub measures: BTreeMap<String, BTreeMap<String, Vec<RecordedScore>>>,
     /// Members whose current absence streak has already raised an alert.
     pub absence_alerted: BTreeSet<String>,
+    /// Members' goals by goal id (no titles).
+    #[serde(default)]
+    pub goals: BTreeMap<String, GoalRecord>,
+    /// Goals whose current stall has already raised an alert.
+    #[serde(default)]
+    pub stall_alerted: BTreeSet<String>,
 }
 
 impl GroupRecord {
@@ -128,6 +150,21 @@ impl GroupRecord {
             }
         }
         run
+    }
+
+    /// The member's goals that are stalled as of `day` and have not yet raised an
+    /// alert for this stall; they are marked as raised.
+    fn newly_stalled(&mut self, client_id: &str, day: NaiveDate) -> Vec<String> {
+        let stalled: Vec<String> = self
+            .goals
+            .iter()
+            .filter(|(_, g)| g.client_id == client_id && self.is_stalled(g, day))
+            .map(|(id, _)| id.clone())
+            .collect();
+        stalled
+            .into_iter()
+            .filter(|id| self.stall_alerted.insert(id.clone()))
+            .collect()
     }
 
     /// A member's measures on an instrument, by administration time (kept sorted on
@@ -169,7 +206,7 @@ impl Practice {
             AnyEvent::Client(ClientEvent::ClientErased { .. }) => {
                 self.erased_clients.insert(fact.aggregate_id.clone());
             }
-            AnyEvent::Client(_) => {}
+            AnyEvent::Client(_) | AnyEvent::Token(_) => {}
         }
     }
 
@@ -250,6 +287,17 @@ impl Practice {
                 // mark raises: the rest of the same sheet may be on its way.
                 if status.attended() {
                     group.absence_alerted.remove(client_id);
+                    if let Some(day) = group.sessions.get(session_id).map(|s| s.date()) {
+                        for goal_id in group.newly_stalled(client_id, day) {
+                            raise(
+                                AlertKind::StalledGoal,
+                                client_id,
+                                format!(
+                                    "goal {goal_id}: no check-in in the last {STALLED_AFTER} attended sessions"
+                                ),
+                            );
+                        }
+                    }
                 } else {
                     let run = group.consecutive_absences(client_id);
                     if run >= rules.consecutive_absences
@@ -290,6 +338,54 @@ impl Practice {
                     baseline.as_ref(),
                     |kind, detail| raise(kind, client_id, detail),
                 );
+            }
+            GroupEvent::GoalSet {
+                goal_id,
+                client_id,
+                weight,
+                start_level,
+                set_on,
+                ..
+            } => {
+                group.goals.insert(
+                    goal_id.clone(),
+                    GoalRecord {
+                        client_id: client_id.clone(),
+                        weight: *weight,
+                        start_level: *start_level,
+                        set_on: *set_on,
+                        closed_on: None,
+                        closure: None,
+                        check_ins: Vec::new(),
+                    },
+                );
+            }
+            GroupEvent::GoalCheckedIn {
+                goal_id,
+                level,
+                session_id,
+                checked_in_at,
+                ..
+            } => {
+                if let Some(goal) = group.goals.get_mut(goal_id) {
+                    goal.add_check_in(GoalCheckIn {
+                        date: checked_in_at.date_naive(),
+                        session_id: session_id.clone(),
+                        level: *level,
+                    });
+                }
+                group.stall_alerted.remove(goal_id);
+            }
+            GroupEvent::GoalClosed {
+                goal_id,
+                reason,
+                closed_on,
+                ..
+            } => {
+                if let Some(goal) = group.goals.get_mut(goal_id) {
+                    goal.closed_on = Some(*closed_on);
+                    goal.closure = Some(*reason);
+                }
             }
             GroupEvent::FacilitatorAssigned { .. }
             | GroupEvent::FacilitatorRemoved { .. }

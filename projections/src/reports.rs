@@ -19,7 +19,7 @@ pub fn round6(value: f64) -> f64 {
     (value * 1e6).round() / 1e6
 }
 
-fn rate(numerator: u32, denominator: u32) -> Option<f64> {
+pub(crate) fn rate(numerator: u32, denominator: u32) -> Option<f64> {
     (denominator > 0).then(|| round6(numerator as f64 / denominator as f64))
 }
 
@@ -394,7 +394,7 @@ pub trait ReporterForm {
     fn for_reporters(self, k: u32) -> Self;
 }
 
-fn suppress(count: &mut Option<u32>, k: u32) {
+pub(crate) fn suppress(count: &mut Option<u32>, k: u32) {
     if count.is_some_and(|c| c < k) {
         *count = None;
     }

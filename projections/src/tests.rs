@@ -450,3 +450,11 @@ fn the_reporter_form_drops_member_rows_and_small_counts() {
     assert_eq!(retention.joined, Some(3));
     assert_eq!(retention.dropped_out, None);
 }
+
+/// The GAS vectors, `testdata/gas_vectors.json` (loaded here, at the crate's depth,
+/// for the goals tests).
+fn gas_vectors() -> serde_json::Value {
+    serde_json::from_str(include_str!("../../testdata/gas_vectors.json")).expect("parses")
+}
+
+mod goals;

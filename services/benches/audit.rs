@@ -14,12 +14,15 @@ use circle_services::appender::Appender;
 use circle_services::audit::note::Signer;
 use circle_services::audit::tree;
 use circle_services::auth::Role;
-use circle_services::config::{Overrides, Secret, Settings};
+use circle_services::config::{Overrides, Settings};
 use circle_services::crypto::Vault;
 use circle_services::metrics::Metrics;
+use circle_services::secret::Secret;
 use circle_services::store::{Append, EventMetadata, Fence, NewEvent, Store};
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
+
+mod support;
 
 const ROUND: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 3;
@@ -37,19 +40,11 @@ fn event(n: usize) -> NewEvent {
     }
 }
 
-async fn fresh_schema(base: &str, name: &str) -> String {
-    let schema = format!("bench_{name}_{}", Uuid::new_v4().simple());
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(base)
-        .await
-        .expect("connect");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .expect("create schema");
-    let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+/// A schema of its own for one part of the run (dropped at the end).
+async fn fresh_schema(base: &str, prefix: &str, made: &mut Vec<String>) -> String {
+    let (url, schema) = support::fresh_schema(base, prefix).await;
+    made.push(schema);
+    url
 }
 
 /// Appends per second by `writers` tasks, each appending one event at a time to
@@ -111,11 +106,12 @@ async fn main() {
         eprintln!("set CIRCLE_BENCH_DATABASE_URL (scripts/bench does) to run the audit benchmark");
         return;
     };
+    let mut made = Vec::new();
     println!("\n6. appends/s with the chain and with its database side off, {ROUNDS} alternating rounds of {ROUND:?}");
-    let chained = Store::postgres(&fresh_schema(&base, "chained").await, 16)
+    let chained = Store::postgres(&fresh_schema(&base, "bench_chained", &mut made).await, 16)
         .await
         .expect("store");
-    let off_url = fresh_schema(&base, "unchained").await;
+    let off_url = fresh_schema(&base, "bench_unchained", &mut made).await;
     let unchained = Store::postgres(&off_url, 16).await.expect("store");
     let pool = PgPoolOptions::new()
         .max_connections(1)
@@ -145,7 +141,7 @@ async fn main() {
     }
 
     println!("\n7. a log of {LOG_SIZE} events");
-    let url = fresh_schema(&base, "audit").await;
+    let url = fresh_schema(&base, "bench_audit", &mut made).await;
     let store = Store::postgres(&url, 16).await.expect("store");
     let started = Instant::now();
     let mut written = 0u64;
@@ -271,6 +267,9 @@ async fn main() {
         lines as f64 / seconds,
         resident_mb()
     );
+    for schema in made {
+        support::drop_schema(&base, &schema).await;
+    }
 }
 
 /// This process's resident memory (server and client of the export both), in MB.

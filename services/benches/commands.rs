@@ -27,6 +27,8 @@ use postgres_es::PostgresEventRepository;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
+mod support;
+
 const POOL_OF_GROUPS: usize = 64;
 const MEMBERS: usize = 10;
 const RUN_FOR: Duration = Duration::from_secs(4);
@@ -137,14 +139,12 @@ impl Circle {
                 role: Role::Admin,
                 clinician_id: None,
                 actor_id: "bench".into(),
+                token_id: "none".into(),
             },
             correlation_id: Uuid::new_v4(),
             occurred_at: None,
             idempotency: None,
             if_match: None,
-            response_id: group.into(),
-            success_status: 200,
-            command_name: "bench",
             key_action: None,
         };
         self.commands
@@ -335,18 +335,9 @@ async fn sequential_rate<S: System>(system: &S, group: &str) -> (f64, Duration) 
 
 /// Schemas are named `bench_*` and dropped by [`drop_bench_schemas`] at the end.
 async fn fresh_schema(base: &str, name: &str) -> String {
-    let schema = format!("bench_{name}_{}", Uuid::new_v4().simple());
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(base)
+    support::fresh_schema(base, &format!("bench_{name}"))
         .await
-        .expect("connect");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .expect("create schema");
-    let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+        .0
 }
 
 async fn count_feedback_events(store: &Store) -> u64 {

@@ -16,22 +16,11 @@ use circle_services::config::{Overrides, Settings};
 use circle_services::crypto::Vault;
 use serde_json::json;
 
+mod support;
+
 const GROUPS: usize = 64;
 const MEMBERS: usize = 10;
 const WINDOW: Duration = Duration::from_secs(10);
-
-async fn fresh_schema(base: &str) -> String {
-    let schema = format!("bench_http_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(base)
-        .await
-        .expect("connect to the benchmark database");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-c%20search_path%3D{schema}")
-}
 
 struct Client {
     http: reqwest::Client,
@@ -154,7 +143,7 @@ async fn main() {
         None,
         Overrides {
             listen: Some("127.0.0.1:0".into()),
-            database_url: Some(fresh_schema(&base).await),
+            database_url: Some(support::fresh_schema(&base, "bench_http").await.0),
             admin_token: Some(admin.clone()),
             master_key: Some(Vault::generate_master_key()),
             ..Overrides::default()

@@ -22,8 +22,9 @@ use circle_services::crypto::Vault;
 use circle_services::projector;
 use circle_services::store::{Append, EventMetadata, NewEvent, Store};
 use futures_util::StreamExt;
-use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
+
+mod support;
 
 const REBUILD_EVENTS: usize = 1_000_000;
 const REBUILD_GROUPS: usize = 100;
@@ -71,37 +72,8 @@ fn group_events(group_id: &str, count: usize) -> Vec<GroupEvent> {
     events
 }
 
-async fn fresh_schema(base: &str) -> (String, String) {
-    let schema = format!("bench_reports_{}", Uuid::new_v4().simple());
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(base)
-        .await
-        .expect("connect");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .expect("create schema");
-    let separator = if base.contains('?') { '&' } else { '?' };
-    (
-        format!("{base}{separator}options=-c%20search_path%3D{schema}"),
-        schema,
-    )
-}
-
-async fn drop_schema(base: &str, schema: &str) {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(base)
-        .await
-        .expect("connect");
-    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&pool)
-        .await;
-}
-
 async fn rebuild(base: &str) {
-    let (url, schema) = fresh_schema(base).await;
+    let (url, schema) = support::fresh_schema(base, "bench_reports").await;
     let store = Store::postgres(&url, 4).await.expect("store");
     let per_group = REBUILD_EVENTS / REBUILD_GROUPS;
     let loading = Instant::now();
@@ -143,7 +115,7 @@ async fn rebuild(base: &str) {
             practice.position as f64 / elapsed
         );
     }
-    drop_schema(base, &schema).await;
+    support::drop_schema(base, &schema).await;
 }
 
 /// Per group: commands waiting for a report, as (position, committed at).
@@ -155,20 +127,18 @@ fn context() -> CommandContext {
             role: Role::Admin,
             clinician_id: None,
             actor_id: "bench".into(),
+            token_id: "none".into(),
         },
         correlation_id: Uuid::new_v4(),
         occurred_at: None,
         idempotency: None,
         if_match: None,
-        response_id: "bench".into(),
-        success_status: 200,
-        command_name: "bench",
         key_action: None,
     }
 }
 
 async fn latency(base: &str, nats: &str) {
-    let (url, schema) = fresh_schema(base).await;
+    let (url, schema) = support::fresh_schema(base, "bench_reports").await;
     let namespace = format!("bench{}", Uuid::new_v4().simple());
     let mut settings = Settings::load(
         None,
@@ -306,7 +276,7 @@ async fn latency(base: &str, nats: &str) {
         pick(0.99).as_secs_f64() * 1e3,
         all.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
     );
-    drop_schema(base, &schema).await;
+    support::drop_schema(base, &schema).await;
 }
 
 #[tokio::main(flavor = "multi_thread")]

@@ -15,7 +15,7 @@ use crate::appender::Appender;
 use crate::as_of::{self, AsOfLimit};
 use crate::audit::note::Signer;
 use crate::audit::tree::{CheckpointPolicy, Checkpointer};
-use crate::auth::{create_token, register_token, Authenticator, Role};
+use crate::auth::{Authenticator, Role};
 use crate::commands::{CommandService, Repository};
 use crate::config::Settings;
 use crate::crypto::Vault;
@@ -26,6 +26,7 @@ use crate::projector::{self, ProjectionSettings};
 use crate::publisher::{self, NatsSettings};
 use crate::store::Store;
 use crate::supervisor::{OnExit, Stage, Supervisor};
+use crate::tokens;
 use circle_projections::practice::AlertRules;
 
 pub struct Application {
@@ -69,7 +70,7 @@ impl Settings {
 /// The store the settings name: PostgreSQL when a URL is set, else embedded.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     match &settings.database_url {
-        Some(url) => Store::postgres(url, settings.database_max_connections)
+        Some(url) => Store::postgres(url.expose(), settings.database_max_connections)
             .await
             .context("connecting to PostgreSQL"),
         None => Store::embedded(&settings.data_dir).await.with_context(|| {
@@ -81,23 +82,135 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     }
 }
 
-/// The master key from settings; for the embedded store a first run creates one in
-/// the data directory so a newcomer needs no setup.
-fn master_key(settings: &Settings) -> anyhow::Result<String> {
-    if let Some(key) = &settings.master_key {
-        return Ok(key.clone());
+/// The master key from settings (for the embedded store: `data_dir/master.key`,
+/// created on a first run so a newcomer needs no setup), checked against the store.
+async fn open_vault(settings: &Settings, store: &Store) -> anyhow::Result<Vault> {
+    let key = match &settings.master_key {
+        Some(key) => key.expose().to_string(),
+        None if settings.database_url.is_some() => anyhow::bail!(
+            "CIRCLE_MASTER_KEY (base64 of 32 bytes) must be set when using PostgreSQL"
+        ),
+        None => embedded_master_key(&settings.data_dir.join("master.key"), store).await?,
+    };
+    let vault = Vault::from_base64(&key).context("reading the master key")?;
+    check_master_key(&vault, store).await?;
+    Ok(vault)
+}
+
+/// Whether the store holds anything a master key sealed.
+async fn holds_sealed_data(store: &Store) -> anyhow::Result<bool> {
+    Ok(store.key_check().await?.is_some() || store.any_wrapped_key().await?.is_some())
+}
+
+/// Reads the key file, refusing one others may read; creates one only while the
+/// store holds nothing sealed, never over existing data (a new key opens none of it).
+async fn embedded_master_key(path: &Path, store: &Store) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(existing) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    anyhow::bail!(
+                        "{} may be read by others (mode {mode:o}); it must be 0600: chmod 600 it",
+                        path.display()
+                    );
+                }
+            }
+            Ok(existing.trim().to_string())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            if holds_sealed_data(store).await? {
+                anyhow::bail!(
+                    "{} is missing, but the store holds data sealed with a master key: \
+                     restore the key file (or set CIRCLE_MASTER_KEY); a new key would open none of it",
+                    path.display()
+                );
+            }
+            let key = Vault::generate_master_key();
+            write_private(path, &key).with_context(|| format!("writing {}", path.display()))?;
+            tracing::info!(path = %path.display(), "generated a master key for the embedded store");
+            Ok(key)
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
     }
-    if settings.database_url.is_some() {
-        anyhow::bail!("CIRCLE_MASTER_KEY (base64 of 32 bytes) must be set when using PostgreSQL");
+}
+
+/// Refuses a master key other than the one the store's data was sealed with: the
+/// stored check value must open (stores from before key checks: a client's wrapped
+/// key must), and the first start stores the check value.
+async fn check_master_key(vault: &Vault, store: &Store) -> anyhow::Result<()> {
+    const MISMATCH: &str = "the master key is not the one this store's personal data was \
+        sealed with (the key check failed): start with the original key";
+    if store.key_check().await?.is_none() {
+        if let Some((client_id, wrapped)) = store.any_wrapped_key().await? {
+            anyhow::ensure!(vault.unwraps(&wrapped, &client_id), MISMATCH);
+        }
+        store.save_key_check(&vault.key_check()).await?;
     }
-    let path = settings.data_dir.join("master.key");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        return Ok(existing.trim().to_string());
+    // Read back: of two first starts racing, the check value stored first decides.
+    let stored = store.key_check().await?;
+    anyhow::ensure!(stored.is_some_and(|sealed| vault.checks(&sealed)), MISMATCH);
+    Ok(())
+}
+
+/// What `circle keys rotate` did.
+pub struct Rotation {
+    /// Live client keys now wrapped by the new master key.
+    pub rewrapped: usize,
+    /// The new key, when it is the operator's to store (PostgreSQL, or a key given
+    /// in the environment); the embedded store keeps it in `master.key` itself.
+    pub new_key: Option<String>,
+}
+
+/// Re-wraps every live client key under a new master key (`new_key`, or a fresh
+/// one) and stores its key check, in one transaction; then compacts the key table
+/// so the old wrapped forms leave its files. Once the old master key is destroyed,
+/// no copy of an erased client's key (a backup, old WAL) can be opened. Every
+/// instance must be stopped: one still running would seal with the old key. A
+/// running leader is detected (the lease is taken for the rotation), followers not.
+pub async fn rotate_master_key(
+    settings: &Settings,
+    new_key: Option<String>,
+) -> anyhow::Result<Rotation> {
+    let store = open_store(settings).await?;
+    let old = open_vault(settings, &store).await?;
+    let holder = uuid::Uuid::new_v4();
+    let lease = store
+        .acquire_lease(crate::leader::LEADER_LEASE, holder, Duration::from_secs(60))
+        .await?;
+    anyhow::ensure!(
+        lease.is_some(),
+        "a Circle instance is running (it holds the leader lease): stop every instance first"
+    );
+    let generated = new_key.is_none();
+    let new_key = new_key.unwrap_or_else(Vault::generate_master_key);
+    let new = Vault::from_base64(&new_key).context("reading the new master key")?;
+    let embedded_file = (settings.database_url.is_none() && settings.master_key.is_none())
+        .then(|| settings.data_dir.join("master.key"));
+    // The new key is on disk before the store depends on it.
+    let staged = embedded_file
+        .as_ref()
+        .map(|file| file.with_extension("key.new"));
+    if let Some(staged) = &staged {
+        let _ = std::fs::remove_file(staged);
+        write_private(staged, &new_key).with_context(|| format!("writing {}", staged.display()))?;
     }
-    let key = Vault::generate_master_key();
-    write_private(&path, &key).with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated a master key for the embedded store");
-    Ok(key)
+    let rewrap = |client_id: &str, wrapped: &[u8]| old.rewrap(&new, client_id, wrapped);
+    let rewrapped = store.rewrap_keys(&rewrap, &new.key_check()).await?;
+    if let (Some(staged), Some(file)) = (&staged, &embedded_file) {
+        std::fs::rename(staged, file)
+            .with_context(|| format!("replacing {} with {}", file.display(), staged.display()))?;
+    }
+    store.compact_keys().await?;
+    store
+        .release_lease(crate::leader::LEADER_LEASE, holder)
+        .await?;
+    Ok(Rotation {
+        rewrapped,
+        new_key: (embedded_file.is_none() && generated).then_some(new_key),
+    })
 }
 
 /// The checkpoint signer from settings; the embedded store creates a key in the data
@@ -145,6 +258,31 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(contents.as_bytes())
 }
 
+/// The configured admin token is stored (once; it must be strong enough). Without
+/// one, a token is generated only while no live admin token exists (the first
+/// start, or after every admin token was revoked or expired), so restarts do not
+/// pile up permanent admin tokens; it is returned to be shown once.
+async fn admin_token(store: &Store, settings: &Settings) -> anyhow::Result<Option<String>> {
+    if let Some(token) = &settings.admin_token {
+        let grant = tokens::Grant::new(Role::Admin, None, "configured admin token");
+        tokens::register(store, token.expose(), &grant, tokens::operator("serve"))
+            .await
+            .context("registering the admin token (--admin-token, CIRCLE_ADMIN_TOKEN)")?;
+        return Ok(None);
+    }
+    if tokens::live_admin_exists(store)
+        .await
+        .context("looking for an admin token")?
+    {
+        return Ok(None);
+    }
+    let grant = tokens::Grant::new(Role::Admin, None, "generated at start");
+    let (secret, _) = tokens::issue(store, &grant, tokens::operator("serve"))
+        .await
+        .context("creating an admin token")?;
+    Ok(Some(secret))
+}
+
 impl Application {
     /// Opens the store and starts every background task under one [`Supervisor`].
     /// Each task's policy when it ends unexpectedly is written here:
@@ -160,7 +298,7 @@ impl Application {
     /// | `audit-checkpoints` | followers | restart with backoff | no: the chain needs none |
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
         let store = open_store(settings).await?;
-        let vault = Vault::from_base64(&master_key(settings)?).context("reading the master key")?;
+        let vault = open_vault(settings, &store).await?;
         let metrics = Metrics::new();
         let mut supervisor = Supervisor::new(metrics.clone());
         let (committed, committed_positions) = tokio::sync::watch::channel(0);
@@ -283,19 +421,7 @@ impl Application {
             metrics.clone(),
             settings.command_attempts,
         );
-        let generated_admin_token = match &settings.admin_token {
-            Some(token) => {
-                register_token(&store, token, Role::Admin, None)
-                    .await
-                    .context("registering the admin token")?;
-                None
-            }
-            None => Some(
-                create_token(&store, Role::Admin, None)
-                    .await
-                    .context("creating an admin token")?,
-            ),
-        };
+        let generated_admin_token = admin_token(&store, settings).await?;
         match settings.nats() {
             None => tracing::info!(
                 "no NATS URL configured: publishing over NATS is off; reports are served over HTTP"

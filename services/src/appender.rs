@@ -10,6 +10,7 @@
 //! appends is committed again on its own, so the error reaches only the append that
 //! caused it (and every append, if the store itself is down).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,6 +35,7 @@ pub struct SharedStoreError(#[source] pub Arc<StoreError>);
 #[derive(Clone)]
 pub struct Appender {
     queue: mpsc::Sender<Queued>,
+    disk_full: Arc<AtomicBool>,
 }
 
 /// The committing task's half: run it (supervised) with [`AppendWorker::run`].
@@ -43,6 +45,8 @@ pub struct AppendWorker {
     metrics: Metrics,
     max_batch: usize,
     committed: watch::Sender<i64>,
+    /// Set when a commit failed for want of disk, cleared by the next that succeeds.
+    disk_full: Arc<AtomicBool>,
 }
 
 impl Appender {
@@ -56,14 +60,22 @@ impl Appender {
         committed: watch::Sender<i64>,
     ) -> (Appender, AppendWorker) {
         let (queue, incoming) = mpsc::channel(max_batch * 4);
+        let disk_full = Arc::new(AtomicBool::new(false));
         let worker = AppendWorker {
             incoming,
             store,
             metrics,
             max_batch,
             committed,
+            disk_full: disk_full.clone(),
         };
-        (Appender { queue }, worker)
+        (Appender { queue, disk_full }, worker)
+    }
+
+    /// Whether the last commit failed because the store's disk is full: no write
+    /// can succeed, so the instance is not ready. The next successful commit clears it.
+    pub fn disk_full(&self) -> bool {
+        self.disk_full.load(Ordering::Relaxed)
     }
 
     /// Queues an append and waits for its transaction to commit (or fail).
@@ -127,6 +139,12 @@ impl AppendWorker {
                 .max();
             if let Some(newest) = newest {
                 self.committed.send_replace(newest);
+                self.disk_full.store(false, Ordering::Relaxed);
+            } else if outcomes
+                .iter()
+                .any(|r| matches!(r, Err(e) if matches!(*e.0, StoreError::DiskFull(_))))
+            {
+                self.disk_full.store(true, Ordering::Relaxed);
             }
             for (reply, outcome) in replies.drain(..).zip(outcomes) {
                 let _ = reply.send(outcome);

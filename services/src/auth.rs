@@ -1,17 +1,28 @@
-//! Bearer tokens and roles. Tokens are random secrets; only their SHA-256 is stored.
+//! Bearer tokens and roles. Tokens are random secrets; only their SHA-256 is stored
+//! (issuing and revoking: [`crate::tokens`]).
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::care_teams::CareTeamIndex;
 use crate::commands::LoadError;
-use crate::crypto::random_token;
-use crate::store::{Store, StoreError, StoredToken};
+use crate::store::{Store, StoreError};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+pub use crate::tokens::{create_token, TokenError};
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Everything, including token management and erasure.
@@ -34,7 +45,7 @@ impl Role {
         }
     }
 
-    fn parse(text: &str) -> Option<Role> {
+    pub fn parse(text: &str) -> Option<Role> {
         [Role::Admin, Role::Clinician, Role::Auditor, Role::Reporter]
             .into_iter()
             .find(|r| r.as_str() == text)
@@ -49,6 +60,8 @@ pub struct Principal {
     pub clinician_id: Option<String>,
     /// Recorded as the actor on events: the clinician id, or a token fingerprint.
     pub actor_id: String,
+    /// The token's id (not its secret): what the audit feed and `circle token` name.
+    pub token_id: String,
 }
 
 pub fn hash_token(token: &str) -> String {
@@ -56,60 +69,9 @@ pub fn hash_token(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    #[error("a clinician token needs --clinician-id, and only clinicians have one")]
-    ClinicianIdMismatch,
-    #[error("clinician id must be 1 to 64 characters from A-Z, a-z, 0-9, _ and -")]
-    BadClinicianId,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Creates and stores a new token; returns the secret, which is not kept anywhere.
-pub async fn create_token(
-    store: &Store,
-    role: Role,
-    clinician_id: Option<String>,
-) -> Result<String, TokenError> {
-    let token = random_token();
-    register_token(store, &token, role, clinician_id).await?;
-    Ok(token)
-}
-
-/// Stores the hash of a token chosen by the operator (`--admin-token`).
-pub async fn register_token(
-    store: &Store,
-    token: &str,
-    role: Role,
-    clinician_id: Option<String>,
-) -> Result<(), TokenError> {
-    if (role == Role::Clinician) != clinician_id.is_some() {
-        return Err(TokenError::ClinicianIdMismatch);
-    }
-    if clinician_id
-        .as_deref()
-        .is_some_and(|id| !circle_events::ids::is_valid_id(id))
-    {
-        return Err(TokenError::BadClinicianId);
-    }
-    store
-        .insert_token(
-            &hash_token(token),
-            &StoredToken {
-                role: role.as_str().to_string(),
-                clinician_id,
-            },
-        )
-        .await?;
-    Ok(())
-}
-
-/// Resolves bearer tokens, remembering the ones it has seen (tokens are immutable),
-/// and answers which clients a clinician may see.
+/// Resolves bearer tokens and answers which clients a clinician may see.
 pub struct Authenticator {
     store: Store,
-    known: RwLock<HashMap<String, Principal>>,
     care_teams: CareTeamIndex,
 }
 
@@ -118,7 +80,6 @@ impl Authenticator {
         Authenticator {
             care_teams: CareTeamIndex::new(store.clone()),
             store,
-            known: RwLock::new(HashMap::new()),
         }
     }
 
@@ -133,14 +94,32 @@ impl Authenticator {
             .await
     }
 
+    /// Every group a client has joined, from the same index.
+    pub async fn groups_of_client(&self, client_id: &str) -> Result<Vec<String>, LoadError> {
+        self.care_teams.groups_of_client(client_id).await
+    }
+
+    /// Where a goal lives (its client and group), from the same index.
+    pub async fn goal_home(
+        &self,
+        goal_id: &str,
+    ) -> Result<Option<circle_projections::care_teams::GoalHome>, LoadError> {
+        self.care_teams.goal_home(goal_id).await
+    }
+
+    /// The caller a token stands for, if it is stored, not revoked and not expired.
+    /// Read from the store on every request, never cached: a revocation committed by
+    /// any instance refuses the token on every instance from that moment (one primary
+    /// key lookup per request; see ARCHITECTURE.md, "Tokens and keys"). An unknown,
+    /// revoked and expired token are all `None`, so a caller cannot tell them apart.
     pub async fn principal(&self, token: &str) -> Result<Option<Principal>, StoreError> {
         let hash = hash_token(token);
-        if let Some(found) = self.known.read().ok().and_then(|k| k.get(&hash).cloned()) {
-            return Ok(Some(found));
-        }
         let Some(stored) = self.store.find_token(&hash).await? else {
             return Ok(None);
         };
+        if !stored.is_live(Utc::now()) {
+            return Ok(None);
+        }
         let Some(role) = Role::parse(&stored.role) else {
             return Ok(None);
         };
@@ -148,14 +127,11 @@ impl Authenticator {
             .clinician_id
             .clone()
             .unwrap_or_else(|| format!("{}-{}", role.as_str(), &hash[..12]));
-        let principal = Principal {
+        Ok(Some(Principal {
             role,
             clinician_id: stored.clinician_id,
             actor_id,
-        };
-        if let Ok(mut known) = self.known.write() {
-            known.insert(hash, principal.clone());
-        }
-        Ok(Some(principal))
+            token_id: stored.token_id,
+        }))
     }
 }

@@ -19,7 +19,7 @@
 
 use circle_events::group::Group;
 use circle_events::upcast;
-use circle_projections::care_teams::CareTeams;
+use circle_projections::care_teams::{CareTeams, GoalHome};
 use circle_projections::practice::{AnyEvent, Fact};
 use cqrs_es::Aggregate;
 
@@ -48,7 +48,25 @@ impl CareTeamIndex {
         clinician_id: &str,
         client_id: &str,
     ) -> Result<bool, LoadError> {
-        // Held while catching up, so concurrent questions share one read of the log.
+        let teams = self.current().await?;
+        Ok(teams.clinician_knows_client(clinician_id, client_id))
+    }
+
+    /// Every group a client has joined, as of everything committed before this call.
+    pub async fn groups_of_client(&self, client_id: &str) -> Result<Vec<String>, LoadError> {
+        let teams = self.current().await?;
+        Ok(teams.groups_of_client(client_id))
+    }
+
+    /// Where a goal lives, as of everything committed before this call.
+    pub async fn goal_home(&self, goal_id: &str) -> Result<Option<GoalHome>, LoadError> {
+        let teams = self.current().await?;
+        Ok(teams.goal_home(goal_id).cloned())
+    }
+
+    /// The index caught up with the log. Held while catching up, so concurrent
+    /// questions share one read of the log.
+    async fn current(&self) -> Result<tokio::sync::MutexGuard<'_, CareTeams>, LoadError> {
         let mut teams = self.teams.lock().await;
         loop {
             let page = self.store.read_raw(teams.position, PAGE).await?;
@@ -75,6 +93,6 @@ impl CareTeamIndex {
                 break;
             }
         }
-        Ok(teams.clinician_knows_client(clinician_id, client_id))
+        Ok(teams)
     }
 }

@@ -19,6 +19,7 @@
 
 use chrono::{DateTime, Utc};
 use circle_events::upcast::{self, DecodeError};
+use circle_events::Command;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde_json::Value;
@@ -45,6 +46,9 @@ pub enum CommandError<E: std::error::Error> {
     IdempotencyKeyReused,
     #[error("too many concurrent changes to this record; try again")]
     Contended,
+    /// A client the command names was erased before it could commit.
+    #[error("this client's data has been erased")]
+    ClientErased { client_id: String },
     #[error(transparent)]
     Store(#[from] SharedStoreError),
     #[error(transparent)]
@@ -73,12 +77,24 @@ pub struct CommandContext {
     pub occurred_at: Option<DateTime<Utc>>,
     pub idempotency: Option<IdempotencyRequest>,
     pub if_match: Option<u64>,
-    /// The `id` reported back (the created resource, or the aggregate).
-    pub response_id: String,
-    /// HTTP status of a success, remembered for idempotent replays.
-    pub success_status: u16,
-    pub command_name: &'static str,
     pub key_action: Option<KeyAction>,
+}
+
+/// How a command's success is answered, from the command itself: the `id` reported
+/// back (the record it created or wrote to, else the aggregate) and the HTTP status,
+/// remembered for idempotent replays.
+struct Answer {
+    id: String,
+    status: u16,
+}
+
+impl Answer {
+    fn of(command: &impl Command, aggregate_id: &str) -> Answer {
+        Answer {
+            id: command.record_id().unwrap_or(aggregate_id).to_string(),
+            status: if command.creates() { 201 } else { 200 },
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -189,6 +205,11 @@ pub struct CommandService {
 }
 
 impl CommandService {
+    /// See [`Appender::disk_full`].
+    pub fn disk_full(&self) -> bool {
+        self.appender.disk_full()
+    }
+
     pub fn new(store: Store, appender: Appender, metrics: Metrics, max_attempts: u32) -> Self {
         CommandService {
             appender,
@@ -200,7 +221,7 @@ impl CommandService {
 
     /// Runs one command against one aggregate. `allowed` sees the current state and
     /// says whether this caller may act on it (a clinician's own groups, say).
-    #[tracing::instrument(name = "command", skip_all, fields(command = ctx.command_name, aggregate = A::TYPE, aggregate_id = %aggregate_id))]
+    #[tracing::instrument(name = "command", skip_all, fields(command = command.name(), aggregate = A::TYPE, aggregate_id = %aggregate_id))]
     pub async fn execute<A>(
         &self,
         repository: &Repository<A>,
@@ -211,15 +232,16 @@ impl CommandService {
     ) -> Result<Receipt, CommandError<A::Error>>
     where
         A: Aggregate<Services = ()> + Clone,
-        A::Command: Clone,
+        A::Command: Command + Clone,
     {
         let started = std::time::Instant::now();
+        let name = command.name();
         let outcome = self
             .execute_inner(repository, aggregate_id, command, ctx, allowed)
             .await;
         let label = match &outcome {
             Ok(_) => "accepted",
-            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Rejected(_) | CommandError::ClientErased { .. }) => "rejected",
             Err(CommandError::Forbidden) => "forbidden",
             Err(CommandError::VersionMismatch { .. } | CommandError::IdempotencyKeyReused) => {
                 "conflict"
@@ -227,8 +249,7 @@ impl CommandService {
             Err(CommandError::Contended) => "contended",
             Err(CommandError::Store(_) | CommandError::Load(_)) => "error",
         };
-        self.metrics
-            .observe_command(ctx.command_name, label, started.elapsed());
+        self.metrics.observe_command(name, label, started.elapsed());
         outcome
     }
 
@@ -242,8 +263,9 @@ impl CommandService {
     ) -> Result<Receipt, CommandError<A::Error>>
     where
         A: Aggregate<Services = ()> + Clone,
-        A::Command: Clone,
+        A::Command: Command + Clone,
     {
+        let answer = Answer::of(&command, aggregate_id);
         let slot = repository.slot(aggregate_id);
         let mut cached = slot.lock().await;
         // Checked under the aggregate's lock: a retry racing its original waits for
@@ -290,11 +312,11 @@ impl CommandService {
             if events.is_empty() {
                 return Ok(Receipt {
                     status: 200,
-                    body: write_response(&ctx.response_id, current.version, current.last_position),
+                    body: write_response(&answer.id, current.version, current.last_position),
                 });
             }
             let count = events.len() as u64;
-            let append = self.append_for::<A>(aggregate_id, current.version, events, ctx);
+            let append = self.append_for::<A>(aggregate_id, current.version, events, ctx, &answer);
             match self.appender.append(append).await? {
                 AppendResult::Committed {
                     version,
@@ -307,8 +329,8 @@ impl CommandService {
                         last_position,
                     });
                     return Ok(Receipt {
-                        status: ctx.success_status,
-                        body: write_response(&ctx.response_id, version, last_position),
+                        status: answer.status,
+                        body: write_response(&answer.id, version, last_position),
                     });
                 }
                 AppendResult::Conflict { .. } => {
@@ -317,6 +339,9 @@ impl CommandService {
                 AppendResult::AlreadyAnswered(stored) => {
                     let idem = ctx.idempotency.as_ref().ok_or(CommandError::Contended)?;
                     return replay_answer(idem, stored.request_hash, stored.status, stored.body);
+                }
+                AppendResult::ClientErased { client_id } => {
+                    return Err(CommandError::ClientErased { client_id });
                 }
             }
         }
@@ -329,6 +354,7 @@ impl CommandService {
         expected_version: u64,
         events: Vec<A::Event>,
         ctx: &CommandContext,
+        answer: &Answer,
     ) -> Append {
         let occurred_at = ctx.occurred_at.unwrap_or_else(Utc::now);
         let command_id = Uuid::new_v4();
@@ -354,8 +380,8 @@ impl CommandService {
             idempotency: ctx.idempotency.as_ref().map(|idem| IdempotencyRecord {
                 key: idem.key.clone(),
                 request_hash: idem.request_hash.clone(),
-                status: ctx.success_status,
-                response_id: ctx.response_id.clone(),
+                status: answer.status,
+                response_id: answer.id.clone(),
             }),
             key_action: ctx.key_action.clone(),
         }

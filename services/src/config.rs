@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::secret::Secret;
+
 const DEFAULTS: &str = include_str!("../config/defaults.toml");
 
 #[derive(Clone, Debug, Deserialize)]
@@ -14,12 +16,13 @@ const DEFAULTS: &str = include_str!("../config/defaults.toml");
 pub struct Settings {
     pub listen: String,
     pub data_dir: PathBuf,
-    pub database_url: Option<String>,
+    /// May carry a password: a [`Secret`], like the token and the key below.
+    pub database_url: Option<Secret>,
     pub database_max_connections: u32,
     pub nats_url: Option<String>,
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// Base64 of 32 bytes; wraps every client's data key.
-    pub master_key: Option<String>,
+    pub master_key: Option<Secret>,
     pub body_limit_bytes: usize,
     pub command_attempts: u32,
     pub append_batch_max: usize,
@@ -47,6 +50,9 @@ pub struct Settings {
     pub log: String,
     /// `text` for people, `json` for log shippers.
     pub log_format: LogFormat,
+    /// OTLP/HTTP traces endpoint (`http://collector:4318/v1/traces`); needs a build
+    /// with the `otlp` feature.
+    pub otlp_endpoint: Option<String>,
     /// Longest a request may take before it is answered 503, in milliseconds.
     pub request_timeout_ms: u64,
     /// Requests served at once; more are answered 503 with `Retry-After`.
@@ -67,28 +73,6 @@ pub struct Settings {
     pub audit_checkpoint_every_ms: u64,
 }
 
-/// A secret from configuration: it is never printed, `Debug` included.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value, for the one place that uses it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -97,7 +81,7 @@ pub enum LogFormat {
 }
 
 /// Values from flags or the environment; `None` keeps the file's value.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
@@ -107,6 +91,23 @@ pub struct Overrides {
     pub master_key: Option<String>,
     pub audit_signing_key: Option<String>,
     pub log_format: Option<LogFormat>,
+}
+
+/// Shown without the secrets it may carry.
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |value: &Option<String>| value.as_ref().map(|_| "[redacted]");
+        f.debug_struct("Overrides")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &hidden(&self.database_url))
+            .field("nats_url", &self.nats_url)
+            .field("admin_token", &hidden(&self.admin_token))
+            .field("master_key", &hidden(&self.master_key))
+            .field("audit_signing_key", &hidden(&self.audit_signing_key))
+            .field("log_format", &self.log_format)
+            .finish()
+    }
 }
 
 impl Settings {
@@ -136,12 +137,17 @@ impl Settings {
         settings.listen = listen.unwrap_or(settings.listen);
         settings.data_dir = data_dir.unwrap_or(settings.data_dir);
         settings.database_url = database_url
+            .map(Secret::from)
             .or(settings.database_url)
-            .filter(|u| !u.is_empty());
+            .filter(|u| !u.expose().is_empty());
         settings.nats_url = nats_url.or(settings.nats_url).filter(|u| !u.is_empty());
-        settings.admin_token = admin_token.or(settings.admin_token);
-        settings.master_key = master_key.or(settings.master_key);
-        settings.audit_signing_key = audit_signing_key.map(Secret).or(settings.audit_signing_key);
+        settings.admin_token = admin_token.map(Secret::from).or(settings.admin_token);
+        settings.master_key = master_key.map(Secret::from).or(settings.master_key);
+        // An empty value (a deployment's unset variable) means no key, as for URLs.
+        settings.audit_signing_key = audit_signing_key
+            .map(Secret::from)
+            .or(settings.audit_signing_key)
+            .filter(|k| !k.expose().trim().is_empty());
         settings.log_format = log_format.unwrap_or(settings.log_format);
         Ok(settings)
     }
@@ -187,6 +193,28 @@ mod tests {
             .unwrap()
             .expose()
             .contains("PRIVATE"));
+    }
+
+    #[test]
+    fn settings_and_overrides_show_no_secret_in_debug() {
+        let (password, token, key) = (
+            "pg-pass-5f1c9e",
+            "admin-token-8d2b7a41c3e9f0a6b5d4c3e2",
+            "bWFzdGVyLWtleS1ieXRlcy0zMi1ieXRlcy1sb25nISE=",
+        );
+        let overrides = Overrides {
+            database_url: Some(format!("postgres://circle:{password}@db:5432/circle")),
+            admin_token: Some(token.into()),
+            master_key: Some(key.into()),
+            ..Overrides::default()
+        };
+        let settings = Settings::load(None, overrides.clone()).unwrap();
+        let shown = format!("{settings:?} {settings:#?} {overrides:?} {overrides:#?}");
+        for secret in [password, token, key] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("[redacted]"));
+        assert_eq!(settings.admin_token.unwrap().expose(), token);
     }
 
     #[test]

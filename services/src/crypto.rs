@@ -12,6 +12,10 @@ use circle_events::client::SealedPersonalData;
 use serde::{Deserialize, Serialize};
 
 const NONCE_LEN: usize = 12;
+/// Associated data of the key check: no client id has a `/`, so no client's sealed
+/// value can pass for it.
+const KEY_CHECK_CONTEXT: &str = "circle/key-check";
+const KEY_CHECK_TEXT: &[u8] = b"circle master key check v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -66,6 +70,30 @@ impl Vault {
         STANDARD.encode(bytes)
     }
 
+    /// A value only this master key opens, stored so a start with another key is
+    /// refused ([`Vault::checks`]).
+    pub fn key_check(&self) -> Vec<u8> {
+        seal_bytes(&self.master, KEY_CHECK_CONTEXT, KEY_CHECK_TEXT)
+    }
+
+    /// Whether `sealed` is this master key's check value.
+    pub fn checks(&self, sealed: &[u8]) -> bool {
+        open_bytes(&self.master, KEY_CHECK_CONTEXT, sealed).is_ok_and(|text| text == KEY_CHECK_TEXT)
+    }
+
+    /// Whether this master key opens a client's wrapped key (for stores sealed before
+    /// key checks existed).
+    pub fn unwraps(&self, wrapped_key: &[u8], client_id: &str) -> bool {
+        open_bytes(&self.master, client_id, wrapped_key).is_ok()
+    }
+
+    /// A client's wrapped key, opened with this master key and wrapped again with
+    /// `to`'s (key rotation); `None` when this master key does not open it.
+    pub fn rewrap(&self, to: &Vault, client_id: &str, wrapped_key: &[u8]) -> Option<Vec<u8>> {
+        let key = open_bytes(&self.master, client_id, wrapped_key).ok()?;
+        Some(seal_bytes(&to.master, client_id, &key))
+    }
+
     pub fn new_client_key(&self, client_id: &str) -> NewClientKey {
         let mut key = [0u8; 32];
         OsRng.fill_bytes(&mut key);
@@ -93,14 +121,56 @@ impl Vault {
         client_id: &str,
         sealed: &SealedPersonalData,
     ) -> Result<PersonalData, VaultError> {
-        let key = open_bytes(&self.master, client_id, wrapped_key)?;
-        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| VaultError::Unreadable)?;
+        let cipher = self.client_cipher(wrapped_key, client_id)?;
         let bytes = STANDARD
             .decode(&sealed.sealed)
             .map_err(|_| VaultError::Unreadable)?;
         let plain = open_bytes(&cipher, client_id, &bytes)?;
         serde_json::from_slice(&plain).map_err(|_| VaultError::Unreadable)
     }
+}
+
+impl Vault {
+    /// Seals a goal title with the client's existing key, bound to the client and the
+    /// goal (so it cannot be moved to another goal or read as personal data).
+    pub fn seal_goal_title(
+        &self,
+        wrapped_key: &[u8],
+        client_id: &str,
+        goal_id: &str,
+        title: &str,
+    ) -> Result<SealedPersonalData, VaultError> {
+        let cipher = self.client_cipher(wrapped_key, client_id)?;
+        let context = goal_context(client_id, goal_id);
+        Ok(SealedPersonalData {
+            sealed: STANDARD.encode(seal_bytes(&cipher, &context, title.as_bytes())),
+        })
+    }
+
+    pub fn open_goal_title(
+        &self,
+        wrapped_key: &[u8],
+        client_id: &str,
+        goal_id: &str,
+        sealed: &SealedPersonalData,
+    ) -> Result<String, VaultError> {
+        let cipher = self.client_cipher(wrapped_key, client_id)?;
+        let bytes = STANDARD
+            .decode(&sealed.sealed)
+            .map_err(|_| VaultError::Unreadable)?;
+        let plain = open_bytes(&cipher, &goal_context(client_id, goal_id), &bytes)?;
+        String::from_utf8(plain).map_err(|_| VaultError::Unreadable)
+    }
+
+    fn client_cipher(&self, wrapped_key: &[u8], client_id: &str) -> Result<Aes256Gcm, VaultError> {
+        let key = open_bytes(&self.master, client_id, wrapped_key)?;
+        Aes256Gcm::new_from_slice(&key).map_err(|_| VaultError::Unreadable)
+    }
+}
+
+/// Associated data of a sealed goal title.
+fn goal_context(client_id: &str, goal_id: &str) -> String {
+    format!("{client_id}/goals/{goal_id}")
 }
 
 /// `nonce || ciphertext`, bound to the client id as associated data so a sealed value
@@ -169,6 +239,34 @@ mod tests {
         assert!(vault.open(&other.wrapped, "c1", &sealed).is_err());
         let other_master = super::tests::vault();
         assert!(other_master.open(&key.wrapped, "c1", &sealed).is_err());
+    }
+
+    #[test]
+    fn a_goal_title_opens_only_with_its_clients_key_and_goal() {
+        let vault = vault();
+        let key = vault.new_client_key("c1");
+        let sealed = vault
+            .seal_goal_title(&key.wrapped, "c1", "goal1", "Speak up once a session")
+            .unwrap();
+        assert!(!sealed.sealed.contains("Speak"));
+        let open = |client, goal| vault.open_goal_title(&key.wrapped, client, goal, &sealed);
+        assert_eq!(open("c1", "goal1").unwrap(), "Speak up once a session");
+        assert!(open("c1", "goal2").is_err(), "moved to another goal");
+        assert!(open("c2", "goal1").is_err(), "moved to another client");
+        let other = vault.new_client_key("c1");
+        assert!(vault
+            .open_goal_title(&other.wrapped, "c1", "goal1", &sealed)
+            .is_err());
+    }
+
+    #[test]
+    fn a_key_check_passes_only_for_its_master_key() {
+        let (one, other) = (vault(), vault());
+        let check = one.key_check();
+        assert!(one.checks(&check));
+        assert!(!other.checks(&check));
+        let key = one.new_client_key("c1");
+        assert!(one.unwraps(&key.wrapped, "c1") && !other.unwraps(&key.wrapped, "c1"));
     }
 
     #[test]

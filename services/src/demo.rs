@@ -1,15 +1,20 @@
 //! A realistic demo practice, recorded through the same command path as real use:
 //! four groups of different focus, forty clients, twelve weekly sessions with
 //! attendance and questionnaires, a few dropouts, a few members getting worse, one
-//! cancelled session and one risk flag. Deterministic: the same seed every time.
+//! cancelled session and one risk flag. Members set goals and check in on them at the
+//! sessions they attend: in each group the first member exceeds expectations (+2) and
+//! the eighth stops checking in, so their goal stalls. Deterministic: the same seed
+//! every time.
 
 use anyhow::Context;
 use chrono::{DateTime, Duration, FixedOffset, NaiveDate, TimeZone, Utc};
 use circle_events::client::{Client, ClientCommand};
 use circle_events::group::{
-    AttendanceMark, AttendanceStatus, DepartureReason, Focus, Format, GroupCommand,
+    AttendanceMark, AttendanceStatus, DepartureReason, Focus, Format, GoalClosure, GoalLevel,
+    GroupCommand,
 };
 use circle_events::instruments::Score;
+use circle_events::Command;
 use uuid::Uuid;
 
 use crate::auth::{Principal, Role};
@@ -105,6 +110,17 @@ const FIRST_NAMES: [&str; 20] = [
     "Mateo", "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tess",
 ];
 
+const GOAL_TITLES: [&str; 8] = [
+    "Speak up once in every session",
+    "Walk outside three times a week",
+    "Call a friend when the evening feels long",
+    "Sleep by eleven on weeknights",
+    "Write down one worry and one win each day",
+    "Go to the shop without leaving early",
+    "Say no to one extra shift a week",
+    "Eat breakfast before work",
+];
+
 /// How a member's course goes.
 #[derive(Clone, Copy, PartialEq)]
 enum Course {
@@ -114,25 +130,18 @@ enum Course {
     DropsOut { after_week: i64 },
 }
 
-fn context(
-    command_name: &'static str,
-    response_id: &str,
-    at: DateTime<Utc>,
-    key: Option<KeyAction>,
-) -> CommandContext {
+fn context(at: DateTime<Utc>, key: Option<KeyAction>) -> CommandContext {
     CommandContext {
         principal: Principal {
             role: Role::Admin,
             clinician_id: None,
             actor_id: "demo-seeder".into(),
+            token_id: "none".into(),
         },
         correlation_id: Uuid::new_v4(),
         occurred_at: Some(at),
         idempotency: None,
         if_match: None,
-        response_id: response_id.into(),
-        success_status: 200,
-        command_name,
         key_action: key,
     }
 }
@@ -141,18 +150,12 @@ async fn group_command(
     state: &AppState,
     id: &str,
     command: GroupCommand,
-    name: &'static str,
     at: DateTime<Utc>,
 ) -> anyhow::Result<()> {
+    let name = command.name();
     state
         .commands
-        .execute(
-            &state.groups,
-            id,
-            command,
-            &context(name, id, at, None),
-            |_| true,
-        )
+        .execute(&state.groups, id, command, &context(at, None), |_| true)
         .await
         .map_err(describe)
         .with_context(|| format!("{name} on {id}"))?;
@@ -166,7 +169,16 @@ fn describe<E: std::error::Error>(error: CommandError<E>) -> anyhow::Error {
 /// Seeds the practice when the log is empty; says what it did either way.
 pub async fn seed_if_empty(state: &AppState) -> anyhow::Result<String> {
     let head = state.store.head_position().await?;
-    if head > 0 {
+    // Token events (the admin token registered at start) do not make a practice.
+    let groups = state
+        .store
+        .aggregate_ids(<circle_events::group::Group as cqrs_es::Aggregate>::TYPE)
+        .await?;
+    let clients = state
+        .store
+        .aggregate_ids(<circle_events::client::Client as cqrs_es::Aggregate>::TYPE)
+        .await?;
+    if !groups.is_empty() || !clients.is_empty() {
         return Ok(format!(
             "demo data already present ({head} events); delete the data directory to start over"
         ));
@@ -185,7 +197,7 @@ pub async fn seed_if_empty(state: &AppState) -> anyhow::Result<String> {
     }
     let events = state.store.head_position().await?;
     Ok(format!(
-        "demo practice seeded: {} groups, 40 clients, {WEEKS} weekly sessions each, {events} events",
+        "demo practice seeded: {} groups, 40 clients with goals, {WEEKS} weekly sessions each, {events} events",
         GROUPS.len()
     ))
 }
@@ -212,7 +224,6 @@ async fn seed_group(
             facilitators: vec![plan.facilitator.into()],
             starts_on: Some(start),
         },
-        "create_group",
         at_noon(start - Duration::days(14)),
     )
     .await?;
@@ -220,6 +231,7 @@ async fn seed_group(
     // Ten clients per group; the first eight start together, two open-group places
     // fill in week three, closed groups start all ten.
     let mut members = Vec::new();
+    let mut goals_of = Vec::new();
     for n in 0..10 {
         let client_id = format!("cli-{:02}", index * 10 + n + 1);
         let joined_on = if plan.format == Format::Open && n >= 8 {
@@ -236,7 +248,7 @@ async fn seed_group(
             7 => Course::Flat,
             _ => Course::Improves,
         };
-        register_client(
+        let wrapped_key = register_client(
             state,
             &client_id,
             index * 10 + n,
@@ -250,11 +262,20 @@ async fn seed_group(
                 client_id: client_id.clone(),
                 joined_on,
             },
-            "join_group",
             at_noon(joined_on),
         )
         .await?;
+        let goals = set_goals(
+            state,
+            plan,
+            &client_id,
+            &wrapped_key,
+            index * 10 + n,
+            joined_on,
+        )
+        .await?;
         members.push((client_id, joined_on, course, 40 + dice.below(50)));
+        goals_of.push((GoalPace::of(n, course), goals));
     }
 
     let offset = FixedOffset::east_opt(0).context("UTC offset")?;
@@ -276,7 +297,6 @@ async fn seed_group(
                 starts_at,
                 duration_minutes: 90,
             },
-            "schedule_session",
             at_noon(date - Duration::days(7)),
         )
         .await?;
@@ -288,7 +308,6 @@ async fn seed_group(
                     session_id,
                     reason: "facilitator unwell".into(),
                 },
-                "cancel_session",
                 at_noon(date),
             )
             .await?;
@@ -297,7 +316,10 @@ async fn seed_group(
         let session_time = starts_at.with_timezone(&Utc);
         let mut records = Vec::new();
         let mut present = Vec::new();
-        for (client_id, joined_on, course, propensity) in &members {
+        let mut check_ins = Vec::new();
+        for ((client_id, joined_on, course, propensity), (pace, goals)) in
+            members.iter().zip(&goals_of)
+        {
             if *joined_on > date {
                 continue;
             }
@@ -327,6 +349,14 @@ async fn seed_group(
             };
             if status.attended() {
                 present.push((client_id.clone(), *joined_on, *course));
+                let weeks_in = (date - *joined_on).num_weeks();
+                if let Some(level) = pace.level(weeks_in) {
+                    check_ins.extend(goals.iter().map(|goal_id| GoalLevel {
+                        client_id: client_id.clone(),
+                        goal_id: goal_id.clone(),
+                        level,
+                    }));
+                }
             }
             records.push(AttendanceMark {
                 client_id: client_id.clone(),
@@ -340,10 +370,21 @@ async fn seed_group(
                 session_id: session_id.clone(),
                 records,
             },
-            "record_attendance",
             session_time + Duration::hours(2),
         )
         .await?;
+        if !check_ins.is_empty() {
+            group_command(
+                state,
+                plan.id,
+                GroupCommand::CheckInSession {
+                    session_id: session_id.clone(),
+                    check_ins,
+                },
+                session_time + Duration::hours(2),
+            )
+            .await?;
+        }
         for (client_id, joined_on, course) in present {
             let weeks_in = (date - joined_on).num_weeks();
             let alliance = alliance_items(&mut dice, course, weeks_in);
@@ -379,6 +420,23 @@ async fn seed_group(
             }
         }
     }
+    // The member who exceeds expectations attains their first goal in the last week.
+    if let (Some((client_id, ..)), Some((_, goals))) = (members.first(), goals_of.first()) {
+        let closed_on = start + Duration::weeks(WEEKS - 1);
+        group_command(
+            state,
+            plan.id,
+            GroupCommand::CloseGoal {
+                goal_id: goals[0].clone(),
+                client_id: client_id.clone(),
+                reason: GoalClosure::Attained,
+                replaced_by: None,
+                closed_on,
+            },
+            at_noon(closed_on),
+        )
+        .await?;
+    }
     for (client_id, joined_on, course, _) in &members {
         let (left_on, reason) = match course {
             Course::DropsOut { after_week } => (
@@ -400,7 +458,6 @@ async fn seed_group(
                     left_on,
                     reason,
                 },
-                "leave_group",
                 at_noon(left_on),
             )
             .await?;
@@ -409,12 +466,84 @@ async fn seed_group(
     Ok(())
 }
 
+/// How a member's goal levels move, week by week of membership.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum GoalPace {
+    /// Reaches +2, much more than expected.
+    Exceeds,
+    /// Climbs to +1.
+    Steady,
+    /// Slips to -2.
+    Slips,
+    /// Checks in once and then no more: the goal stalls.
+    Stalls,
+}
+
+impl GoalPace {
+    fn of(n: usize, course: Course) -> GoalPace {
+        match (n, course) {
+            (0, _) => GoalPace::Exceeds,
+            (7, _) => GoalPace::Stalls,
+            (_, Course::Worsens) => GoalPace::Slips,
+            _ => GoalPace::Steady,
+        }
+    }
+
+    /// The level reported `weeks_in` weeks after joining, or `None` for no check-in.
+    fn level(self, weeks_in: i64) -> Option<i8> {
+        let climb = |per: i64, top: i64| (-1 + weeks_in / per).clamp(-2, top) as i8;
+        match self {
+            GoalPace::Exceeds => Some(climb(2, 2)),
+            GoalPace::Steady => Some(climb(4, 1)),
+            GoalPace::Slips => Some(if weeks_in >= 4 { -2 } else { -1 }),
+            GoalPace::Stalls => (weeks_in == 0).then_some(-1),
+        }
+    }
+}
+
+/// One or two goals per member, set on the day they join, titles sealed with their key.
+async fn set_goals(
+    state: &AppState,
+    plan: &GroupPlan,
+    client_id: &str,
+    wrapped_key: &[u8],
+    n: usize,
+    set_on: NaiveDate,
+) -> anyhow::Result<Vec<String>> {
+    let mut goals = Vec::new();
+    for g in 0..(1 + (n + 1) % 2) {
+        let goal_id = format!("goal-{client_id}-{}", g + 1);
+        let title = GOAL_TITLES[(n + g * 3) % GOAL_TITLES.len()];
+        let title = state
+            .vault
+            .seal_goal_title(wrapped_key, client_id, &goal_id, title)
+            .context("sealing a demo goal title")?;
+        group_command(
+            state,
+            plan.id,
+            GroupCommand::SetGoal {
+                goal_id: goal_id.clone(),
+                client_id: client_id.into(),
+                title,
+                weight: 1 + (n + g) as u8 % 3,
+                start_level: -1,
+                set_on,
+            },
+            Utc.from_utc_datetime(&set_on.and_hms_opt(12, 30, 0).unwrap_or_default()),
+        )
+        .await?;
+        goals.push(goal_id);
+    }
+    Ok(goals)
+}
+
+/// Registers a client; answers the wrapped key their personal data is sealed with.
 async fn register_client(
     state: &AppState,
     client_id: &str,
     n: usize,
     at: DateTime<Utc>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<u8>> {
     let personal = PersonalData {
         display_name: Some(format!(
             "{} {}.",
@@ -439,13 +568,13 @@ async fn register_client(
                 client_id: client_id.into(),
                 personal: Some(sealed),
             },
-            &context("register_client", client_id, at, Some(action)),
+            &context(at, Some(action)),
             |_: &Client| true,
         )
         .await
         .map_err(describe)
         .with_context(|| format!("registering {client_id}"))?;
-    Ok(())
+    Ok(key.wrapped)
 }
 
 async fn feedback(
@@ -467,7 +596,6 @@ async fn feedback(
             items,
             administered_at: None,
         },
-        "record_feedback",
         at,
     )
     .await
@@ -576,6 +704,26 @@ mod tests {
                 assert!(phq9.risk_flags(&items).is_empty(), "{weeks_in}");
             }
         }
+    }
+
+    #[test]
+    fn goal_levels_stay_on_the_scale_and_one_pace_stalls() {
+        for pace in [
+            GoalPace::Exceeds,
+            GoalPace::Steady,
+            GoalPace::Slips,
+            GoalPace::Stalls,
+        ] {
+            for weeks_in in 0..WEEKS {
+                if let Some(level) = pace.level(weeks_in) {
+                    assert!((-2..=2).contains(&level), "{pace:?} {weeks_in}");
+                }
+            }
+        }
+        assert_eq!(GoalPace::Exceeds.level(WEEKS - 1), Some(2));
+        assert_eq!(GoalPace::Stalls.level(1), None);
+        assert_eq!(GoalPace::of(0, Course::Improves), GoalPace::Exceeds);
+        assert_eq!(GoalPace::of(7, Course::Flat), GoalPace::Stalls);
     }
 
     #[test]

@@ -23,5 +23,8 @@ pub mod leader;
 pub mod metrics;
 pub mod projector;
 pub mod publisher;
+pub mod secret;
 pub mod store;
 pub mod supervisor;
+pub mod telemetry;
+pub mod tokens;

@@ -3,12 +3,14 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use circle_services::app::{open_store, Application};
-use circle_services::auth::{create_token, Role};
+use circle_services::app::{open_store, rotate_master_key, Application};
+use circle_services::auth::Role;
 use circle_services::config::{LogFormat, Overrides, Settings};
 use circle_services::errors::ErrorChain;
 use circle_services::projector;
-use circle_services::store::StoreError;
+use circle_services::store::{Revocation, StoreError};
+use circle_services::telemetry;
+use circle_services::tokens::{self, Grant};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -50,6 +52,33 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Manage the master key.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Re-wrap every live client key under a new master key (stop every instance
+    /// first). The embedded store replaces `master.key`; with PostgreSQL the new key
+    /// is CIRCLE_NEW_MASTER_KEY, or generated and printed once.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The current master key (PostgreSQL; the embedded store reads its file).
+        #[arg(long, env = "CIRCLE_MASTER_KEY", hide_env_values = true, hide = true)]
+        master_key: Option<String>,
+        /// The new master key (base64 of 32 bytes); generated when absent.
+        #[arg(
+            long,
+            env = "CIRCLE_NEW_MASTER_KEY",
+            hide_env_values = true,
+            hide = true
+        )]
+        new_master_key: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -61,9 +90,37 @@ enum TokenAction {
         /// Required for clinicians: the id groups list among their facilitators.
         #[arg(long)]
         clinician_id: Option<String>,
+        /// What or whom the token is for (shown by `circle token list`).
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Days until the token stops working; without it, until revoked.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        expires_in_days: Option<u32>,
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// List every token: id, role, clinician, label, created, expires, revoked.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a token by its id: every instance refuses it from now on.
+    Revoke {
+        /// The token's id (`tok_…`, from `circle token list`), not its secret.
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+impl TokenAction {
+    fn store(&self) -> &StoreArgs {
+        match self {
+            TokenAction::Create { store, .. }
+            | TokenAction::List { store }
+            | TokenAction::Revoke { store, .. } => store,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -168,7 +225,11 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let settings = Settings::load(cli.config.as_deref(), args.overrides())?;
-            init_logging(&settings.log, settings.log_format);
+            let _telemetry = telemetry::init(
+                &settings.log,
+                settings.log_format,
+                settings.otlp_endpoint.as_deref(),
+            )?;
             serve(settings, false).await
         }
         Command::Demo(args) => {
@@ -178,7 +239,11 @@ async fn main() -> anyhow::Result<()> {
                 overrides.data_dir = Some(PathBuf::from("data/demo"));
             }
             let settings = Settings::load(cli.config.as_deref(), overrides)?;
-            init_logging(&settings.log, settings.log_format);
+            let _telemetry = telemetry::init(
+                &settings.log,
+                settings.log_format,
+                settings.otlp_endpoint.as_deref(),
+            )?;
             serve(settings, true).await
         }
         Command::Replay { projection, store } => {
@@ -188,7 +253,7 @@ async fn main() -> anyhow::Result<()> {
                 ..Overrides::default()
             };
             let settings = Settings::load(cli.config.as_deref(), overrides)?;
-            init_logging("warn", LogFormat::Text);
+            let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
             let store = open_store(&settings).await?;
             let name = projection.unwrap_or_else(|| projector::REPORTS.to_string());
             let started = std::time::Instant::now();
@@ -202,7 +267,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit { action } => {
-            init_logging("warn", LogFormat::Text);
+            let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
             let outcome = audit(cli.config.as_deref(), action).await;
             match outcome {
                 Ok(line) => {
@@ -215,25 +280,42 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Token {
+        Command::Keys {
             action:
-                TokenAction::Create {
-                    role,
-                    clinician_id,
+                KeysAction::Rotate {
                     store,
+                    master_key,
+                    new_master_key,
                 },
         } => {
             let overrides = Overrides {
                 data_dir: store.data_dir,
                 database_url: store.database_url,
+                master_key,
                 ..Overrides::default()
             };
             let settings = Settings::load(cli.config.as_deref(), overrides)?;
-            init_logging("warn", LogFormat::Text);
-            let store = open_store(&settings).await?;
-            let token = create_token(&store, role, clinician_id).await?;
-            println!("created {} token: {token}", role.as_str());
+            let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
+            let rotation = rotate_master_key(&settings, new_master_key).await?;
+            println!(
+                "re-wrapped {} client keys under the new master key",
+                rotation.rewrapped
+            );
+            if let Some(key) = rotation.new_key {
+                println!("new master key (shown once; set CIRCLE_MASTER_KEY to it): {key}");
+            }
             Ok(())
+        }
+        Command::Token { action } => {
+            let overrides = Overrides {
+                data_dir: action.store().data_dir.clone(),
+                database_url: action.store().database_url.clone(),
+                ..Overrides::default()
+            };
+            let settings = Settings::load(cli.config.as_deref(), overrides)?;
+            let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
+            let store = open_store(&settings).await?;
+            token_command(&store, action).await
         }
     }
 }
@@ -375,6 +457,59 @@ async fn fetch_consistency(
         .collect()
 }
 
+async fn token_command(
+    store: &circle_services::store::Store,
+    action: TokenAction,
+) -> anyhow::Result<()> {
+    match action {
+        TokenAction::Create {
+            role,
+            clinician_id,
+            label,
+            expires_in_days,
+            ..
+        } => {
+            let grant = Grant {
+                expires_at: expires_in_days
+                    .map(|days| chrono::Utc::now() + chrono::Duration::days(i64::from(days))),
+                ..Grant::new(role, clinician_id, label)
+            };
+            let (secret, record) = tokens::issue(store, &grant, tokens::operator("cli")).await?;
+            println!(
+                "created {} token {}: {secret}",
+                role.as_str(),
+                record.token_id
+            );
+        }
+        TokenAction::List { .. } => {
+            let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or_else(|| "-".to_string(), |t| t.to_rfc3339())
+            };
+            println!("id\trole\tclinician_id\tlabel\tcreated_at\texpires_at\trevoked_at");
+            for token in store.list_tokens().await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    token.token_id,
+                    token.role,
+                    token.clinician_id.as_deref().unwrap_or("-"),
+                    token.label,
+                    token.created_at.to_rfc3339(),
+                    when(token.expires_at),
+                    when(token.revoked_at),
+                );
+            }
+        }
+        TokenAction::Revoke { id, .. } => {
+            match tokens::revoke(store, &id, tokens::operator("cli")).await? {
+                Revocation::Revoked(_) => println!("revoked {id}"),
+                Revocation::AlreadyRevoked(_) => println!("{id} was already revoked"),
+                Revocation::Unknown => anyhow::bail!("no token has the id {id}"),
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     let app = build_when_reachable(&settings).await?;
     let address = app.local_addr()?;
@@ -472,21 +607,4 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     interrupt.await.unwrap_or(());
     tracing::info!("shutting down");
-}
-
-fn init_logging(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.init(),
-        // One JSON object per line, with the current span and its parents' fields.
-        LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
-    }
 }

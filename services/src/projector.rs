@@ -63,6 +63,10 @@ pub fn fact(raw: RawEvent) -> Result<Fact, ProjectionError> {
             upcast::decode_text(&raw.event_type, raw.event_version, &raw.payload)
                 .map_err(decode_error)?,
         ),
+        t if t == circle_events::token::TOKEN_TYPE => AnyEvent::Token(
+            upcast::decode_text(&raw.event_type, raw.event_version, &raw.payload)
+                .map_err(decode_error)?,
+        ),
         other => {
             return Err(ProjectionError::Decode {
                 position,

@@ -26,6 +26,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::Utc;
 use circle_events::group::Group;
+use circle_projections::goals;
 use circle_projections::practice::{AlertKind, Practice};
 use circle_projections::reports::{self, ReporterForm, RetentionScope};
 use cqrs_es::Aggregate;
@@ -46,7 +47,41 @@ use crate::store::{Fence, RecordedEvent, Store};
 const CHECKPOINT: &str = "nats";
 const PAGE: i64 = 1_000;
 const IDLE_POLL: Duration = Duration::from_millis(250);
-const REPORT_KINDS: [&str; 4] = ["attendance", "retention", "outcomes", "alerts"];
+/// Fields never published: sealed personal data and goal titles, and a token's
+/// label (free text an admin wrote about whom a token is for).
+const SEALED_FIELDS: [&str; 3] = ["personal", "title", "label"];
+
+/// Every report Circle publishes and answers on NATS: `<ns>.reports.<kind>.…` and
+/// `<ns>.api.reports.<kind>`. A new report joins here and nowhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportKind {
+    Attendance,
+    Retention,
+    Outcomes,
+    Goals,
+    Alerts,
+}
+
+impl ReportKind {
+    pub const ALL: [ReportKind; 5] = [
+        ReportKind::Attendance,
+        ReportKind::Retention,
+        ReportKind::Outcomes,
+        ReportKind::Goals,
+        ReportKind::Alerts,
+    ];
+
+    /// The subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportKind::Attendance => "attendance",
+            ReportKind::Retention => "retention",
+            ReportKind::Outcomes => "outcomes",
+            ReportKind::Goals => "goals",
+            ReportKind::Alerts => "alerts",
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct NatsSettings {
@@ -440,10 +475,10 @@ impl Publisher {
                 pending.groups.iter().collect()
             };
             for group_id in groups {
-                for kind in REPORT_KINDS {
+                for kind in ReportKind::ALL {
                     if let Some(body) = group_report(practice, kind, group_id, k, now) {
                         messages.push((
-                            format!("{ns}.reports.{kind}.group.{group_id}"),
+                            format!("{ns}.reports.{}.group.{group_id}", kind.as_str()),
                             practice.position,
                             body,
                         ));
@@ -503,7 +538,9 @@ fn event_message(namespace: &str, event: &RecordedEvent) -> (String, HeaderMap, 
     );
     let mut data = event.payload.clone();
     if let Some(object) = data.as_object_mut() {
-        object.remove("personal");
+        for field in SEALED_FIELDS {
+            object.remove(field);
+        }
     }
     let body = json!({
         "position": event.position,
@@ -545,20 +582,20 @@ fn event_message(namespace: &str, event: &RecordedEvent) -> (String, HeaderMap, 
 /// One group's report of one kind, in the reporter form.
 fn group_report(
     practice: &Practice,
-    kind: &str,
+    kind: ReportKind,
     group_id: &str,
     k: u32,
     now: chrono::DateTime<Utc>,
 ) -> Option<Value> {
     match kind {
-        "attendance" => {
+        ReportKind::Attendance => {
             reports::attendance(practice, group_id, now).map(|r| to_json(&r.for_reporters(k)))
         }
-        "retention" => Some(to_json(
+        ReportKind::Retention => Some(to_json(
             &reports::retention(practice, &RetentionScope::Group(group_id.to_string()), now)
                 .for_reporters(k),
         )),
-        "outcomes" => {
+        ReportKind::Outcomes => {
             let group = practice.groups.get(group_id)?;
             let per_instrument: Vec<Value> = group
                 .measures
@@ -570,8 +607,10 @@ fn group_report(
                 json!({"group_id": group_id, "position": practice.position, "as_of": now, "reports": per_instrument}),
             )
         }
-        "alerts" => Some(alert_counts(practice, Some(group_id), k)),
-        _ => None,
+        ReportKind::Goals => {
+            goals::goals(practice, group_id, now).map(|r| to_json(&r.for_reporters(k)))
+        }
+        ReportKind::Alerts => Some(alert_counts(practice, Some(group_id), k)),
     }
 }
 
@@ -579,12 +618,7 @@ fn group_report(
 fn alert_counts(practice: &Practice, group_id: Option<&str>, k: u32) -> Value {
     let alerts = reports::alerts(practice, group_id);
     let mut counts = serde_json::Map::new();
-    for kind in [
-        AlertKind::Attendance,
-        AlertKind::Alliance,
-        AlertKind::Deterioration,
-        AlertKind::Risk,
-    ] {
+    for kind in AlertKind::ALL {
         let n = alerts.iter().filter(|a| a.kind == kind).count() as u32;
         let name = to_json(&kind).as_str().unwrap_or_default().to_string();
         counts.insert(name, if n < k { Value::Null } else { json!(n) });
@@ -623,12 +657,12 @@ async fn serve_reports(
             .start("circle", env!("CARGO_PKG_VERSION")) => service.map_err(|e| anyhow::anyhow!("starting the NATS micro service: {e}"))?,
     };
     let group = service.group(format!("{namespace}.api.reports"));
-    let mut endpoints = Vec::with_capacity(REPORT_KINDS.len());
-    for kind in REPORT_KINDS {
+    let mut endpoints = Vec::with_capacity(ReportKind::ALL.len());
+    for kind in ReportKind::ALL {
         let endpoint = group
-            .endpoint(kind)
+            .endpoint(kind.as_str())
             .await
-            .map_err(|e| anyhow::anyhow!("adding the NATS endpoint {kind}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("adding the NATS endpoint {}: {e}", kind.as_str()))?;
         endpoints.push(endpoint.map(move |request| (kind, request)).boxed());
     }
     let mut requests = futures_util::stream::select_all(endpoints);
@@ -660,7 +694,7 @@ async fn serve_reports(
 fn answer(
     reports: &LiveReports,
     reporting: &Reporting,
-    kind: &str,
+    kind: ReportKind,
     payload: &[u8],
 ) -> Result<Value, async_nats::service::error::Error> {
     let request: ReportRequest = if payload.is_empty() {
@@ -682,7 +716,7 @@ fn answer(
                 .ok_or_else(|| service_error(400, "group_id is required"))
         };
         match kind {
-            "retention" => {
+            ReportKind::Retention => {
                 let scope = match (&request.group_id, &request.focus) {
                     (Some(g), _) => RetentionScope::Group(g.clone()),
                     (None, Some(f)) => RetentionScope::Focus(
@@ -695,10 +729,10 @@ fn answer(
                     &reports::retention(practice, &scope, now).for_reporters(k),
                 ))
             }
-            "attendance" => reports::attendance(practice, &group()?, now)
+            ReportKind::Attendance => reports::attendance(practice, &group()?, now)
                 .map(|r| to_json(&r.for_reporters(k)))
                 .ok_or_else(|| service_error(404, "no group with that id")),
-            "outcomes" => {
+            ReportKind::Outcomes => {
                 let instrument = request
                     .instrument
                     .clone()
@@ -707,8 +741,40 @@ fn answer(
                     .map(|r| to_json(&r.for_reporters(k)))
                     .ok_or_else(|| service_error(404, "no such group or instrument"))
             }
-            "alerts" => Ok(alert_counts(practice, request.group_id.as_deref(), k)),
-            _ => Err(service_error(404, "unknown report")),
+            ReportKind::Goals => goals::goals(practice, &group()?, now)
+                .map(|r| to_json(&r.for_reporters(k)))
+                .ok_or_else(|| service_error(404, "no group with that id")),
+            ReportKind::Alerts => Ok(alert_counts(practice, request.group_id.as_deref(), k)),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The publisher's checkpoint state is a stored contract: this is its form.
+    #[test]
+    fn the_pending_state_keeps_its_stored_form() {
+        let pending = Pending {
+            groups: BTreeSet::from(["grp-a".to_string()]),
+            practice: true,
+            all_groups: false,
+        };
+        let stored = r#"{"groups":["grp-a"],"practice":true,"all_groups":false}"#;
+        assert_eq!(serde_json::to_string(&pending).unwrap(), stored);
+        assert_eq!(read_pending(stored), pending);
+        // Saved before `all_groups` existed.
+        let older = r#"{"groups":["grp-a"],"practice":true}"#;
+        assert_eq!(read_pending(older), pending);
+    }
+
+    #[test]
+    fn an_unreadable_checkpoint_leaves_every_report_pending_never_none() {
+        for unreadable in ["", "{", "[]", r#"{"groups":"grp-a"}"#] {
+            let pending = read_pending(unreadable);
+            assert_eq!(pending, Pending::everything(), "{unreadable:?}");
+            assert!(!pending.is_empty());
+        }
+    }
 }

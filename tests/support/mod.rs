@@ -113,6 +113,20 @@ pub fn fresh_namespace() -> String {
     format!("t{}", uuid::Uuid::new_v4().simple())
 }
 
+/// One master key per database, as in a deployment: every instance on a schema
+/// must use the key its data was sealed with (a start with another is refused).
+pub fn master_key_for(database_url: &str) -> String {
+    static KEYS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+        std::sync::OnceLock::new();
+    let mut keys = KEYS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    keys.entry(database_url.to_string())
+        .or_insert_with(Vault::generate_master_key)
+        .clone()
+}
+
 /// A Circle on an existing schema with settings adjusted by `configure`.
 pub async fn spawn_app_with(database_url: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let admin = format!("admin-{}", uuid::Uuid::new_v4().simple());
@@ -122,7 +136,7 @@ pub async fn spawn_app_with(database_url: &str, configure: impl FnOnce(&mut Sett
             listen: Some("127.0.0.1:0".into()),
             database_url: Some(database_url.to_string()),
             admin_token: Some(admin.clone()),
-            master_key: Some(Vault::generate_master_key()),
+            master_key: Some(master_key_for(database_url)),
             ..Overrides::default()
         },
     )
@@ -328,4 +342,106 @@ pub fn assert_matches_6mp(report: &Value, counts: bool) {
         report["median_days"],
         vector["median"].as_i64().unwrap() * 7
     );
+}
+
+/// The GAS vectors (Kiresuk & Sherman 1968), `testdata/gas_vectors.json`.
+pub fn gas_vectors() -> Vec<Value> {
+    let file: Value =
+        serde_json::from_str(include_str!("../../testdata/gas_vectors.json")).expect("parses");
+    file["vectors"].as_array().expect("vectors").clone()
+}
+
+/// Asserts a T-score matches a published one to its 4 decimals.
+pub fn assert_t(got: &Value, expected: f64, context: &str) {
+    let got = got
+        .as_f64()
+        .unwrap_or_else(|| panic!("{context}: no T-score"));
+    assert!(
+        (got - expected).abs() <= 0.5e-4 + 1e-9,
+        "{context}: T {got} vs {expected}"
+    );
+}
+
+/// The GAS vectors as commands: per vector, a group `{prefix}{i}` with one member
+/// who sets one goal per weight (at the default start level) and checks in at the
+/// vector's levels, through the group check-in form at an attended session.
+/// Returns each group with its expected T and its last position, and the last
+/// position written.
+pub async fn gas_vector_groups(app: &TestApp, prefix: &str) -> (Vec<(String, f64, i64)>, i64) {
+    use serde_json::json;
+    let admin = &app.admin;
+    let mut groups = Vec::new();
+    let mut position = 0;
+    for (i, vector) in gas_vectors().iter().enumerate() {
+        let (group, client, session) = (
+            format!("{prefix}{i}"),
+            format!("{prefix}{i}-c"),
+            format!("{prefix}{i}-s"),
+        );
+        let ok = |answer: Answer| {
+            assert!(answer.status.is_success(), "{:?}", answer.body);
+            answer.position()
+        };
+        ok(app
+            .post(
+                "/api/v1/groups",
+                admin,
+                json!({"group_id": group, "name": "Goals", "focus": "depression",
+                       "format": "open", "facilitators": ["dr_a"]}),
+            )
+            .await);
+        ok(app
+            .post("/api/v1/clients", admin, json!({"client_id": client}))
+            .await);
+        ok(app
+            .post(
+                &format!("/api/v1/groups/{group}/members"),
+                admin,
+                json!({"client_id": client, "joined_on": "2026-01-05"}),
+            )
+            .await);
+        ok(app
+            .post(
+                &format!("/api/v1/groups/{group}/sessions"),
+                admin,
+                json!({"session_id": session, "starts_at": "2026-01-13T18:00:00+00:00",
+                       "duration_minutes": 90}),
+            )
+            .await);
+        ok(app
+            .post(
+                &format!("/api/v1/groups/{group}/sessions/{session}/attendance"),
+                admin,
+                json!({"records": [{"client_id": client, "status": "present"}]}),
+            )
+            .await);
+        let weights = vector["weights"].as_array().expect("weights");
+        let mut check_ins = Vec::new();
+        for (g, (weight, level)) in weights
+            .iter()
+            .zip(vector["levels"].as_array().expect("levels"))
+            .enumerate()
+        {
+            let goal_id = format!("{prefix}{i}-goal{g}");
+            ok(app
+                .post(
+                    &format!("/api/v1/clients/{client}/goals"),
+                    admin,
+                    json!({"goal_id": goal_id, "title": format!("Goal {g}"), "weight": weight,
+                           "group_id": group, "set_on": "2026-01-06"}),
+                )
+                .await);
+            check_ins.push(json!({"client_id": client, "goal_id": goal_id, "level": level}));
+        }
+        position = ok(app
+            .post(
+                &format!("/api/v1/groups/{group}/sessions/{session}/goal-check-ins"),
+                admin,
+                json!({"check_ins": check_ins}),
+            )
+            .await);
+        let expected = vector["expected_t"].as_f64().expect("expected_t");
+        groups.push((group, expected, position));
+    }
+    (groups, position)
 }

@@ -40,12 +40,17 @@ pub struct CircleProcess {
 impl CircleProcess {
     /// `circle serve` on a free port with these `CIRCLE_*` (or other) variables.
     pub fn serve(env: &[(&str, &str)]) -> CircleProcess {
+        CircleProcess::start("serve", env)
+    }
+
+    /// `circle <subcommand>` (`serve`, or `demo` for a seeded practice) on a free port.
+    pub fn start(subcommand: &str, env: &[(&str, &str)]) -> CircleProcess {
         let port = free_port();
         let log = fresh_data_dir().join("circle.log");
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(circle_binary());
         command
-            .arg("serve")
+            .arg(subcommand)
             .env("CIRCLE_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -20,7 +20,7 @@ pub use events::*;
 
 use crate::calendar;
 use crate::group::Measure;
-use crate::ids::is_valid_id;
+use crate::ids::{is_valid_id, INVALID_ID};
 use crate::instruments::Catalogue;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -58,10 +58,7 @@ impl Client {
                     return Err(ClientError::AlreadyExists);
                 }
                 if !is_valid_id(&client_id) {
-                    return Err(ClientError::invalid(
-                        "client_id",
-                        "must be 1 to 64 characters from A-Z, a-z, 0-9, _ and -",
-                    ));
+                    return Err(ClientError::invalid("client_id", INVALID_ID));
                 }
                 Ok(vec![ClientEvent::ClientRegistered {
                     client_id,

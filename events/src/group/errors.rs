@@ -49,6 +49,14 @@ pub enum GroupError {
     InvalidItems(ItemError),
     #[error("unknown instrument {0}")]
     UnknownInstrument(String),
+    #[error("goal {0} not found in this group")]
+    GoalNotFound(String),
+    #[error("goal {0} already exists")]
+    GoalExists(String),
+    /// A goal rule refused the command: another client's goal, a closed goal, a
+    /// check-in before the goal was set or while not a member.
+    #[error("{field}: {message}")]
+    GoalRule { field: String, message: String },
 }
 
 impl GroupError {
@@ -77,8 +85,9 @@ impl Rejection for GroupError {
                 field: "instrument".into(),
             },
             GroupNotFound => RejectionKind::NotFound,
-            SessionNotFound(_) => RejectionKind::NotFound,
-            AlreadyExists | SessionExists(_) => RejectionKind::Conflict,
+            SessionNotFound(_) | GoalNotFound(_) => RejectionKind::NotFound,
+            AlreadyExists | SessionExists(_) | GoalExists(_) => RejectionKind::Conflict,
+            GoalRule { field, .. } => rule(field),
             GroupClosed(_) | LastFacilitator => RejectionKind::Rule { field: None },
             AtCapacity(_) | AlreadyMember(_) | NotAMember(_) | NotAMemberOn { .. } => {
                 rule("client_id")

@@ -2,6 +2,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
+use crate::client::SealedPersonalData;
 use crate::instruments::Score;
 
 /// What a group is about; drives per-focus retention and 42 CFR Part 2 labelling.
@@ -126,6 +127,43 @@ pub enum GroupEvent {
     GroupClosed {
         closed_on: NaiveDate,
     },
+    /// A member's goal in this group (Goal Attainment Scaling). The title is personal
+    /// data, sealed with the client's key: erasure leaves only weight and levels.
+    GoalSet {
+        goal_id: String,
+        client_id: String,
+        title: SealedPersonalData,
+        weight: u8,
+        start_level: i8,
+        set_on: NaiveDate,
+    },
+    /// The level a member reports for one goal, at a session or between sessions.
+    GoalCheckedIn {
+        goal_id: String,
+        client_id: String,
+        level: i8,
+        session_id: Option<String>,
+        checked_in_at: DateTime<FixedOffset>,
+    },
+    /// No more check-ins on this goal; a revised goal names its replacement.
+    GoalClosed {
+        goal_id: String,
+        client_id: String,
+        reason: GoalClosure,
+        replaced_by: Option<String>,
+        closed_on: NaiveDate,
+    },
+}
+
+/// Why a goal was closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum GoalClosure {
+    Attained,
+    /// Replaced by another goal of the same member (`replaced_by`).
+    Revised,
+    Dropped,
 }
 
 impl DomainEvent for GroupEvent {
@@ -142,6 +180,9 @@ impl DomainEvent for GroupEvent {
             Self::AttendanceCorrected { .. } => "AttendanceCorrected",
             Self::FeedbackRecorded { .. } => "FeedbackRecorded",
             Self::GroupClosed { .. } => "GroupClosed",
+            Self::GoalSet { .. } => "GoalSet",
+            Self::GoalCheckedIn { .. } => "GoalCheckedIn",
+            Self::GoalClosed { .. } => "GoalClosed",
         };
         name.to_string()
     }

@@ -12,6 +12,9 @@ mod commands;
 mod errors;
 mod events;
 #[cfg(test)]
+mod goal_tests;
+mod goals;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,9 +27,10 @@ use serde::{Deserialize, Serialize};
 pub use commands::*;
 pub use errors::GroupError;
 pub use events::*;
+pub use goals::GoalState;
 
 use crate::calendar;
-use crate::ids::is_valid_id;
+use crate::ids::{is_valid_id, INVALID_ID};
 use crate::instruments::Catalogue;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -36,6 +40,8 @@ pub struct Group {
     pub memberships: BTreeMap<String, Vec<MembershipPeriod>>,
     pub sessions: BTreeMap<String, SessionState>,
     pub closed_on: Option<NaiveDate>,
+    /// Members' goals by goal id.
+    pub goals: BTreeMap<String, GoalState>,
     /// Number of events applied, i.e. the stream sequence of the latest one.
     pub sequence: u64,
 }
@@ -151,13 +157,14 @@ impl Group {
                     return Err(GroupError::AlreadyExists);
                 }
                 check_id("group_id", &group_id)?;
-                let name = name.trim().to_string();
-                if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+                // Counted as sent, so the limit is the one the API description gives.
+                if name.trim().is_empty() || name.chars().count() > MAX_NAME_LEN {
                     return Err(GroupError::invalid(
                         "name",
                         format!("must be 1 to {MAX_NAME_LEN} characters"),
                     ));
                 }
+                let name = name.trim().to_string();
                 if capacity == 0 || capacity > MAX_CAPACITY {
                     return Err(GroupError::invalid(
                         "capacity",
@@ -350,6 +357,41 @@ impl Group {
                 check_date("closed_on", closed_on)?;
                 Ok(vec![GroupEvent::GroupClosed { closed_on }])
             }
+            SetGoal {
+                goal_id,
+                client_id,
+                title,
+                weight,
+                start_level,
+                set_on,
+            } => self.decide_set_goal(goal_id, client_id, title, weight, start_level, set_on),
+            CheckIn {
+                goal_id,
+                client_id,
+                level,
+                session_id,
+                checked_in_at,
+            } => {
+                let request = goals::CheckInRequest {
+                    goal_id,
+                    client_id,
+                    level,
+                    session_id,
+                    checked_in_at,
+                };
+                Ok(vec![self.decide_check_in(request, "")?])
+            }
+            CheckInSession {
+                session_id,
+                check_ins,
+            } => self.decide_session_check_ins(session_id, check_ins),
+            CloseGoal {
+                goal_id,
+                client_id,
+                reason,
+                replaced_by,
+                closed_on,
+            } => self.decide_close_goal(goal_id, client_id, reason, replaced_by, closed_on),
         }
     }
 
@@ -403,10 +445,7 @@ fn check_id(field: &str, id: &str) -> Result<(), GroupError> {
     if is_valid_id(id) {
         Ok(())
     } else {
-        Err(GroupError::invalid(
-            field,
-            "must be 1 to 64 characters from A-Z, a-z, 0-9, _ and -",
-        ))
+        Err(GroupError::invalid(field, INVALID_ID))
     }
 }
 
@@ -546,6 +585,9 @@ impl Aggregate for Group {
                 }
             }
             GroupEvent::GroupClosed { closed_on } => self.closed_on = Some(closed_on),
+            GroupEvent::GoalSet { .. }
+            | GroupEvent::GoalCheckedIn { .. }
+            | GroupEvent::GoalClosed { .. } => self.apply_goal(&event),
         }
     }
 }

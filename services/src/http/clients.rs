@@ -2,35 +2,35 @@
 //! measures outside sessions.
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Datelike, FixedOffset, Utc};
 use circle_events::client::{Client, ClientCommand, ConsentScope, ErasureReason};
-use circle_events::group::GroupCommand;
+use circle_events::group::{DepartureReason, GroupCommand};
+use circle_events::ids::{ClientId, GroupId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::extract::{Caller, JsonBody, Path, WriteHeaders};
-use super::groups::parse_items;
-use super::{
-    id_or_new, may_write_group, path_id, receipt_response, AppState, Problem, Write, READERS,
-    WRITERS,
-};
+use super::extract::{whole_or_none, Caller, Ids};
+use super::groups::{parse_items, WriteResponse};
+use super::write::{Write, Writer, WRITERS};
+use super::{new_id, AppState, Problem, READERS};
 use crate::auth::Role;
+use crate::commands::CommandContext;
 use crate::crypto::PersonalData;
 use crate::store::{ClientKey, KeyAction};
 
-const MAX_PERSONAL_FIELD: usize = 200;
+pub(super) const MAX_PERSONAL_FIELD: usize = 200;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterClientRequest {
     /// A pseudonymous id; generated when absent. Never a name.
-    client_id: Option<String>,
+    client_id: Option<ClientId>,
     /// Stored encrypted with the client's own key.
     display_name: Option<String>,
+    #[serde(default, deserialize_with = "whole_or_none")]
     birth_year: Option<i32>,
     /// Stored encrypted with the client's own key.
     contact: Option<String>,
@@ -53,7 +53,7 @@ async fn clinician_knows_client(
 }
 
 /// Admins always; clinicians for clients in their groups; auditors only to read.
-async fn require_client_access(
+pub(super) async fn require_client_access(
     state: &AppState,
     caller: &Caller,
     client_id: &str,
@@ -67,23 +67,6 @@ async fn require_client_access(
         ));
     }
     Ok(())
-}
-
-async fn execute(
-    state: &AppState,
-    write: Write<'_>,
-    client_id: &str,
-    command: ClientCommand,
-    name: &'static str,
-    success: StatusCode,
-    key_action: Option<KeyAction>,
-) -> Result<Response, Problem> {
-    let ctx = write.context(name, client_id, success, key_action);
-    let receipt = state
-        .commands
-        .execute(&state.clients, client_id, command, &ctx, |_| true)
-        .await?;
-    Ok(receipt_response(receipt))
 }
 
 fn check_personal(request: &RegisterClientRequest) -> Result<PersonalData, Problem> {
@@ -119,39 +102,30 @@ fn check_personal(request: &RegisterClientRequest) -> Result<PersonalData, Probl
 }
 
 #[utoipa::path(post, path = "/api/v1/clients", request_body = RegisterClientRequest,
-    responses((status = 201, body = super::groups::WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    responses((status = 201, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "clients")]
 pub async fn register_client(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: WriteHeaders,
-    body: JsonBody<RegisterClientRequest>,
+    Write { body, writer, .. }: Write<(), RegisterClientRequest>,
 ) -> Result<Response, Problem> {
-    caller.require(WRITERS)?;
-    let request = body.value;
-    let client_id = id_or_new("client_id", request.client_id.clone(), "cli")?;
-    let personal = check_personal(&request)?;
-    let key = state.vault.new_client_key(&client_id);
-    let sealed = (!personal.is_empty()).then(|| state.vault.seal(&key, &client_id, &personal));
+    writer.caller.require(WRITERS)?;
+    let client_id: ClientId = body.client_id.clone().unwrap_or_else(|| new_id("cli"));
+    let personal = check_personal(&body)?;
+    let key = state.vault.new_client_key(client_id.as_str());
+    let sealed =
+        (!personal.is_empty()).then(|| state.vault.seal(&key, client_id.as_str(), &personal));
     let command = ClientCommand::RegisterClient {
-        client_id: client_id.clone(),
+        client_id: client_id.to_string(),
         personal: sealed,
     };
     let key_action = KeyAction::Store {
-        client_id: client_id.clone(),
+        client_id: client_id.to_string(),
         wrapped_key: key.wrapped.clone(),
     };
-    let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &client_id,
-        command,
-        "register_client",
-        StatusCode::CREATED,
-        Some(key_action),
-    )
-    .await
+    writer
+        .with_key(key_action)
+        .run(&state, &client_id, command)
+        .await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -163,35 +137,20 @@ pub struct ConsentRequest {
 }
 
 #[utoipa::path(post, path = "/api/v1/clients/{client_id}/consents", request_body = ConsentRequest,
-    params(("client_id" = String, Path)),
-    responses((status = 200, body = super::groups::WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    params(("client_id" = ClientId, Path)),
+    responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "clients")]
 pub async fn change_consent(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: WriteHeaders,
-    Path(client_id): Path<String>,
-    body: JsonBody<ConsentRequest>,
+    Write { ids, body, writer }: Write<ClientId, ConsentRequest>,
 ) -> Result<Response, Problem> {
-    path_id("client_id", &client_id)?;
-    require_client_access(&state, &caller, &client_id, WRITERS).await?;
-    let scope = body.value.scope;
-    let (command, name) = if body.value.granted {
-        (ClientCommand::GrantConsent { scope }, "grant_consent")
+    let scope = body.scope;
+    let command = if body.granted {
+        ClientCommand::GrantConsent { scope }
     } else {
-        (ClientCommand::WithdrawConsent { scope }, "withdraw_consent")
+        ClientCommand::WithdrawConsent { scope }
     };
-    let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &client_id,
-        command,
-        name,
-        StatusCode::OK,
-        None,
-    )
-    .await
+    writer.run(&state, &ids, command).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -201,35 +160,82 @@ pub struct ErasureRequest {
 }
 
 #[utoipa::path(post, path = "/api/v1/clients/{client_id}/erasure", request_body = ErasureRequest,
-    params(("client_id" = String, Path)),
-    responses((status = 200, body = super::groups::WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    params(("client_id" = ClientId, Path)),
+    responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "clients")]
 pub async fn erase_client(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: WriteHeaders,
-    Path(client_id): Path<String>,
-    body: JsonBody<ErasureRequest>,
+    Write { ids, body, writer }: Write<ClientId, ErasureRequest>,
 ) -> Result<Response, Problem> {
-    caller.require(&[Role::Admin])?;
-    path_id("client_id", &client_id)?;
+    // Admins only, before anything is written.
+    writer.caller.require(&[Role::Admin])?;
+    end_memberships(&state, &writer, ids.as_str()).await?;
     let command = ClientCommand::EraseClient {
-        reason: body.value.reason,
+        reason: body.reason,
     };
     let key_action = KeyAction::Destroy {
-        client_id: client_id.clone(),
+        client_id: ids.to_string(),
     };
-    let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &client_id,
-        command,
-        "erase_client",
-        StatusCode::OK,
-        Some(key_action),
-    )
-    .await
+    let answer = writer
+        .with_key(key_action)
+        .run(&state, &ids, command)
+        .await?;
+    // The key is destroyed in the log's transaction; this makes the key table's files
+    // forget its bytes too. Failing that is for the operator, not the caller: the
+    // erasure itself has committed.
+    if let Err(error) = state.store.compact_keys().await {
+        tracing::warn!(client_id = %ids, error = %crate::errors::ErrorChain(&error), "the key table was not compacted after an erasure");
+    }
+    Ok(answer)
+}
+
+/// Ends the client's open memberships (reason `other`, under the erasure's
+/// correlation id) before the erasure commits: afterwards no command naming the
+/// client can commit (see [`crate::store::KeyAction::RequireLive`]), this one included.
+async fn end_memberships(
+    state: &AppState,
+    writer: &Writer,
+    client_id: &str,
+) -> Result<(), Problem> {
+    let today = Utc::now().date_naive();
+    let ctx = CommandContext {
+        principal: writer.caller.0.clone(),
+        correlation_id: writer.headers.correlation_id,
+        occurred_at: None,
+        idempotency: None,
+        if_match: None,
+        key_action: None,
+    };
+    for group_id in state.auth.groups_of_client(client_id).await? {
+        let group = state.groups.load(&group_id).await?.aggregate;
+        let open = group
+            .memberships
+            .get(client_id)
+            .and_then(|periods| periods.last())
+            .filter(|period| period.left_on.is_none());
+        let (Some(period), None) = (open, group.closed_on) else {
+            continue;
+        };
+        let command = GroupCommand::LeaveGroup {
+            client_id: client_id.to_string(),
+            left_on: today.max(period.joined_on),
+            reason: DepartureReason::Other,
+        };
+        match state
+            .commands
+            .execute(&state.groups, &group_id, command, &ctx, |_| true)
+            .await
+        {
+            Ok(_) => {}
+            // A rule of the group's refused the departure: the erasure goes ahead, and
+            // the erasure check refuses every later write naming the client anyway.
+            Err(crate::commands::CommandError::Rejected(rejection)) => {
+                tracing::warn!(%group_id, error = %rejection, "an erased client's membership could not be ended")
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -241,70 +247,36 @@ pub struct RecordMeasureRequest {
     administered_at: DateTime<FixedOffset>,
     /// The group whose care this measure belongs to; the client must have been a
     /// member on the day it was administered.
-    group_id: Option<String>,
+    group_id: Option<GroupId>,
 }
 
+/// A measure within a group's care is the group's record (the client must have been
+/// a member that day); without a group it is the client's own.
 #[utoipa::path(post, path = "/api/v1/clients/{client_id}/measures", request_body = RecordMeasureRequest,
-    params(("client_id" = String, Path)),
-    responses((status = 200, body = super::groups::WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    params(("client_id" = ClientId, Path)),
+    responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "clients")]
 pub async fn record_measure(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: WriteHeaders,
-    Path(client_id): Path<String>,
-    body: JsonBody<RecordMeasureRequest>,
+    Write { ids, body, writer }: Write<ClientId, RecordMeasureRequest>,
 ) -> Result<Response, Problem> {
-    path_id("client_id", &client_id)?;
-    let request = body.value;
-    let items = parse_items(&request.items)?;
-    let write = Write::new(&caller, &headers, &body.request_hash);
-    let Some(group_id) = request.group_id else {
-        require_client_access(&state, &caller, &client_id, WRITERS).await?;
+    let items = parse_items(&body.items)?;
+    let Some(group_id) = body.group_id else {
         let command = ClientCommand::RecordMeasure {
-            instrument: request.instrument,
+            instrument: body.instrument,
             items,
-            administered_at: request.administered_at,
+            administered_at: body.administered_at,
         };
-        return execute(
-            &state,
-            write,
-            &client_id,
-            command,
-            "record_measure",
-            StatusCode::OK,
-            None,
-        )
-        .await;
+        return writer.run(&state, &ids, command).await;
     };
-    caller.require(WRITERS)?;
-    path_id("group_id", &group_id)?;
-    let client = state.clients.load(&client_id).await?.aggregate;
-    if !client.exists() {
-        return Err(Problem::not_found("client not found"));
-    }
-    if client.erased.is_some() {
-        return Err(Problem::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "client_id",
-            "this client's data has been erased",
-        ));
-    }
     let command = GroupCommand::RecordFeedback {
-        client_id: client_id.clone(),
+        client_id: ids.to_string(),
         session_id: None,
-        instrument: request.instrument,
+        instrument: body.instrument,
         items,
-        administered_at: Some(request.administered_at),
+        administered_at: Some(body.administered_at),
     };
-    let ctx = write.context("record_measure", &client_id, StatusCode::OK, None);
-    let receipt = state
-        .commands
-        .execute(&state.groups, &group_id, command, &ctx, |group| {
-            may_write_group(&caller, group)
-        })
-        .await?;
-    Ok(receipt_response(receipt))
+    writer.run(&state, &group_id, command).await
 }
 
 #[derive(Serialize, ToSchema)]
@@ -321,15 +293,15 @@ pub struct ClientView {
     position: i64,
 }
 
-#[utoipa::path(get, path = "/api/v1/clients/{client_id}", params(("client_id" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/clients/{client_id}", params(("client_id" = ClientId, Path)),
     responses((status = 200, body = ClientView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "clients")]
 pub async fn get_client(
     State(state): State<AppState>,
     caller: Caller,
-    Path(client_id): Path<String>,
+    Ids(client_id): Ids<ClientId>,
 ) -> Result<Json<ClientView>, Problem> {
-    path_id("client_id", &client_id)?;
+    let client_id = String::from(client_id);
     require_client_access(&state, &caller, &client_id, READERS).await?;
     let cached = state.clients.load(&client_id).await?;
     let client: Client = cached.aggregate;

@@ -1,5 +1,5 @@
 //! Request extractors that answer in problem+json: the caller, write headers, JSON
-//! bodies, query strings and path parameters, with the failing field named.
+//! bodies, query strings and the path's typed ids, with the failing field named.
 
 use axum::body::Bytes;
 use axum::extract::path::ErrorKind;
@@ -7,7 +7,9 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use serde::de::DeserializeOwned;
+use circle_events::ids::{ClientId, GoalId, GroupId, SessionId, TokenId, INVALID_ID};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -276,6 +278,30 @@ fn control_character_at(value: &Value, path: String) -> Option<String> {
     }
 }
 
+/// A whole number as JSON Schema's `integer` has it: `45` or `45.0`, in `T`'s range.
+pub fn whole<'de, D: Deserializer<'de>, T: TryFrom<i64>>(deserializer: D) -> Result<T, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    // Below 2^53 every integral f64 is exact.
+    let exact = number.as_i64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0)
+            .map(|f| f as i64)
+    });
+    exact
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| D::Error::custom(format!("must be a whole number in range, got {number}")))
+}
+
+/// [`whole`] for an optional field (`null` or absent is `None`).
+pub fn whole_or_none<'de, D: Deserializer<'de>, T: TryFrom<i64>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole<T: TryFrom<i64>>(#[serde(deserialize_with = "whole")] T);
+    Ok(Option::<Whole<T>>::deserialize(deserializer)?.map(|Whole(n)| n))
+}
+
 /// Query parameters, refused as a problem naming the parameter.
 pub struct Query<T>(pub T);
 
@@ -292,28 +318,88 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     }
 }
 
-/// Path parameters, refused as a problem naming the parameter.
-pub struct Path<T>(pub T);
+/// The typed ids of the request's path (`GroupId`, `(GroupId, SessionId)`, or `()`),
+/// each checked once; a refusal names its parameter.
+pub struct Ids<T>(pub T);
 
-impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+/// An id type taken from the path parameter of its name.
+pub trait PathId: TryFrom<String> {
+    const PARAM: &'static str;
+}
+
+impl PathId for GroupId {
+    const PARAM: &'static str = "group_id";
+}
+impl PathId for ClientId {
+    const PARAM: &'static str = "client_id";
+}
+impl PathId for SessionId {
+    const PARAM: &'static str = "session_id";
+}
+impl PathId for GoalId {
+    const PARAM: &'static str = "goal_id";
+}
+impl PathId for TokenId {
+    const PARAM: &'static str = "token_id";
+}
+
+/// A route's path parameters, percent-decoded, by name.
+pub type Params = [(String, String)];
+
+fn path_id<I: PathId>(params: &Params) -> Result<I, Problem> {
+    let value = params
+        .iter()
+        .find_map(|(key, value)| (key == I::PARAM).then_some(value))
+        .ok_or_else(|| Problem::bad_request(I::PARAM, "is required"))?;
+    I::try_from(value.to_string()).map_err(|_| Problem::bad_request(I::PARAM, INVALID_ID))
+}
+
+/// What a route's path holds.
+pub trait PathIds: Sized {
+    fn from_params(params: &Params) -> Result<Self, Problem>;
+}
+
+impl PathIds for () {
+    fn from_params(_: &Params) -> Result<(), Problem> {
+        Ok(())
+    }
+}
+
+impl<I: PathId> PathIds for I {
+    fn from_params(params: &Params) -> Result<I, Problem> {
+        path_id(params)
+    }
+}
+
+impl<A: PathId, B: PathId> PathIds for (A, B) {
+    fn from_params(params: &Params) -> Result<(A, B), Problem> {
+        Ok((path_id(params)?, path_id(params)?))
+    }
+}
+
+impl<T: PathIds, S: Send + Sync> FromRequestParts<S> for Ids<T> {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(value)) => Ok(Path(value)),
-            Err(PathRejection::FailedToDeserializePathParams(error)) => {
-                let message = error.body_text();
-                match error.into_kind() {
-                    ErrorKind::ParseErrorAtKey { key, .. }
-                    | ErrorKind::InvalidUtf8InPathParam { key }
-                    | ErrorKind::DeserializeError { key, .. } => {
-                        Err(Problem::bad_request(key, message))
-                    }
-                    _ => Err(Problem::bad_request("path", message)),
+        let params =
+            match axum::extract::Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+                .await
+            {
+                Ok(axum::extract::Path(params)) => params,
+                Err(PathRejection::FailedToDeserializePathParams(error)) => {
+                    let message = error.body_text();
+                    return Err(match error.into_kind() {
+                        ErrorKind::InvalidUtf8InPathParam { key } => {
+                            Problem::bad_request(key, message)
+                        }
+                        _ => Problem::bad_request("path", message),
+                    });
                 }
-            }
-            Err(rejection) => Err(Problem::new(rejection.status(), rejection.body_text())),
-        }
+                Err(rejection) => {
+                    return Err(Problem::new(rejection.status(), rejection.body_text()))
+                }
+            };
+        T::from_params(&params).map(Ids)
     }
 }
 

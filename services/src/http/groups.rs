@@ -8,16 +8,15 @@ use chrono::{DateTime, FixedOffset, NaiveDate};
 use circle_events::group::{
     AttendanceMark, AttendanceStatus, DepartureReason, Focus, Format, Group, GroupCommand,
 };
+use circle_events::ids::{ClientId, ClinicianId, GroupId, SessionId};
 use circle_events::instruments::Score;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{Caller, JsonBody, Path, Query, WriteHeaders};
-use super::{
-    id_or_new, may_write_group, path_id, receipt_response, AppState, Problem, Write, READERS,
-    WRITERS,
-};
+use super::extract::{whole, whole_or_none, Caller, Ids, Query};
+use super::write::Write;
+use super::{new_id, AppState, Problem, READERS};
 use crate::auth::Role;
 use crate::commands::Cached;
 
@@ -27,14 +26,15 @@ const DEFAULT_CAPACITY: u32 = 10;
 #[serde(deny_unknown_fields)]
 pub struct CreateGroupRequest {
     /// Generated when absent.
-    group_id: Option<String>,
+    group_id: Option<GroupId>,
     name: String,
     focus: Focus,
     format: Format,
     /// Defaults to 10.
+    #[serde(default, deserialize_with = "whole_or_none")]
     capacity: Option<u32>,
-    /// Clinician ids; a clinician creating a group must list themselves.
-    facilitators: Vec<String>,
+    /// A clinician creating a group must list themselves.
+    facilitators: Vec<ClinicianId>,
     starts_on: Option<NaiveDate>,
 }
 
@@ -49,156 +49,65 @@ pub struct WriteResponse {
     position: i64,
 }
 
-async fn execute(
-    state: &AppState,
-    write: Write<'_>,
-    group_id: &str,
-    command: GroupCommand,
-    name: &'static str,
-    response_id: &str,
-    success: StatusCode,
-) -> Result<Response, Problem> {
-    write.caller.require(WRITERS)?;
-    let ctx = write.context(name, response_id, success, None);
-    let receipt = state
-        .commands
-        .execute(&state.groups, group_id, command, &ctx, |group| {
-            may_write_group(write.caller, group)
-        })
-        .await?;
-    Ok(receipt_response(receipt))
-}
-
 #[utoipa::path(post, path = "/api/v1/groups", request_body = CreateGroupRequest,
     responses((status = 201, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "groups")]
 pub async fn create_group(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: WriteHeaders,
-    body: JsonBody<CreateGroupRequest>,
+    Write { body, writer, .. }: Write<(), CreateGroupRequest>,
 ) -> Result<Response, Problem> {
-    let request = body.value;
-    let group_id = id_or_new("group_id", request.group_id, "grp")?;
-    if caller.0.role == Role::Clinician
-        && !request
-            .facilitators
-            .iter()
-            .any(|f| Some(f) == caller.0.clinician_id.as_ref())
-    {
-        return Err(Problem::field(
-            StatusCode::FORBIDDEN,
-            "facilitators",
-            "a clinician may only create groups they facilitate",
-        ));
-    }
+    let group_id = body.group_id.unwrap_or_else(|| new_id("grp"));
     let command = GroupCommand::CreateGroup {
-        group_id: group_id.clone(),
-        name: request.name,
-        focus: request.focus,
-        format: request.format,
-        capacity: request.capacity.unwrap_or(DEFAULT_CAPACITY),
-        facilitators: request.facilitators,
-        starts_on: request.starts_on,
+        group_id: group_id.to_string(),
+        name: body.name,
+        focus: body.focus,
+        format: body.format,
+        capacity: body.capacity.unwrap_or(DEFAULT_CAPACITY),
+        facilitators: body.facilitators.into_iter().map(String::from).collect(),
+        starts_on: body.starts_on,
     };
-    let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &group_id,
-        command,
-        "create_group",
-        &group_id,
-        StatusCode::CREATED,
-    )
-    .await
+    writer.run(&state, &group_id, command).await
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssignFacilitatorRequest {
-    clinician_id: String,
+    clinician_id: ClinicianId,
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{group_id}/facilitators", request_body = AssignFacilitatorRequest,
-    params(("group_id" = String, Path)),
+    params(("group_id" = GroupId, Path)),
     responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "groups")]
 pub async fn assign_facilitator(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: WriteHeaders,
-    Path(group_id): Path<String>,
-    body: JsonBody<AssignFacilitatorRequest>,
+    Write { ids, body, writer }: Write<GroupId, AssignFacilitatorRequest>,
 ) -> Result<Response, Problem> {
-    path_id("group_id", &group_id)?;
-    let command = GroupCommand::AssignFacilitator {
-        clinician_id: body.value.clinician_id,
-    };
-    let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &group_id,
-        command,
-        "assign_facilitator",
-        &group_id,
-        StatusCode::OK,
-    )
-    .await
+    let clinician_id = body.clinician_id.into();
+    let command = GroupCommand::AssignFacilitator { clinician_id };
+    writer.run(&state, &ids, command).await
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinGroupRequest {
-    client_id: String,
+    client_id: ClientId,
     joined_on: NaiveDate,
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{group_id}/members", request_body = JoinGroupRequest,
-    params(("group_id" = String, Path)),
+    params(("group_id" = GroupId, Path)),
     responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "groups")]
 pub async fn join_group(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: WriteHeaders,
-    Path(group_id): Path<String>,
-    body: JsonBody<JoinGroupRequest>,
+    Write { ids, body, writer }: Write<GroupId, JoinGroupRequest>,
 ) -> Result<Response, Problem> {
-    path_id("group_id", &group_id)?;
-    let request = body.value;
-    path_id("client_id", &request.client_id)?;
-    let client = state.clients.load(&request.client_id).await?;
-    if !client.aggregate.exists() {
-        return Err(Problem::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "client_id",
-            "no client is registered with this id",
-        ));
-    }
-    if client.aggregate.erased.is_some() {
-        return Err(Problem::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "client_id",
-            "this client's data has been erased",
-        ));
-    }
     let command = GroupCommand::JoinGroup {
-        client_id: request.client_id,
-        joined_on: request.joined_on,
+        client_id: body.client_id.into(),
+        joined_on: body.joined_on,
     };
-    let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &group_id,
-        command,
-        "join_group",
-        &group_id,
-        StatusCode::OK,
-    )
-    .await
+    writer.run(&state, &ids, command).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -209,76 +118,48 @@ pub struct LeaveGroupRequest {
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{group_id}/members/{client_id}/departure", request_body = LeaveGroupRequest,
-    params(("group_id" = String, Path), ("client_id" = String, Path)),
+    params(("group_id" = GroupId, Path), ("client_id" = ClientId, Path)),
     responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "groups")]
 pub async fn leave_group(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: WriteHeaders,
-    Path((group_id, client_id)): Path<(String, String)>,
-    body: JsonBody<LeaveGroupRequest>,
+    Write { ids, body, writer }: Write<(GroupId, ClientId), LeaveGroupRequest>,
 ) -> Result<Response, Problem> {
-    path_id("group_id", &group_id)?;
-    path_id("client_id", &client_id)?;
+    let (group_id, client_id) = ids;
     let command = GroupCommand::LeaveGroup {
-        client_id,
-        left_on: body.value.left_on,
-        reason: body.value.reason,
+        client_id: client_id.into(),
+        left_on: body.left_on,
+        reason: body.reason,
     };
-    let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &group_id,
-        command,
-        "leave_group",
-        &group_id,
-        StatusCode::OK,
-    )
-    .await
+    writer.run(&state, &group_id, command).await
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSessionRequest {
     /// Generated when absent.
-    session_id: Option<String>,
+    session_id: Option<SessionId>,
     /// RFC 3339 with offset; its local date decides who was a member that day.
     starts_at: DateTime<FixedOffset>,
+    #[serde(deserialize_with = "whole")]
     duration_minutes: u32,
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{group_id}/sessions", request_body = ScheduleSessionRequest,
-    params(("group_id" = String, Path)),
+    params(("group_id" = GroupId, Path)),
     responses((status = 201, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "groups")]
 pub async fn schedule_session(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: WriteHeaders,
-    Path(group_id): Path<String>,
-    body: JsonBody<ScheduleSessionRequest>,
+    Write { ids, body, writer }: Write<GroupId, ScheduleSessionRequest>,
 ) -> Result<Response, Problem> {
-    path_id("group_id", &group_id)?;
-    let request = body.value;
-    let session_id = id_or_new("session_id", request.session_id, "ses")?;
+    let session_id = body.session_id.unwrap_or_else(|| new_id("ses"));
     let command = GroupCommand::ScheduleSession {
-        session_id: session_id.clone(),
-        starts_at: request.starts_at,
-        duration_minutes: request.duration_minutes,
+        session_id: session_id.into(),
+        starts_at: body.starts_at,
+        duration_minutes: body.duration_minutes,
     };
-    let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &group_id,
-        command,
-        "schedule_session",
-        &session_id,
-        StatusCode::CREATED,
-    )
-    .await
+    writer.run(&state, &ids, command).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -288,39 +169,25 @@ pub struct CancelSessionRequest {
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{group_id}/sessions/{session_id}/cancellation", request_body = CancelSessionRequest,
-    params(("group_id" = String, Path), ("session_id" = String, Path)),
+    params(("group_id" = GroupId, Path), ("session_id" = SessionId, Path)),
     responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "groups")]
 pub async fn cancel_session(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: WriteHeaders,
-    Path((group_id, session_id)): Path<(String, String)>,
-    body: JsonBody<CancelSessionRequest>,
+    Write { ids, body, writer }: Write<(GroupId, SessionId), CancelSessionRequest>,
 ) -> Result<Response, Problem> {
-    path_id("group_id", &group_id)?;
-    path_id("session_id", &session_id)?;
+    let (group_id, session_id) = ids;
     let command = GroupCommand::CancelSession {
-        session_id: session_id.clone(),
-        reason: body.value.reason,
+        session_id: session_id.into(),
+        reason: body.reason,
     };
-    let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &group_id,
-        command,
-        "cancel_session",
-        &session_id,
-        StatusCode::OK,
-    )
-    .await
+    writer.run(&state, &group_id, command).await
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttendanceRecord {
-    client_id: String,
+    client_id: ClientId,
     status: AttendanceStatus,
 }
 
@@ -332,47 +199,29 @@ pub struct RecordAttendanceRequest {
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{group_id}/sessions/{session_id}/attendance", request_body = RecordAttendanceRequest,
-    params(("group_id" = String, Path), ("session_id" = String, Path)),
+    params(("group_id" = GroupId, Path), ("session_id" = SessionId, Path)),
     responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "groups")]
 pub async fn record_attendance(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: WriteHeaders,
-    Path((group_id, session_id)): Path<(String, String)>,
-    body: JsonBody<RecordAttendanceRequest>,
+    Write { ids, body, writer }: Write<(GroupId, SessionId), RecordAttendanceRequest>,
 ) -> Result<Response, Problem> {
-    path_id("group_id", &group_id)?;
-    path_id("session_id", &session_id)?;
+    let (group_id, session_id) = ids;
+    let records = body.records.into_iter().map(|r| AttendanceMark {
+        client_id: r.client_id.into(),
+        status: r.status,
+    });
     let command = GroupCommand::RecordAttendance {
-        session_id: session_id.clone(),
-        records: body
-            .value
-            .records
-            .into_iter()
-            .map(|r| AttendanceMark {
-                client_id: r.client_id,
-                status: r.status,
-            })
-            .collect(),
+        session_id: session_id.into(),
+        records: records.collect(),
     };
-    let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &group_id,
-        command,
-        "record_attendance",
-        &session_id,
-        StatusCode::OK,
-    )
-    .await
+    writer.run(&state, &group_id, command).await
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordFeedbackRequest {
-    client_id: String,
+    client_id: ClientId,
     /// `PHQ-9`, `GAD-7`, `ORS`, `SRS` or `GSRS`.
     instrument: String,
     /// Item scores in the instrument's order: integers 0–3 for PHQ-9 and GAD-7,
@@ -396,37 +245,22 @@ pub(super) fn parse_items(items: &[Value]) -> Result<Vec<Score>, Problem> {
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{group_id}/sessions/{session_id}/feedback", request_body = RecordFeedbackRequest,
-    params(("group_id" = String, Path), ("session_id" = String, Path)),
+    params(("group_id" = GroupId, Path), ("session_id" = SessionId, Path)),
     responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "groups")]
 pub async fn record_feedback(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: WriteHeaders,
-    Path((group_id, session_id)): Path<(String, String)>,
-    body: JsonBody<RecordFeedbackRequest>,
+    Write { ids, body, writer }: Write<(GroupId, SessionId), RecordFeedbackRequest>,
 ) -> Result<Response, Problem> {
-    path_id("group_id", &group_id)?;
-    path_id("session_id", &session_id)?;
-    let request = body.value;
+    let (group_id, session_id) = ids;
     let command = GroupCommand::RecordFeedback {
-        client_id: request.client_id,
-        session_id: Some(session_id.clone()),
-        instrument: request.instrument,
-        items: parse_items(&request.items)?,
-        administered_at: request.administered_at,
+        client_id: body.client_id.into(),
+        session_id: Some(session_id.into()),
+        instrument: body.instrument,
+        items: parse_items(&body.items)?,
+        administered_at: body.administered_at,
     };
-    let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &group_id,
-        command,
-        "record_feedback",
-        &session_id,
-        StatusCode::OK,
-    )
-    .await
+    writer.run(&state, &group_id, command).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -436,31 +270,17 @@ pub struct CloseGroupRequest {
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{group_id}/closure", request_body = CloseGroupRequest,
-    params(("group_id" = String, Path)),
+    params(("group_id" = GroupId, Path)),
     responses((status = 200, body = WriteResponse), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "groups")]
 pub async fn close_group(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: WriteHeaders,
-    Path(group_id): Path<String>,
-    body: JsonBody<CloseGroupRequest>,
+    Write { ids, body, writer }: Write<GroupId, CloseGroupRequest>,
 ) -> Result<Response, Problem> {
-    path_id("group_id", &group_id)?;
     let command = GroupCommand::CloseGroup {
-        closed_on: body.value.closed_on,
+        closed_on: body.closed_on,
     };
-    let write = Write::new(&caller, &headers, &body.request_hash);
-    execute(
-        &state,
-        write,
-        &group_id,
-        command,
-        "close_group",
-        &group_id,
-        StatusCode::OK,
-    )
-    .await
+    writer.run(&state, &ids, command).await
 }
 
 // ---- reads ----
@@ -526,13 +346,13 @@ pub struct GroupSummary {
 /// Sessions a group read answers when the caller does not say.
 const DEFAULT_SESSIONS_LIMIT: usize = 500;
 /// The most sessions one group read answers.
-const MAX_SESSIONS_LIMIT: usize = 1000;
+pub(super) const MAX_SESSIONS_LIMIT: usize = 1000;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct GroupQuery {
     /// Start the page after this session (the previous page's `next_sessions_after`).
-    sessions_after: Option<String>,
+    sessions_after: Option<SessionId>,
     /// Sessions per page: 1 to 1000, default 500.
     sessions_limit: Option<usize>,
 }
@@ -552,10 +372,7 @@ impl GroupQuery {
                 format!("must be from 1 to {MAX_SESSIONS_LIMIT}"),
             ));
         }
-        let after = self.sessions_after.as_deref();
-        if let Some(after) = after {
-            path_id("sessions_after", after)?;
-        }
+        let after = self.sessions_after.as_ref().map(SessionId::as_str);
         Ok(SessionPage { after, limit })
     }
 }
@@ -602,7 +419,11 @@ fn group_view(cached: Cached<Group>, page: &SessionPage) -> Result<GroupView, Pr
         None => 0,
         Some(after) => {
             let (id, session) = group.sessions.get_key_value(after).ok_or_else(|| {
-                Problem::bad_request("sessions_after", "no session with this id in the group")
+                Problem::field(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "sessions_after",
+                    "no session with this id in the group",
+                )
             })?;
             order.partition_point(|key| *key <= (&session.starts_at, id))
         }
@@ -653,19 +474,18 @@ fn group_view(cached: Cached<Group>, page: &SessionPage) -> Result<GroupView, Pr
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/groups/{group_id}", params(("group_id" = String, Path), GroupQuery),
+#[utoipa::path(get, path = "/api/v1/groups/{group_id}", params(("group_id" = GroupId, Path), GroupQuery),
     responses((status = 200, body = GroupView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "groups")]
 pub async fn get_group(
     State(state): State<AppState>,
     caller: Caller,
-    Path(group_id): Path<String>,
+    Ids(group_id): Ids<GroupId>,
     Query(query): Query<GroupQuery>,
 ) -> Result<Json<GroupView>, Problem> {
     caller.require(READERS)?;
-    path_id("group_id", &group_id)?;
     let page = query.page()?;
-    let cached = state.groups.load(&group_id).await?;
+    let cached = state.groups.load(group_id.as_str()).await?;
     if cached.aggregate.exists() && !may_read_group(&caller, &cached.aggregate) {
         return Err(Problem::forbidden("this group is not one you facilitate"));
     }

@@ -1,15 +1,20 @@
 //! The HTTP API (`/api/v1`, described by the generated OpenAPI at `/api/v1/openapi.json`), health, readiness and metrics.
 //!
-//! Handlers are thin: parse and check the request, ask the caller's role, build a
-//! command and hand it to the [`CommandService`]. Every refusal is a [`Problem`].
+//! Handlers are thin: a write parses its request into typed ids and a body, builds a
+//! command and runs it through the one write skeleton ([`write`]); a read checks the
+//! caller's role and answers a view. Every refusal is a [`Problem`].
 
 mod audit;
 mod clients;
+mod exact;
 mod extract;
+mod goals;
 mod groups;
 pub mod openapi;
 mod problem;
 mod reports;
+mod tokens;
+mod write;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -20,26 +25,23 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use circle_events::client::Client;
 use circle_events::group::Group;
-use circle_events::ids::is_valid_id;
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 pub use problem::{FieldError, Problem};
 
 use crate::auth::{Authenticator, Role};
-use crate::commands::{CommandContext, CommandService, IdempotencyRequest, Repository};
+use crate::commands::{CommandService, Repository};
 use crate::crypto::Vault;
 use crate::errors::ErrorChain;
 use crate::metrics::Metrics;
 use crate::projector::LiveReports;
-use crate::store::{KeyAction, Store};
+use crate::store::Store;
 use crate::supervisor::Health;
 use circle_projections::practice::AlertRules;
-use extract::{Caller, WriteHeaders};
 
 /// How reports are served.
 #[derive(Clone, Debug)]
@@ -127,6 +129,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             "/groups/{group_id}/sessions/{session_id}/feedback",
             post(groups::record_feedback),
         )
+        .route(
+            "/groups/{group_id}/sessions/{session_id}/goal-check-ins",
+            post(goals::session_check_ins),
+        )
         .route("/groups/{group_id}/closure", post(groups::close_group))
         .route("/clients", post(clients::register_client))
         .route("/clients/{client_id}", get(clients::get_client))
@@ -139,9 +145,19 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             "/clients/{client_id}/measures",
             post(clients::record_measure),
         )
+        .route("/clients/{client_id}/goals", post(goals::set_goal))
+        .route(
+            "/clients/{client_id}/goals/{goal_id}/check-ins",
+            post(goals::check_in),
+        )
+        .route(
+            "/clients/{client_id}/goals/{goal_id}/closure",
+            post(goals::close_goal),
+        )
         .route("/reports/attendance", get(reports::attendance))
         .route("/reports/retention", get(reports::retention))
         .route("/reports/outcomes", get(reports::outcomes))
+        .route("/reports/goals", get(reports::goals))
         .route("/alerts", get(reports::alerts))
         .route("/audit/events", get(audit::events))
         .route("/audit/checkpoint", get(audit::checkpoint))
@@ -149,6 +165,11 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/audit/proof/inclusion", get(audit::inclusion))
         .route("/audit/proof/consistency", get(audit::consistency))
         .route("/audit/verify", get(audit::verify))
+        .route(
+            "/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route("/tokens/{token_id}/revocation", post(tokens::revoke_token))
         .route("/openapi.json", get(openapi::serve))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), limit));
@@ -244,7 +265,8 @@ async fn method_not_allowed(method: Method) -> Problem {
     )
 }
 
-/// Ready when the store answers within a second and every required task runs.
+/// Ready when the store answers within a second, its last commit did not fail for
+/// want of disk, and every required task runs.
 async fn readyz(State(state): State<AppState>) -> Response {
     let down = state.health.down();
     if !down.is_empty() {
@@ -254,6 +276,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
             format!("not ready: {} not running", down.join(", ")),
         )
         .retry_after(1)
+        .into_response();
+    }
+    if state.commands.disk_full() {
+        tracing::warn!("not ready: the event store's disk is full");
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the event store's disk is full; writes fail until space is freed",
+        )
+        .retry_after(5)
         .into_response();
     }
     match tokio::time::timeout(READY_CHECK, state.store.ping()).await {
@@ -277,96 +308,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Checks an id taken from the path.
-fn path_id(field: &str, value: &str) -> Result<(), Problem> {
-    if is_valid_id(value) {
-        Ok(())
-    } else {
-        Err(Problem::bad_request(
-            field,
-            "must be 1 to 64 characters from A-Z, a-z, 0-9, _ and -",
-        ))
+/// A fresh id for a record the caller did not name: `{prefix}_` and a UUID's hex.
+fn new_id<I: TryFrom<String>>(prefix: &str) -> I {
+    match I::try_from(format!("{prefix}_{}", uuid::Uuid::new_v4().simple())) {
+        Ok(id) => id,
+        Err(_) => unreachable!("a prefix and hex digits make a valid id"),
     }
 }
 
-/// An id from the body, or a new one when the caller left it out.
-fn id_or_new(field: &str, given: Option<String>, prefix: &str) -> Result<String, Problem> {
-    match given {
-        Some(id) => path_id(field, &id).map(|_| id),
-        None => Ok(format!("{prefix}_{}", uuid::Uuid::new_v4().simple())),
-    }
-}
-
-/// What every write passes to the command service.
-struct Write<'a> {
-    caller: &'a Caller,
-    headers: &'a WriteHeaders,
-    request_hash: &'a [u8],
-}
-
-impl<'a> Write<'a> {
-    fn new(caller: &'a Caller, headers: &'a WriteHeaders, request_hash: &'a [u8]) -> Write<'a> {
-        Write {
-            caller,
-            headers,
-            request_hash,
-        }
-    }
-
-    fn context(
-        &self,
-        command_name: &'static str,
-        response_id: &str,
-        success: StatusCode,
-        key_action: Option<KeyAction>,
-    ) -> CommandContext {
-        let principal = self.caller.0.clone();
-        // The same key from another caller is another request.
-        let idempotency = self.headers.idempotency_key.as_ref().map(|key| {
-            let mut hasher = Sha256::new();
-            hasher.update(self.request_hash);
-            hasher.update(principal.actor_id.as_bytes());
-            IdempotencyRequest {
-                key: key.clone(),
-                request_hash: hasher.finalize().to_vec(),
-            }
-        });
-        CommandContext {
-            principal,
-            correlation_id: self.headers.correlation_id,
-            occurred_at: None,
-            idempotency,
-            if_match: self.headers.if_match,
-            response_id: response_id.to_string(),
-            success_status: success.as_u16(),
-            command_name,
-            key_action,
-        }
-    }
-}
-
-fn receipt_response(receipt: crate::commands::Receipt) -> Response {
-    let status = StatusCode::from_u16(receipt.status).unwrap_or(StatusCode::OK);
-    (status, Json(receipt.body)).into_response()
-}
-
-const WRITERS: &[Role] = &[Role::Admin, Role::Clinician];
 const READERS: &[Role] = &[Role::Admin, Role::Clinician, Role::Auditor];
-
-/// Whether a caller may act on a group: admins always, clinicians when they
-/// facilitate it. A group that does not exist is let through so the aggregate can
-/// answer 404.
-fn may_write_group(caller: &Caller, group: &Group) -> bool {
-    match caller.0.role {
-        Role::Admin => true,
-        Role::Clinician => {
-            !group.exists()
-                || caller
-                    .0
-                    .clinician_id
-                    .as_ref()
-                    .is_some_and(|id| group.facilitators.contains(id))
-        }
-        Role::Auditor | Role::Reporter => false,
-    }
-}

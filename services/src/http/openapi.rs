@@ -1,10 +1,11 @@
 //! The OpenAPI 3 description, generated from the handlers and types themselves.
 
 use axum::Json;
+use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, clients, groups, reports};
+use super::{audit, clients, exact, goals, groups, reports, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,10 +32,18 @@ use super::{audit, clients, groups, reports};
         clients::change_consent,
         clients::erase_client,
         clients::record_measure,
+        goals::set_goal,
+        goals::check_in,
+        goals::close_goal,
+        goals::session_check_ins,
         reports::attendance,
         reports::retention,
         reports::outcomes,
+        reports::goals,
         reports::alerts,
+        tokens::list_tokens,
+        tokens::create_token,
+        tokens::revoke_token,
         audit::events,
         audit::checkpoint,
         audit::key,
@@ -42,11 +51,14 @@ use super::{audit, clients, groups, reports};
         audit::consistency,
         audit::verify,
     ),
+    components(schemas(circle_events::ids::TokenId)),
     modifiers(&BearerAuth),
     tags(
         (name = "groups", description = "Groups, members, sessions, attendance, feedback"),
         (name = "clients", description = "Clients, consent, erasure, measures"),
-        (name = "reports", description = "Attendance, retention, outcomes, alerts; live or as_of"),
+        (name = "goals", description = "Members' goals (Goal Attainment Scaling) and check-ins"),
+        (name = "reports", description = "Attendance, retention, outcomes, goals, alerts; live or as_of"),
+        (name = "tokens", description = "API tokens: issue, list, revoke (admins)"),
         (name = "audit", description = "The log with its hash chain, signed checkpoints, RFC 9162 \
             proofs (hex); auditors and admins only"),
     )
@@ -66,6 +78,14 @@ impl Modify for BearerAuth {
 }
 
 /// Served without a token: it describes the API and holds no data.
-pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn serve() -> Json<Value> {
+    Json(description())
+}
+
+/// The description as served: what utoipa generates from the handlers, made exact
+/// where Rust types cannot say it (see [`exact`]).
+pub fn description() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    exact::constrain(&mut doc);
+    doc
 }

@@ -83,6 +83,21 @@ impl Problem {
         .retry_after(1)
     }
 
+    /// The answer to a store failure, logged here with its whole cause chain (`error`
+    /// is the outermost error, `cause` the store's own).
+    fn store_failed(cause: &crate::store::StoreError, error: &dyn std::error::Error) -> Problem {
+        tracing::warn!(error = %ErrorChain(error), "event store failed");
+        match cause {
+            crate::store::StoreError::DiskFull(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the event store's disk is full: nothing was written; writes resume once an \
+                 operator frees space",
+            )
+            .retry_after(5),
+            _ => Problem::unavailable(),
+        }
+    }
+
     pub fn overloaded(limit: usize) -> Problem {
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -136,10 +151,7 @@ impl Problem {
 impl From<LoadError> for Problem {
     fn from(error: LoadError) -> Problem {
         match error {
-            LoadError::Store(e) => {
-                tracing::warn!(error = %ErrorChain(&e), "event store unavailable");
-                Problem::unavailable()
-            }
+            LoadError::Store(e) => Problem::store_failed(&e, &e),
             LoadError::Decode { .. } => {
                 tracing::error!(error = %ErrorChain(&error), "stored event unreadable");
                 Problem::new(
@@ -175,10 +187,10 @@ impl<E: Rejection> From<CommandError<E>> for Problem {
                 Problem::field(StatusCode::CONFLICT, "Idempotency-Key", e.to_string())
             }
             e @ CommandError::Contended => Problem::new(StatusCode::CONFLICT, e.to_string()),
-            CommandError::Store(e) => {
-                tracing::warn!(error = %ErrorChain(&e), "append failed");
-                Problem::unavailable()
+            e @ CommandError::ClientErased { .. } => {
+                Problem::field(StatusCode::UNPROCESSABLE_ENTITY, "client_id", e.to_string())
             }
+            CommandError::Store(e) => Problem::store_failed(&e.0, &e),
             CommandError::Load(e) => Problem::from(e),
         }
     }

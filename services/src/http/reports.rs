@@ -1,4 +1,4 @@
-//! Report routes: attendance, retention, outcomes and alerts, live or `as_of` a past
+//! Report routes: attendance, retention, outcomes, goals and alerts, live or `as_of` a past
 //! time, with `min_position` for read-your-writes.
 //!
 //! Live reports come from the projection kept by [`crate::projector`]; `as_of`
@@ -13,13 +13,14 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use circle_events::calendar;
 use circle_events::group::Focus;
+use circle_events::ids::GroupId;
 use circle_projections::practice::{Alert, Practice};
 use circle_projections::reports::{self, ReporterForm, RetentionScope};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Caller, Query};
-use super::{path_id, AppState, Problem};
+use super::{AppState, Problem};
 use crate::as_of;
 use crate::auth::Role;
 
@@ -27,7 +28,7 @@ use crate::auth::Role;
 #[into_params(parameter_in = Query)]
 pub struct ReportQuery {
     /// The group to report on (for retention, leave out for the whole practice).
-    group_id: Option<String>,
+    group_id: Option<GroupId>,
     /// Retention only: all groups of one focus.
     focus: Option<String>,
     /// Outcomes only: `PHQ-9`, `GAD-7`, `ORS`, `SRS` or `GSRS`.
@@ -60,10 +61,7 @@ impl ReportQuery {
     }
 
     fn group_id(&self) -> Result<Option<&str>, Problem> {
-        match self.group_id.as_deref() {
-            Some(id) => path_id("group_id", id).map(|_| Some(id)),
-            None => Ok(None),
-        }
+        Ok(self.group_id.as_ref().map(GroupId::as_str))
     }
 
     fn required_group(&self) -> Result<&str, Problem> {
@@ -120,6 +118,21 @@ async fn with_practice<T>(
         return Ok(report(&practice, as_of));
     }
     if let Some(position) = query.min_position {
+        if position < 0 {
+            return Err(Problem::bad_request("min_position", "must be 0 or more"));
+        }
+        // A position the log has not reached is no write of the caller's: waiting
+        // cannot help, so it is refused rather than answered 503.
+        if state.reports.position() < position {
+            let head = state.store.head_position().await?;
+            if position > head {
+                return Err(Problem::field(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "min_position",
+                    format!("is beyond the log's last position, {head}"),
+                ));
+            }
+        }
         let wait = state.reporting.read_wait_max;
         if !state.reports.caught_up(position, wait).await {
             return Err(Problem::field(
@@ -136,6 +149,25 @@ async fn with_practice<T>(
     Ok(state.reports.read(|practice| report(practice, Utc::now())))
 }
 
+/// A report on one group, in the caller's form; `None` from `report` is a 404.
+async fn group_report<T: Serialize + ReporterForm>(
+    state: &AppState,
+    caller: &Caller,
+    query: &ReportQuery,
+    group_id: &str,
+    report: impl FnOnce(&Practice, DateTime<Utc>) -> Option<T>,
+) -> Result<Response, Problem> {
+    let form = form_for(state, caller, Some(group_id)).await?;
+    let k = state.reporting.reporter_min_count;
+    let report = with_practice(state, query, report)
+        .await?
+        .ok_or_else(|| not_found("group"))?;
+    Ok(match form {
+        Form::Full => Json(report).into_response(),
+        Form::Reporter => Json(report.for_reporters(k)).into_response(),
+    })
+}
+
 fn not_found(what: &str) -> Problem {
     Problem::not_found(format!("no {what} with that id"))
 }
@@ -150,17 +182,10 @@ pub async fn attendance(
     Query(query): Query<ReportQuery>,
 ) -> Result<Response, Problem> {
     let group_id = query.required_group()?.to_string();
-    let form = form_for(&state, &caller, Some(&group_id)).await?;
-    let k = state.reporting.reporter_min_count;
-    let report = with_practice(&state, &query, |p, as_of| {
+    group_report(&state, &caller, &query, &group_id, |p, as_of| {
         reports::attendance(p, &group_id, as_of)
     })
-    .await?
-    .ok_or_else(|| not_found("group"))?;
-    Ok(match form {
-        Form::Full => Json(report).into_response(),
-        Form::Reporter => Json(report.for_reporters(k)).into_response(),
-    })
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/reports/retention", params(ReportQuery),
@@ -174,7 +199,8 @@ pub async fn retention(
 ) -> Result<Response, Problem> {
     let scope = match (query.group_id()?, query.focus.as_deref()) {
         (Some(_), Some(_)) => {
-            return Err(Problem::bad_request(
+            return Err(Problem::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
                 "focus",
                 "give group_id or focus, not both",
             ))
@@ -236,17 +262,26 @@ pub async fn outcomes(
             "is not in the instrument catalogue",
         ));
     }
-    let form = form_for(&state, &caller, Some(&group_id)).await?;
-    let k = state.reporting.reporter_min_count;
-    let report = with_practice(&state, &query, |p, as_of| {
+    group_report(&state, &caller, &query, &group_id, |p, as_of| {
         reports::outcomes(p, &group_id, &instrument, as_of)
     })
-    .await?
-    .ok_or_else(|| not_found("group"))?;
-    Ok(match form {
-        Form::Full => Json(report).into_response(),
-        Form::Reporter => Json(report.for_reporters(k)).into_response(),
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/reports/goals", params(ReportQuery),
+    responses((status = 200, description = "Per member: baseline and latest GAS T-score, change, check-in rate, stalled goals; per group: mean T, share at T >= 50, check-in rate"),
+              (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "reports")]
+pub async fn goals(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ReportQuery>,
+) -> Result<Response, Problem> {
+    let group_id = query.required_group()?.to_string();
+    group_report(&state, &caller, &query, &group_id, |p, as_of| {
+        circle_projections::goals::goals(p, &group_id, as_of)
     })
+    .await
 }
 
 #[derive(Serialize, ToSchema)]

@@ -33,7 +33,11 @@ pub use sqlite::SqliteStore;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("event store unavailable")]
-    Unavailable(#[from] sqlx::Error),
+    Unavailable(#[source] sqlx::Error),
+    /// The store's disk (or quota) is full: nothing was written, and nothing will be
+    /// until an operator frees space.
+    #[error("the event store's disk is full")]
+    DiskFull(#[source] sqlx::Error),
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
     #[error("applying migrations")]
@@ -42,6 +46,30 @@ pub enum StoreError {
     DataDir(#[source] std::io::Error),
     #[error("the event store is shutting down")]
     Stopped,
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// Sorts a database error by what an operator must do about it.
+    fn from(error: sqlx::Error) -> StoreError {
+        if is_disk_full(&error) {
+            StoreError::DiskFull(error)
+        } else {
+            StoreError::Unavailable(error)
+        }
+    }
+}
+
+/// SQLite's `SQLITE_FULL` (13, also for an I/O error on a full disk), PostgreSQL's
+/// `disk_full` (53100), or `ENOSPC` from the operating system.
+fn is_disk_full(error: &sqlx::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    match error {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("13") | Some("53100"))
+        }
+        sqlx::Error::Io(io) => io.raw_os_error() == Some(ENOSPC),
+        _ => false,
+    }
 }
 
 /// Who did it and in which chain of actions: recorded with every event.
@@ -102,6 +130,11 @@ pub enum KeyAction {
     Destroy {
         client_id: String,
     },
+    /// Appends only while none of these clients is erased: checked under the log's
+    /// lock, so no event naming a client commits after its `ClientErased`.
+    RequireLive {
+        client_ids: Vec<String>,
+    },
 }
 
 /// Remembers the answer to a request so a retry with the same key gets it again.
@@ -144,6 +177,10 @@ pub enum AppendResult {
     },
     /// The idempotency key was already used; here is what it answered.
     AlreadyAnswered(StoredResponse),
+    /// A client the append requires live ([`KeyAction::RequireLive`]) is erased.
+    ClientErased {
+        client_id: String,
+    },
 }
 
 /// An event as the log holds it.
@@ -250,11 +287,76 @@ pub struct Snapshot {
     pub state: String,
 }
 
-/// An API token as stored: only its hash is kept.
+/// An API token as stored: its record; of the secret, only the hash is kept.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredToken {
+    /// How operators name a token (`circle token revoke ID`); not a secret.
+    pub token_id: String,
     pub role: String,
     pub clinician_id: Option<String>,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl StoredToken {
+    /// Neither revoked nor expired at `now`.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+/// Re-wraps one client's wrapped key (`client_id`, `wrapped`): `None` when it does
+/// not open with the current master key.
+pub type Rewrap<'a> = &'a dyn Fn(&str, &[u8]) -> Option<Vec<u8>>;
+
+/// Every live key re-wrapped, or the first one that does not open, as an error that
+/// aborts the rotation's transaction.
+fn rewrap_all(
+    rewrap: Rewrap<'_>,
+    live: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    live.into_iter()
+        .map(|(client_id, wrapped)| match rewrap(&client_id, &wrapped) {
+            Some(rewrapped) => Ok((client_id, rewrapped)),
+            None => Err(StoreError::Corrupt(format!(
+                "the key of client {client_id} does not open with the current master key"
+            ))),
+        })
+        .collect()
+}
+
+/// What revoking a token found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Revocation {
+    Revoked(StoredToken),
+    /// Revoked before: nothing written.
+    AlreadyRevoked(StoredToken),
+    Unknown,
+}
+
+/// A token's event as the append that goes with its row change.
+fn token_append(token_id: &str, version: u64, event: NewEvent) -> Append {
+    Append {
+        aggregate_type: circle_events::token::TOKEN_TYPE,
+        aggregate_id: token_id.to_string(),
+        expected_version: version,
+        events: vec![event],
+        idempotency: None,
+        key_action: None,
+    }
+}
+
+/// A token's event is appended under its row's lock, so anything but a commit means
+/// the store is not as this code expects.
+fn expect_committed(results: Vec<AppendResult>) -> Result<(), StoreError> {
+    match results.as_slice() {
+        [AppendResult::Committed { .. }] => Ok(()),
+        other => Err(StoreError::Corrupt(format!(
+            "a token event was not appended: {other:?}"
+        ))),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -389,12 +491,63 @@ impl Store {
         dispatch!(self, s => s.client_key(client_id).await)
     }
 
-    pub async fn insert_token(
+    /// After an erasure or a key rotation: makes the key table's files forget
+    /// overwritten keys (PostgreSQL: `VACUUM FULL client_keys`; SQLite: a truncating
+    /// WAL checkpoint, with `secure_delete` on). Backups and archived WAL are not
+    /// touched: see ARCHITECTURE.md, "Tokens and keys".
+    pub async fn compact_keys(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.compact_keys().await)
+    }
+
+    /// Replaces every live wrapped client key with `rewrap(client_id, wrapped)` and
+    /// the key check with `key_check`, in one transaction (`circle keys rotate`);
+    /// a key `rewrap` cannot open aborts it all. Returns how many keys were rewrapped.
+    pub async fn rewrap_keys(
+        &self,
+        rewrap: Rewrap<'_>,
+        key_check: &[u8],
+    ) -> Result<usize, StoreError> {
+        dispatch!(self, s => s.rewrap_keys(rewrap, key_check).await)
+    }
+
+    /// The master key's check value, once a start has stored it.
+    pub async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        dispatch!(self, s => s.key_check().await)
+    }
+
+    /// Stores the check value unless one is stored already.
+    pub async fn save_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.save_key_check(sealed).await)
+    }
+
+    /// Some live wrapped client key: sealed data exists that a master key must open.
+    pub async fn any_wrapped_key(&self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        dispatch!(self, s => s.any_wrapped_key().await)
+    }
+
+    /// Stores a new token with its `TokenIssued` event in one transaction; `false`
+    /// (nothing written) when a token with this hash exists already.
+    pub async fn issue_token(
         &self,
         token_hash: &str,
         token: &StoredToken,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.insert_token(token_hash, token).await)
+        event: NewEvent,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.issue_token(token_hash, token, event).await)
+    }
+
+    /// Revokes a token with its `TokenRevoked` event in one transaction.
+    pub async fn revoke_token(
+        &self,
+        token_id: &str,
+        event: NewEvent,
+    ) -> Result<Revocation, StoreError> {
+        dispatch!(self, s => s.revoke_token(token_id, event).await)
+    }
+
+    /// Every token, revoked and expired ones included, oldest first.
+    pub async fn list_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        dispatch!(self, s => s.list_tokens().await)
     }
 
     pub async fn find_token(&self, token_hash: &str) -> Result<Option<StoredToken>, StoreError> {

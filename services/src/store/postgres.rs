@@ -34,7 +34,20 @@ const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (6, include_str!("migrations/postgres/0006_hash_chain.sql")),
     (7, include_str!("migrations/postgres/0007_append_only.sql")),
-    (8, include_str!("migrations/postgres/0008_audit_tree.sql")),
+    (
+        8,
+        include_str!("migrations/postgres/0008_token_lifecycle.sql"),
+    ),
+    (9, include_str!("migrations/postgres/0009_key_check.sql")),
+    (
+        10,
+        include_str!("migrations/postgres/0010_append_requires_live_clients.sql"),
+    ),
+    (11, include_str!("migrations/postgres/0011_audit_tree.sql")),
+    (
+        12,
+        include_str!("migrations/postgres/0012_chain_with_live_clients.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -106,66 +119,7 @@ impl PgStore {
     /// One round trip: `circle_append_batch` (migration 0002) locks the head, checks
     /// and inserts every append server-side, and the statement commits on its own.
     pub async fn commit_batch(&self, batch: &[Append]) -> Result<Vec<AppendResult>, StoreError> {
-        let mut a = AppendColumns::default();
-        let mut e = EventColumns::default();
-        let mut streams = std::collections::HashSet::new();
-        let mut simple = true;
-        let recorded_at = to_micros(Utc::now());
-        for append in batch {
-            a.push(append);
-            simple &= append.idempotency.is_none()
-                && append.key_action.is_none()
-                && streams.insert((append.aggregate_type, append.aggregate_id.as_str()));
-            for (offset, event) in append.events.iter().enumerate() {
-                e.push(
-                    append,
-                    event,
-                    append.expected_version as i64 + offset as i64 + 1,
-                    recorded_at,
-                );
-            }
-        }
-        let rows: Vec<AppendRow> = sqlx::query_as(
-            "SELECT outcome, stream_version, last_position, answer_hash, answer_status, answer_body
-             FROM circle_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
-        )
-        .bind(&a.aggregate_type)
-        .bind(&a.aggregate_id)
-        .bind(&a.expected)
-        .bind(&a.count)
-        .bind(&a.idem_key)
-        .bind(&a.idem_hash)
-        .bind(&a.idem_status)
-        .bind(&a.response_id)
-        .bind(&a.key_action)
-        .bind(&a.key_client)
-        .bind(&a.key_wrapped)
-        .bind(&e.event_id)
-        .bind(&e.event_type)
-        .bind(&e.event_version)
-        .bind(&e.payload)
-        .bind(&e.occurred_at)
-        .bind(&e.actor_id)
-        .bind(&e.actor_role)
-        .bind(&e.correlation_id)
-        .bind(&e.causation_id)
-        .bind(&e.aggregate_type)
-        .bind(&e.aggregate_id)
-        .bind(&e.sequence)
-        .bind(&e.tail)
-        .bind(simple)
-        .bind(recorded_at)
-        .fetch_all(&self.pool)
-        .await?;
-        if rows.len() != batch.len() {
-            return Err(StoreError::Corrupt(format!(
-                "append function answered {} of {} appends",
-                rows.len(),
-                batch.len()
-            )));
-        }
-        rows.into_iter().map(append_result).collect()
+        append_batch(&self.pool, batch).await
     }
 
     pub async fn load_stream(
@@ -375,30 +329,160 @@ impl PgStore {
         })
     }
 
-    pub async fn insert_token(
-        &self,
-        token_hash: &str,
-        token: &StoredToken,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO api_tokens (token_hash, role, clinician_id, created_at)
-             VALUES ($1, $2, $3, now()) ON CONFLICT (token_hash) DO NOTHING",
-        )
-        .bind(token_hash)
-        .bind(&token.role)
-        .bind(&token.clinician_id)
-        .execute(&self.pool)
-        .await?;
+    /// Rewrites the key table so a destroyed key's old bytes leave its files: a
+    /// plain VACUUM only marks dead tuples free, leaving their bytes in the pages.
+    /// The table is small (one row per client); its exclusive lock holds appends that
+    /// touch it for as long as the rewrite takes.
+    pub async fn compact_keys(&self) -> Result<(), StoreError> {
+        sqlx::query("VACUUM FULL client_keys")
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
-    pub async fn find_token(&self, token_hash: &str) -> Result<Option<StoredToken>, StoreError> {
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT role, clinician_id FROM api_tokens WHERE token_hash = $1")
-                .bind(token_hash)
-                .fetch_optional(&self.pool)
+    /// Every live wrapped key replaced by `rewrap`'s, and the key check by
+    /// `key_check`, in one transaction.
+    pub async fn rewrap_keys(
+        &self,
+        rewrap: Rewrap<'_>,
+        key_check: &[u8],
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let live: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT client_id, wrapped_key FROM client_keys
+             WHERE wrapped_key IS NOT NULL ORDER BY client_id FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let count = live.len();
+        for (client_id, rewrapped) in rewrap_all(rewrap, live)? {
+            sqlx::query("UPDATE client_keys SET wrapped_key = $2 WHERE client_id = $1")
+                .bind(&client_id)
+                .bind(rewrapped)
+                .execute(&mut *tx)
                 .await?;
-        Ok(row.map(|(role, clinician_id)| StoredToken { role, clinician_id }))
+        }
+        sqlx::query(
+            "INSERT INTO key_check (id, sealed) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE SET sealed = EXCLUDED.sealed, created_at = now()",
+        )
+        .bind(key_check)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    pub async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn save_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO key_check (id, sealed) VALUES (1, $1) ON CONFLICT DO NOTHING")
+            .bind(sealed)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn any_wrapped_key(&self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT client_id, wrapped_key FROM client_keys
+             WHERE wrapped_key IS NOT NULL LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Stores a token's hash and record with its `TokenIssued` event, atomically;
+    /// `false` (and nothing written) when the hash is already stored.
+    pub async fn issue_token(
+        &self,
+        token_hash: &str,
+        token: &StoredToken,
+        event: NewEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO api_tokens (token_hash, token_id, role, clinician_id, label,
+                 created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (token_hash) DO NOTHING",
+        )
+        .bind(token_hash)
+        .bind(&token.token_id)
+        .bind(&token.role)
+        .bind(&token.clinician_id)
+        .bind(&token.label)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            return Ok(false);
+        }
+        append_token_event(&mut tx, &token.token_id, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Marks a token revoked with its `TokenRevoked` event, atomically. The row lock
+    /// makes concurrent revocations of one token write one event.
+    pub async fn revoke_token(
+        &self,
+        token_id: &str,
+        event: NewEvent,
+    ) -> Result<Revocation, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let revoked = sqlx::query(&format!(
+            "UPDATE api_tokens SET revoked_at = now()
+             WHERE token_id = $1 AND revoked_at IS NULL RETURNING {TOKEN_COLUMNS}"
+        ))
+        .bind(token_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = revoked else {
+            let found = sqlx::query(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_id = $1"
+            ))
+            .bind(token_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return Ok(match found {
+                Some(row) => Revocation::AlreadyRevoked(stored_token(&row)?),
+                None => Revocation::Unknown,
+            });
+        };
+        append_token_event(&mut tx, token_id, event).await?;
+        tx.commit().await?;
+        Ok(Revocation::Revoked(stored_token(&row)?))
+    }
+
+    pub async fn find_token(&self, token_hash: &str) -> Result<Option<StoredToken>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| stored_token(&row))
+        .transpose()
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, token_id"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(stored_token)
+        .collect()
     }
 
     pub async fn load_checkpoint(&self, name: &str) -> Result<Option<(i64, String)>, StoreError> {
@@ -553,6 +637,10 @@ impl AppendColumns {
             Some(KeyAction::Destroy { client_id }) => {
                 (Some("destroy"), Some(client_id.clone()), None)
             }
+            // Ids never hold a comma (`ID_PATTERN`): one text per append carries them.
+            Some(KeyAction::RequireLive { client_ids }) => {
+                (Some("require"), Some(client_ids.join(",")), None)
+            }
             None => (None, None, None),
         };
         self.key_action.push(action);
@@ -630,6 +718,110 @@ type AppendRow = (
     Option<Value>,
 );
 
+/// `circle_append_batch` on any executor: the pool (one statement, its own commit) or
+/// a transaction that writes something else atomically with the events.
+async fn append_batch<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    batch: &[Append],
+) -> Result<Vec<AppendResult>, StoreError> {
+    let mut a = AppendColumns::default();
+    let mut e = EventColumns::default();
+    let mut streams = std::collections::HashSet::new();
+    let mut simple = true;
+    let recorded_at = to_micros(Utc::now());
+    for append in batch {
+        a.push(append);
+        simple &= append.idempotency.is_none()
+            && append.key_action.is_none()
+            && streams.insert((append.aggregate_type, append.aggregate_id.as_str()));
+        for (offset, event) in append.events.iter().enumerate() {
+            e.push(
+                append,
+                event,
+                append.expected_version as i64 + offset as i64 + 1,
+                recorded_at,
+            );
+        }
+    }
+    let rows: Vec<AppendRow> = sqlx::query_as(
+        "SELECT outcome, stream_version, last_position, answer_hash, answer_status, answer_body
+         FROM circle_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
+    )
+    .bind(&a.aggregate_type)
+    .bind(&a.aggregate_id)
+    .bind(&a.expected)
+    .bind(&a.count)
+    .bind(&a.idem_key)
+    .bind(&a.idem_hash)
+    .bind(&a.idem_status)
+    .bind(&a.response_id)
+    .bind(&a.key_action)
+    .bind(&a.key_client)
+    .bind(&a.key_wrapped)
+    .bind(&e.event_id)
+    .bind(&e.event_type)
+    .bind(&e.event_version)
+    .bind(&e.payload)
+    .bind(&e.occurred_at)
+    .bind(&e.actor_id)
+    .bind(&e.actor_role)
+    .bind(&e.correlation_id)
+    .bind(&e.causation_id)
+    .bind(&e.aggregate_type)
+    .bind(&e.aggregate_id)
+    .bind(&e.sequence)
+    .bind(&e.tail)
+    .bind(simple)
+    .bind(recorded_at)
+    .fetch_all(executor)
+    .await?;
+    if rows.len() != batch.len() {
+        return Err(StoreError::Corrupt(format!(
+            "append function answered {} of {} appends",
+            rows.len(),
+            batch.len()
+        )));
+    }
+    rows.into_iter().map(append_result).collect()
+}
+
+/// Appends a token's event in the transaction that changed its row, at the next
+/// version of its stream (the row's lock serializes changes to one token).
+async fn append_token_event(
+    tx: &mut sqlx::PgConnection,
+    token_id: &str,
+    event: NewEvent,
+) -> Result<(), StoreError> {
+    let version: i64 = sqlx::query_scalar(
+        "SELECT coalesce(max(sequence), 0) FROM events
+         WHERE aggregate_type = $1 AND aggregate_id = $2",
+    )
+    .bind(circle_events::token::TOKEN_TYPE)
+    .bind(token_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let append = token_append(token_id, version as u64, event);
+    let results = append_batch(&mut *tx, std::slice::from_ref(&append)).await?;
+    expect_committed(results)
+}
+
+const TOKEN_COLUMNS: &str =
+    "token_id, role, clinician_id, label, created_at, expires_at, revoked_at";
+
+fn stored_token(row: &PgRow) -> Result<StoredToken, StoreError> {
+    let corrupt = |e: sqlx::Error| StoreError::Corrupt(format!("api_tokens: {e}"));
+    Ok(StoredToken {
+        token_id: row.try_get("token_id").map_err(corrupt)?,
+        role: row.try_get("role").map_err(corrupt)?,
+        clinician_id: row.try_get("clinician_id").map_err(corrupt)?,
+        label: row.try_get("label").map_err(corrupt)?,
+        created_at: row.try_get("created_at").map_err(corrupt)?,
+        expires_at: row.try_get("expires_at").map_err(corrupt)?,
+        revoked_at: row.try_get("revoked_at").map_err(corrupt)?,
+    })
+}
+
 fn append_result(row: AppendRow) -> Result<AppendResult, StoreError> {
     match row {
         (outcome, Some(version), Some(last_position), ..) if outcome == "committed" => {
@@ -647,6 +839,9 @@ fn append_result(row: AppendRow) -> Result<AppendResult, StoreError> {
                 status: status as u16,
                 body,
             }))
+        }
+        (outcome, _, _, _, _, Some(Value::String(client_id))) if outcome == "erased" => {
+            Ok(AppendResult::ClientErased { client_id })
         }
         (outcome, ..) => Err(StoreError::Corrupt(format!(
             "append function answered {outcome:?}"

@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (5, include_str!("migrations/sqlite/0005_append_only.sql")),
     (6, include_str!("migrations/sqlite/0006_audit_tree.sql")),
+    (
+        8,
+        include_str!("migrations/sqlite/0008_token_lifecycle.sql"),
+    ),
+    (9, include_str!("migrations/sqlite/0009_key_check.sql")),
 ];
 
 /// Before this migration makes events append-only, the chain is back-filled.
@@ -44,6 +49,31 @@ fn timestamp(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Only the service's user may enter the data directory (0700) or read its files
+/// (0600): they hold the log, the wrapped client keys and token hashes. The database
+/// file is created 0600 before SQLite opens it, because SQLite gives its `-wal` and
+/// `-shm` files the database file's mode.
+fn restrict(data_dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+        let database = data_dir.join("circle.sqlite3");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&database)?;
+        for name in ["circle.sqlite3", "circle.sqlite3-wal", "circle.sqlite3-shm"] {
+            let path = data_dir.join(name);
+            if path.exists() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -51,14 +81,29 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 impl SqliteStore {
     pub async fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(StoreError::DataDir)?;
+        restrict(data_dir).map_err(StoreError::DataDir)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(data_dir.join("circle.sqlite3"))
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            // Deleted and overwritten content is zeroed, not left in free pages: an
+            // erased client's wrapped key must not stay readable in the file.
+            .pragma("secure_delete", "on")
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // After SQLITE_FULL (or an I/O error) SQLite has already rolled the
+            // transaction back, so the ROLLBACK sqlx sends on drop fails and the
+            // connection still counts itself inside a transaction: every later BEGIN
+            // on it would fail, long after the disk has space again. Flush the
+            // rollback, and retire a connection that is still not clean.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(options)
             .await?;
         let store = SqliteStore { pool };
@@ -109,155 +154,9 @@ impl SqliteStore {
     pub async fn commit_batch(&self, batch: &[Append]) -> Result<Vec<AppendResult>, StoreError> {
         // IMMEDIATE takes the write lock up front instead of failing to upgrade later.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let last: Option<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (head, mut previous) = match last {
-            None => (0, chain::GENESIS),
-            Some((position, hash)) => (
-                position,
-                chain::hash_from_slice(&hash).ok_or_else(|| {
-                    corrupt("hash", format!("{} bytes at {position}", hash.len()))
-                })?,
-            ),
-        };
-        let mut versions = HashMap::new();
-        for append in batch {
-            let version: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(sequence), 0) FROM events
-                 WHERE aggregate_type = ? AND aggregate_id = ?",
-            )
-            .bind(append.aggregate_type)
-            .bind(&append.aggregate_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            versions.insert(
-                (
-                    append.aggregate_type.to_string(),
-                    append.aggregate_id.clone(),
-                ),
-                version as u64,
-            );
-        }
-        let mut responses = HashMap::new();
-        for record in batch.iter().filter_map(|a| a.idempotency.as_ref()) {
-            if let Some(found) = find_response(&mut tx, &record.key).await? {
-                responses.insert(record.key.clone(), found);
-            }
-        }
-        let plan = plan_batch(
-            batch,
-            head,
-            |t, i| {
-                versions
-                    .get(&(t.to_string(), i.to_string()))
-                    .copied()
-                    .unwrap_or(0)
-            },
-            |key| responses.get(key).cloned(),
-        );
-        let recorded = to_micros(Utc::now());
-        let recorded_at = timestamp(&recorded);
-        for &(index, first_position, first_sequence) in &plan.accepted {
-            let append = &batch[index];
-            for (offset, event) in append.events.iter().enumerate() {
-                let meta = &event.metadata;
-                let position = first_position + offset as i64;
-                let sequence = first_sequence + offset as i64;
-                let payload = event.payload.to_string();
-                let occurred = to_micros(meta.occurred_at);
-                // Chained here, in the transaction that takes the position.
-                let tail = chain::tail(&chain::EventFields {
-                    event_id: meta.event_id,
-                    aggregate_type: append.aggregate_type,
-                    aggregate_id: &append.aggregate_id,
-                    sequence,
-                    event_type: &event.event_type,
-                    event_version: event.event_version,
-                    payload: &payload,
-                    occurred_at: occurred,
-                    recorded_at: recorded,
-                    actor_id: &meta.actor_id,
-                    actor_role: &meta.actor_role,
-                    correlation_id: meta.correlation_id,
-                    causation_id: meta.causation_id,
-                });
-                previous = chain::chain(&previous, position, &tail);
-                sqlx::query(
-                    "INSERT INTO events (position, event_id, aggregate_type, aggregate_id,
-                        sequence, event_type, event_version, payload, occurred_at, recorded_at,
-                        actor_id, actor_role, correlation_id, causation_id, hash)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(position)
-                .bind(meta.event_id.to_string())
-                .bind(append.aggregate_type)
-                .bind(&append.aggregate_id)
-                .bind(sequence)
-                .bind(&event.event_type)
-                .bind(event.event_version as i64)
-                .bind(payload)
-                .bind(timestamp(&occurred))
-                .bind(&recorded_at)
-                .bind(&meta.actor_id)
-                .bind(&meta.actor_role)
-                .bind(meta.correlation_id.to_string())
-                .bind(meta.causation_id.map(|c| c.to_string()))
-                .bind(previous.as_slice())
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let (
-                Some(record),
-                AppendResult::Committed {
-                    version,
-                    last_position,
-                },
-            ) = (&append.idempotency, &plan.results[index])
-            {
-                sqlx::query(
-                    "INSERT INTO idempotency_keys (key, request_hash, status, response, created_at)
-                     VALUES (?, ?, ?, ?, ?)",
-                )
-                .bind(&record.key)
-                .bind(&record.request_hash)
-                .bind(record.status as i64)
-                .bind(write_response(&record.response_id, *version, *last_position).to_string())
-                .bind(&recorded_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            match &append.key_action {
-                Some(KeyAction::Store {
-                    client_id,
-                    wrapped_key,
-                }) => {
-                    sqlx::query(
-                        "INSERT INTO client_keys (client_id, wrapped_key, created_at)
-                         VALUES (?, ?, ?)",
-                    )
-                    .bind(client_id)
-                    .bind(wrapped_key)
-                    .bind(&recorded_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Some(KeyAction::Destroy { client_id }) => {
-                    sqlx::query(
-                        "UPDATE client_keys SET wrapped_key = NULL, destroyed_at = ?
-                         WHERE client_id = ?",
-                    )
-                    .bind(&recorded_at)
-                    .bind(client_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                None => {}
-            }
-        }
+        let results = append_batch(&mut tx, batch).await?;
         tx.commit().await?;
-        Ok(plan.results)
+        Ok(results)
     }
 
     pub async fn load_stream(
@@ -478,31 +377,160 @@ impl SqliteStore {
         })
     }
 
-    pub async fn insert_token(
+    /// With `secure_delete` on, a destroyed key's bytes are zeroed in the database
+    /// pages; the WAL still holds the old pages until a checkpoint copies them back
+    /// and truncates it. A reader can hold the checkpoint up: retry briefly.
+    pub async fn compact_keys(&self) -> Result<(), StoreError> {
+        for _ in 0..50 {
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.pool)
+                .await?;
+            if busy == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(StoreError::Corrupt(
+            "the WAL could not be truncated: readers kept it busy".into(),
+        ))
+    }
+
+    pub async fn rewrap_keys(
         &self,
-        token_hash: &str,
-        token: &StoredToken,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT OR IGNORE INTO api_tokens (token_hash, role, clinician_id, created_at)
-             VALUES (?, ?, ?, ?)",
+        rewrap: Rewrap<'_>,
+        key_check: &[u8],
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let live: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT client_id, wrapped_key FROM client_keys
+             WHERE wrapped_key IS NOT NULL ORDER BY client_id",
         )
-        .bind(token_hash)
-        .bind(&token.role)
-        .bind(&token.clinician_id)
-        .bind(timestamp(&Utc::now()))
-        .execute(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        let count = live.len();
+        for (client_id, rewrapped) in rewrap_all(rewrap, live)? {
+            sqlx::query("UPDATE client_keys SET wrapped_key = ? WHERE client_id = ?")
+                .bind(rewrapped)
+                .bind(&client_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT OR REPLACE INTO key_check (id, sealed, created_at) VALUES (1, ?, ?)")
+            .bind(key_check)
+            .bind(timestamp(&Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    pub async fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn save_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO key_check (id, sealed) VALUES (1, ?)")
+            .bind(sealed)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
+    pub async fn any_wrapped_key(&self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT client_id, wrapped_key FROM client_keys
+             WHERE wrapped_key IS NOT NULL LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn issue_token(
+        &self,
+        token_hash: &str,
+        token: &StoredToken,
+        event: NewEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO api_tokens (token_hash, token_id, role, clinician_id,
+                 label, created_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(token_hash)
+        .bind(&token.token_id)
+        .bind(&token.role)
+        .bind(&token.clinician_id)
+        .bind(&token.label)
+        .bind(timestamp(&token.created_at))
+        .bind(token.expires_at.as_ref().map(timestamp))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            return Ok(false);
+        }
+        append_token_event(&mut tx, &token.token_id, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn revoke_token(
+        &self,
+        token_id: &str,
+        event: NewEvent,
+    ) -> Result<Revocation, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let found = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_id = ?"
+        ))
+        .bind(token_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = found else {
+            return Ok(Revocation::Unknown);
+        };
+        let mut token = stored_token(&row)?;
+        if token.revoked_at.is_some() {
+            return Ok(Revocation::AlreadyRevoked(token));
+        }
+        let now = Utc::now();
+        sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE token_id = ?")
+            .bind(timestamp(&now))
+            .bind(token_id)
+            .execute(&mut *tx)
+            .await?;
+        append_token_event(&mut tx, token_id, event).await?;
+        tx.commit().await?;
+        token.revoked_at = Some(now);
+        Ok(Revocation::Revoked(token))
+    }
+
     pub async fn find_token(&self, token_hash: &str) -> Result<Option<StoredToken>, StoreError> {
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT role, clinician_id FROM api_tokens WHERE token_hash = ?")
-                .bind(token_hash)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|(role, clinician_id)| StoredToken { role, clinician_id }))
+        sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| stored_token(&row))
+        .transpose()
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, token_id"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(stored_token)
+        .collect()
     }
 
     pub async fn load_checkpoint(&self, name: &str) -> Result<Option<(i64, String)>, StoreError> {
@@ -623,6 +651,225 @@ impl SqliteStore {
     }
 }
 
+/// Appends a batch inside a write transaction the caller holds (and commits).
+async fn append_batch(
+    tx: &mut sqlx::SqliteConnection,
+    batch: &[Append],
+) -> Result<Vec<AppendResult>, StoreError> {
+    let last: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (head, mut previous) = match last {
+        None => (0, chain::GENESIS),
+        Some((position, hash)) => (
+            position,
+            chain::hash_from_slice(&hash)
+                .ok_or_else(|| corrupt("hash", format!("{} bytes at {position}", hash.len())))?,
+        ),
+    };
+    let mut versions = HashMap::new();
+    for append in batch {
+        let version: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(sequence), 0) FROM events
+             WHERE aggregate_type = ? AND aggregate_id = ?",
+        )
+        .bind(append.aggregate_type)
+        .bind(&append.aggregate_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        versions.insert(
+            (
+                append.aggregate_type.to_string(),
+                append.aggregate_id.clone(),
+            ),
+            version as u64,
+        );
+    }
+    let mut responses = HashMap::new();
+    for record in batch.iter().filter_map(|a| a.idempotency.as_ref()) {
+        if let Some(found) = find_response(&mut *tx, &record.key).await? {
+            responses.insert(record.key.clone(), found);
+        }
+    }
+    let mut erased = std::collections::HashSet::new();
+    for append in batch {
+        if let Some(KeyAction::RequireLive { client_ids }) = &append.key_action {
+            for client_id in client_ids {
+                let destroyed: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM client_keys WHERE client_id = ? AND wrapped_key IS NULL",
+                )
+                .bind(client_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if destroyed.is_some() {
+                    erased.insert(client_id.clone());
+                }
+            }
+        }
+    }
+    let plan = plan_batch(
+        batch,
+        head,
+        |t, i| {
+            versions
+                .get(&(t.to_string(), i.to_string()))
+                .copied()
+                .unwrap_or(0)
+        },
+        |key| responses.get(key).cloned(),
+        erased,
+    );
+    let recorded = to_micros(Utc::now());
+    let recorded_at = timestamp(&recorded);
+    for &(index, first_position, first_sequence) in &plan.accepted {
+        let append = &batch[index];
+        for (offset, event) in append.events.iter().enumerate() {
+            let meta = &event.metadata;
+            let position = first_position + offset as i64;
+            let sequence = first_sequence + offset as i64;
+            let payload = event.payload.to_string();
+            let occurred = to_micros(meta.occurred_at);
+            // Chained here, in the transaction that takes the position.
+            let tail = chain::tail(&chain::EventFields {
+                event_id: meta.event_id,
+                aggregate_type: append.aggregate_type,
+                aggregate_id: &append.aggregate_id,
+                sequence,
+                event_type: &event.event_type,
+                event_version: event.event_version,
+                payload: &payload,
+                occurred_at: occurred,
+                recorded_at: recorded,
+                actor_id: &meta.actor_id,
+                actor_role: &meta.actor_role,
+                correlation_id: meta.correlation_id,
+                causation_id: meta.causation_id,
+            });
+            previous = chain::chain(&previous, position, &tail);
+            sqlx::query(
+                "INSERT INTO events (position, event_id, aggregate_type, aggregate_id,
+                    sequence, event_type, event_version, payload, occurred_at, recorded_at,
+                    actor_id, actor_role, correlation_id, causation_id, hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(position)
+            .bind(meta.event_id.to_string())
+            .bind(append.aggregate_type)
+            .bind(&append.aggregate_id)
+            .bind(sequence)
+            .bind(&event.event_type)
+            .bind(event.event_version as i64)
+            .bind(payload)
+            .bind(timestamp(&occurred))
+            .bind(&recorded_at)
+            .bind(&meta.actor_id)
+            .bind(&meta.actor_role)
+            .bind(meta.correlation_id.to_string())
+            .bind(meta.causation_id.map(|c| c.to_string()))
+            .bind(previous.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let (
+            Some(record),
+            AppendResult::Committed {
+                version,
+                last_position,
+            },
+        ) = (&append.idempotency, &plan.results[index])
+        {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (key, request_hash, status, response, created_at)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&record.key)
+            .bind(&record.request_hash)
+            .bind(record.status as i64)
+            .bind(write_response(&record.response_id, *version, *last_position).to_string())
+            .bind(&recorded_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        match &append.key_action {
+            Some(KeyAction::Store {
+                client_id,
+                wrapped_key,
+            }) => {
+                sqlx::query(
+                    "INSERT INTO client_keys (client_id, wrapped_key, created_at)
+                     VALUES (?, ?, ?)",
+                )
+                .bind(client_id)
+                .bind(wrapped_key)
+                .bind(&recorded_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some(KeyAction::Destroy { client_id }) => {
+                sqlx::query(
+                    "UPDATE client_keys SET wrapped_key = NULL, destroyed_at = ?
+                     WHERE client_id = ?",
+                )
+                .bind(&recorded_at)
+                .bind(client_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some(KeyAction::RequireLive { .. }) | None => {}
+        }
+    }
+    Ok(plan.results)
+}
+
+/// See the PostgreSQL store: the token's event, in the transaction of its row change
+/// (the write lock SQLite holds serializes them).
+async fn append_token_event(
+    tx: &mut sqlx::SqliteConnection,
+    token_id: &str,
+    event: NewEvent,
+) -> Result<(), StoreError> {
+    let version: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(MAX(sequence), 0) FROM events
+         WHERE aggregate_type = ? AND aggregate_id = ?",
+    )
+    .bind(circle_events::token::TOKEN_TYPE)
+    .bind(token_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let append = token_append(token_id, version as u64, event);
+    let results = append_batch(tx, std::slice::from_ref(&append)).await?;
+    expect_committed(results)
+}
+
+const TOKEN_COLUMNS: &str =
+    "token_id, role, clinician_id, label, created_at, expires_at, revoked_at";
+
+fn stored_token(row: &SqliteRow) -> Result<StoredToken, StoreError> {
+    let text = |name: &str| -> Result<Option<String>, StoreError> {
+        row.try_get(name).map_err(|e| corrupt("api_tokens", e))
+    };
+    let time = |name: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+        text(name)?
+            .map(|t| {
+                DateTime::parse_from_rfc3339(&t)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| corrupt("api_tokens", e))
+            })
+            .transpose()
+    };
+    let required = |value: Option<String>| value.ok_or_else(|| corrupt("api_tokens", "a NULL"));
+    Ok(StoredToken {
+        token_id: required(text("token_id")?)?,
+        role: required(text("role")?)?,
+        clinician_id: text("clinician_id")?,
+        label: text("label")?.unwrap_or_default(),
+        created_at: time("created_at")?.ok_or_else(|| corrupt("api_tokens", "a NULL"))?,
+        expires_at: time("expires_at")?,
+        revoked_at: time("revoked_at")?,
+    })
+}
+
 async fn find_response(
     conn: &mut sqlx::SqliteConnection,
     key: &str,
@@ -716,6 +963,8 @@ fn plan_batch(
     head: i64,
     mut version_of: impl FnMut(&str, &str) -> u64,
     mut stored_response: impl FnMut(&str) -> Option<StoredResponse>,
+    // Clients erased before the batch; erasures accepted in it are added in order.
+    mut erased: std::collections::HashSet<String>,
 ) -> BatchPlan {
     use std::collections::HashMap;
     let mut versions: HashMap<(&str, &str), u64> = HashMap::new();
@@ -734,6 +983,14 @@ fn plan_batch(
                 continue;
             }
         }
+        if let Some(KeyAction::RequireLive { client_ids }) = &append.key_action {
+            if let Some(client_id) = client_ids.iter().find(|c| erased.contains(*c)) {
+                results.push(AppendResult::ClientErased {
+                    client_id: client_id.clone(),
+                });
+                continue;
+            }
+        }
         let stream = (append.aggregate_type, append.aggregate_id.as_str());
         let current = *versions
             .entry(stream)
@@ -747,6 +1004,9 @@ fn plan_batch(
         let count = append.events.len() as i64;
         let version = current + count as u64;
         versions.insert(stream, version);
+        if let Some(KeyAction::Destroy { client_id }) = &append.key_action {
+            erased.insert(client_id.clone());
+        }
         accepted.push((index, position + 1, current as i64 + 1));
         position += count;
         if let Some(idem) = &append.idempotency {
