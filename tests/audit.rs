@@ -185,28 +185,7 @@ async fn a_deposed_leader_stores_no_checkpoint(store: Store) {
     assert!(store.tree_heads().await.unwrap().is_empty());
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(circle_tests::postgres_store().await).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(circle_tests::sqlite_store().await).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+circle_tests::on_both_backends!(
     checkpoints_are_signed_once_per_size_and_proofs_verify,
     the_leader_refuses_to_extend_a_tree_whose_signed_root_it_cannot_reproduce,
     a_deposed_leader_stores_no_checkpoint,
@@ -227,6 +206,20 @@ async fn audited_app() -> (circle_tests::TestApp, String, String) {
     })
     .await;
     (app, namespace, key)
+}
+
+/// The whole log as an auditor exports it (NDJSON); checks the content type.
+async fn export_ndjson(app: &circle_tests::TestApp, token: &str) -> String {
+    let export = app
+        .http
+        .get(format!("{}/api/v1/audit/events", app.base))
+        .bearer_auth(token)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.headers()["content-type"], "application/x-ndjson");
+    export.text().await.unwrap()
 }
 
 /// The signed note of the latest checkpoint, once it covers `size` events.
@@ -298,16 +291,7 @@ async fn auditors_read_the_log_checkpoints_and_proofs_over_http() {
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 
     // The NDJSON export: every event, chained, with the signed root; no plain text.
-    let export = app
-        .http
-        .get(format!("{}/api/v1/audit/events", app.base))
-        .bearer_auth(&auditor)
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(export.headers()["content-type"], "application/x-ndjson");
-    let text = export.text().await.unwrap();
+    let text = export_ndjson(&app, &auditor).await;
     assert!(!text.contains("Ada Lovelace"));
     let mut check = circle_services::audit::verify::LogCheck::default();
     for line in text.lines() {
@@ -384,56 +368,81 @@ async fn auditors_read_the_log_checkpoints_and_proofs_over_http() {
     assert_eq!(verdict.body["ok"], true, "{:?}", verdict.body);
     assert_eq!(verdict.body["checked"], head);
 
-    // Out of range: 400 naming the parameter.
-    for (path, field) in [
+    // Refused, naming the parameter: 400 for what the description itself rules out,
+    // 422 for a value it allows that the log (or the other parameter) rules out.
+    let (bad, ruled_out) = (StatusCode::BAD_REQUEST, StatusCode::UNPROCESSABLE_ENTITY);
+    let beyond = head + 1;
+    for (path, status, field) in [
         (
             format!("/api/v1/audit/proof/inclusion?position=0&tree_size={head}"),
+            bad,
             "position",
-        ),
-        (
-            format!(
-                "/api/v1/audit/proof/inclusion?position={}&tree_size={head}",
-                head + 1
-            ),
-            "position",
-        ),
-        (
-            format!(
-                "/api/v1/audit/proof/inclusion?position=1&tree_size={}",
-                head + 1
-            ),
-            "tree_size",
         ),
         (
             "/api/v1/audit/proof/inclusion?position=x".to_string(),
+            bad,
             "position",
         ),
         (
-            format!("/api/v1/audit/proof/consistency?from=5&to={}", head + 1),
+            "/api/v1/audit/proof/inclusion?position=1&tree_size=0".to_string(),
+            bad,
+            "tree_size",
+        ),
+        (
+            format!("/api/v1/audit/proof/inclusion?position={beyond}&tree_size={head}"),
+            ruled_out,
+            "position",
+        ),
+        (
+            format!("/api/v1/audit/proof/inclusion?position=1&tree_size={beyond}"),
+            ruled_out,
+            "tree_size",
+        ),
+        (
+            "/api/v1/audit/proof/consistency?from=0&to=5".to_string(),
+            bad,
+            "from",
+        ),
+        (
+            "/api/v1/audit/proof/consistency?from=1".to_string(),
+            bad,
+            "to",
+        ),
+        (
+            format!("/api/v1/audit/proof/consistency?from=5&to={beyond}"),
+            ruled_out,
             "to",
         ),
         (
             "/api/v1/audit/proof/consistency?from=9&to=5".to_string(),
+            ruled_out,
             "from",
-        ),
-        (
-            "/api/v1/audit/proof/consistency?from=0&to=5".to_string(),
-            "from",
-        ),
-        (
-            format!("/api/v1/audit/checkpoint?tree_size={}", head + 1),
-            "tree_size",
         ),
         (
             "/api/v1/audit/checkpoint?tree_size=-1".to_string(),
+            bad,
             "tree_size",
         ),
-        ("/api/v1/audit/events?limit=0".to_string(), "limit"),
-        ("/api/v1/audit/events?after=-1".to_string(), "after"),
-        ("/api/v1/audit/events?from=yesterday".to_string(), "from"),
+        (
+            format!("/api/v1/audit/checkpoint?tree_size={beyond}"),
+            ruled_out,
+            "tree_size",
+        ),
+        ("/api/v1/audit/events?limit=0".to_string(), bad, "limit"),
+        ("/api/v1/audit/events?after=-1".to_string(), bad, "after"),
+        (
+            "/api/v1/audit/events?from=yesterday".to_string(),
+            bad,
+            "from",
+        ),
+        (
+            "/api/v1/audit/events?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z".to_string(),
+            ruled_out,
+            "from",
+        ),
     ] {
         let answer = app.get(&path, &auditor).await;
-        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(answer.status, status, "{path}");
         assert_eq!(answer.content_type, "application/problem+json", "{path}");
         assert_eq!(answer.field(), field, "{path}: {:?}", answer.body);
     }
@@ -638,17 +647,7 @@ async fn a_log_rewritten_with_recomputed_hashes_fails_consistency_with_a_kept_ch
 
     // The offline export check agrees with the kept checkpoint.
     let export = dir.join("export.ndjson");
-    let text = app
-        .http
-        .get(format!("{}/api/v1/audit/events", app.base))
-        .bearer_auth(&auditor)
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = export_ndjson(&app, &auditor).await;
     std::fs::write(&export, &text).unwrap();
     let offline = |export: std::path::PathBuf| {
         let args = [
@@ -760,17 +759,7 @@ async fn an_independent_python_verifier_agrees_with_circle() {
         dir.join("checkpoint"),
         dir.join("key"),
     );
-    let text = app
-        .http
-        .get(format!("{}/api/v1/audit/events", app.base))
-        .bearer_auth(&auditor)
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = export_ndjson(&app, &auditor).await;
     std::fs::write(&export, text).unwrap();
     std::fs::write(&checkpoint, note).unwrap();
     std::fs::write(&vkey, Signer::parse(&key).unwrap().verifier_key()).unwrap();

@@ -495,28 +495,7 @@ async fn every_append_is_chained_in_the_transaction_that_positions_it(store: Sto
     );
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(circle_tests::postgres_store().await).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(circle_tests::sqlite_store().await).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+circle_tests::on_both_backends!(
     appends_are_read_back_in_order_with_their_metadata,
     a_stale_expected_version_conflicts_without_failing_the_batch,
     an_idempotency_key_answers_the_same_and_appends_once,

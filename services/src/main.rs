@@ -175,6 +175,17 @@ struct StoreArgs {
     database_url: Option<String>,
 }
 
+impl StoreArgs {
+    /// The settings these flags change: which store.
+    fn overrides(self) -> Overrides {
+        Overrides {
+            data_dir: self.data_dir,
+            database_url: self.database_url,
+            ..Overrides::default()
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:8080.
@@ -247,12 +258,7 @@ async fn main() -> anyhow::Result<()> {
             serve(settings, true).await
         }
         Command::Replay { projection, store } => {
-            let overrides = Overrides {
-                data_dir: store.data_dir,
-                database_url: store.database_url,
-                ..Overrides::default()
-            };
-            let settings = Settings::load(cli.config.as_deref(), overrides)?;
+            let settings = Settings::load(cli.config.as_deref(), store.overrides())?;
             let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
             let store = open_store(&settings).await?;
             let name = projection.unwrap_or_else(|| projector::REPORTS.to_string());
@@ -289,10 +295,8 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let overrides = Overrides {
-                data_dir: store.data_dir,
-                database_url: store.database_url,
                 master_key,
-                ..Overrides::default()
+                ..store.overrides()
             };
             let settings = Settings::load(cli.config.as_deref(), overrides)?;
             let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
@@ -307,12 +311,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { action } => {
-            let overrides = Overrides {
-                data_dir: action.store().data_dir.clone(),
-                database_url: action.store().database_url.clone(),
-                ..Overrides::default()
-            };
-            let settings = Settings::load(cli.config.as_deref(), overrides)?;
+            let settings =
+                Settings::load(cli.config.as_deref(), action.store().clone().overrides())?;
             let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
             let store = open_store(&settings).await?;
             token_command(&store, action).await
@@ -349,12 +349,8 @@ async fn audit(config: Option<&std::path::Path>, action: AuditAction) -> Result<
             store,
             ..
         } => {
-            let overrides = Overrides {
-                data_dir: store.data_dir,
-                database_url: store.database_url,
-                ..Overrides::default()
-            };
-            let settings = Settings::load(config, overrides).map_err(|e| format!("{e:#}"))?;
+            let settings =
+                Settings::load(config, store.overrides()).map_err(|e| format!("{e:#}"))?;
             let store = open_store(&settings).await.map_err(|e| format!("{e:#}"))?;
             let verdict = tree::verify_store(&store, |n, head| progress_bar(n as i64, head))
                 .await

@@ -22,6 +22,12 @@ use crate::auth::Role;
 use crate::store::{AuditFilter, TreeHead};
 
 const AUDITORS: &[Role] = &[Role::Admin, Role::Auditor];
+
+/// A value the description allows that the log, or another parameter, rules out:
+/// 422 naming the parameter (400 is for values the description itself refuses).
+fn out_of_range(field: &str, message: impl Into<String>) -> Problem {
+    Problem::field(StatusCode::UNPROCESSABLE_ENTITY, field, message)
+}
 const NDJSON: &str = "application/x-ndjson";
 /// Events per page of the NDJSON stream: memory stays at one page whatever the size.
 const STREAM_PAGE: i64 = 5_000;
@@ -74,7 +80,7 @@ impl EventsQuery {
         };
         if let (Some(from), Some(to)) = (filter.from, filter.to) {
             if from > to {
-                return Err(Problem::bad_request("from", "must not be after `to`"));
+                return Err(out_of_range("from", "must not be after `to`"));
             }
         }
         Ok(filter)
@@ -184,11 +190,14 @@ pub async fn checkpoint(
 ) -> Result<Response, Problem> {
     caller.require(AUDITORS)?;
     if let Some(size) = query.tree_size {
+        if size < 0 {
+            return Err(Problem::bad_request("tree_size", "must be 0 or more"));
+        }
         let head = state.store.head_position().await?;
-        if !(0..=head).contains(&size) {
-            return Err(Problem::bad_request(
+        if size > head {
+            return Err(out_of_range(
                 "tree_size",
-                format!("must be 0 to {head}, the events in the log"),
+                format!("must be at most {head}, the events in the log"),
             ));
         }
     }
@@ -256,18 +265,24 @@ pub async fn inclusion(
     Query(query): Query<InclusionQuery>,
 ) -> Result<Json<InclusionProof>, Problem> {
     caller.require(AUDITORS)?;
+    if query.position < 1 {
+        return Err(Problem::bad_request("position", "must be 1 or more"));
+    }
+    if query.tree_size.is_some_and(|size| size < 1) {
+        return Err(Problem::bad_request("tree_size", "must be 1 or more"));
+    }
     let signed = signed_size(&state).await?;
     let size = query.tree_size.unwrap_or(signed);
     if !(1..=signed).contains(&size) {
-        return Err(Problem::bad_request(
+        return Err(out_of_range(
             "tree_size",
             format!("must be 1 to {signed}, the latest checkpoint's size"),
         ));
     }
-    if !(1..=size).contains(&query.position) {
-        return Err(Problem::bad_request(
+    if query.position > size {
+        return Err(out_of_range(
             "position",
-            format!("must be 1 to {size}, the tree size"),
+            format!("must be at most {size}, the tree size"),
         ));
     }
     let index = query.position as u64 - 1;
@@ -321,18 +336,20 @@ pub async fn consistency(
     Query(query): Query<ConsistencyQuery>,
 ) -> Result<Json<ConsistencyProof>, Problem> {
     caller.require(AUDITORS)?;
+    for (field, value) in [("from", query.from), ("to", query.to)] {
+        if value < 1 {
+            return Err(Problem::bad_request(field, "must be 1 or more"));
+        }
+    }
     let signed = signed_size(&state).await?;
-    if !(1..=signed).contains(&query.to) {
-        return Err(Problem::bad_request(
+    if query.to > signed {
+        return Err(out_of_range(
             "to",
-            format!("must be 1 to {signed}, the latest checkpoint's size"),
+            format!("must be at most {signed}, the latest checkpoint's size"),
         ));
     }
-    if query.from < 1 {
-        return Err(Problem::bad_request("from", "must be 1 or more"));
-    }
     if query.from > query.to {
-        return Err(Problem::bad_request("from", "must not be above `to`"));
+        return Err(out_of_range("from", "must not be above `to`"));
     }
     let (from, to) = (query.from as u64, query.to as u64);
     let proof = tree::consistency_proof(&state.store, from, to).await?;
