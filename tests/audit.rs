@@ -279,7 +279,7 @@ async fn auditors_read_the_log_checkpoints_and_proofs_over_http() {
             "/api/v1/audit/verify",
         ] {
             assert_eq!(
-                app.get(path, &token).await.status,
+                app.get(path, token).await.status,
                 StatusCode::FORBIDDEN,
                 "{path}"
             );
