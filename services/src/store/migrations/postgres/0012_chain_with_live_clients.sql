@@ -1,8 +1,10 @@
--- The chained append of 0006 with the live-clients check of 0010: an append whose key
--- action is 'require' is refused as 'erased' when one of the named clients' keys is
--- destroyed. 0010 (written against 0002's signature) left an unchained overload with
--- the old arguments, which nothing calls; it goes. Whichever order a database met
--- 0006 and 0010 in, it ends here with one function, chained and checking.
+-- The chained append (ARCHITECTURE.md, "The audit chain"): 0002's batch append, with
+-- 0010's live-clients check (an append whose key action is 'require' is refused as
+-- 'erased' when one of the named clients' keys is destroyed), now also chaining:
+-- `e_tail` carries each event's canonical bytes after the position, computed by the
+-- caller before the lock; under the lock only SHA-256 runs, in position order, from
+-- log_head.hash. 0006 dropped 0002's function; 0010, on a database that met it after
+-- 0006, re-created an unchained one with the old arguments that nothing calls: it goes.
 DROP FUNCTION IF EXISTS circle_append_batch(text[], text[], bigint[], int[], text[], bytea[],
     int[], text[], text[], text[], bytea[], uuid[], text[], int[], text[], timestamptz[],
     text[], text[], uuid[], uuid[], text[], text[], bigint[], boolean, timestamptz);
