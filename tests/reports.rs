@@ -7,7 +7,8 @@ use circle_services::auth::Role;
 use circle_services::projector;
 use circle_services::store::Snapshot;
 use circle_tests::{
-    assert_matches_6mp, default_projection, six_mp_group, spawn_app, spawn_app_on, TestApp,
+    assert_matches_6mp, default_projection, fresh_schema_url, six_mp_group, spawn_app,
+    spawn_app_on, spawn_app_with, TestApp,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -240,18 +241,20 @@ async fn a_report_as_of_a_past_time_shows_the_log_as_it_stood_then() {
 }
 
 /// Snapshots kept every few events change no `as_of` answer: at each moment between
-/// writes, the practice from the newest snapshot equals a fold from position 0.
+/// writes, the practice from the newest snapshot equals a fold from position 0. The
+/// projector keeps them as it folds, with no fold of its own.
 #[tokio::test]
 async fn as_of_reports_from_snapshots_equal_a_fold_from_the_start() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(&fresh_schema_url().await, |settings| {
+        settings.as_of_snapshot_every_events = 7;
+    })
+    .await;
     let (store, rules) = (&app.state.store, app.state.reporting.alert_rules);
     let mut moments = vec![chrono::Utc::now()];
     week_of_attendance(&app).await;
     moments.push(chrono::Utc::now());
     six_mp_group(&app, "g6mp").await;
     moments.push(chrono::Utc::now());
-    let written = as_of::write_snapshots(store, rules, 7).await.unwrap();
-    assert!(written >= 10, "{written} snapshots");
     app.post(
         "/api/v1/groups/g1/members/c2/departure",
         &app.admin,
@@ -259,7 +262,28 @@ async fn as_of_reports_from_snapshots_equal_a_fold_from_the_start() {
     )
     .await;
     moments.push(chrono::Utc::now());
-    assert_eq!(as_of::write_snapshots(store, rules, 7).await.unwrap(), 0);
+    let head = app.head().await;
+    assert!(head >= 70, "{head} events");
+    // The leader keeps one at every multiple of 7 it folds past.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let latest = store.latest_snapshot(None).await.unwrap();
+        if latest.is_some_and(|s| s.position == head / 7 * 7) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot near {head}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for moment in &moments[1..] {
+        let kept = store.latest_snapshot(Some(*moment)).await.unwrap();
+        assert!(
+            kept.is_some_and(|s| s.position % 7 == 0 && s.position > 0),
+            "a snapshot recorded by {moment}"
+        );
+    }
     for as_of in moments {
         let from_snapshot = as_of::practice_as_of(store, rules, as_of).await.unwrap();
         let mut from_start = Practice::new(rules);
@@ -303,6 +327,7 @@ async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
             position: head,
             max_recorded_at: recorded_by,
             state: serde_json::to_string(&empty_at_head(other_rules)).unwrap(),
+            range: None,
         })
         .await
         .unwrap();
@@ -323,6 +348,7 @@ async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
                 ..Practice::new(rules)
             })
             .unwrap(),
+            range: None,
         })
         .await
         .unwrap();

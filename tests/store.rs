@@ -6,7 +6,7 @@ use circle_services::audit::verify::LogCheck;
 use circle_services::store::cqrs::CqrsStore;
 use circle_services::store::{
     Append, AppendResult, AuditFilter, ClientKey, EventMetadata, Fence, IdempotencyRecord,
-    KeyAction, NewEvent, Snapshot, Store,
+    KeyAction, LogRange, NewEvent, Snapshot, Store, Stretch,
 };
 use cqrs_es::{CqrsFramework, EventStore};
 use serde_json::json;
@@ -371,9 +371,17 @@ async fn a_snapshot_is_found_by_the_time_its_events_were_recorded_by(store: Stor
         position,
         max_recorded_at: at(max_recorded_at),
         state: format!("{{\"position\":{position}}}"),
+        range: None,
     };
     let early = snapshot(100, "2026-01-01T10:00:00.000001Z");
-    let late = snapshot(200, "2026-01-02T10:00:00Z");
+    let range = LogRange {
+        after: 100,
+        min_recorded_at: at("2026-01-01T11:00:00.000002Z"),
+    };
+    let late = Snapshot {
+        range: Some(range),
+        ..snapshot(200, "2026-01-02T10:00:00Z")
+    };
     store.save_snapshot(&early).await.unwrap();
     store.save_snapshot(&late).await.unwrap();
     store.save_snapshot(&late).await.unwrap();
@@ -387,6 +395,44 @@ async fn a_snapshot_is_found_by_the_time_its_events_were_recorded_by(store: Stor
     assert_eq!(by("2026-01-02T09:59:59Z").await, Some(early));
     assert_eq!(by("2026-01-03T00:00:00Z").await, Some(late.clone()));
     assert_eq!(store.latest_snapshot(None).await.unwrap(), Some(late));
+    // Only rows with a range, beyond the position asked.
+    assert_eq!(store.snapshot_ranges(0).await.unwrap(), vec![(200, range)]);
+    assert_eq!(store.snapshot_ranges(200).await.unwrap(), vec![]);
+}
+
+async fn a_read_up_to_a_time_and_position_filters_in_the_store(store: Store) {
+    let stretch = |after, upto, until, limit| Stretch {
+        after,
+        upto,
+        until,
+        limit,
+    };
+    store.commit_batch(&[append("g1", 0, 5)]).await.unwrap();
+    let now = chrono::Utc::now();
+    let hour = chrono::Duration::hours(1);
+    let positions = |events: Vec<circle_services::store::RawEvent>| {
+        events.iter().map(|e| e.position).collect::<Vec<_>>()
+    };
+    let all = store
+        .read_raw_until(stretch(0, i64::MAX, now + hour, 10))
+        .await
+        .unwrap();
+    assert_eq!(all, store.read_raw(0, 10).await.unwrap());
+    let some = store
+        .read_raw_until(stretch(1, 4, now + hour, 2))
+        .await
+        .unwrap();
+    assert_eq!(positions(some), vec![2, 3]);
+    let some = store
+        .read_raw_until(stretch(2, 4, now + hour, 10))
+        .await
+        .unwrap();
+    assert_eq!(positions(some), vec![3, 4]);
+    let none = store
+        .read_raw_until(stretch(0, i64::MAX, now - hour, 10))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "recorded after the time asked");
 }
 
 /// Reads the whole log for auditors and checks its chain from position 1.
@@ -507,6 +553,7 @@ circle_tests::on_both_backends!(
     a_snapshot_is_found_by_the_time_its_events_were_recorded_by,
     every_append_is_chained_in_the_transaction_that_positions_it,
     the_log_refuses_every_change_but_erasure_still_works,
+    a_read_up_to_a_time_and_position_filters_in_the_store,
 );
 
 /// Events written before the chain existed, straight into a schema at migration 5.

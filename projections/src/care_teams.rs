@@ -116,6 +116,13 @@ impl CareTeams {
             .collect()
     }
 
+    /// Whether `clinician_id` is now among the facilitators of `group_id`.
+    pub fn facilitates(&self, clinician_id: &str, group_id: &str) -> bool {
+        self.facilitators
+            .get(group_id)
+            .is_some_and(|facilitators| facilitators.contains(clinician_id))
+    }
+
     /// Where a goal lives, if it was ever set.
     pub fn goal_home(&self, goal_id: &str) -> Option<&GoalHome> {
         self.goals.get(goal_id)

@@ -10,7 +10,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use circle_events::client::ClientEvent;
 use circle_events::group::{AttendanceStatus, Focus, GroupEvent, Measure};
 use circle_events::instruments::{Catalogue, Direction, Score};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::goals::{GoalCheckIn, GoalRecord, STALLED_AFTER};
 use crate::outcomes::{classify, Classification};
@@ -74,6 +74,7 @@ pub struct Alert {
     pub group_id: String,
     pub client_id: String,
     /// When the event that raised it was recorded.
+    #[serde(with = "stored_time::utc")]
     pub raised_at: DateTime<Utc>,
     pub position: i64,
     pub detail: String,
@@ -84,6 +85,7 @@ pub use circle_events::group::MembershipPeriod as Period;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
+    #[serde(with = "stored_time::fixed")]
     pub starts_at: DateTime<FixedOffset>,
     pub cancelled: bool,
     pub marks: BTreeMap<String, AttendanceStatus>,
@@ -99,11 +101,101 @@ impl SessionRecord {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RecordedScore {
     pub administered_at: DateTime<FixedOffset>,
     pub total: Score,
     pub reference_version: String,
+}
+
+/// Stored as `[unix seconds, nanoseconds, UTC offset in seconds, total, reference
+/// version]`: a state holds one per measure recorded, and numbers read several times
+/// faster than an object with an RFC 3339 time (restoring a snapshot is most of an
+/// `as_of` report's time).
+impl Serialize for RecordedScore {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (seconds, nanos, offset) = stored_time::parts(&self.administered_at);
+        (seconds, nanos, offset, self.total, &self.reference_version).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordedScore {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (seconds, nanos, offset, total, reference_version): (i64, u32, i32, Score, String) =
+            Deserialize::deserialize(deserializer)?;
+        Ok(RecordedScore {
+            administered_at: stored_time::from_parts(seconds, nanos, offset)?,
+            total,
+            reference_version,
+        })
+    }
+}
+
+/// Times in the stored state as numbers (`[unix seconds, nanoseconds]`, and the UTC
+/// offset in seconds for local times): reading RFC 3339 text was most of the cost
+/// of restoring a large state.
+mod stored_time {
+    use chrono::{DateTime, FixedOffset, Utc};
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn parts(at: &DateTime<FixedOffset>) -> (i64, u32, i32) {
+        (
+            at.timestamp(),
+            at.timestamp_subsec_nanos(),
+            at.offset().local_minus_utc(),
+        )
+    }
+
+    pub fn from_parts<E: Error>(
+        seconds: i64,
+        nanos: u32,
+        offset: i32,
+    ) -> Result<DateTime<FixedOffset>, E> {
+        let offset =
+            FixedOffset::east_opt(offset).ok_or_else(|| E::custom("UTC offset out of range"))?;
+        Ok(utc_from_parts::<E>(seconds, nanos)?.with_timezone(&offset))
+    }
+
+    fn utc_from_parts<E: Error>(seconds: i64, nanos: u32) -> Result<DateTime<Utc>, E> {
+        DateTime::from_timestamp(seconds, nanos).ok_or_else(|| E::custom("time out of range"))
+    }
+
+    pub mod fixed {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            at: &DateTime<FixedOffset>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            parts(at).serialize(serializer)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<DateTime<FixedOffset>, D::Error> {
+            let (seconds, nanos, offset) = Deserialize::deserialize(deserializer)?;
+            from_parts(seconds, nanos, offset)
+        }
+    }
+
+    pub mod utc {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            at: &DateTime<Utc>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            (at.timestamp(), at.timestamp_subsec_nanos()).serialize(serializer)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<DateTime<Utc>, D::Error> {
+            let (seconds, nanos) = Deserialize::deserialize(deserializer)?;
+            utc_from_parts(seconds, nanos)
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -184,6 +276,10 @@ pub struct Practice {
     pub groups: BTreeMap<String, GroupRecord>,
     pub erased_clients: BTreeSet<String>,
     pub alerts: Vec<Alert>,
+    /// The latest `recorded_at` among the events folded (positions follow commit
+    /// order, not the clock): an `as_of` at or after it sees all of this state.
+    #[serde(default)]
+    pub max_recorded_at: Option<DateTime<Utc>>,
 }
 
 impl Practice {
@@ -201,6 +297,7 @@ impl Practice {
             return;
         }
         self.position = fact.position;
+        self.max_recorded_at = self.max_recorded_at.max(Some(fact.recorded_at));
         match &fact.event {
             AnyEvent::Group(event) => self.apply_group(fact, event),
             AnyEvent::Client(ClientEvent::ClientErased { .. }) => {

@@ -458,3 +458,68 @@ fn gas_vectors() -> serde_json::Value {
 }
 
 mod goals;
+
+#[test]
+fn the_practice_records_the_latest_recording_time_not_the_last() {
+    let mut practice = Practice::new(AlertRules::default());
+    assert_eq!(practice.max_recorded_at, None);
+    for (position, minutes) in [(1, 10), (2, 5), (3, 7)] {
+        practice.apply(&Fact {
+            position,
+            recorded_at: now() + Duration::minutes(minutes),
+            aggregate_id: "g1".into(),
+            event: AnyEvent::Group(GroupEvent::MemberJoined {
+                client_id: format!("c{position}"),
+                joined_on: date("2026-01-01"),
+            }),
+        });
+    }
+    // Positions follow commit order, recording times the clock before commit.
+    assert_eq!(
+        practice.max_recorded_at,
+        Some(now() + Duration::minutes(10))
+    );
+}
+
+#[test]
+fn a_recorded_score_is_stored_as_numbers_and_reads_back_the_same() {
+    let score = crate::practice::RecordedScore {
+        administered_at: at("2024-01-02T18:00:00.25+01:00"),
+        total: Score::from_tenths(196),
+        reference_version: "2024.1".into(),
+    };
+    let stored = serde_json::to_value(&score).unwrap();
+    assert_eq!(
+        stored,
+        serde_json::json!([1704214800, 250_000_000, 3600, 19.6, "2024.1"])
+    );
+    let back: crate::practice::RecordedScore = serde_json::from_value(stored).unwrap();
+    assert_eq!(back, score);
+    assert_eq!(
+        back.administered_at.to_rfc3339(),
+        "2024-01-02T18:00:00.250+01:00"
+    );
+}
+
+#[test]
+fn session_and_alert_times_are_stored_as_numbers_and_read_back_the_same() {
+    let log = attendance_log();
+    let stored = serde_json::to_value(&log.practice).unwrap();
+    let session = stored["groups"]["g1"]["sessions"]
+        .as_object()
+        .and_then(|sessions| sessions.values().next())
+        .unwrap();
+    assert!(
+        session["starts_at"]
+            .as_array()
+            .is_some_and(|a| a.len() == 3),
+        "{session}"
+    );
+    let alert = &stored["alerts"][0];
+    assert_eq!(
+        alert["raised_at"],
+        serde_json::json!([now().timestamp(), 0])
+    );
+    let back: Practice = serde_json::from_value(stored).unwrap();
+    assert_eq!(back, log.practice);
+}

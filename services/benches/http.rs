@@ -3,10 +3,16 @@
 //! each request a new event, on a Circle served in-process (the client shares the
 //! machine's cores, as in the issue's figures).
 //!
+//! Then the access log's cost: p50/p99 of `GET /api/v1/clients/{id}` under 32
+//! concurrent readers, on two Circles in one run, one with the access log on and one
+//! with it off, measured in alternating phases so that drift on the machine falls
+//! on both alike.
+//!
 //! Run: `scripts/bench` (after `commands`, so the direct path's figures print in the
 //! same run), or `cargo bench -p circle-services --bench http` with
 //! CIRCLE_BENCH_DATABASE_URL set. `CIRCLE_BENCH_HTTP_SECS` sets the run length per
 //! point (default 60): long enough that a slowdown shows in the 10-second windows.
+//! `CIRCLE_BENCH_READ_SECS` sets each read phase (default 15; four phases).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,6 +132,125 @@ async fn run(client: Arc<Client>, connections: usize, run_for: Duration) {
     );
 }
 
+/// Readers per point of the access-log comparison.
+const READERS: usize = 32;
+/// Clients read, each with personal data to decrypt.
+const READ_CLIENTS: usize = 256;
+
+/// A Circle on a fresh schema, in this process; `access_log` on or off.
+async fn serve(base: &str, access_log: bool) -> Arc<Client> {
+    let admin = format!("admin-{}", uuid::Uuid::new_v4().simple());
+    let mut settings = Settings::load(
+        None,
+        Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            database_url: Some(support::fresh_schema(base, "bench_http").await.0),
+            admin_token: Some(admin.clone()),
+            master_key: Some(Vault::generate_master_key()),
+            ..Overrides::default()
+        },
+    )
+    .expect("settings");
+    settings.log = "warn".into();
+    settings.access_log = access_log;
+    let app = Application::build(&settings).await.expect("build Circle");
+    let address = app.local_addr().expect("address");
+    tokio::spawn(app.run(std::future::pending()));
+    Arc::new(Client {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("HTTP client"),
+        base: format!("http://{address}"),
+        admin,
+    })
+}
+
+/// `READERS` readers of `GET /api/v1/clients/{id}` for `run_for`: the latencies of
+/// the reads answered 200.
+async fn read_phase(client: Arc<Client>, run_for: Duration) -> Vec<Duration> {
+    let started = Instant::now();
+    let mut readers = Vec::new();
+    for r in 0..READERS {
+        let client = client.clone();
+        readers.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut n = r;
+            while started.elapsed() < run_for {
+                let sent = Instant::now();
+                let answer = client
+                    .http
+                    .get(format!(
+                        "{}/api/v1/clients/r{}",
+                        client.base,
+                        n % READ_CLIENTS
+                    ))
+                    .bearer_auth(&client.admin)
+                    .header("Circle-Purpose", "benchmark")
+                    .send()
+                    .await;
+                if let Ok(response) = answer {
+                    let ok = response.status().is_success();
+                    let _ = response.bytes().await;
+                    if ok {
+                        samples.push(sent.elapsed());
+                    }
+                }
+                n += READERS;
+            }
+            samples
+        }));
+    }
+    let mut samples = Vec::new();
+    for reader in readers {
+        samples.extend(reader.await.expect("reader"));
+    }
+    samples
+}
+
+/// The access log's overhead on client reads, on and off in one run.
+async fn access_log_overhead(base: &str) {
+    let phase = Duration::from_secs(
+        std::env::var("CIRCLE_BENCH_READ_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(15),
+    );
+    println!("\n6. the access log: GET /api/v1/clients/{{id}}, {READERS} readers, on vs off, 2 × {phase:?} each, alternating");
+    let on = serve(base, true).await;
+    let off = serve(base, false).await;
+    for client in [&on, &off] {
+        for c in 0..READ_CLIENTS {
+            client
+                .post("/api/v1/clients", json!({"client_id": format!("r{c}"),
+                    "display_name": "Bench Client", "birth_year": 1980, "contact": "bench@example.org"}))
+                .await;
+        }
+    }
+    let (mut with_log, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        with_log.extend(read_phase(on.clone(), phase).await);
+        without.extend(read_phase(off.clone(), phase).await);
+    }
+    let report = |name: &str, samples: &mut Vec<Duration>| {
+        samples.sort();
+        let p99 = percentile(samples, 0.99);
+        println!(
+            "  log {name}: {:>6.0} reads/s, p50 {:.2} ms, p99 {:.2} ms",
+            samples.len() as f64 / (phase.as_secs_f64() * 2.0),
+            percentile(samples, 0.5).as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+        );
+        p99
+    };
+    let p99_on = report("on ", &mut with_log);
+    let p99_off = report("off", &mut without);
+    println!(
+        "  p99 on / off: {:.2}× (the issue asks for at most 1.15×)",
+        p99_on.as_secs_f64() / p99_off.as_secs_f64().max(1e-9)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let Ok(base) = std::env::var("CIRCLE_BENCH_DATABASE_URL") else {
@@ -138,33 +263,13 @@ async fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(60),
     );
-    let admin = format!("admin-{}", uuid::Uuid::new_v4().simple());
-    let mut settings = Settings::load(
-        None,
-        Overrides {
-            listen: Some("127.0.0.1:0".into()),
-            database_url: Some(support::fresh_schema(&base, "bench_http").await.0),
-            admin_token: Some(admin.clone()),
-            master_key: Some(Vault::generate_master_key()),
-            ..Overrides::default()
-        },
-    )
-    .expect("settings");
-    settings.log = "warn".into();
-    let app = Application::build(&settings).await.expect("build Circle");
-    let address = app.local_addr().expect("address");
-    tokio::spawn(app.run(std::future::pending()));
-    let client = Arc::new(Client {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .expect("HTTP client"),
-        base: format!("http://{address}"),
-        admin,
-    });
-    println!("\n5. the HTTP path: SRS feedback on {GROUPS} groups, {run_for:?} per point");
-    client.setup().await;
-    for connections in [8, 32] {
-        run(client.clone(), connections, run_for).await;
+    if std::env::var_os("CIRCLE_BENCH_READS_ONLY").is_none() {
+        println!("\n5. the HTTP path: SRS feedback on {GROUPS} groups, {run_for:?} per point");
+        let client = serve(&base, true).await;
+        client.setup().await;
+        for connections in [8, 32] {
+            run(client.clone(), connections, run_for).await;
+        }
     }
+    access_log_overhead(&base).await;
 }

@@ -11,8 +11,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log::AccessLog;
 use crate::appender::Appender;
-use crate::as_of::{self, AsOfLimit};
+use crate::as_of::AsOfLimit;
 use crate::audit::note::Signer;
 use crate::audit::tree::{CheckpointPolicy, Checkpointer};
 use crate::auth::{Authenticator, Role};
@@ -38,9 +39,6 @@ pub struct Application {
     /// Set when no admin token was configured and one was generated at start.
     pub generated_admin_token: Option<String>,
 }
-
-/// How often the leader brings the `as_of` snapshots up to the head of the log.
-const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 
 impl Settings {
     pub fn alert_rules(&self) -> AlertRules {
@@ -290,8 +288,8 @@ impl Application {
     /// | task | stage | ends unexpectedly | required for `/readyz` |
     /// |---|---|---|---|
     /// | `appender` | writers | stop the process (commands cannot commit) | yes |
+    /// | `access-log` | writers | restart with backoff (reads of client data answer 503 meanwhile) | yes |
     /// | `projector` | followers | restart with backoff | yes |
-    /// | `as-of-snapshots` | followers | restart with backoff | no: `as_of` folds further |
     /// | `nats-publisher` | followers | restart with backoff | no: NATS may be down |
     /// | `nats-service` | followers | restart with backoff | no |
     /// | `leader-lease` | lease | restart with backoff | no: followers serve anyway |
@@ -321,6 +319,25 @@ impl Application {
             },
         );
 
+        let access_log = if settings.access_log {
+            let (access_log, worker) = AccessLog::new(store.clone());
+            let worker = Arc::new(Mutex::new(worker));
+            supervisor.spawn(
+                "access-log",
+                Stage::Writers,
+                OnExit::Restart,
+                true,
+                move |stop| {
+                    let worker = worker.clone();
+                    async move { worker.lock().await.run(stop).await }
+                },
+            );
+            access_log
+        } else {
+            tracing::warn!("the access log is off: reads of client data are not recorded");
+            AccessLog::off()
+        };
+
         let (campaign, leadership) = Campaign::new(
             store.clone(),
             Duration::from_millis(settings.leader_lease_ttl_ms),
@@ -349,6 +366,7 @@ impl Application {
             metrics.clone(),
             committed_positions.clone(),
             leadership.clone(),
+            settings.as_of_snapshot_every_events,
         )
         .await
         .context("starting the reports projection")?;
@@ -359,34 +377,6 @@ impl Application {
             true,
             move |stop| follower.clone().run(stop),
         );
-        let (snapshot_store, snapshot_leadership, rules, every) = (
-            store.clone(),
-            leadership.clone(),
-            settings.alert_rules(),
-            settings.as_of_snapshot_every_events,
-        );
-        supervisor.spawn(
-            "as-of-snapshots",
-            Stage::Followers,
-            OnExit::Restart,
-            false,
-            move |stop| {
-                let (store, leadership) = (snapshot_store.clone(), snapshot_leadership.clone());
-                async move {
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(SNAPSHOT_EVERY) => {}
-                        }
-                        // One writer is enough; a second would write the same snapshots.
-                        if leadership.fence().is_some() {
-                            as_of::write_snapshots(&store, rules, every).await?;
-                        }
-                    }
-                }
-            },
-        );
-
         let signer = audit_signer(settings)?.map(Arc::new);
         let (checkpoints, _) = tokio::sync::watch::channel(None);
         if let Some(signer) = &signer {
@@ -494,6 +484,7 @@ impl Application {
             ),
             auth: Authenticator::new(store.clone()),
             audit_key: signer.as_ref().map(|s| s.verifier_key()),
+            access_log,
             store,
             commands,
             vault,

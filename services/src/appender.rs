@@ -90,44 +90,53 @@ impl Appender {
     }
 }
 
+/// Waits for the next queued item, then gathers into `batch` what else is queued,
+/// giving senders that are about to submit a few scheduler turns as long as that
+/// keeps bringing more (without this, writers settle into two half-size alternating
+/// batches), up to `max`. On `stop` the queue refuses new items and what is already
+/// queued still arrives; `false` once it is closed and empty. Shared by the appender
+/// and the access log's writer.
+pub(crate) async fn gather<T>(
+    incoming: &mut mpsc::Receiver<T>,
+    stop: &CancellationToken,
+    max: usize,
+    batch: &mut Vec<T>,
+) -> bool {
+    let first = loop {
+        tokio::select! {
+            biased;
+            first = incoming.recv() => break first,
+            // Senders now get an error at once; what is queued still arrives.
+            _ = stop.cancelled(), if !incoming.is_closed() => incoming.close(),
+        }
+    };
+    let Some(first) = first else {
+        return false;
+    };
+    batch.push(first);
+    let mut idle_turns = 0;
+    while batch.len() < max && idle_turns < GATHER_TURNS {
+        match incoming.try_recv() {
+            Ok(item) => {
+                batch.push(item);
+                idle_turns = 0;
+            }
+            Err(_) => {
+                idle_turns += 1;
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    true
+}
+
 impl AppendWorker {
     /// Commits until `stop`; then refuses new appends, commits those already
     /// queued, and returns. Nothing acknowledged is left behind.
     pub async fn run(&mut self, stop: CancellationToken) -> anyhow::Result<()> {
-        let mut appends = Vec::with_capacity(self.max_batch);
-        let mut replies = Vec::with_capacity(self.max_batch);
-        loop {
-            let first = tokio::select! {
-                biased;
-                first = self.incoming.recv() => first,
-                _ = stop.cancelled(), if !self.incoming.is_closed() => {
-                    // Senders now get an error at once; what is queued still arrives.
-                    self.incoming.close();
-                    continue;
-                }
-            };
-            let Some((append, reply)) = first else {
-                return Ok(());
-            };
-            appends.push(append);
-            replies.push(reply);
-            // Gather: take what is queued, then give writers that are about to
-            // submit a few scheduler turns, as long as that keeps bringing more.
-            // Without this, writers settle into two half-size alternating batches.
-            let mut idle_turns = 0;
-            while appends.len() < self.max_batch && idle_turns < GATHER_TURNS {
-                match self.incoming.try_recv() {
-                    Ok((append, reply)) => {
-                        appends.push(append);
-                        replies.push(reply);
-                        idle_turns = 0;
-                    }
-                    Err(_) => {
-                        idle_turns += 1;
-                        tokio::task::yield_now().await;
-                    }
-                }
-            }
+        let mut queued = Vec::with_capacity(self.max_batch);
+        while gather(&mut self.incoming, &stop, self.max_batch, &mut queued).await {
+            let (appends, replies): (Vec<Append>, Vec<Reply>) = queued.drain(..).unzip();
             self.metrics.appender_queue_depth(self.incoming.len());
             let outcomes = self.commit(&appends).await;
             let newest = outcomes
@@ -146,11 +155,11 @@ impl AppendWorker {
             {
                 self.disk_full.store(true, Ordering::Relaxed);
             }
-            for (reply, outcome) in replies.drain(..).zip(outcomes) {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome);
             }
-            appends.clear();
         }
+        Ok(())
     }
 
     /// One result per append: the batch in one transaction, or, if that fails, each

@@ -3,12 +3,17 @@
 //!
 //! - [`AsOfLimit`] bounds how many such folds run at once; the rest are told to come
 //!   back (503 with `Retry-After`) instead of queueing on two cores.
-//! - Snapshots: [`write_snapshots`] keeps the fold of every event up to a position,
-//!   every N events, with the latest `recorded_at` among them. [`practice_as_of`]
+//! - Snapshots: the projector keeps the fold of every event up to a position, every
+//!   N events ([`Snapshots`]), with the latest `recorded_at` among them (the state's
+//!   own `max_recorded_at`). [`practice_as_of`]
 //!   starts from the newest snapshot whose events were all recorded by `as_of`, then
 //!   folds the rest with the usual `recorded_at <= as_of` filter. Because every event
 //!   in such a snapshot passes that filter, the answer is the one a fold from
 //!   position 0 would give.
+//!
+//! - When the live reports already are the practice as of that time (an `as_of` at
+//!   or after everything they folded, with nothing later recorded by then), they
+//!   answer without a fold ([`live_position_as_of`]).
 //!
 //! Snapshots are a cache: one that cannot be read, or was made under other alert
 //! rules, is ignored and the fold starts from position 0.
@@ -19,8 +24,8 @@ use chrono::{DateTime, Utc};
 use circle_projections::practice::{AlertRules, Practice};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::projector::{self, fact, ProjectionError};
-use crate::store::{Snapshot, Store};
+use crate::projector::{self, LiveReports, ProjectionError};
+use crate::store::{LogRange, Snapshot, Store, Stretch};
 
 const PAGE: i64 = 10_000;
 
@@ -65,55 +70,141 @@ pub async fn practice_as_of(
         .await?
         .and_then(|snapshot| restore(&snapshot, rules))
         .unwrap_or_else(|| Practice::new(rules));
-    projector::fold(store, &mut practice, Some(as_of), |_, _| {}).await?;
+    let ranges = store.snapshot_ranges(practice.position).await?;
+    for (after, upto) in stretches_to_read(practice.position, &ranges, as_of) {
+        let mut cursor = after;
+        loop {
+            let stretch = Stretch {
+                after: cursor,
+                upto,
+                until: as_of,
+                limit: PAGE,
+            };
+            let page = store.read_raw_until(stretch).await?;
+            let Some(last) = page.last().map(|e| e.position) else {
+                break;
+            };
+            for raw in page {
+                practice.apply(&projector::fact(raw)?);
+            }
+            cursor = last;
+        }
+    }
     Ok(practice)
 }
 
-/// Brings the snapshots up to the head of the log: from the newest one, folds
-/// forward and keeps a snapshot every `every` events. For whoever drives the
-/// projections (after a checkpoint, or on a timer); returns how many were written.
-pub async fn write_snapshots(
+/// The stretches `(after, upto]` of the log beyond `from` that may hold events
+/// recorded by `as_of`: all of it but the stretches a snapshot row vouches were
+/// recorded after then.
+fn stretches_to_read(
+    from: i64,
+    ranges: &[(i64, LogRange)],
+    as_of: DateTime<Utc>,
+) -> Vec<(i64, i64)> {
+    let mut stretches = Vec::new();
+    let mut cursor = from;
+    for &(position, range) in ranges {
+        if position <= cursor || range.min_recorded_at <= as_of {
+            continue;
+        }
+        // Read up to where the skipped stretch starts (rows may overlap: each one's
+        // minimum holds for any part of its stretch).
+        if range.after > cursor {
+            stretches.push((cursor, range.after));
+        }
+        cursor = position;
+    }
+    stretches.push((cursor, i64::MAX));
+    stretches
+}
+
+/// Whether the live reports are exactly the practice as of `as_of`: every event they
+/// folded was recorded by then and none after them was. Returns the position to check
+/// under the read lock (the state may move on meanwhile), or `None` to fold instead.
+/// An `as_of` at the head of the log then costs no fold at all.
+pub async fn live_position_as_of(
+    live: &LiveReports,
     store: &Store,
-    rules: AlertRules,
-    every: i64,
-) -> Result<usize, ProjectionError> {
-    let every = every.max(1);
-    let latest = store.latest_snapshot(None).await?;
-    let (mut practice, mut max_recorded_at) = match latest
-        .as_ref()
-        .and_then(|snapshot| Some((restore(snapshot, rules)?, snapshot.max_recorded_at)))
+    as_of: DateTime<Utc>,
+) -> Result<Option<i64>, ProjectionError> {
+    if live.rebuilding() {
+        return Ok(None);
+    }
+    let (position, covered) =
+        live.read(|p| (p.position, p.max_recorded_at.is_none_or(|m| m <= as_of)));
+    if !covered
+        || !store
+            .read_raw_until(Stretch {
+                after: position,
+                upto: i64::MAX,
+                until: as_of,
+                limit: 1,
+            })
+            .await?
+            .is_empty()
     {
-        Some((practice, max)) => (practice, Some(max)),
-        None => (Practice::new(rules), None),
-    };
-    let mut last_kept = practice.position;
-    let mut written = 0;
-    loop {
-        let page = store.read_raw(practice.position, PAGE).await?;
-        if page.is_empty() {
-            return Ok(written);
+        return Ok(None);
+    }
+    Ok(Some(position))
+}
+
+/// Keeps a snapshot of the fold it is shown at every multiple of `every` events.
+/// The projector shows it its own state as it folds (following or rebuilding), so
+/// snapshots cost no second fold and no second state. Each one also says when the
+/// events since the previous one were recorded at the earliest ([`LogRange`]).
+#[derive(Clone, Debug)]
+pub struct Snapshots {
+    every: i64,
+    next: i64,
+    range_after: i64,
+    range_min: Option<DateTime<Utc>>,
+}
+
+impl Snapshots {
+    /// For a fold now at `position`.
+    pub fn new(every: i64, position: i64) -> Snapshots {
+        let every = every.max(1);
+        Snapshots {
+            every,
+            next: (position / every + 1) * every,
+            range_after: position,
+            range_min: None,
         }
-        for raw in page {
-            let recorded_at = raw.recorded_at;
-            max_recorded_at = Some(max_recorded_at.map_or(recorded_at, |m| m.max(recorded_at)));
-            practice.apply(&fact(raw)?);
-            if practice.position - last_kept < every {
-                continue;
-            }
-            let Some(max_recorded_at) = max_recorded_at else {
-                continue;
-            };
-            let state = serde_json::to_string(&practice).map_err(ProjectionError::State)?;
-            store
-                .save_snapshot(&Snapshot {
-                    position: practice.position,
-                    max_recorded_at,
-                    state,
-                })
-                .await?;
-            last_kept = practice.position;
-            written += 1;
+    }
+
+    pub fn every(&self) -> i64 {
+        self.every
+    }
+
+    /// The fold has just applied an event recorded at `recorded_at`, reaching
+    /// `practice.position`: the snapshot due there, if any and if `keep` (only the
+    /// leader keeps them; the others just follow along).
+    pub fn due(
+        &mut self,
+        practice: &Practice,
+        recorded_at: DateTime<Utc>,
+        keep: bool,
+    ) -> Result<Option<Snapshot>, ProjectionError> {
+        self.range_min = Some(self.range_min.map_or(recorded_at, |m| m.min(recorded_at)));
+        if practice.position < self.next {
+            return Ok(None);
         }
+        self.next = (practice.position / self.every + 1) * self.every;
+        let range = self.range_min.take().map(|min_recorded_at| LogRange {
+            after: self.range_after,
+            min_recorded_at,
+        });
+        self.range_after = practice.position;
+        let Some(max_recorded_at) = practice.max_recorded_at.filter(|_| keep) else {
+            return Ok(None);
+        };
+        let state = serde_json::to_string(practice).map_err(ProjectionError::State)?;
+        Ok(Some(Snapshot {
+            position: practice.position,
+            max_recorded_at,
+            state,
+            range,
+        }))
     }
 }
 
@@ -148,5 +239,71 @@ mod tests {
         );
         drop(first);
         assert!(limit.try_enter().is_ok());
+    }
+
+    fn at(position: i64, seconds: i64) -> Practice {
+        Practice {
+            position,
+            max_recorded_at: DateTime::from_timestamp(seconds, 0),
+            ..Practice::new(AlertRules::default())
+        }
+    }
+
+    #[test]
+    fn snapshots_fall_due_at_each_multiple_passed_and_carry_the_latest_recording_time() {
+        let t = |seconds| DateTime::from_timestamp(seconds, 0).unwrap();
+        let mut snapshots = Snapshots::new(10, 3);
+        assert!(snapshots.due(&at(9, 100), t(100), true).unwrap().is_none());
+        let kept = snapshots.due(&at(10, 90), t(80), true).unwrap().unwrap();
+        assert_eq!(kept.position, 10);
+        assert_eq!(kept.max_recorded_at.timestamp(), 90);
+        // Every event it saw since it started (at 3), at the earliest.
+        assert_eq!(
+            kept.range,
+            Some(LogRange {
+                after: 3,
+                min_recorded_at: t(80)
+            })
+        );
+        let back: Practice = serde_json::from_str(&kept.state).unwrap();
+        assert_eq!(back, at(10, 90));
+        assert!(snapshots.due(&at(19, 100), t(120), true).unwrap().is_none());
+        // A fold that jumps past a multiple keeps one where it landed.
+        let kept = snapshots.due(&at(25, 100), t(110), true).unwrap().unwrap();
+        assert_eq!((kept.position, kept.range.unwrap().after), (25, 10));
+        assert_eq!(kept.range.unwrap().min_recorded_at, t(110));
+        // A follower keeps none, but its ranges start afresh all the same.
+        assert!(snapshots
+            .due(&at(30, 100), t(130), false)
+            .unwrap()
+            .is_none());
+        let kept = snapshots.due(&at(40, 100), t(140), true).unwrap().unwrap();
+        assert_eq!(kept.range.unwrap().after, 30);
+    }
+
+    #[test]
+    fn an_as_of_fold_reads_all_but_the_stretches_recorded_after_it() {
+        let t = |seconds| DateTime::from_timestamp(seconds, 0).unwrap();
+        let range = |after, seconds| LogRange {
+            after,
+            min_recorded_at: t(seconds),
+        };
+        let ranges = [
+            (10, range(0, 50)),
+            (20, range(10, 100)),
+            (30, range(20, 150)),
+            // Written after a restart: its stretch starts at the checkpoint.
+            (45, range(35, 200)),
+            (50, range(45, 90)),
+        ];
+        assert_eq!(
+            stretches_to_read(10, &ranges, t(120)),
+            vec![(10, 20), (30, 35), (45, i64::MAX)]
+        );
+        assert_eq!(
+            stretches_to_read(0, &ranges, t(10)),
+            vec![(30, 35), (50, i64::MAX)]
+        );
+        assert_eq!(stretches_to_read(60, &ranges, t(10)), vec![(60, i64::MAX)]);
     }
 }

@@ -99,6 +99,15 @@ impl Authenticator {
         self.care_teams.groups_of_client(client_id).await
     }
 
+    /// Whether a clinician facilitates a group, from the same index.
+    pub async fn clinician_facilitates(
+        &self,
+        clinician_id: &str,
+        group_id: &str,
+    ) -> Result<bool, LoadError> {
+        self.care_teams.facilitates(clinician_id, group_id).await
+    }
+
     /// Where a goal lives (its client and group), from the same index.
     pub async fn goal_home(
         &self,

@@ -58,6 +58,13 @@ impl CareTeamIndex {
         Ok(teams.groups_of_client(client_id))
     }
 
+    /// Whether `clinician_id` facilitates `group_id`, as of everything committed
+    /// before this call.
+    pub async fn facilitates(&self, clinician_id: &str, group_id: &str) -> Result<bool, LoadError> {
+        let teams = self.current().await?;
+        Ok(teams.facilitates(clinician_id, group_id))
+    }
+
     /// Where a goal lives, as of everything committed before this call.
     pub async fn goal_home(&self, goal_id: &str) -> Result<Option<GoalHome>, LoadError> {
         let teams = self.current().await?;

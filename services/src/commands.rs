@@ -268,6 +268,16 @@ impl CommandService {
         let answer = Answer::of(&command, aggregate_id);
         let slot = repository.slot(aggregate_id);
         let mut cached = slot.lock().await;
+        if cached.is_none() {
+            repository.catch_up(aggregate_id, &mut cached).await?;
+        }
+        // Authorized before the replay lookup: a caller who may not act here learns
+        // nothing from the idempotency records.
+        if let Some(current) = cached.as_ref() {
+            if !allowed(&current.aggregate) {
+                return Err(CommandError::Forbidden);
+            }
+        }
         // Checked under the aggregate's lock: a retry racing its original waits for
         // it here and then gets its answer, instead of being decided a second time.
         if let Some(idem) = &ctx.idempotency {
@@ -279,9 +289,6 @@ impl CommandService {
             if let Some(stored) = stored {
                 return replay_answer(idem, stored.request_hash, stored.status, stored.body);
             }
-        }
-        if cached.is_none() {
-            repository.catch_up(aggregate_id, &mut cached).await?;
         }
         for _attempt in 0..self.max_attempts {
             // One clone per attempt: it becomes the next state if the append commits.

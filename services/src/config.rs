@@ -71,6 +71,9 @@ pub struct Settings {
     pub audit_checkpoint_every_events: i64,
     /// ...or this long after the last one, whichever comes first (milliseconds).
     pub audit_checkpoint_every_ms: u64,
+    /// Record every disclosure of client data and every refusal (ARCHITECTURE.md,
+    /// "Privacy"). Off only to measure what it costs.
+    pub access_log: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]

@@ -6,6 +6,8 @@
 //! [`appender::Appender`] (group commit), the [`commands::CommandService`] and the
 //! [`http`] router from [`config::Settings`].
 
+pub mod access_log;
+pub mod alloc;
 pub mod app;
 pub mod appender;
 pub mod as_of;
@@ -21,6 +23,7 @@ pub mod errors;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod policy;
 pub mod projector;
 pub mod publisher;
 pub mod secret;

@@ -23,14 +23,18 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::as_of;
 use crate::errors::ErrorChain;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::store::{RawEvent, Store, StoreError};
+use crate::store::{RawEvent, Snapshot, Store, StoreError, Stretch};
 
 pub const REPORTS: &str = "reports";
 const PAGE: i64 = 10_000;
-const SAVE_EVERY_EVENTS: i64 = 20_000;
+/// A checkpoint is as big as the whole state: while catching up (full pages) it is
+/// saved only every so many events, not on the timer, or saving would take most of
+/// a rebuild's time. A restart re-folds at most that many.
+const SAVE_EVERY_EVENTS: i64 = 100_000;
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
@@ -86,25 +90,38 @@ pub fn fact(raw: RawEvent) -> Result<Fact, ProjectionError> {
 }
 
 /// Folds the log from `after` onto `practice`, page by page, keeping only events
-/// recorded up to `until` when given. `progress` sees (position, head) after each page.
+/// recorded up to `until` when given (filtered by the store, so the rest of the log is
+/// neither fetched nor decoded). `progress` sees (position, head) after each page.
 pub async fn fold(
     store: &Store,
     practice: &mut Practice,
     until: Option<DateTime<Utc>>,
     mut progress: impl FnMut(i64, i64),
 ) -> Result<(), ProjectionError> {
+    async fn read(store: &Store, after: i64, until: Option<DateTime<Utc>>) -> ReadResult {
+        match until {
+            Some(until) => {
+                let stretch = Stretch {
+                    after,
+                    upto: i64::MAX,
+                    until,
+                    limit: PAGE,
+                };
+                store.read_raw_until(stretch).await
+            }
+            None => store.read_raw(after, PAGE).await,
+        }
+    }
+    type ReadResult = Result<Vec<RawEvent>, StoreError>;
     let head = store.head_position().await?;
-    let mut page = store.read_raw(practice.position, PAGE).await?;
+    let mut page = read(store, practice.position, until).await?;
     while let Some(last) = page.last().map(|e| e.position) {
         // Fetch the next page while this one is decoded and applied.
         let next = {
             let store = store.clone();
-            tokio::spawn(async move { store.read_raw(last, PAGE).await })
+            tokio::spawn(async move { read(&store, last, until).await })
         };
         for raw in page {
-            if until.is_some_and(|t| raw.recorded_at > t) {
-                continue;
-            }
             practice.apply(&fact(raw)?);
         }
         progress(last, head.max(last));
@@ -117,7 +134,9 @@ pub async fn fold(
 
 /// Version of the stored checkpoint's form. Bump it when `Practice`'s serialized
 /// shape changes: a checkpoint of another format is rebuilt, never misread.
-pub const CHECKPOINT_FORMAT: u32 = 1;
+/// 2: the state records `max_recorded_at` (for the `as_of` snapshots taken from it),
+/// and its times (measures, sessions, alerts) as numbers.
+pub const CHECKPOINT_FORMAT: u32 = 2;
 
 /// The settings a projection's state depends on. A checkpoint records their digest;
 /// when they change, the state is rebuilt from position 0 with the new ones.
@@ -242,6 +261,7 @@ pub async fn start(
     metrics: Metrics,
     committed: watch::Receiver<i64>,
     leadership: Leadership,
+    snapshot_every: i64,
 ) -> Result<(Arc<LiveReports>, Follower), ProjectionError> {
     let digest = settings.digest();
     let (practice, stale) = match store.load_checkpoint(REPORTS).await? {
@@ -268,6 +288,7 @@ pub async fn start(
         store.head_position().await?,
         None,
     );
+    let snapshots = as_of::Snapshots::new(snapshot_every, practice.position);
     let (position, _) = watch::channel(practice.position);
     let live = Arc::new(LiveReports {
         practice: RwLock::new(practice),
@@ -282,6 +303,7 @@ pub async fn start(
         leadership,
         settings,
         digest,
+        snapshots,
     };
     Ok((live, follower))
 }
@@ -297,6 +319,8 @@ pub struct Follower {
     leadership: Leadership,
     settings: ProjectionSettings,
     digest: String,
+    /// `as_of` snapshots of the state built under the current settings.
+    snapshots: as_of::Snapshots,
 }
 
 impl Follower {
@@ -310,14 +334,28 @@ impl Follower {
             .live
             .rebuilding()
             .then(|| Practice::new(self.settings.alert_rules));
+        // A keeper sees every event of the fold it snapshots, from where it starts.
+        let every = self.snapshots.every();
+        self.snapshots = as_of::Snapshots::new(every, self.live.position());
+        let mut fresh_snapshots = as_of::Snapshots::new(every, 0);
         while !stop.is_cancelled() {
             let step = async {
-                let applied = step(&self.store, &self.live, &mut last_recorded_at).await?;
+                // Only the leader keeps snapshots, and only of the current settings' state.
+                let leading = self.leadership.fence().is_some();
+                let keep = leading && rebuild.is_none();
+                let applied = step(
+                    &self.store,
+                    &self.live,
+                    &mut last_recorded_at,
+                    (&mut self.snapshots, keep),
+                )
+                .await?;
                 if let Some(fresh) = rebuild.as_mut() {
                     // One page of the rebuild per step; the old state stays live.
-                    fold_page(&self.store, fresh).await?;
+                    fold_page(&self.store, fresh, (&mut fresh_snapshots, leading)).await?;
                     if fresh.position >= self.live.position() {
                         self.switch_over(rebuild.take().unwrap_or_default());
+                        self.snapshots = fresh_snapshots.clone();
                         saved_position = -1;
                     }
                 }
@@ -328,8 +366,11 @@ impl Follower {
             match step {
                 Ok(applied) => {
                     let position = self.live.position();
+                    let catching_up = applied as i64 >= PAGE;
                     let due = position - saved_position >= SAVE_EVERY_EVENTS
-                        || (position > saved_position && saved_at.elapsed() >= SAVE_EVERY);
+                        || (!catching_up
+                            && position > saved_position
+                            && saved_at.elapsed() >= SAVE_EVERY);
                     if due && rebuild.is_none() && self.save().await {
                         saved_position = position;
                         saved_at = Instant::now();
@@ -361,7 +402,16 @@ impl Follower {
             }
         }
         // Stopping: everything the appender drained is in the log; take it in and save.
-        while step(&self.store, &self.live, &mut last_recorded_at).await? > 0 {}
+        let keep = self.leadership.fence().is_some() && rebuild.is_none();
+        while step(
+            &self.store,
+            &self.live,
+            &mut last_recorded_at,
+            (&mut self.snapshots, keep),
+        )
+        .await?
+            > 0
+        {}
         if rebuild.is_none() && self.live.position() > saved_position {
             self.save().await;
         }
@@ -399,6 +449,8 @@ impl Follower {
                 .map_err(ProjectionError::from),
             Err(error) => Err(error),
         };
+        // The checkpoint's text was the size of the whole state: give it back.
+        crate::alloc::release_free_memory();
         match outcome {
             Ok(true) => {
                 self.metrics.checkpoint_saved(REPORTS);
@@ -427,35 +479,69 @@ impl Follower {
     }
 }
 
-/// Applies one page of new events; returns how many.
+/// Applies one page of new events, keeping the snapshots that fall due when told
+/// to; returns how many.
 async fn step(
     store: &Store,
     live: &LiveReports,
     last_recorded_at: &mut Option<DateTime<Utc>>,
+    snapshots: (&mut as_of::Snapshots, bool),
 ) -> Result<usize, ProjectionError> {
     let facts = read_facts(store, live.position()).await?;
     let Some(last) = facts.last() else {
         return Ok(0);
     };
     let (position, recorded_at) = (last.position, last.recorded_at);
-    {
+    let due = {
         let mut practice = live.practice.write().unwrap_or_else(|p| p.into_inner());
-        for fact in &facts {
-            practice.apply(fact);
-        }
-    }
+        apply_page(&mut practice, &facts, snapshots)
+    };
     *last_recorded_at = Some(recorded_at);
     live.position.send_replace(position);
+    save_snapshots(store, due?).await?;
     Ok(facts.len())
 }
 
 /// Applies one page of the log beyond `practice.position`; returns how many.
-async fn fold_page(store: &Store, practice: &mut Practice) -> Result<usize, ProjectionError> {
+async fn fold_page(
+    store: &Store,
+    practice: &mut Practice,
+    snapshots: (&mut as_of::Snapshots, bool),
+) -> Result<usize, ProjectionError> {
     let facts = read_facts(store, practice.position).await?;
-    for fact in &facts {
-        practice.apply(fact);
-    }
+    let due = apply_page(practice, &facts, snapshots)?;
+    save_snapshots(store, due).await?;
     Ok(facts.len())
+}
+
+/// Applies `facts`, taking the snapshots that fall due on the way (at their exact
+/// positions, so they do not depend on how the log was paged).
+fn apply_page(
+    practice: &mut Practice,
+    facts: &[Fact],
+    (snapshots, keep): (&mut as_of::Snapshots, bool),
+) -> Result<Vec<Snapshot>, ProjectionError> {
+    let mut due = Vec::new();
+    for fact in facts {
+        if fact.position <= practice.position {
+            continue;
+        }
+        practice.apply(fact);
+        due.extend(snapshots.due(practice, fact.recorded_at, keep)?);
+    }
+    Ok(due)
+}
+
+async fn save_snapshots(store: &Store, due: Vec<Snapshot>) -> Result<(), ProjectionError> {
+    if due.is_empty() {
+        return Ok(());
+    }
+    for snapshot in &due {
+        store.save_snapshot(snapshot).await?;
+    }
+    drop(due);
+    crate::alloc::release_free_memory();
+    Ok(())
 }
 
 /// One page of the log after `after`, decoded whole before anything is applied.
@@ -532,7 +618,7 @@ mod tests {
         let practice = Practice::new(AlertRules::default());
         let text = write_checkpoint(&practice, "d1g3st").unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["format"], 1);
+        assert_eq!(value["format"], 2);
         assert_eq!(value["settings"], "d1g3st");
         assert_eq!(value["state"]["position"], 0);
         assert_eq!(value["state"]["rules"]["consecutive_absences"], 2);

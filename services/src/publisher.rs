@@ -41,6 +41,7 @@ use crate::errors::ErrorChain;
 use crate::http::Reporting;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
+use crate::policy::{self, Action, Resource, View};
 use crate::projector::LiveReports;
 use crate::store::{Fence, RecordedEvent, Store};
 
@@ -706,6 +707,24 @@ fn answer(
     } else {
         serde_json::from_slice(payload).map_err(|e| service_error(400, &format!("request: {e}")))?
     };
+    // NATS carries no token: every requester is a reporting job, and the policy
+    // gives reporters the aggregate form, which is the only form built below.
+    let requester = crate::auth::Principal {
+        role: crate::auth::Role::Reporter,
+        clinician_id: None,
+        actor_id: "nats".to_string(),
+        token_id: String::new(),
+    };
+    match policy::check(&requester, Action::ReadReport, Resource::Practice) {
+        Ok(View::Aggregate) => {}
+        Ok(_) => {
+            return Err(service_error(
+                403,
+                "only the aggregate form is served on NATS",
+            ))
+        }
+        Err(denial) => return Err(service_error(403, &denial.reason)),
+    }
     let k = reporting.reporter_min_count;
     reports.read(|practice| {
         let now = Utc::now();

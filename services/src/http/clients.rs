@@ -14,11 +14,12 @@ use utoipa::ToSchema;
 
 use super::extract::{whole_or_none, Caller, Ids};
 use super::groups::{parse_items, WriteResponse};
-use super::write::{Write, Writer, WRITERS};
-use super::{new_id, AppState, Problem, READERS};
-use crate::auth::Role;
+use super::guard::{authorize_client, disclose};
+use super::write::{Write, Writer};
+use super::{new_id, AppState, Problem};
 use crate::commands::CommandContext;
 use crate::crypto::PersonalData;
+use crate::policy::{Action, View};
 use crate::store::{ClientKey, KeyAction};
 
 pub(super) const MAX_PERSONAL_FIELD: usize = 200;
@@ -34,39 +35,6 @@ pub struct RegisterClientRequest {
     birth_year: Option<i32>,
     /// Stored encrypted with the client's own key.
     contact: Option<String>,
-}
-
-/// Whether a clinician facilitates a group this client is or was a member of
-/// (answered by an index kept from the log, see [`crate::care_teams`]).
-async fn clinician_knows_client(
-    state: &AppState,
-    caller: &Caller,
-    client_id: &str,
-) -> Result<bool, Problem> {
-    let Some(clinician) = caller.0.clinician_id.as_ref() else {
-        return Ok(false);
-    };
-    Ok(state
-        .auth
-        .clinician_knows_client(clinician, client_id)
-        .await?)
-}
-
-/// Admins always; clinicians for clients in their groups; auditors only to read.
-pub(super) async fn require_client_access(
-    state: &AppState,
-    caller: &Caller,
-    client_id: &str,
-    roles: &[Role],
-) -> Result<(), Problem> {
-    caller.require(roles)?;
-    if caller.0.role == Role::Clinician && !clinician_knows_client(state, caller, client_id).await?
-    {
-        return Err(Problem::forbidden(
-            "this client is not a member of a group you facilitate",
-        ));
-    }
-    Ok(())
 }
 
 fn check_personal(request: &RegisterClientRequest) -> Result<PersonalData, Problem> {
@@ -108,7 +76,6 @@ pub async fn register_client(
     State(state): State<AppState>,
     Write { body, writer, .. }: Write<(), RegisterClientRequest>,
 ) -> Result<Response, Problem> {
-    writer.caller.require(WRITERS)?;
     let client_id: ClientId = body.client_id.clone().unwrap_or_else(|| new_id("cli"));
     let personal = check_personal(&body)?;
     let key = state.vault.new_client_key(client_id.as_str());
@@ -167,8 +134,7 @@ pub async fn erase_client(
     State(state): State<AppState>,
     Write { ids, body, writer }: Write<ClientId, ErasureRequest>,
 ) -> Result<Response, Problem> {
-    // Admins only, before anything is written.
-    writer.caller.require(&[Role::Admin])?;
+    // The policy's guard has let only admins through, before anything is written.
     end_memberships(&state, &writer, ids.as_str()).await?;
     let command = ClientCommand::EraseClient {
         reason: body.reason,
@@ -300,15 +266,15 @@ pub async fn get_client(
     State(state): State<AppState>,
     caller: Caller,
     Ids(client_id): Ids<ClientId>,
-) -> Result<Json<ClientView>, Problem> {
+) -> Result<Response, Problem> {
     let client_id = String::from(client_id);
-    require_client_access(&state, &caller, &client_id, READERS).await?;
+    let view = authorize_client(&state, &caller, Action::ReadClient, &client_id).await?;
     let cached = state.clients.load(&client_id).await?;
     let client: Client = cached.aggregate;
     if !client.exists() {
         return Err(Problem::not_found("client not found"));
     }
-    let sees_personal = matches!(caller.0.role, Role::Admin | Role::Clinician);
+    let sees_personal = view == View::Full;
     let key = state.store.client_key(&client_id).await?;
     let erased = client.erased.is_some() || key == ClientKey::Destroyed;
     let personal = match (&client.personal, key, sees_personal) {
@@ -323,7 +289,8 @@ pub async fn get_client(
         }
         _ => None,
     };
-    Ok(Json(ClientView {
+    let disclosed = vec![client_id.clone()];
+    let view = Json(ClientView {
         client_id,
         erased,
         consents: client.consents.into_iter().collect(),
@@ -331,5 +298,6 @@ pub async fn get_client(
         measures_recorded: client.measures_recorded,
         version: cached.version,
         position: cached.last_position,
-    }))
+    });
+    Ok(disclose(view, disclosed))
 }

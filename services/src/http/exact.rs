@@ -12,9 +12,12 @@ use circle_events::group::{
 use circle_events::instruments::Catalogue;
 use serde_json::{json, Map, Value};
 
+use super::access::MAX_LIMIT as MAX_ACCESS_LIMIT;
 use super::clients::MAX_PERSONAL_FIELD;
 use super::goals::MAX_GOAL_TITLE;
 use super::groups::MAX_SESSIONS_LIMIT;
+use super::guard::PURPOSE;
+use crate::access_log::{MAX_PURPOSE, PURPOSE_PATTERN};
 
 /// Text with at least one character that is not white space, and no control
 /// character but tab, line feed and carriage return (`JsonBody` refuses those, and a
@@ -39,7 +42,37 @@ pub fn constrain(doc: &mut Value) {
     dates(doc);
     schemas(doc);
     parameters(doc);
+    purpose(doc);
     statuses(doc);
+}
+
+/// `Circle-Purpose` on every operation that takes a token: recorded in the access
+/// log with what the caller sees.
+fn purpose(doc: &mut Value) {
+    let Some(Value::Object(paths)) = doc.get_mut("paths") else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        if path == "/api/v1/openapi.json" {
+            continue;
+        }
+        let Value::Object(methods) = item else {
+            continue;
+        };
+        for op in methods.values_mut() {
+            let header = json!({
+                "name": PURPOSE,
+                "in": "header",
+                "required": false,
+                "description": "Why the caller asks, recorded in the access log.",
+                "schema": {"type": "string", "maxLength": MAX_PURPOSE, "pattern": PURPOSE_PATTERN},
+            });
+            match op.get_mut("parameters") {
+                Some(Value::Array(params)) => params.push(header),
+                _ => op["parameters"] = json!([header]),
+            }
+        }
+    }
 }
 
 /// Every `date` and `date-time` in the description is one the calendar takes.
@@ -265,6 +298,19 @@ fn parameters(doc: &mut Value) {
         }
     }
     audit_parameters(doc);
+    if let Some(Value::Array(params)) =
+        doc["paths"]["/api/v1/audit/access"]["get"].get_mut("parameters")
+    {
+        for param in params {
+            let extra = match param["name"].as_str() {
+                Some("from" | "to") => json!({"format": "date-time", "pattern": TIME_PATTERN}),
+                Some("after") => json!({"minimum": 0}),
+                Some("limit") => json!({"minimum": 1, "maximum": MAX_ACCESS_LIMIT}),
+                _ => continue,
+            };
+            merge(param.get_mut("schema"), extra);
+        }
+    }
     let group = &mut doc["paths"]["/api/v1/groups/{group_id}"]["get"]["parameters"];
     if let Value::Array(params) = group {
         for param in params {
@@ -358,13 +404,10 @@ fn statuses(doc: &mut Value) {
                 continue;
             };
             responses.remove("4XX");
-            let has_params = op_has_params(path);
             let mut codes: Vec<u16> = vec![503];
             if path != "/api/v1/openapi.json" {
-                codes.extend([401, 403]);
-                if has_params || method == "post" {
-                    codes.push(400);
-                }
+                // 400 for a bad Circle-Purpose, if nothing else.
+                codes.extend([400, 401, 403]);
             }
             if method == "post" {
                 codes.extend([404, 409, 413, 415, 422]);
@@ -399,10 +442,6 @@ fn statuses(doc: &mut Value) {
 
 fn op_is_report(path: &str) -> bool {
     path.starts_with("/api/v1/reports") || path == "/api/v1/alerts"
-}
-
-fn op_has_params(path: &str) -> bool {
-    path.contains('{') || op_is_report(path)
 }
 
 fn problem(code: u16) -> Value {

@@ -16,15 +16,27 @@ use uuid::Uuid;
 
 use super::problem::Problem;
 use super::AppState;
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 
-/// The authenticated caller.
+/// The authenticated caller: put in the request by the router's guard, which
+/// authenticates every route that needs a token.
+#[derive(Clone)]
 pub struct Caller(pub Principal);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        match parts.extensions.get::<Caller>() {
+            Some(caller) => Ok(caller.clone()),
+            None => Caller::authenticate(parts, state).await,
+        }
+    }
+}
+
+impl Caller {
+    /// The principal of the request's bearer token (401 without a known one).
+    pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Problem> {
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -36,19 +48,6 @@ impl FromRequestParts<AppState> for Caller {
         match state.auth.principal(token).await? {
             Some(principal) => Ok(Caller(principal)),
             None => Err(Problem::unauthorized()),
-        }
-    }
-}
-
-impl Caller {
-    pub fn require(&self, roles: &[Role]) -> Result<(), Problem> {
-        if roles.contains(&self.0.role) {
-            Ok(())
-        } else {
-            Err(Problem::forbidden(format!(
-                "the {} role may not do this",
-                self.0.role.as_str()
-            )))
         }
     }
 }
@@ -300,6 +299,19 @@ pub fn whole_or_none<'de, D: Deserializer<'de>, T: TryFrom<i64>>(
     #[derive(Deserialize)]
     struct Whole<T: TryFrom<i64>>(#[serde(deserialize_with = "whole")] T);
     Ok(Option::<Whole<T>>::deserialize(deserializer)?.map(|Whole(n)| n))
+}
+
+/// An RFC 3339 time with offset, within the calendar's span, from a query
+/// parameter; a refusal names `field`.
+pub(super) fn parse_time(
+    field: &str,
+    text: &str,
+) -> Result<chrono::DateTime<chrono::Utc>, Problem> {
+    let t = chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|_| Problem::bad_request(field, "must be an RFC 3339 time with offset"))?;
+    circle_events::calendar::check_time(&t)
+        .map_err(|reason| Problem::bad_request(field, reason))?;
+    Ok(t.with_timezone(&chrono::Utc))
 }
 
 /// Query parameters, refused as a problem naming the parameter.

@@ -16,8 +16,10 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::extract::{whole, whole_or_none};
-use super::write::{Write, WRITERS};
+use super::guard::authorize_client;
+use super::write::{Write, Writer};
 use super::{new_id, AppState, Problem};
+use crate::policy::Action;
 use crate::store::ClientKey;
 
 /// Longest goal title, in characters: a sentence, like other personal fields.
@@ -97,14 +99,18 @@ fn check_title(title: &str) -> Result<&str, Problem> {
     Ok(title)
 }
 
-/// The group a goal of this client lives in. A goal of another client is refused
-/// naming `goal_id`; a `group_id` the caller gave must agree.
+/// The group a goal of this client lives in, once the caller may write about the
+/// client (asked first, so a caller learns nothing of which goals exist). A goal of
+/// another client is refused naming `goal_id`; a `group_id` the caller gave must agree.
 async fn goal_group(
     state: &AppState,
+    writer: &Writer,
     client_id: &ClientId,
     goal_id: &GoalId,
     given_group: Option<&GroupId>,
 ) -> Result<GroupId, Problem> {
+    let client = client_id.as_str();
+    authorize_client(state, &writer.caller, Action::WriteClient, client).await?;
     let home = state
         .auth
         .goal_home(goal_id.as_str())
@@ -141,8 +147,8 @@ pub async fn set_goal(
     State(state): State<AppState>,
     Write { ids, body, writer }: Write<ClientId, SetGoalRequest>,
 ) -> Result<Response, Problem> {
-    // Before any lookup, so that a reader learns nothing of which goals exist.
-    writer.caller.require(WRITERS)?;
+    // Before any lookup, so that a caller learns nothing of which goals exist.
+    authorize_client(&state, &writer.caller, Action::WriteClient, ids.as_str()).await?;
     let title = check_title(&body.title)?;
     let group_id = body.group_id;
     let goal_id = body.goal_id.unwrap_or_else(|| new_id("goal"));
@@ -190,9 +196,9 @@ pub async fn check_in(
     State(state): State<AppState>,
     Write { ids, body, writer }: Write<(ClientId, GoalId), CheckInRequest>,
 ) -> Result<Response, Problem> {
-    writer.caller.require(WRITERS)?;
     let (client_id, goal_id) = ids;
-    let group_id = goal_group(&state, &client_id, &goal_id, body.group_id.as_ref()).await?;
+    let given_group = body.group_id.as_ref();
+    let group_id = goal_group(&state, &writer, &client_id, &goal_id, given_group).await?;
     let checked_in_at = match (&body.session_id, body.checked_in_at) {
         (None, None) => Some(Utc::now().fixed_offset()),
         (_, given) => given,
@@ -215,9 +221,8 @@ pub async fn close_goal(
     State(state): State<AppState>,
     Write { ids, body, writer }: Write<(ClientId, GoalId), CloseGoalRequest>,
 ) -> Result<Response, Problem> {
-    writer.caller.require(WRITERS)?;
     let (client_id, goal_id) = ids;
-    let group_id = goal_group(&state, &client_id, &goal_id, None).await?;
+    let group_id = goal_group(&state, &writer, &client_id, &goal_id, None).await?;
     let command = GroupCommand::CloseGoal {
         goal_id: goal_id.to_string(),
         client_id: client_id.to_string(),

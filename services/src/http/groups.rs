@@ -15,10 +15,11 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{whole, whole_or_none, Caller, Ids, Query};
+use super::guard::{allow, authorize_group, disclose};
 use super::write::Write;
-use super::{new_id, AppState, Problem, READERS};
-use crate::auth::Role;
+use super::{new_id, AppState, Problem};
 use crate::commands::Cached;
+use crate::policy::{Action, Resource};
 
 const DEFAULT_CAPACITY: u32 = 10;
 
@@ -377,16 +378,14 @@ impl GroupQuery {
     }
 }
 
+/// Whether the caller may read this group, by the policy.
 fn may_read_group(caller: &Caller, group: &Group) -> bool {
-    match caller.0.role {
-        Role::Admin | Role::Auditor => true,
-        Role::Clinician => caller
-            .0
-            .clinician_id
-            .as_ref()
-            .is_some_and(|id| group.facilitators.contains(id)),
-        Role::Reporter => false,
-    }
+    let facilitated = caller
+        .0
+        .clinician_id
+        .as_ref()
+        .is_some_and(|id| group.facilitators.contains(id));
+    allow(caller, Action::ReadGroup, Resource::Group { facilitated }).is_ok()
 }
 
 fn group_view(cached: Cached<Group>, page: &SessionPage) -> Result<GroupView, Problem> {
@@ -482,14 +481,14 @@ pub async fn get_group(
     caller: Caller,
     Ids(group_id): Ids<GroupId>,
     Query(query): Query<GroupQuery>,
-) -> Result<Json<GroupView>, Problem> {
-    caller.require(READERS)?;
+) -> Result<Response, Problem> {
+    authorize_group(&state, &caller, Action::ReadGroup, group_id.as_str()).await?;
     let page = query.page()?;
     let cached = state.groups.load(group_id.as_str()).await?;
-    if cached.aggregate.exists() && !may_read_group(&caller, &cached.aggregate) {
-        return Err(Problem::forbidden("this group is not one you facilitate"));
-    }
-    group_view(cached, &page).map(Json)
+    let view = group_view(cached, &page)?;
+    // Members and their attendance are client-level data.
+    let disclosed = view.members.iter().map(|m| m.client_id.clone()).collect();
+    Ok(disclose(Json(view), disclosed))
 }
 
 #[utoipa::path(get, path = "/api/v1/groups",
@@ -499,7 +498,6 @@ pub async fn list_groups(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<GroupSummary>>, Problem> {
-    caller.require(READERS)?;
     let mut summaries = Vec::new();
     for group_id in state
         .store

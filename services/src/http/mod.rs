@@ -1,15 +1,18 @@
 //! The HTTP API (`/api/v1`, described by the generated OpenAPI at `/api/v1/openapi.json`), health, readiness and metrics.
 //!
 //! Handlers are thin: a write parses its request into typed ids and a body, builds a
-//! command and runs it through the one write skeleton ([`write`]); a read checks the
-//! caller's role and answers a view. Every refusal is a [`Problem`].
+//! command and runs it through the one write skeleton ([`write`]); a read asks the
+//! access policy ([`crate::policy`], through [`guard`]) and answers a view. Every
+//! refusal is a [`Problem`].
 
+mod access;
 mod audit;
 mod clients;
 mod exact;
 mod extract;
 mod goals;
 mod groups;
+mod guard;
 pub mod openapi;
 mod problem;
 mod reports;
@@ -33,7 +36,7 @@ use tracing::Instrument;
 
 pub use problem::{FieldError, Problem};
 
-use crate::auth::{Authenticator, Role};
+use crate::auth::Authenticator;
 use crate::commands::{CommandService, Repository};
 use crate::crypto::Vault;
 use crate::errors::ErrorChain;
@@ -61,6 +64,7 @@ pub struct Services {
     pub groups: Repository<Group>,
     pub clients: Repository<Client>,
     pub auth: Authenticator,
+    pub access_log: crate::access_log::AccessLog,
     pub vault: Vault,
     pub metrics: Metrics,
     pub health: Health,
@@ -170,8 +174,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             get(tokens::list_tokens).post(tokens::create_token),
         )
         .route("/tokens/{token_id}/revocation", post(tokens::revoke_token))
+        .route("/audit/access", get(access::access_log))
         .route("/openapi.json", get(openapi::serve))
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), limit));
     Router::new()
         .nest("/api/v1", api)
@@ -315,5 +321,3 @@ fn new_id<I: TryFrom<String>>(prefix: &str) -> I {
         Err(_) => unreachable!("a prefix and hex digits make a valid id"),
     }
 }
-
-const READERS: &[Role] = &[Role::Admin, Role::Clinician, Role::Auditor];

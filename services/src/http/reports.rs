@@ -11,7 +11,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use circle_events::calendar;
 use circle_events::group::Focus;
 use circle_events::ids::GroupId;
 use circle_projections::practice::{Alert, Practice};
@@ -19,10 +18,12 @@ use circle_projections::reports::{self, ReporterForm, RetentionScope};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{Caller, Query};
+use super::extract::{parse_time, Caller, Query};
+use super::guard::{allow, authorize_group, client_ids_in, disclose};
 use super::{AppState, Problem};
 use crate::as_of;
-use crate::auth::Role;
+use crate::policy::{Action, Resource, View};
+use crate::projector::ProjectionError;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -50,13 +51,7 @@ impl ReportQuery {
     fn as_of(&self) -> Result<Option<DateTime<Utc>>, Problem> {
         self.as_of
             .as_deref()
-            .map(|t| {
-                let t = DateTime::parse_from_rfc3339(t).map_err(|_| {
-                    Problem::bad_request("as_of", "must be an RFC 3339 time with offset")
-                })?;
-                calendar::check_time(&t).map_err(|reason| Problem::bad_request("as_of", reason))?;
-                Ok(t.with_timezone(&Utc))
-            })
+            .map(|t| parse_time("as_of", t))
             .transpose()
     }
 
@@ -70,33 +65,21 @@ impl ReportQuery {
     }
 }
 
-/// Decides the caller's form: reporters always get the aggregate form; clinicians get
-/// full reports for groups they facilitate and the aggregate form for wider scopes.
+/// The caller's form, by the policy: the full report, or the aggregate form
+/// (reporters; clinicians for scopes wider than one group of theirs).
 async fn form_for(
     state: &AppState,
     caller: &Caller,
     group_id: Option<&str>,
 ) -> Result<Form, Problem> {
-    match caller.0.role {
-        Role::Admin | Role::Auditor => Ok(Form::Full),
-        Role::Reporter => Ok(Form::Reporter),
-        Role::Clinician => {
-            let Some(group_id) = group_id else {
-                return Ok(Form::Reporter);
-            };
-            let group = state.groups.load(group_id).await?.aggregate;
-            let facilitates = caller
-                .0
-                .clinician_id
-                .as_ref()
-                .is_some_and(|c| group.facilitators.contains(c));
-            if facilitates || !group.exists() {
-                Ok(Form::Full)
-            } else {
-                Err(Problem::forbidden("this group is not one you facilitate"))
-            }
-        }
-    }
+    let view = match group_id {
+        Some(group_id) => authorize_group(state, caller, Action::ReadReport, group_id).await?,
+        None => allow(caller, Action::ReadReport, Resource::Practice)?,
+    };
+    Ok(match view {
+        View::Full | View::Withheld => Form::Full,
+        View::Aggregate => Form::Reporter,
+    })
 }
 
 /// Runs `report` on the practice the query asks for: live (after waiting for
@@ -109,12 +92,29 @@ async fn with_practice<T>(
     if let Some(as_of) = query.as_of()? {
         // A fold costs memory and seconds: a bounded number at once, the rest 503.
         let _slot = state.as_of_limit.try_enter()?;
+        let unavailable = |error: ProjectionError| {
+            tracing::error!(error = %crate::errors::ErrorChain(&error), "folding the log for an as_of report");
+            Problem::unavailable()
+        };
+        let mut report = Some(report);
+        if let Some(position) = as_of::live_position_as_of(&state.reports, &state.store, as_of)
+            .await
+            .map_err(unavailable)?
+        {
+            // Unless the live state moved on since it was checked.
+            let answer = state.reports.read(|p| {
+                (p.position == position)
+                    .then(|| report.take().map(|report| report(p, as_of)))
+                    .flatten()
+            });
+            if let Some(answer) = answer {
+                return Ok(answer);
+            }
+        }
         let practice = as_of::practice_as_of(&state.store, state.reporting.alert_rules, as_of)
             .await
-            .map_err(|error| {
-                tracing::error!(error = %crate::errors::ErrorChain(&error), "folding the log for an as_of report");
-                Problem::unavailable()
-            })?;
+            .map_err(unavailable)?;
+        let report = report.ok_or_else(Problem::unavailable)?;
         return Ok(report(&practice, as_of));
     }
     if let Some(position) = query.min_position {
@@ -163,9 +163,27 @@ async fn group_report<T: Serialize + ReporterForm>(
         .await?
         .ok_or_else(|| not_found("group"))?;
     Ok(match form {
-        Form::Full => Json(report).into_response(),
+        Form::Full => full(&report),
         Form::Reporter => Json(report.for_reporters(k)).into_response(),
     })
+}
+
+/// A report in the full form: its member rows are client-level data, recorded in
+/// the access log as disclosed.
+fn full<T: Serialize>(report: &T) -> Response {
+    // The body as the report serializes (field order kept); the ids from its value.
+    let encoded = serde_json::to_value(report).and_then(|v| Ok((serde_json::to_vec(report)?, v)));
+    match encoded {
+        Ok((body, value)) => {
+            let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+            disclose((json, body), client_ids_in(&value))
+        }
+        Err(_) => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the report could not be encoded",
+        )
+        .into_response(),
+    }
 }
 
 fn not_found(what: &str) -> Problem {
@@ -225,7 +243,7 @@ pub async fn retention(
     })
     .await?;
     Ok(match form {
-        Form::Full => Json(report).into_response(),
+        Form::Full => full(&report),
         Form::Reporter => Json(report.for_reporters(k)).into_response(),
     })
 }
@@ -318,22 +336,20 @@ pub async fn alerts(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<ReportQuery>,
-) -> Result<Json<Vec<AlertView>>, Problem> {
-    // Alerts name members: never in the aggregate form.
-    caller.require(&[Role::Admin, Role::Auditor, Role::Clinician])?;
+) -> Result<Response, Problem> {
+    // Alerts name members: the policy never allows them in an aggregate form.
     let group_id = query.group_id()?.map(String::from);
-    if caller.0.role == Role::Clinician {
-        let group = group_id
-            .as_deref()
-            .ok_or_else(|| Problem::bad_request("group_id", "is required for clinicians"))?;
-        form_for(&state, &caller, Some(group)).await?;
-    }
-    let views = with_practice(&state, &query, |p, _| {
+    match group_id.as_deref() {
+        Some(group) => authorize_group(&state, &caller, Action::ReadAlerts, group).await?,
+        None => allow(&caller, Action::ReadAlerts, Resource::Practice)?,
+    };
+    let views: Vec<AlertView> = with_practice(&state, &query, |p, _| {
         reports::alerts(p, group_id.as_deref())
             .into_iter()
             .map(AlertView::from)
             .collect()
     })
     .await?;
-    Ok(Json(views))
+    let disclosed = views.iter().map(|v| v.client_id.clone()).collect();
+    Ok(disclose(Json(views), disclosed))
 }

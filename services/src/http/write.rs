@@ -21,12 +21,11 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::extract::{Caller, Ids, JsonBody, PathIds, WriteHeaders};
+use super::guard::{allow, authorize_client, authorize_group, client_known, group_facilitated};
 use super::{AppState, Problem, Services};
-use crate::auth::Role;
 use crate::commands::{CommandContext, IdempotencyRequest, Repository};
+use crate::policy::{Action, Resource};
 use crate::store::KeyAction;
-
-pub(super) const WRITERS: &[Role] = &[Role::Admin, Role::Clinician];
 
 /// A write request over HTTP: the path's typed ids, the JSON body, and the
 /// [`Writer`] that runs the command built from them.
@@ -111,13 +110,14 @@ impl Writer {
 
     fn context(&self) -> CommandContext {
         let principal = self.caller.0.clone();
-        // The same key from another caller is another request.
-        let idempotency = self.headers.idempotency_key.clone().map(|key| {
+        // Keys are scoped per caller: the same key from another caller is another
+        // key, never a conflict with (or a replay of) someone else's request.
+        let idempotency = self.headers.idempotency_key.as_ref().map(|key| {
             let mut hasher = Sha256::new();
             hasher.update(&self.request_hash);
             hasher.update(principal.actor_id.as_bytes());
             IdempotencyRequest {
-                key,
+                key: scoped_key(&principal.actor_id, key),
                 request_hash: hasher.finalize().to_vec(),
             }
         });
@@ -130,6 +130,12 @@ impl Writer {
             key_action: self.key_action.clone(),
         }
     }
+}
+
+/// The stored form of a caller's `Idempotency-Key`: the actor id (`[A-Za-z0-9_-]`,
+/// so it cannot hold the separator) and the key.
+fn scoped_key(actor_id: &str, key: &str) -> String {
+    format!("{actor_id}:{key}")
 }
 
 /// The id type that names an aggregate of one kind: a `GroupId` can only be written
@@ -175,33 +181,31 @@ impl Writable for Group {
         &services.groups
     }
 
-    /// Writers only; a clinician creates only groups they facilitate. A client the
-    /// command brings in must be registered and not erased: joining names it in the
-    /// body (422), a measure or a goal is about it (404).
+    /// By the policy: a clinician creates only groups they facilitate, writes only
+    /// to those, and brings in only clients in their care or registered by them.
+    /// Only once allowed: a client the command brings in must be registered and not
+    /// erased (joining names it in the body, 422; a measure or a goal is about it, 404).
     async fn authorize(
         state: &AppState,
         caller: &Caller,
-        _: &str,
+        id: &str,
         command: &GroupCommand,
     ) -> Result<(), Problem> {
-        caller.require(WRITERS)?;
         match command {
             GroupCommand::CreateGroup { facilitators, .. } => {
-                let lists_self = || {
-                    facilitators
-                        .iter()
-                        .any(|f| Some(f) == caller.0.clinician_id.as_ref())
-                };
-                if caller.0.role == Role::Clinician && !lists_self() {
-                    return Err(Problem::field(
-                        StatusCode::FORBIDDEN,
-                        "facilitators",
-                        "a clinician may only create groups they facilitate",
-                    ));
-                }
+                allow(
+                    caller,
+                    Action::CreateGroup,
+                    Resource::NewGroup { facilitators },
+                )?;
                 Ok(())
             }
             GroupCommand::JoinGroup { client_id, .. } => {
+                let membership = Resource::Membership {
+                    group_facilitated: group_facilitated(state, caller, id).await?,
+                    client_known: client_known(state, caller, client_id).await?,
+                };
+                allow(caller, Action::JoinGroup, membership)?;
                 let missing = Problem::field(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "client_id",
@@ -215,27 +219,27 @@ impl Writable for Group {
                 ..
             }
             | GroupCommand::SetGoal { client_id, .. } => {
+                authorize_group(state, caller, Action::WriteGroup, id).await?;
+                authorize_client(state, caller, Action::WriteClient, client_id).await?;
                 require_live_client(state, client_id, Problem::not_found("client not found")).await
             }
-            _ => Ok(()),
+            _ => authorize_group(state, caller, Action::WriteGroup, id)
+                .await
+                .map(drop),
         }
     }
 
-    /// Admins always, clinicians when they facilitate it. A group that does not
-    /// exist is let through so the aggregate can answer 404 (or create it).
+    /// Checked again under the aggregate's lock, from the group as it stands. A group
+    /// that does not exist is let through so the aggregate can answer 404 (or create
+    /// it): who may name it was decided by `authorize`.
     fn may_write(caller: &Caller, group: &Group) -> bool {
-        match caller.0.role {
-            Role::Admin => true,
-            Role::Clinician => {
-                !group.exists()
-                    || caller
-                        .0
-                        .clinician_id
-                        .as_ref()
-                        .is_some_and(|id| group.facilitators.contains(id))
-            }
-            Role::Auditor | Role::Reporter => false,
-        }
+        let facilitated = caller
+            .0
+            .clinician_id
+            .as_ref()
+            .is_some_and(|id| group.facilitators.contains(id));
+        !group.exists()
+            || allow(caller, Action::WriteGroup, Resource::Group { facilitated }).is_ok()
     }
 
     fn clients_named(command: &GroupCommand) -> Vec<String> {
@@ -252,19 +256,22 @@ impl Writable for Client {
         &services.clients
     }
 
-    /// Erasure is for admins; any writer may register a new client; everything else
-    /// needs access to the client (admins, or clinicians of the client's groups).
+    /// By the policy: erasure is an admin's; registering any writer's; everything
+    /// else needs the client in the caller's care.
     async fn authorize(
         state: &AppState,
         caller: &Caller,
         id: &str,
         command: &ClientCommand,
     ) -> Result<(), Problem> {
-        match command {
-            ClientCommand::EraseClient { .. } => caller.require(&[Role::Admin]),
-            ClientCommand::RegisterClient { .. } => caller.require(WRITERS),
-            _ => super::clients::require_client_access(state, caller, id, WRITERS).await,
-        }
+        let action = match command {
+            ClientCommand::EraseClient { .. } => Action::EraseClient,
+            ClientCommand::RegisterClient { .. } => {
+                return allow(caller, Action::RegisterClient, Resource::Practice).map(drop)
+            }
+            _ => Action::WriteClient,
+        };
+        authorize_client(state, caller, action, id).await.map(drop)
     }
 
     fn may_write(_: &Caller, _: &Client) -> bool {

@@ -14,6 +14,7 @@
 //! Appends arrive in batches from the [`crate::appender`]: many concurrent commands
 //! share one transaction, which is how the store goes past one-commit-per-command.
 
+pub mod access;
 pub mod cqrs;
 mod postgres;
 mod sqlite;
@@ -269,6 +270,15 @@ pub struct RawEvent {
     pub payload: String,
 }
 
+/// Up to `limit` events in `(after, upto]` of the log recorded by `until`.
+#[derive(Clone, Copy, Debug)]
+pub struct Stretch {
+    pub after: i64,
+    pub upto: i64,
+    pub until: DateTime<Utc>,
+    pub limit: i64,
+}
+
 /// Proof of holding a lease at an epoch, checked by the writes made under it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fence {
@@ -285,6 +295,16 @@ pub struct Snapshot {
     /// positions follow commit order, recorded_at the clock before commit).
     pub max_recorded_at: DateTime<Utc>,
     pub state: String,
+    /// The stretch of the log since the snapshot its writer kept before this one.
+    pub range: Option<LogRange>,
+}
+
+/// Every event in `(after, position]` of a snapshot was recorded at or after
+/// `min_recorded_at`: an `as_of` fold before that time need not read the stretch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LogRange {
+    pub after: i64,
+    pub min_recorded_at: DateTime<Utc>,
 }
 
 /// An API token as stored: its record; of the secret, only the hash is kept.
@@ -474,6 +494,14 @@ impl Store {
         dispatch!(self, s => s.read_raw(after, limit).await)
     }
 
+    /// Like [`Store::read_raw`] up to position `upto`, keeping only events recorded by
+    /// `until`: the filter
+    /// runs in the database, so an `as_of` in the middle of the log does not fetch and
+    /// decode the rest of it.
+    pub async fn read_raw_until(&self, stretch: Stretch) -> Result<Vec<RawEvent>, StoreError> {
+        dispatch!(self, s => s.read_raw_until(stretch).await)
+    }
+
     pub async fn head_position(&self) -> Result<i64, StoreError> {
         dispatch!(self, s => s.head_position().await)
     }
@@ -590,6 +618,11 @@ impl Store {
     /// Keeps a snapshot of the reports fold; one already kept at its position stays.
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
         dispatch!(self, s => s.save_snapshot(snapshot).await)
+    }
+
+    /// The log stretches that snapshot rows beyond `after` vouch for, by position.
+    pub async fn snapshot_ranges(&self, after: i64) -> Result<Vec<(i64, LogRange)>, StoreError> {
+        dispatch!(self, s => s.snapshot_ranges(after).await)
     }
 
     /// The snapshot at the highest position whose events were all recorded by

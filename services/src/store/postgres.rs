@@ -32,8 +32,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
         5,
         include_str!("migrations/postgres/0005_practice_snapshots.sql"),
     ),
-    (6, include_str!("migrations/postgres/0006_hash_chain.sql")),
-    (7, include_str!("migrations/postgres/0007_append_only.sql")),
+    (6, include_str!("migrations/postgres/0006_access_log.sql")),
+    (
+        7,
+        include_str!("migrations/postgres/0007_snapshot_ranges.sql"),
+    ),
     (
         8,
         include_str!("migrations/postgres/0008_token_lifecycle.sql"),
@@ -43,10 +46,12 @@ const MIGRATIONS: &[(i32, &str)] = &[
         10,
         include_str!("migrations/postgres/0010_append_requires_live_clients.sql"),
     ),
-    (11, include_str!("migrations/postgres/0011_audit_tree.sql")),
+    (11, include_str!("migrations/postgres/0011_hash_chain.sql")),
+    (12, include_str!("migrations/postgres/0012_append_only.sql")),
+    (13, include_str!("migrations/postgres/0013_audit_tree.sql")),
     (
-        12,
-        include_str!("migrations/postgres/0012_chain_with_live_clients.sql"),
+        14,
+        include_str!("migrations/postgres/0014_chain_with_live_clients.sql"),
     ),
 ];
 
@@ -284,6 +289,22 @@ impl PgStore {
         Ok(rows.into_iter().map(raw_event).collect())
     }
 
+    pub async fn read_raw_until(&self, stretch: Stretch) -> Result<Vec<RawEvent>, StoreError> {
+        let rows: Vec<RawRow> = sqlx::query_as(
+            "SELECT position, recorded_at, aggregate_type, aggregate_id, event_type, event_version,
+                    payload_text
+             FROM events WHERE position > $1 AND position <= $2 AND recorded_at <= $3
+             ORDER BY position LIMIT $4",
+        )
+        .bind(stretch.after)
+        .bind(stretch.upto)
+        .bind(stretch.until)
+        .bind(stretch.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(raw_event).collect())
+    }
+
     pub async fn head_position(&self) -> Result<i64, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
@@ -486,12 +507,14 @@ impl PgStore {
     }
 
     pub async fn load_checkpoint(&self, name: &str) -> Result<Option<(i64, String)>, StoreError> {
-        Ok(
+        let mut conn = self.pool.acquire().await?;
+        let row =
             sqlx::query_as("SELECT position, state FROM projection_checkpoints WHERE name = $1")
                 .bind(name)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+                .fetch_optional(&mut *conn)
+                .await?;
+        conn.shrink_buffers();
+        Ok(row)
     }
 
     pub async fn save_checkpoint(
@@ -502,6 +525,7 @@ impl PgStore {
         fence: Option<&Fence>,
     ) -> Result<bool, StoreError> {
         // The row is proposed only while the fence's lease is still the current one.
+        let mut conn = self.pool.acquire().await?;
         let saved = sqlx::query(
             "INSERT INTO projection_checkpoints (name, position, state, updated_at)
              SELECT $1, $2, $3, now()
@@ -516,9 +540,10 @@ impl PgStore {
         .bind(fence.map(|f| f.lease.as_str()))
         .bind(fence.map(|f| f.holder))
         .bind(fence.map(|f| f.epoch))
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
+        conn.shrink_buffers();
         Ok(saved > 0)
     }
 
@@ -559,15 +584,20 @@ impl PgStore {
     }
 
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
         sqlx::query(
-            "INSERT INTO practice_snapshots (position, max_recorded_at, state)
-             VALUES ($1, $2, $3) ON CONFLICT (position) DO NOTHING",
+            "INSERT INTO practice_snapshots
+                 (position, max_recorded_at, state, range_after, range_min_recorded_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (position) DO NOTHING",
         )
         .bind(snapshot.position)
         .bind(snapshot.max_recorded_at)
         .bind(&snapshot.state)
-        .execute(&self.pool)
+        .bind(snapshot.range.map(|r| r.after))
+        .bind(snapshot.range.map(|r| r.min_recorded_at))
+        .execute(&mut *conn)
         .await?;
+        conn.shrink_buffers();
         Ok(())
     }
 
@@ -575,19 +605,59 @@ impl PgStore {
         &self,
         recorded_by: Option<DateTime<Utc>>,
     ) -> Result<Option<Snapshot>, StoreError> {
-        let row: Option<(i64, DateTime<Utc>, String)> = sqlx::query_as(
-            "SELECT position, max_recorded_at, state FROM practice_snapshots
+        let mut conn = self.pool.acquire().await?;
+        type Row = (
+            i64,
+            DateTime<Utc>,
+            String,
+            Option<i64>,
+            Option<DateTime<Utc>>,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT position, max_recorded_at, state, range_after, range_min_recorded_at
+             FROM practice_snapshots
              WHERE $1::timestamptz IS NULL OR max_recorded_at <= $1
              ORDER BY position DESC LIMIT 1",
         )
         .bind(recorded_by)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await?;
-        Ok(row.map(|(position, max_recorded_at, state)| Snapshot {
-            position,
-            max_recorded_at,
-            state,
-        }))
+        conn.shrink_buffers();
+        Ok(
+            row.map(|(position, max_recorded_at, state, after, min)| Snapshot {
+                position,
+                max_recorded_at,
+                state,
+                range: after.zip(min).map(|(after, min_recorded_at)| LogRange {
+                    after,
+                    min_recorded_at,
+                }),
+            }),
+        )
+    }
+
+    pub async fn snapshot_ranges(&self, after: i64) -> Result<Vec<(i64, LogRange)>, StoreError> {
+        let rows: Vec<(i64, i64, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT position, range_after, range_min_recorded_at FROM practice_snapshots
+             WHERE position > $1 AND range_after IS NOT NULL
+               AND range_min_recorded_at IS NOT NULL
+             ORDER BY position",
+        )
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(position, after, min_recorded_at)| {
+                (
+                    position,
+                    LogRange {
+                        after,
+                        min_recorded_at,
+                    },
+                )
+            })
+            .collect())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -28,17 +28,22 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("migrations/sqlite/0004_practice_snapshots.sql"),
     ),
-    (5, include_str!("migrations/sqlite/0005_append_only.sql")),
-    (6, include_str!("migrations/sqlite/0006_audit_tree.sql")),
+    (5, include_str!("migrations/sqlite/0005_access_log.sql")),
+    (
+        6,
+        include_str!("migrations/sqlite/0006_snapshot_ranges.sql"),
+    ),
     (
         8,
         include_str!("migrations/sqlite/0008_token_lifecycle.sql"),
     ),
     (9, include_str!("migrations/sqlite/0009_key_check.sql")),
+    (10, include_str!("migrations/sqlite/0010_append_only.sql")),
+    (11, include_str!("migrations/sqlite/0011_audit_tree.sql")),
 ];
 
 /// Before this migration makes events append-only, the chain is back-filled.
-const CHAIN_MIGRATION: i64 = 5;
+const CHAIN_MIGRATION: i64 = 10;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -79,6 +84,10 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 impl SqliteStore {
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub async fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(StoreError::DataDir)?;
         restrict(data_dir).map_err(StoreError::DataDir)?;
@@ -109,10 +118,6 @@ impl SqliteStore {
         let store = SqliteStore { pool };
         store.migrate().await?;
         Ok(store)
-    }
-
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -305,7 +310,7 @@ impl SqliteStore {
     }
 
     pub async fn read_raw(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, StoreError> {
-        let rows: Vec<(i64, String, String, String, String, i64, String)> = sqlx::query_as(
+        let rows: Vec<RawSqliteRow> = sqlx::query_as(
             "SELECT position, recorded_at, aggregate_type, aggregate_id, event_type, event_version,
                     payload
              FROM events WHERE position > ? ORDER BY position LIMIT ?",
@@ -314,31 +319,23 @@ impl SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(
-                |(
-                    position,
-                    recorded_at,
-                    aggregate_type,
-                    aggregate_id,
-                    event_type,
-                    version,
-                    payload,
-                )| {
-                    Ok(RawEvent {
-                        position,
-                        recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
-                            .map_err(|e| corrupt("recorded_at", e))?
-                            .with_timezone(&Utc),
-                        aggregate_type,
-                        aggregate_id,
-                        event_type,
-                        event_version: version as u32,
-                        payload,
-                    })
-                },
-            )
-            .collect()
+        raw_events(rows)
+    }
+
+    pub async fn read_raw_until(&self, stretch: Stretch) -> Result<Vec<RawEvent>, StoreError> {
+        let rows: Vec<RawSqliteRow> = sqlx::query_as(
+            "SELECT position, recorded_at, aggregate_type, aggregate_id, event_type, event_version,
+                    payload
+             FROM events WHERE position > ? AND position <= ? AND recorded_at <= ?
+             ORDER BY position LIMIT ?",
+        )
+        .bind(stretch.after)
+        .bind(stretch.upto)
+        .bind(timestamp(&stretch.until))
+        .bind(stretch.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        raw_events(rows)
     }
 
     pub async fn head_position(&self) -> Result<i64, StoreError> {
@@ -544,13 +541,16 @@ impl SqliteStore {
 
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO practice_snapshots (position, max_recorded_at, state, created_at)
-             VALUES (?, ?, ?, ?) ON CONFLICT (position) DO NOTHING",
+            "INSERT INTO practice_snapshots
+                 (position, max_recorded_at, state, created_at, range_after, range_min_recorded_at)
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (position) DO NOTHING",
         )
         .bind(snapshot.position)
         .bind(timestamp(&snapshot.max_recorded_at))
         .bind(&snapshot.state)
         .bind(timestamp(&Utc::now()))
+        .bind(snapshot.range.map(|r| r.after))
+        .bind(snapshot.range.map(|r| timestamp(&r.min_recorded_at)))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -560,25 +560,63 @@ impl SqliteStore {
         &self,
         recorded_by: Option<DateTime<Utc>>,
     ) -> Result<Option<Snapshot>, StoreError> {
-        let row: Option<(i64, String, String)> = sqlx::query_as(
-            "SELECT position, max_recorded_at, state FROM practice_snapshots
+        type Row = (i64, String, String, Option<i64>, Option<String>);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT position, max_recorded_at, state, range_after, range_min_recorded_at
+             FROM practice_snapshots
              WHERE ?1 IS NULL OR max_recorded_at <= ?1
              ORDER BY position DESC LIMIT 1",
         )
         .bind(recorded_by.as_ref().map(timestamp))
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|(position, max_recorded_at, state)| {
-            let max_recorded_at = DateTime::parse_from_rfc3339(&max_recorded_at)
-                .map_err(|e| corrupt("max_recorded_at", e))?
-                .with_timezone(&Utc);
+        let time = |text: &str, what| {
+            DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| corrupt(what, e))
+        };
+        row.map(|(position, max_recorded_at, state, after, min)| {
+            let range = match (after, min) {
+                (Some(after), Some(min)) => Some(LogRange {
+                    after,
+                    min_recorded_at: time(&min, "range_min_recorded_at")?,
+                }),
+                _ => None,
+            };
             Ok(Snapshot {
                 position,
-                max_recorded_at,
+                max_recorded_at: time(&max_recorded_at, "max_recorded_at")?,
                 state,
+                range,
             })
         })
         .transpose()
+    }
+
+    pub async fn snapshot_ranges(&self, after: i64) -> Result<Vec<(i64, LogRange)>, StoreError> {
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT position, range_after, range_min_recorded_at FROM practice_snapshots
+             WHERE position > ? AND range_after IS NOT NULL
+               AND range_min_recorded_at IS NOT NULL
+             ORDER BY position",
+        )
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(position, after, min_recorded_at)| {
+                let min_recorded_at = DateTime::parse_from_rfc3339(&min_recorded_at)
+                    .map_err(|e| corrupt("range_min_recorded_at", e))?
+                    .with_timezone(&Utc);
+                Ok((
+                    position,
+                    LogRange {
+                        after,
+                        min_recorded_at,
+                    },
+                ))
+            })
+            .collect()
     }
 
     pub async fn save_checkpoint(
@@ -1025,4 +1063,35 @@ fn plan_batch(
         });
     }
     BatchPlan { results, accepted }
+}
+
+/// position, recorded_at, aggregate_type, aggregate_id, event_type, event_version, payload
+type RawSqliteRow = (i64, String, String, String, String, i64, String);
+
+fn raw_events(rows: Vec<RawSqliteRow>) -> Result<Vec<RawEvent>, StoreError> {
+    rows.into_iter()
+        .map(
+            |(
+                position,
+                recorded_at,
+                aggregate_type,
+                aggregate_id,
+                event_type,
+                version,
+                payload,
+            )| {
+                Ok(RawEvent {
+                    position,
+                    recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
+                        .map_err(|e| corrupt("recorded_at", e))?
+                        .with_timezone(&Utc),
+                    aggregate_type,
+                    aggregate_id,
+                    event_type,
+                    event_version: version as u32,
+                    payload,
+                })
+            },
+        )
+        .collect()
 }

@@ -3,8 +3,7 @@
 -- 'erased' when one of the named clients' keys is destroyed), now also chaining:
 -- `e_tail` carries each event's canonical bytes after the position, computed by the
 -- caller before the lock; under the lock only SHA-256 runs, in position order, from
--- log_head.hash. 0006 dropped 0002's function; 0010, on a database that met it after
--- 0006, re-created an unchained one with the old arguments that nothing calls: it goes.
+-- log_head.hash. 0011 dropped the unchained function (0010's form of 0002's); it goes here if still present.
 DROP FUNCTION IF EXISTS circle_append_batch(text[], text[], bigint[], int[], text[], bytea[],
     int[], text[], text[], text[], bytea[], uuid[], text[], int[], text[], timestamptz[],
     text[], text[], uuid[], uuid[], text[], text[], bigint[], boolean, timestamptz);

@@ -1,4 +1,4 @@
--- See the PostgreSQL migration 0011: Merkle subtrees and signed checkpoints.
+-- See the PostgreSQL migration 0013: Merkle subtrees and signed checkpoints.
 CREATE TABLE merkle_nodes (
     level      INTEGER NOT NULL,
     node_index INTEGER NOT NULL,
