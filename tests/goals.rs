@@ -228,7 +228,8 @@ async fn only_a_facilitator_of_the_goals_group_or_an_admin_writes_goals() {
         Value::Null,
         "2 < k"
     );
-    assert!(aggregate.body["summary"]["mean_t"].is_number());
+    // Two members' mean T is theirs alone (issue 7): withheld below k too.
+    assert_eq!(aggregate.body["summary"]["mean_t"], Value::Null);
 }
 
 /// Asserts a refusal: its status, the field it names, and that nothing was stored.

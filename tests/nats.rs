@@ -10,7 +10,7 @@ use async_nats::jetstream;
 use circle_tests::jetstream::{msg_ids, report_at, wait_for_messages, PrivateNats};
 use circle_tests::{
     assert_matches_6mp, assert_t, fresh_namespace, fresh_schema_url, gas_vector_groups, nats_url,
-    six_mp_group, spawn_app_with, TestApp,
+    numbers_about_people, one_member_group, six_mp_group, spawn_app_with, TestApp,
 };
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -101,7 +101,9 @@ async fn the_6mp_retention_report_arrives_on_nats_and_from_the_micro_service() {
 #[tokio::test]
 async fn every_gas_vector_arrives_on_nats_and_from_the_micro_service() {
     let ns = fresh_namespace();
-    let app = nats_app(&nats_url(), &ns, 5).await;
+    // k = 1 so the one-member groups' T-scores are published; at k = 5 they are
+    // one person's and withheld (the test below).
+    let app = nats_app(&nats_url(), &ns, 1).await;
     let (groups, _) = gas_vector_groups(&app, "gas").await;
     let client = async_nats::connect(nats_url()).await.unwrap();
     let js = jetstream::new(client.clone());
@@ -114,11 +116,7 @@ async fn every_gas_vector_arrives_on_nats_and_from_the_micro_service() {
             published.get("clients").is_none(),
             "reporter form: {published}"
         );
-        assert_eq!(
-            published["summary"]["members_with_goals"],
-            Value::Null,
-            "1 < k"
-        );
+        assert_eq!(published["summary"]["members_with_goals"], 1);
 
         let reply = client
             .request(
@@ -159,6 +157,57 @@ async fn every_gas_vector_arrives_on_nats_and_from_the_micro_service() {
         }
     }
     assert!(set_seen);
+}
+
+/// The security probe (issue 7, item 2) on NATS: neither a published report nor the
+/// micro service's answer carries a number computed from fewer than k people.
+#[tokio::test]
+async fn no_value_computed_from_fewer_than_k_people_leaves_over_nats() {
+    let ns = fresh_namespace();
+    let app = nats_app(&nats_url(), &ns, 5).await;
+    let position = one_member_group(&app, "probe").await;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let stream = format!("{}_REPORTS", ns.to_uppercase());
+    for kind in ["attendance", "retention", "outcomes", "goals", "alerts"] {
+        let subject = format!("{ns}.reports.{kind}.group.probe");
+        let published = report_at(&js, &stream, &subject, position).await;
+        let leaked = numbers_about_people(&published);
+        assert!(leaked.is_empty(), "{subject}: {leaked:?}");
+        let request = match kind {
+            "outcomes" => json!({"group_id": "probe", "instrument": "PHQ-9"}),
+            _ => json!({"group_id": "probe"}),
+        };
+        let reply = client
+            .request(
+                format!("{ns}.api.reports.{kind}"),
+                request.to_string().into(),
+            )
+            .await
+            .unwrap();
+        let answered: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert!(answered.get("error").is_none(), "{answered}");
+        let leaked = numbers_about_people(&answered);
+        assert!(leaked.is_empty(), "{kind} answered: {leaked:?}");
+        if kind == "outcomes" {
+            // Published per instrument: the group's PHQ-9 is among them, its mean
+            // change (one person's 24) withheld.
+            assert_eq!(published["reports"][0]["instrument"], "PHQ-9");
+            assert_eq!(
+                published["reports"][0]["summary"]["mean_change"],
+                Value::Null
+            );
+        }
+        if kind == "retention" {
+            assert_eq!(answered["kaplan_meier"], json!([]));
+            assert_eq!(answered["kaplan_meier_min_at_risk"], 5);
+        }
+    }
+    // The same group over HTTP, in full, has the figures the probe read.
+    let full = app
+        .get("/api/v1/reports/attendance?group_id=probe", &app.admin)
+        .await;
+    assert!(!numbers_about_people(&full.body).is_empty());
 }
 
 #[tokio::test]

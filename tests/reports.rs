@@ -7,8 +7,8 @@ use circle_services::auth::Role;
 use circle_services::projector;
 use circle_services::store::Snapshot;
 use circle_tests::{
-    assert_matches_6mp, default_projection, fresh_schema_url, six_mp_group, spawn_app,
-    spawn_app_on, spawn_app_with, TestApp,
+    assert_matches_6mp, default_projection, fresh_schema_url, numbers_about_people,
+    one_member_group, six_mp_group, spawn_app, spawn_app_on, spawn_app_with, TestApp,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -63,6 +63,56 @@ async fn reporters_get_aggregates_only_with_small_counts_suppressed() {
     assert!(attendance.body.get("by_client").is_none());
     let alerts = app.get("/api/v1/alerts?group_id=g6mp", &reporter).await;
     assert_eq!(alerts.status, StatusCode::FORBIDDEN);
+}
+
+/// The security probe (issue 7, item 2): counts were null but rates, means, effect
+/// sizes, Kaplan–Meier steps, medians and `survival_at` gave one member away.
+#[tokio::test]
+async fn a_reporter_gets_no_value_computed_from_fewer_than_k_people() {
+    let app = spawn_app().await;
+    let position = one_member_group(&app, "probe").await;
+    let reporter = app.token(Role::Reporter, None).await;
+    let routes = [
+        "attendance?group_id=probe",
+        "outcomes?group_id=probe&instrument=PHQ-9",
+        "retention?group_id=probe",
+        "goals?group_id=probe",
+    ];
+    for route in routes {
+        let path = format!("/api/v1/reports/{route}&min_position={position}");
+        // The full form has the figures the probe read (so this test can fail).
+        let full = app.get(&path, &app.admin).await;
+        assert_eq!(full.status, StatusCode::OK, "{:?}", full.body);
+        assert!(!numbers_about_people(&full.body).is_empty(), "{route}");
+
+        let aggregate = app.get(&path, &reporter).await;
+        assert_eq!(aggregate.status, StatusCode::OK, "{:?}", aggregate.body);
+        let leaked = numbers_about_people(&aggregate.body);
+        assert!(leaked.is_empty(), "{route}: {leaked:?}");
+    }
+    let full = app
+        .get("/api/v1/reports/attendance?group_id=probe", &app.admin)
+        .await;
+    let rates: Vec<&Value> = full.body["by_session"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["attendance_rate"])
+        .collect();
+    assert_eq!(rates, [&json!(1.0), &json!(0.0), &json!(0.0)]);
+    let outcomes = app
+        .get(
+            "/api/v1/reports/outcomes?group_id=probe&instrument=PHQ-9",
+            &app.admin,
+        )
+        .await;
+    assert_eq!(outcomes.body["summary"]["mean_change"], 24.0);
+    let retention = app
+        .get("/api/v1/reports/retention?group_id=probe", &reporter)
+        .await;
+    assert_eq!(retention.body["kaplan_meier"], json!([]));
+    assert_eq!(retention.body["kaplan_meier_min_at_risk"], 5);
+    assert_eq!(retention.body["survival_at"]["28"], Value::Null);
 }
 
 async fn week_of_attendance(app: &TestApp) -> i64 {

@@ -25,7 +25,7 @@ use circle_events::group::GoalClosure;
 use serde::{Deserialize, Serialize};
 
 use crate::practice::{GroupRecord, Practice, SessionRecord};
-use crate::reports::{rate, round6, suppress, ReporterForm};
+use crate::reports::{people, rate, round6, suppress, withhold_small, ReporterForm};
 
 /// The correlation between goals Kiresuk & Sherman assumed; DOMAIN.md fixes it.
 pub const GAS_RHO: f64 = 0.3;
@@ -288,13 +288,20 @@ pub fn goals(practice: &Practice, group_id: &str, as_of: DateTime<Utc>) -> Optio
 
 impl ReporterForm for GoalsReport {
     fn for_reporters(mut self, k: u32) -> Self {
-        self.clients = None;
+        // The check-in rate is over the members with a session that counts for it;
+        // stalled goals are counted over the members who have them.
+        let rows = self.clients.take().unwrap_or_default();
+        let members = |of: fn(&MemberGoals) -> bool| rows.iter().filter(|c| of(c)).count() as u32;
+        let checking_in = members(|c| c.sessions_attended > 0);
+        let stalled = members(|c| !c.stalled_goals.is_empty());
         let s = &mut self.summary;
-        for count in [
-            &mut s.members_with_goals,
-            &mut s.at_or_above_50,
-            &mut s.stalled_goals,
-        ] {
+        withhold_small(&mut s.check_in_rate, checking_in, k);
+        withhold_small(&mut s.stalled_goals, stalled, k);
+        // Mean T and the share at 50 or above are over the members with a T-score.
+        let with_t = people(s.members_with_goals);
+        withhold_small(&mut s.mean_t, with_t, k);
+        withhold_small(&mut s.share_at_or_above_50, with_t, k);
+        for count in [&mut s.members_with_goals, &mut s.at_or_above_50] {
             suppress(count, k);
         }
         self

@@ -11,7 +11,7 @@ use circle_events::instruments::{Catalogue, Direction, InstrumentDefinition, Sco
 use serde::Serialize;
 
 use crate::outcomes::{classify, effect_size, Classification};
-use crate::practice::{Alert, GroupRecord, Practice};
+use crate::practice::{Alert, AlertKind, GroupRecord, Practice};
 use crate::survival::{KaplanMeier, Observation};
 
 /// Rounds for stable, readable output.
@@ -179,6 +179,10 @@ pub struct KmRow {
     pub events: Option<u32>,
     pub survival: f64,
     pub std_err: Option<f64>,
+    /// Distinct people at risk (`at_risk` counts membership periods): what the
+    /// reporter form's rule is applied to. Never serialized.
+    #[serde(skip)]
+    pub people_at_risk: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -193,8 +197,23 @@ pub struct RetentionReport {
     pub other_exits: Option<u32>,
     pub dropout_rate: Option<f64>,
     pub kaplan_meier: Vec<KmRow>,
+    /// Reporter form only: steps with fewer people at risk than this are left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kaplan_meier_min_at_risk: Option<u32>,
     pub median_days: Option<u32>,
-    pub survival_at: BTreeMap<String, f64>,
+    /// S(t) at 28, 56 and 84 days; `null` in the reporter form when fewer than k
+    /// people are still at risk on that day.
+    pub survival_at: BTreeMap<String, Option<f64>>,
+    /// Distinct people who joined, and still at risk on each `survival_at` day: what
+    /// the reporter form's rule is applied to. Never serialized.
+    #[serde(skip)]
+    pub people: u32,
+    #[serde(skip)]
+    pub people_at_risk_on: BTreeMap<String, u32>,
+    /// Distinct people behind `joined`, `active`, `completed`, `dropped_out` and
+    /// `other_exits` (which count membership periods). Never serialized.
+    #[serde(skip)]
+    pub people_counted: [u32; 5],
 }
 
 pub fn retention(
@@ -204,44 +223,59 @@ pub fn retention(
 ) -> RetentionReport {
     let today: NaiveDate = as_of.date_naive();
     let (mut joined, mut active, mut completed, mut dropped, mut other) = (0, 0, 0, 0, 0);
+    // Who is behind each count, in the order of `RetentionReport::people_counted`.
+    let mut counted: [std::collections::BTreeSet<&str>; 5] = Default::default();
     let mut observations = Vec::new();
+    let mut whose: Vec<(u32, &str)> = Vec::new();
     for (group_id, group) in &practice.groups {
         if !scope.includes(group_id, group) {
             continue;
         }
-        for period in group.members.values().flatten() {
+        for (client_id, period) in group
+            .members
+            .iter()
+            .flat_map(|(c, periods)| periods.iter().map(move |p| (c.as_str(), p)))
+        {
             if period.joined_on > today {
                 continue;
             }
             joined += 1;
+            counted[0].insert(client_id);
             let ended = period.left_on.filter(|left| *left <= today);
-            let (end, event) = match (ended, period.reason) {
+            let (end, event, exit) = match (ended, period.reason) {
                 (Some(left), Some(DepartureReason::DroppedOut)) => {
                     dropped += 1;
-                    (left, true)
+                    (left, true, 3)
                 }
                 (Some(left), Some(DepartureReason::Completed)) => {
                     completed += 1;
-                    (left, false)
+                    (left, false, 2)
                 }
                 (Some(left), _) => {
                     other += 1;
-                    (left, false)
+                    (left, false, 4)
                 }
                 (None, _) => {
                     active += 1;
-                    (today, false)
+                    (today, false, 1)
                 }
             };
+            counted[exit].insert(client_id);
             let days = (end - period.joined_on).num_days().max(0) as u32;
             observations.push(Observation { days, event });
+            whose.push((days, client_id));
         }
     }
     let km = KaplanMeier::estimate(&observations);
-    let survival_at = [28, 56, 84]
+    const SURVIVAL_DAYS: [u32; 3] = [28, 56, 84];
+    let survival_at = SURVIVAL_DAYS
         .into_iter()
-        .map(|d| (d.to_string(), round6(km.survival_at(d))))
+        .map(|d| (d.to_string(), Some(round6(km.survival_at(d)))))
         .collect();
+    let step_times: Vec<u32> = km.steps.iter().map(|s| s.t_days).collect();
+    let people_at_steps = people_from(&whose, &step_times);
+    let people_at_days = people_from(&whose, &SURVIVAL_DAYS);
+    let people_counted = counted.map(|people| people.len() as u32);
     RetentionReport {
         scope: scope.label(),
         as_of,
@@ -255,17 +289,46 @@ pub fn retention(
         kaplan_meier: km
             .steps
             .iter()
-            .map(|s| KmRow {
+            .zip(people_at_steps)
+            .map(|(s, people_at_risk)| KmRow {
                 t_days: s.t_days,
                 at_risk: Some(s.at_risk),
                 events: Some(s.events),
                 survival: round6(s.survival),
                 std_err: s.std_err.map(round6),
+                people_at_risk,
             })
             .collect(),
+        kaplan_meier_min_at_risk: None,
         median_days: km.median(),
         survival_at,
+        people: people_counted[0],
+        people_counted,
+        people_at_risk_on: SURVIVAL_DAYS
+            .iter()
+            .zip(people_at_days)
+            .map(|(d, n)| (d.to_string(), n))
+            .collect(),
     }
+}
+
+/// For each time in `times`, the distinct people with an observation at least that
+/// long (the people at risk then), in the order of `times`.
+fn people_from(observations: &[(u32, &str)], times: &[u32]) -> Vec<u32> {
+    let mut longest_first: Vec<&(u32, &str)> = observations.iter().collect();
+    longest_first.sort_unstable_by_key(|o| std::cmp::Reverse(o.0));
+    let mut order: Vec<usize> = (0..times.len()).collect();
+    order.sort_unstable_by_key(|i| std::cmp::Reverse(times[*i]));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut next = longest_first.into_iter().peekable();
+    let mut counts = vec![0; times.len()];
+    for i in order {
+        while let Some((_, client)) = next.next_if(|(days, _)| *days >= times[i]) {
+            seen.insert(*client);
+        }
+        counts[i] = seen.len() as u32;
+    }
+    counts
 }
 
 // ---- outcomes ----
@@ -386,25 +449,75 @@ pub fn alerts<'a>(practice: &'a Practice, group_id: Option<&str>) -> Vec<&'a Ale
         .collect()
 }
 
+/// Alerts in the reporter form: how many of each kind, withheld when fewer than k
+/// people raised them (several alerts may be one person's).
+pub fn alert_counts(
+    practice: &Practice,
+    group_id: Option<&str>,
+    k: u32,
+) -> Vec<(AlertKind, Option<u32>)> {
+    let alerts = alerts(practice, group_id);
+    AlertKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let of_kind: Vec<&&Alert> = alerts.iter().filter(|a| a.kind == kind).collect();
+            let people: std::collections::BTreeSet<&str> =
+                of_kind.iter().map(|a| a.client_id.as_str()).collect();
+            let mut count = Some(of_kind.len() as u32);
+            withhold_small(&mut count, people.len() as u32, k);
+            (kind, count)
+        })
+        .collect()
+}
+
 // ---- the reporter form ----
 
-/// Minimum necessary for reporting consumers: no per-member rows, and any count
-/// below `k` replaced by `null`.
+/// Minimum necessary for reporting consumers: no per-member rows, and no value
+/// computed from fewer than `k` people (see [`shown_to_reporters`]).
 pub trait ReporterForm {
     fn for_reporters(self, k: u32) -> Self;
 }
 
-pub(crate) fn suppress(count: &mut Option<u32>, k: u32) {
-    if count.is_some_and(|c| c < k) {
-        *count = None;
+/// The reporter form's one rule (ARCHITECTURE.md, "Reporter form: small numbers"):
+/// a value computed from a set of people is shown only when the set has at least
+/// `k` members. A count is computed from the people it counts; a rate, mean, effect
+/// size, survival estimate or median from everyone it was computed over.
+pub fn shown_to_reporters(people: u32, k: u32) -> bool {
+    people >= k
+}
+
+/// Withholds `value` (makes it `null`) when it was computed from fewer than `k` people.
+pub fn withhold_small<T>(value: &mut Option<T>, people: u32, k: u32) {
+    if !shown_to_reporters(people, k) {
+        *value = None;
     }
+}
+
+/// A count below `k` becomes `null`.
+pub(crate) fn suppress(count: &mut Option<u32>, k: u32) {
+    if let Some(people) = *count {
+        withhold_small(count, people, k);
+    }
+}
+
+/// The people a count counted, read before [`suppress`] (a count already withheld
+/// stands for too few).
+pub(crate) fn people(count: Option<u32>) -> u32 {
+    count.unwrap_or(0)
 }
 
 impl ReporterForm for AttendanceReport {
     fn for_reporters(mut self, k: u32) -> Self {
-        self.by_client = None;
+        // Every member expected at a held session has exactly one status there.
+        let members = self.by_client.take().map_or(0, |rows| rows.len() as u32);
+        withhold_small(&mut self.attendance_rate, members, k);
         for session in &mut self.by_session {
             let c = &mut session.counts;
+            let expected = [c.present, c.late, c.left_early, c.excused, c.no_show]
+                .into_iter()
+                .map(people)
+                .sum();
+            withhold_small(&mut session.attendance_rate, expected, k);
             for count in [
                 &mut c.present,
                 &mut c.late,
@@ -421,18 +534,35 @@ impl ReporterForm for AttendanceReport {
 
 impl ReporterForm for RetentionReport {
     fn for_reporters(mut self, k: u32) -> Self {
-        for count in [
+        withhold_small(&mut self.dropout_rate, self.people, k);
+        // These count membership periods; the people behind them decide.
+        for (count, people) in [
             &mut self.joined,
             &mut self.active,
             &mut self.completed,
             &mut self.dropped_out,
             &mut self.other_exits,
-        ] {
-            suppress(count, k);
+        ]
+        .into_iter()
+        .zip(self.people_counted)
+        {
+            withhold_small(count, people, k);
         }
+        // The risk set only shrinks, so what is kept is the curve's start.
+        self.kaplan_meier
+            .retain(|row| shown_to_reporters(row.people_at_risk, k));
+        self.kaplan_meier_min_at_risk = Some(k);
         for row in &mut self.kaplan_meier {
             suppress(&mut row.at_risk, k);
             suppress(&mut row.events, k);
+        }
+        let kept = &self.kaplan_meier;
+        self.median_days = self
+            .median_days
+            .filter(|median| kept.iter().any(|row| row.t_days == *median));
+        for (day, survival) in &mut self.survival_at {
+            let people = self.people_at_risk_on.get(day).copied().unwrap_or(0);
+            withhold_small(survival, people, k);
         }
         self
     }
@@ -442,6 +572,15 @@ impl ReporterForm for OutcomesReport {
     fn for_reporters(mut self, k: u32) -> Self {
         self.clients = None;
         let s = &mut self.summary;
+        // Share, mean and effect size are over the members with two or more scores.
+        let with_two = people(s.clients_with_two_or_more);
+        for value in [
+            &mut s.share_reliably_improved,
+            &mut s.mean_change,
+            &mut s.effect_size,
+        ] {
+            withhold_small(value, with_two, k);
+        }
         for count in [
             &mut s.clients_with_two_or_more,
             &mut s.recovered,

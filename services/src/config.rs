@@ -31,7 +31,7 @@ pub struct Settings {
     pub aggregate_cache_capacity: usize,
     /// Consecutive absences that raise an attendance alert.
     pub alert_consecutive_absences: u32,
-    /// The k of k-anonymity in the reporter form: smaller counts become `null`.
+    /// The k of k-anonymity in the reporter form: a value computed from fewer people is `null`.
     pub reporter_min_count: u32,
     /// Longest a read waits for `min_position`, in milliseconds.
     pub read_wait_max_ms: u64,

@@ -11,7 +11,7 @@
 //! | admin | everything; personal data decrypted |
 //! | clinician | groups they facilitate, and those groups' clients (past members too); registering clients; bringing into their group only clients already in their care or registered by them |
 //! | auditor | every read, personal data withheld; no writes; the access log |
-//! | reporter | reports only, in the aggregate form (no member rows, counts below k suppressed) |
+//! | reporter | reports only, in the aggregate form (no member rows, no value from fewer than k people) |
 //!
 //! A refusal is always 403 and is decided before anything is loaded, so it says
 //! nothing about whether the record exists (ARCHITECTURE.md, "Privacy").
@@ -80,7 +80,7 @@ pub enum View {
     Full,
     /// Everything but personal data (auditors).
     Withheld,
-    /// Aggregates only: no member rows, counts below k suppressed (reporters).
+    /// Aggregates only: no member rows, no value computed from fewer than k people (reporters).
     Aggregate,
 }
 

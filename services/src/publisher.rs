@@ -27,7 +27,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use circle_events::group::Group;
 use circle_projections::goals;
-use circle_projections::practice::{AlertKind, Practice};
+use circle_projections::practice::Practice;
 use circle_projections::reports::{self, ReporterForm, RetentionScope};
 use cqrs_es::Aggregate;
 use futures_util::StreamExt;
@@ -615,15 +615,15 @@ fn group_report(
     }
 }
 
-/// Alerts in the reporter form: counts by kind, small counts suppressed.
+/// Alerts in the reporter form: counts by kind (see [`reports::alert_counts`]).
 fn alert_counts(practice: &Practice, group_id: Option<&str>, k: u32) -> Value {
-    let alerts = reports::alerts(practice, group_id);
-    let mut counts = serde_json::Map::new();
-    for kind in AlertKind::ALL {
-        let n = alerts.iter().filter(|a| a.kind == kind).count() as u32;
-        let name = to_json(&kind).as_str().unwrap_or_default().to_string();
-        counts.insert(name, if n < k { Value::Null } else { json!(n) });
-    }
+    let counts: serde_json::Map<String, Value> = reports::alert_counts(practice, group_id, k)
+        .into_iter()
+        .map(|(kind, count)| {
+            let name = to_json(&kind).as_str().unwrap_or_default().to_string();
+            (name, json!(count))
+        })
+        .collect();
     json!({"scope": group_id.map_or("practice".to_string(), |g| format!("group:{g}")), "position": practice.position, "counts": counts})
 }
 

@@ -378,43 +378,17 @@ pub async fn gas_vector_groups(app: &TestApp, prefix: &str) -> (Vec<(String, f64
             format!("{prefix}{i}-c"),
             format!("{prefix}{i}-s"),
         );
-        let ok = |answer: Answer| {
-            assert!(answer.status.is_success(), "{:?}", answer.body);
-            answer.position()
-        };
-        ok(app
-            .post(
-                "/api/v1/groups",
-                admin,
-                json!({"group_id": group, "name": "Goals", "focus": "depression",
-                       "format": "open", "facilitators": ["dr_a"]}),
-            )
-            .await);
-        ok(app
-            .post("/api/v1/clients", admin, json!({"client_id": client}))
-            .await);
-        ok(app
-            .post(
-                &format!("/api/v1/groups/{group}/members"),
-                admin,
-                json!({"client_id": client, "joined_on": "2026-01-05"}),
-            )
-            .await);
-        ok(app
-            .post(
-                &format!("/api/v1/groups/{group}/sessions"),
-                admin,
-                json!({"session_id": session, "starts_at": "2026-01-13T18:00:00+00:00",
-                       "duration_minutes": 90}),
-            )
-            .await);
-        ok(app
-            .post(
-                &format!("/api/v1/groups/{group}/sessions/{session}/attendance"),
-                admin,
-                json!({"records": [{"client_id": client, "status": "present"}]}),
-            )
-            .await);
+        let ok = succeeded;
+        group_with_member(app, &group, "depression", &client, "2026-01-05").await;
+        held_session(
+            app,
+            &group,
+            &session,
+            "2026-01-13T18:00:00+00:00",
+            &client,
+            "present",
+        )
+        .await;
         let weights = vector["weights"].as_array().expect("weights");
         let mut check_ins = Vec::new();
         for (g, (weight, level)) in weights
@@ -468,4 +442,160 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// An answer that must have succeeded: its log position.
+pub fn succeeded(answer: Answer) -> i64 {
+    assert!(answer.status.is_success(), "{:?}", answer.body);
+    answer.position()
+}
+
+/// An open group of `focus` facilitated by `dr_a`, with `client` registered and
+/// joined on `joined_on`. Returns the last position.
+pub async fn group_with_member(
+    app: &TestApp,
+    group: &str,
+    focus: &str,
+    client: &str,
+    joined_on: &str,
+) -> i64 {
+    use serde_json::json;
+    let admin = &app.admin;
+    succeeded(
+        app.post(
+            "/api/v1/groups",
+            admin,
+            json!({"group_id": group, "name": "Group", "focus": focus, "format": "open",
+                   "facilitators": ["dr_a"]}),
+        )
+        .await,
+    );
+    succeeded(
+        app.post("/api/v1/clients", admin, json!({"client_id": client}))
+            .await,
+    );
+    succeeded(
+        app.post(
+            &format!("/api/v1/groups/{group}/members"),
+            admin,
+            json!({"client_id": client, "joined_on": joined_on}),
+        )
+        .await,
+    )
+}
+
+/// A session of 90 minutes at `starts_at` with one member's attendance. Returns the
+/// last position.
+pub async fn held_session(
+    app: &TestApp,
+    group: &str,
+    session: &str,
+    starts_at: &str,
+    client: &str,
+    status: &str,
+) -> i64 {
+    use serde_json::json;
+    succeeded(
+        app.post(
+            &format!("/api/v1/groups/{group}/sessions"),
+            &app.admin,
+            json!({"session_id": session, "starts_at": starts_at, "duration_minutes": 90}),
+        )
+        .await,
+    );
+    succeeded(
+        app.post(
+            &format!("/api/v1/groups/{group}/sessions/{session}/attendance"),
+            &app.admin,
+            json!({"records": [{"client_id": client, "status": status}]}),
+        )
+        .await,
+    )
+}
+
+/// The security probe's group (issue 7, item 2): one member, three sessions
+/// (present, no-show, no-show), a PHQ-9 change of 24, a goal checked in, and a
+/// dropout on day 15. Every figure about it is one person's. Returns the last
+/// position.
+pub async fn one_member_group(app: &TestApp, group: &str) -> i64 {
+    use serde_json::json;
+    let admin = &app.admin;
+    let client = format!("{group}-c");
+    let ok = succeeded;
+    group_with_member(app, group, "anxiety", &client, "2026-01-01").await;
+    for (n, status) in ["present", "no_show", "no_show"].iter().enumerate() {
+        let session = format!("{group}-s{n}");
+        let starts_at = format!("2026-01-{:02}T18:00:00+00:00", 5 + 3 * n);
+        held_session(app, group, &session, &starts_at, &client, status).await;
+    }
+    for (session, items) in [
+        ("s0", [3, 3, 3, 3, 3, 3, 3, 3, 0]),
+        ("s2", [0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    ] {
+        ok(app
+            .post(
+                &format!("/api/v1/groups/{group}/sessions/{group}-{session}/feedback"),
+                admin,
+                json!({"client_id": client, "instrument": "PHQ-9", "items": items}),
+            )
+            .await);
+    }
+    let goal = format!("{group}-goal");
+    ok(app
+        .post(
+            &format!("/api/v1/clients/{client}/goals"),
+            admin,
+            json!({"goal_id": goal, "title": "Probe goal", "weight": 2, "group_id": group,
+                   "set_on": "2026-01-02"}),
+        )
+        .await);
+    ok(app
+        .post(
+            &format!("/api/v1/groups/{group}/sessions/{group}-s0/goal-check-ins"),
+            admin,
+            json!({"check_ins": [{"client_id": client, "goal_id": goal, "level": 1}]}),
+        )
+        .await);
+    ok(app
+        .post(
+            &format!("/api/v1/groups/{group}/members/{client}/departure"),
+            admin,
+            json!({"left_on": "2026-01-16", "reason": "dropped_out"}),
+        )
+        .await)
+}
+
+/// The numbers in a report that are about people: for a report on fewer than k
+/// people, each is computed from fewer than k. Left out: log positions, the session
+/// count, the GAS ρ, the instrument's catalogue values and the reporter form's own k.
+pub fn numbers_about_people(report: &Value) -> Vec<String> {
+    const NOT_ABOUT_PEOPLE: [&str; 6] = [
+        "position",
+        "sessions_held",
+        "rho",
+        "clinical_cutoff",
+        "reliable_change",
+        "kaplan_meier_min_at_risk",
+    ];
+    fn walk(value: &Value, key: &str, path: String, found: &mut Vec<String>) {
+        match value {
+            Value::Number(_) if !NOT_ABOUT_PEOPLE.contains(&key) => {
+                found.push(format!("{path} = {value}"))
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, key, format!("{path}[{i}]"), found);
+                }
+            }
+            Value::Object(fields) => {
+                for (name, field) in fields {
+                    walk(field, name, format!("{path}.{name}"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(report, "", String::new(), &mut found);
+    found
 }

@@ -269,16 +269,23 @@ fn the_reporter_form_carries_group_figures_only_with_small_counts_suppressed() {
     let mut log = Log::new();
     log.created("g1", Focus::Depression);
     member(&mut log, "c1");
-    log.goal("c1", "a", 2, 1, "2026-01-05");
+    log.goal("c1", "a", 2, 1, "2026-01-05")
+        .weekly("c1", 2, AttendanceStatus::Present);
+    assert_eq!(log.goals().summary.check_in_rate, Some(0.0));
     let report = log.goals().for_reporters(5);
     assert!(report.clients.is_none());
     assert_eq!(report.summary.members_with_goals, None);
     assert_eq!(report.summary.at_or_above_50, None);
     assert_eq!(
-        report.summary.mean_t,
+        log.goals().summary.mean_t,
         Some(60.0),
         "one goal of weight 2 at +1"
     );
+    // One member's T-score and check-in rate are theirs alone (issue 7).
+    assert_eq!(report.summary.mean_t, None);
+    assert_eq!(report.summary.share_at_or_above_50, None);
+    assert_eq!(report.summary.check_in_rate, None);
+    assert_eq!(report.summary.stalled_goals, None);
     let json = serde_json::to_value(&report).unwrap();
     assert!(json.get("clients").is_none(), "{json}");
 }
@@ -294,4 +301,17 @@ fn a_report_as_of_a_day_ignores_later_goals_and_check_ins() {
     let row = log.goals().clients.unwrap().remove(0);
     assert_eq!(row.goals.len(), 1, "goal b is set after the report's day");
     assert_eq!(row.latest_t, Some(40.0));
+}
+
+#[test]
+fn stalled_goals_of_one_member_are_withheld_however_many() {
+    let mut log = Log::new();
+    log.created("g1", Focus::Depression);
+    member(&mut log, "c1");
+    for goal in ["a", "b", "c", "d", "e"] {
+        log.goal("c1", goal, 1, -1, "2026-01-05");
+    }
+    log.weekly("c1", 3, AttendanceStatus::Present);
+    assert_eq!(log.goals().summary.stalled_goals, Some(5));
+    assert_eq!(log.goals().for_reporters(5).summary.stalled_goals, None);
 }

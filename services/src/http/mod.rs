@@ -50,7 +50,7 @@ use circle_projections::practice::AlertRules;
 #[derive(Clone, Debug)]
 pub struct Reporting {
     pub alert_rules: AlertRules,
-    /// Counts below this are `null` in the reporter form.
+    /// The reporter form's k: a value computed from fewer people is `null`.
     pub reporter_min_count: u32,
     /// Longest wait for `min_position`.
     pub read_wait_max: std::time::Duration,
