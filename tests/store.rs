@@ -2,10 +2,11 @@
 
 use chrono::Utc;
 use circle_events::group::{Focus, Format, Group, GroupCommand};
+use circle_services::audit::verify::LogCheck;
 use circle_services::store::cqrs::CqrsStore;
 use circle_services::store::{
-    Append, AppendResult, ClientKey, EventMetadata, Fence, IdempotencyRecord, KeyAction, LogRange,
-    NewEvent, Snapshot, Store, Stretch,
+    Append, AppendResult, AuditFilter, ClientKey, EventMetadata, Fence, IdempotencyRecord,
+    KeyAction, LogRange, NewEvent, Snapshot, Store, Stretch,
 };
 use cqrs_es::{CqrsFramework, EventStore};
 use serde_json::json;
@@ -434,28 +435,113 @@ async fn a_read_up_to_a_time_and_position_filters_in_the_store(store: Store) {
     assert!(none.is_empty(), "recorded after the time asked");
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(circle_tests::postgres_store().await).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(circle_tests::sqlite_store().await).await;
-                }
-            )*
-        }
-    };
+/// Reads the whole log for auditors and checks its chain from position 1.
+async fn check_chain(store: &Store) -> LogCheck {
+    let mut check = LogCheck::default();
+    for event in store
+        .read_audit(0, 1000, &AuditFilter::default())
+        .await
+        .unwrap()
+    {
+        check.push(&event).unwrap();
+    }
+    check
 }
 
-on_both_backends!(
+async fn every_append_is_chained_in_the_transaction_that_positions_it(store: Store) {
+    // Keys out of order and non-ASCII text: the exact payload text is what is hashed.
+    let mut unusual = append("g1", 0, 3);
+    unusual.events[1].payload = json!({"z": "é ☃", "a": 1.5, "n": null});
+    // The fast path: plain appends, one per stream.
+    store
+        .commit_batch(&[unusual, append("g2", 0, 1)])
+        .await
+        .unwrap();
+    // The slow path: an idempotency key, a key action and a conflict in one batch.
+    let mut keyed = append("g3", 0, 2);
+    keyed.idempotency = Some(IdempotencyRecord {
+        key: "k1".into(),
+        request_hash: vec![1],
+        status: 201,
+        response_id: "g3".into(),
+    });
+    let mut register = append("c1", 0, 1);
+    register.aggregate_type = "client";
+    register.key_action = Some(KeyAction::Store {
+        client_id: "c1".into(),
+        wrapped_key: vec![7; 40],
+    });
+    let results = store
+        .commit_batch(&[keyed.clone(), append("g2", 0, 1), register])
+        .await
+        .unwrap();
+    assert!(matches!(results[1], AppendResult::Conflict { .. }));
+    // An answered retry and an erasure: the key is destroyed, no event changes.
+    let mut erase = append("c1", 1, 1);
+    erase.aggregate_type = "client";
+    erase.key_action = Some(KeyAction::Destroy {
+        client_id: "c1".into(),
+    });
+    store.commit_batch(&[keyed, erase]).await.unwrap();
+    assert_eq!(store.client_key("c1").await.unwrap(), ClientKey::Destroyed);
+
+    let check = check_chain(&store).await;
+    assert_eq!(check.checked(), 8);
+    let events = store
+        .read_audit(0, 100, &AuditFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(events[1].payload, r#"{"a":1.5,"n":null,"z":"é ☃"}"#);
+    assert_eq!(events[0].occurred_at.timestamp_subsec_nanos() % 1000, 0);
+    let read = store.read_all(0, 100).await.unwrap();
+    assert_eq!(read[1].payload, json!({"z": "é ☃", "a": 1.5, "n": null}));
+    assert_eq!(read[0].occurred_at, events[0].occurred_at);
+
+    // Filters select without reordering; `to` is exclusive.
+    let only = |filter: AuditFilter| {
+        let store = store.clone();
+        async move {
+            let page = store.read_audit(0, 100, &filter).await.unwrap();
+            page.iter().map(|e| e.position).collect::<Vec<_>>()
+        }
+    };
+    let g1 = AuditFilter {
+        aggregate_type: Some("group".into()),
+        aggregate_id: Some("g1".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(only(g1).await, vec![1, 2, 3]);
+    let clients = AuditFilter {
+        aggregate_type: Some("client".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(only(clients).await, vec![7, 8]);
+    let nobody = AuditFilter {
+        actor_id: Some("dr_z".into()),
+        ..AuditFilter::default()
+    };
+    assert!(only(nobody).await.is_empty());
+    let before_first = AuditFilter {
+        to: Some(events[0].recorded_at),
+        ..AuditFilter::default()
+    };
+    assert!(only(before_first).await.is_empty());
+    let from_last = AuditFilter {
+        from: Some(events[7].recorded_at),
+        ..AuditFilter::default()
+    };
+    assert_eq!(only(from_last).await.last(), Some(&8));
+    assert_eq!(
+        store
+            .read_audit(5, 2, &AuditFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+circle_tests::on_both_backends!(
     appends_are_read_back_in_order_with_their_metadata,
     a_stale_expected_version_conflicts_without_failing_the_batch,
     an_idempotency_key_answers_the_same_and_appends_once,
@@ -465,8 +551,162 @@ on_both_backends!(
     a_checkpoint_keeps_state_and_position_together,
     one_holder_leads_at_a_time_and_a_deposed_leader_cannot_save,
     a_snapshot_is_found_by_the_time_its_events_were_recorded_by,
+    every_append_is_chained_in_the_transaction_that_positions_it,
+    the_log_refuses_every_change_but_erasure_still_works,
     a_read_up_to_a_time_and_position_filters_in_the_store,
 );
+
+/// Events written before the chain existed, straight into a schema at migration 5.
+#[tokio::test]
+async fn postgres_chains_events_written_before_the_chain_on_migration() {
+    use sqlx::Connection;
+    let url = circle_tests::fresh_schema_url().await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO schema_migrations (version) VALUES (1), (2), (3), (4), (5);",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for sql in [
+        include_str!("../services/src/store/migrations/postgres/0001_init.sql"),
+        include_str!("../services/src/store/migrations/postgres/0002_append_function.sql"),
+        include_str!("../services/src/store/migrations/postgres/0003_projection_checkpoints.sql"),
+        include_str!("../services/src/store/migrations/postgres/0004_leases.sql"),
+        include_str!("../services/src/store/migrations/postgres/0005_practice_snapshots.sql"),
+    ] {
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    }
+    sqlx::raw_sql(
+        "INSERT INTO events (position, event_id, aggregate_type, aggregate_id, sequence,
+             event_type, event_version, payload, occurred_at, recorded_at, actor_id,
+             actor_role, correlation_id, causation_id)
+         SELECT n, gen_random_uuid(), 'group', 'old', n, 'SessionCancelled', 1,
+                jsonb_build_object('session_id', 's' || n, 'reason', 'snow ☃'),
+                '2020-01-01T00:00:00.123456Z'::timestamptz + n * interval '1 day',
+                '2020-01-02T00:00:00Z'::timestamptz + n * interval '1 day', 'dr_a',
+                'clinician', gen_random_uuid(), CASE WHEN n = 2 THEN gen_random_uuid() END
+         FROM generate_series(1, 3) AS n;
+         UPDATE log_head SET position = 3;",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let store = Store::postgres(&url, 4).await.unwrap();
+    assert_eq!(check_chain(&store).await.checked(), 3);
+    let events = store
+        .read_audit(0, 10, &AuditFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        events[0].payload,
+        r#"{"reason": "snow ☃", "session_id": "s1"}"#
+    );
+    // New appends continue the back-filled chain.
+    store.commit_batch(&[append("g1", 0, 2)]).await.unwrap();
+    assert_eq!(check_chain(&store).await.checked(), 5);
+}
+
+/// UPDATE, DELETE and TRUNCATE of events are refused to everyone the trigger binds;
+/// erasure still works, because it only ever touches `client_keys`.
+async fn the_log_refuses_every_change_but_erasure_still_works(store: Store) {
+    let mut register = append("c1", 0, 1);
+    register.aggregate_type = "client";
+    register.key_action = Some(KeyAction::Store {
+        client_id: "c1".into(),
+        wrapped_key: vec![7; 40],
+    });
+    store.commit_batch(&[register]).await.unwrap();
+    let statements: &[&str] = match &store {
+        Store::Postgres(_) => &[
+            "UPDATE events SET actor_id = 'x'",
+            "UPDATE events SET actor_id = 'x' WHERE position = 99",
+            "DELETE FROM events WHERE position = 1",
+            "TRUNCATE events",
+        ],
+        Store::Sqlite(_) => &["UPDATE events SET actor_id = 'x'", "DELETE FROM events"],
+    };
+    for sql in statements {
+        let refused = match &store {
+            Store::Postgres(pg) => sqlx::query(sql).execute(pg.pool()).await.err(),
+            Store::Sqlite(lite) => sqlx::query(sql).execute(lite.pool()).await.err(),
+        };
+        let message = refused
+            .unwrap_or_else(|| panic!("{sql} was allowed"))
+            .to_string();
+        assert!(message.contains("append-only"), "{sql}: {message}");
+    }
+    let mut erase = append("c1", 1, 1);
+    erase.aggregate_type = "client";
+    erase.key_action = Some(KeyAction::Destroy {
+        client_id: "c1".into(),
+    });
+    let results = store.commit_batch(&[erase]).await.unwrap();
+    assert!(matches!(results[0], AppendResult::Committed { .. }));
+    assert_eq!(store.client_key("c1").await.unwrap(), ClientKey::Destroyed);
+    assert_eq!(check_chain(&store).await.checked(), 2);
+}
+
+#[tokio::test]
+async fn sqlite_chains_events_written_before_the_chain_on_migration() {
+    use sqlx::Connection;
+    let dir = circle_tests::fresh_data_dir();
+    let file = dir.join("circle.sqlite3");
+    let mut conn =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", file.display()))
+            .await
+            .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);
+         INSERT INTO schema_migrations VALUES (1, 'x'), (2, 'x'), (3, 'x'), (4, 'x');",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for sql in [
+        include_str!("../services/src/store/migrations/sqlite/0001_init.sql"),
+        include_str!("../services/src/store/migrations/sqlite/0002_projection_checkpoints.sql"),
+        include_str!("../services/src/store/migrations/sqlite/0003_leases.sql"),
+        include_str!("../services/src/store/migrations/sqlite/0004_practice_snapshots.sql"),
+    ] {
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    }
+    for n in 1..=3 {
+        sqlx::query(
+            "INSERT INTO events (position, event_id, aggregate_type, aggregate_id, sequence,
+                 event_type, event_version, payload, occurred_at, recorded_at, actor_id,
+                 actor_role, correlation_id, causation_id)
+             VALUES (?, ?, 'group', 'old', ?, 'SessionCancelled', 1, ?,
+                     '2020-01-01T00:00:00.123456Z', '2020-01-02T00:00:00.000000Z', 'dr_a',
+                     'clinician', ?, NULL)",
+        )
+        .bind(n)
+        .bind(Uuid::new_v4().to_string())
+        .bind(n)
+        .bind(format!(r#"{{"session_id":"s{n}","reason":"snow"}}"#))
+        .bind(Uuid::new_v4().to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    conn.close().await.unwrap();
+
+    let store = Store::embedded(&dir).await.unwrap();
+    assert_eq!(check_chain(&store).await.checked(), 3);
+    let refused = match &store {
+        Store::Sqlite(lite) => sqlx::query("UPDATE events SET hash = NULL")
+            .execute(lite.pool())
+            .await
+            .is_err(),
+        Store::Postgres(_) => unreachable!(),
+    };
+    assert!(refused, "the back-filled log is append-only");
+    store.commit_batch(&[append("g1", 0, 2)]).await.unwrap();
+    assert_eq!(check_chain(&store).await.checked(), 5);
+}
 
 /// PostgreSQL's jsonb refuses `\u0000`: such an append must fail alone, not the
 /// group commit it shares with other clinicians' commands.

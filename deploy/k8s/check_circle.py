@@ -15,16 +15,16 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/k8s"
-SECRETS = {"CIRCLE_MASTER_KEY", "CIRCLE_DATABASE_URL", "CIRCLE_ADMIN_TOKEN"}
+SECRETS = {"CIRCLE_MASTER_KEY", "CIRCLE_DATABASE_URL", "CIRCLE_ADMIN_TOKEN", "CIRCLE_AUDIT_SIGNING_KEY"}
 SETTINGS_ENV = SECRETS | {"CIRCLE_LISTEN", "CIRCLE_NATS_URL", "CIRCLE_CONFIG"}
 # Settings whose value is a secret: never in a ConfigMap.
-SECRET_KEYS = {"master_key", "admin_token", "database_url"}
+SECRET_KEYS = {"master_key", "admin_token", "database_url", "audit_signing_key"}
 
 
 def settings_keys():
     """Keys Circle's Settings accept: the defaults plus the ones left unset there."""
     keys = set(tomllib.loads((ROOT / "services/config/defaults.toml").read_text()))
-    return keys | {"database_url", "nats_url", "admin_token", "master_key"}
+    return keys | {"database_url", "nats_url", "admin_token", "master_key", "audit_signing_key"}
 
 
 def main():

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::access_log::AccessLog;
 use crate::appender::Appender;
 use crate::as_of::AsOfLimit;
+use crate::audit::note::Signer;
+use crate::audit::tree::{CheckpointPolicy, Checkpointer};
 use crate::auth::{Authenticator, Role};
 use crate::commands::{CommandService, Repository};
 use crate::config::Settings;
@@ -209,6 +211,37 @@ pub async fn rotate_master_key(
     })
 }
 
+/// The checkpoint signer from settings; the embedded store creates a key in the data
+/// directory on first run, as it does the master key. PostgreSQL without a configured
+/// key signs nothing: instances generating keys of their own would disagree.
+fn audit_signer(settings: &Settings) -> anyhow::Result<Option<Signer>> {
+    let text = match (&settings.audit_signing_key, &settings.database_url) {
+        (Some(key), _) => key.expose().to_string(),
+        (None, Some(_)) => {
+            tracing::warn!(
+                "no CIRCLE_AUDIT_SIGNING_KEY: the log is chained but no checkpoints are signed"
+            );
+            return Ok(None);
+        }
+        (None, None) => {
+            let path = settings.data_dir.join("audit.key");
+            match std::fs::read_to_string(&path) {
+                Ok(existing) => existing,
+                Err(_) => {
+                    let key = Signer::generate(&settings.audit_origin)?;
+                    write_private(&path, &key)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    tracing::info!(path = %path.display(), "generated the audit signing key");
+                    key
+                }
+            }
+        }
+    };
+    Ok(Some(
+        Signer::parse(&text).context("reading the audit signing key")?,
+    ))
+}
+
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
@@ -260,6 +293,7 @@ impl Application {
     /// | `nats-publisher` | followers | restart with backoff | no: NATS may be down |
     /// | `nats-service` | followers | restart with backoff | no |
     /// | `leader-lease` | lease | restart with backoff | no: followers serve anyway |
+    /// | `audit-checkpoints` | followers | restart with backoff | no: the chain needs none |
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
         let store = open_store(settings).await?;
         let vault = open_vault(settings, &store).await?;
@@ -343,6 +377,34 @@ impl Application {
             true,
             move |stop| follower.clone().run(stop),
         );
+        let signer = audit_signer(settings)?.map(Arc::new);
+        let (checkpoints, _) = tokio::sync::watch::channel(None);
+        if let Some(signer) = &signer {
+            let checkpointer = Arc::new(Checkpointer {
+                store: store.clone(),
+                signer: signer.clone(),
+                policy: CheckpointPolicy {
+                    every_events: settings.audit_checkpoint_every_events.max(1),
+                    every: Duration::from_millis(settings.audit_checkpoint_every_ms),
+                },
+            });
+            let (leadership, checkpoints) = (leadership.clone(), checkpoints.clone());
+            supervisor.spawn(
+                "audit-checkpoints",
+                Stage::Followers,
+                OnExit::Restart,
+                false,
+                move |stop| {
+                    let (checkpointer, leadership, checkpoints) = (
+                        checkpointer.clone(),
+                        leadership.clone(),
+                        checkpoints.clone(),
+                    );
+                    async move { checkpointer.run(leadership, checkpoints, stop).await }
+                },
+            );
+        }
+
         let commands = CommandService::new(
             store.clone(),
             appender,
@@ -379,6 +441,19 @@ impl Application {
                         async move { nats.publish(leadership, committed, stop).await }
                     },
                 );
+                if signer.is_some() {
+                    let (nats, checkpoints) = (nats.clone(), checkpoints.clone());
+                    supervisor.spawn(
+                        "nats-checkpoints",
+                        Stage::Followers,
+                        OnExit::Restart,
+                        false,
+                        move |stop| {
+                            let (nats, signed) = (nats.clone(), checkpoints.subscribe());
+                            async move { nats.publish_checkpoints(signed, stop).await }
+                        },
+                    );
+                }
                 supervisor.spawn(
                     "nats-service",
                     Stage::Followers,
@@ -408,6 +483,7 @@ impl Application {
                 metrics.clone(),
             ),
             auth: Authenticator::new(store.clone()),
+            audit_key: signer.as_ref().map(|s| s.verifier_key()),
             access_log,
             store,
             commands,

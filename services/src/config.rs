@@ -61,6 +61,16 @@ pub struct Settings {
     pub leader_lease_ttl_ms: u64,
     /// From SIGTERM to exit: HTTP drains, then the appender, then the followers.
     pub shutdown_grace_ms: u64,
+    /// The checkpoint signing key, `PRIVATE+KEY+name+id+key` (signed-note form). The
+    /// embedded store creates one in the data directory; PostgreSQL without one
+    /// signs no checkpoints.
+    pub audit_signing_key: Option<Secret>,
+    /// The log's name (checkpoint origin) for a key Circle generates itself.
+    pub audit_origin: String,
+    /// The leader signs a checkpoint once this many events are unsigned...
+    pub audit_checkpoint_every_events: i64,
+    /// ...or this long after the last one, whichever comes first (milliseconds).
+    pub audit_checkpoint_every_ms: u64,
     /// Record every disclosure of client data and every refusal (ARCHITECTURE.md,
     /// "Privacy"). Off only to measure what it costs.
     pub access_log: bool,
@@ -82,6 +92,7 @@ pub struct Overrides {
     pub nats_url: Option<String>,
     pub admin_token: Option<String>,
     pub master_key: Option<String>,
+    pub audit_signing_key: Option<String>,
     pub log_format: Option<LogFormat>,
 }
 
@@ -96,6 +107,7 @@ impl std::fmt::Debug for Overrides {
             .field("nats_url", &self.nats_url)
             .field("admin_token", &hidden(&self.admin_token))
             .field("master_key", &hidden(&self.master_key))
+            .field("audit_signing_key", &hidden(&self.audit_signing_key))
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -122,6 +134,7 @@ impl Settings {
             nats_url,
             admin_token,
             master_key,
+            audit_signing_key,
             log_format,
         } = overrides;
         settings.listen = listen.unwrap_or(settings.listen);
@@ -133,6 +146,11 @@ impl Settings {
         settings.nats_url = nats_url.or(settings.nats_url).filter(|u| !u.is_empty());
         settings.admin_token = admin_token.map(Secret::from).or(settings.admin_token);
         settings.master_key = master_key.map(Secret::from).or(settings.master_key);
+        // An empty value (a deployment's unset variable) means no key, as for URLs.
+        settings.audit_signing_key = audit_signing_key
+            .map(Secret::from)
+            .or(settings.audit_signing_key)
+            .filter(|k| !k.expose().trim().is_empty());
         settings.log_format = log_format.unwrap_or(settings.log_format);
         Ok(settings)
     }
@@ -160,6 +178,24 @@ mod tests {
         .unwrap();
         assert_eq!(settings.listen, "127.0.0.1:0");
         assert_eq!(settings.command_attempts, 9);
+    }
+
+    #[test]
+    fn a_secret_never_prints() {
+        let settings = Settings::load(
+            None,
+            Overrides {
+                audit_signing_key: Some("PRIVATE+KEY+x+00000000+c2VjcmV0".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert!(!format!("{settings:?}").contains("PRIVATE"));
+        assert!(settings
+            .audit_signing_key
+            .unwrap()
+            .expose()
+            .contains("PRIVATE"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod alloc;
 pub mod app;
 pub mod appender;
 pub mod as_of;
+pub mod audit;
 pub mod auth;
 mod cache;
 pub mod care_teams;

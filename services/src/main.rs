@@ -41,6 +41,12 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Check the log without trusting the server: an export offline, the store, or
+    /// the consistency of two checkpoints an auditor kept.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -117,6 +123,48 @@ impl TokenAction {
     }
 }
 
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Recompute the chain and the Merkle root of an NDJSON export (offline) and check
+    /// a signed checkpoint against it; without --export, check the store itself.
+    /// Prints `ok <n> events, root <hex>` (exit 0) or the first bad position (exit 1).
+    Verify {
+        /// An export from GET /api/v1/audit/events (Accept: application/x-ndjson).
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// A signed checkpoint (GET /api/v1/audit/checkpoint) the export must match.
+        #[arg(long, requires = "key", requires = "export")]
+        checkpoint: Option<PathBuf>,
+        /// The verifier key (GET /api/v1/audit/key), kept by the auditor.
+        #[arg(long, requires = "checkpoint")]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Fetch the consistency proof between two signed checkpoints and check it: a log
+    /// rewritten since OLD fails here.
+    Consistency {
+        old: PathBuf,
+        new: PathBuf,
+        /// Circle's base URL, e.g. http://127.0.0.1:8080 (plain HTTP).
+        #[arg(long)]
+        url: String,
+        /// An auditor's or admin's API token.
+        #[arg(long, env = "CIRCLE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The verifier key; both checkpoints' signatures are checked with it.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Create a checkpoint signing key: prints the key (for CIRCLE_AUDIT_SIGNING_KEY)
+    /// and the verifier key auditors keep.
+    Keygen {
+        /// The log's name, e.g. clinic.example/circle.
+        #[arg(long)]
+        origin: String,
+    },
+}
+
 #[derive(Args, Clone)]
 struct StoreArgs {
     /// Directory of the embedded store (used when no database URL is set).
@@ -125,6 +173,17 @@ struct StoreArgs {
     /// PostgreSQL URL; without it the embedded store is used.
     #[arg(long, env = "CIRCLE_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// The settings these flags change: which store.
+    fn overrides(self) -> Overrides {
+        Overrides {
+            data_dir: self.data_dir,
+            database_url: self.database_url,
+            ..Overrides::default()
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -143,6 +202,14 @@ struct ServeArgs {
     /// Base64 of 32 bytes wrapping every client's key (environment only).
     #[arg(long, env = "CIRCLE_MASTER_KEY", hide_env_values = true, hide = true)]
     master_key: Option<String>,
+    /// The checkpoint signing key, signed-note form (environment only).
+    #[arg(
+        long,
+        env = "CIRCLE_AUDIT_SIGNING_KEY",
+        hide_env_values = true,
+        hide = true
+    )]
+    audit_signing_key: Option<String>,
     /// Log lines as text (for people) or JSON (for log shippers).
     #[arg(long, env = "CIRCLE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -157,6 +224,7 @@ impl ServeArgs {
             nats_url: self.nats_url,
             admin_token: self.admin_token,
             master_key: self.master_key,
+            audit_signing_key: self.audit_signing_key,
             log_format: self.log_format,
         }
     }
@@ -197,12 +265,7 @@ async fn run() -> anyhow::Result<()> {
             serve(settings, true).await
         }
         Command::Replay { projection, store } => {
-            let overrides = Overrides {
-                data_dir: store.data_dir,
-                database_url: store.database_url,
-                ..Overrides::default()
-            };
-            let settings = Settings::load(cli.config.as_deref(), overrides)?;
+            let settings = Settings::load(cli.config.as_deref(), store.overrides())?;
             let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
             let store = open_store(&settings).await?;
             let name = projection.unwrap_or_else(|| projector::REPORTS.to_string());
@@ -216,6 +279,20 @@ async fn run() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Audit { action } => {
+            let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
+            let outcome = audit(cli.config.as_deref(), action).await;
+            match outcome {
+                Ok(line) => {
+                    println!("{line}");
+                    Ok(())
+                }
+                Err(reason) => {
+                    println!("FAIL {reason}");
+                    std::process::exit(1)
+                }
+            }
+        }
         Command::Keys {
             action:
                 KeysAction::Rotate {
@@ -225,10 +302,8 @@ async fn run() -> anyhow::Result<()> {
                 },
         } => {
             let overrides = Overrides {
-                data_dir: store.data_dir,
-                database_url: store.database_url,
                 master_key,
-                ..Overrides::default()
+                ..store.overrides()
             };
             let settings = Settings::load(cli.config.as_deref(), overrides)?;
             let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
@@ -243,17 +318,146 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { action } => {
-            let overrides = Overrides {
-                data_dir: action.store().data_dir.clone(),
-                database_url: action.store().database_url.clone(),
-                ..Overrides::default()
-            };
-            let settings = Settings::load(cli.config.as_deref(), overrides)?;
+            let settings =
+                Settings::load(cli.config.as_deref(), action.store().clone().overrides())?;
             let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
             let store = open_store(&settings).await?;
             token_command(&store, action).await
         }
     }
+}
+
+/// Runs an audit command; `Err` is the one-line reason it failed.
+async fn audit(config: Option<&std::path::Path>, action: AuditAction) -> Result<String, String> {
+    use circle_services::audit::{merkle, note, tree, verify};
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))
+    };
+    match action {
+        AuditAction::Verify {
+            export: Some(export),
+            checkpoint,
+            key,
+            ..
+        } => {
+            let file = std::fs::File::open(&export)
+                .map_err(|e| format!("reading {}: {e}", export.display()))?;
+            let signed = match (checkpoint, key) {
+                (Some(c), Some(k)) => Some((read(&c)?, read(&k)?)),
+                _ => None,
+            };
+            let signed = signed.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+            verify::verify_export(std::io::BufReader::new(file), signed)
+                .map(|summary| summary.to_string())
+                .map_err(|failure| failure.to_string())
+        }
+        AuditAction::Verify {
+            export: None,
+            store,
+            ..
+        } => {
+            let settings =
+                Settings::load(config, store.overrides()).map_err(|e| format!("{e:#}"))?;
+            let store = open_store(&settings).await.map_err(|e| format!("{e:#}"))?;
+            let verdict = tree::verify_store(&store, |n, head| progress_bar(n as i64, head))
+                .await
+                .map_err(|e| format!("reading the store: {}", ErrorChain(&e)))?;
+            eprintln!();
+            match (verdict.first_bad_position, verdict.reason) {
+                (None, None) => Ok(format!(
+                    "ok {} events, root {}",
+                    verdict.checked, verdict.root
+                )),
+                (position, reason) => Err(format!(
+                    "position {}: {}",
+                    position.map_or("?".to_string(), |p| p.to_string()),
+                    reason.unwrap_or_default()
+                )),
+            }
+        }
+        AuditAction::Consistency {
+            old,
+            new,
+            url,
+            token,
+            key,
+        } => {
+            let verifier = note::Verifier::parse(&read(&key)?).map_err(|e| e.to_string())?;
+            let open = |path: &PathBuf| -> Result<note::Checkpoint, String> {
+                note::Checkpoint::open(&read(path)?, &verifier)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            };
+            let (old, new) = (open(&old)?, open(&new)?);
+            if old.size > new.size {
+                return Err(format!(
+                    "OLD has {} events, NEW only {}",
+                    old.size, new.size
+                ));
+            }
+            let proof: Vec<merkle::Hash> = if old.size == 0 || old.size == new.size {
+                Vec::new()
+            } else {
+                fetch_consistency(&url, &token, old.size, new.size).await?
+            };
+            if merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &proof) {
+                Ok(format!(
+                    "ok the log of {} events extends the one of {} signed earlier",
+                    new.size, old.size
+                ))
+            } else {
+                Err(format!(
+                    "the log of {} events is not an extension of the one of {} events signed \
+                     earlier: history before {} was rewritten",
+                    new.size, old.size, old.size
+                ))
+            }
+        }
+        AuditAction::Keygen { origin } => {
+            let key = note::Signer::generate(&origin).map_err(|e| e.to_string())?;
+            let signer = note::Signer::parse(&key).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "signing key (CIRCLE_AUDIT_SIGNING_KEY, keep secret): {key}\nverifier key (give to auditors): {}",
+                signer.verifier_key()
+            ))
+        }
+    }
+}
+
+/// GET /api/v1/audit/proof/consistency, the proof's hashes decoded.
+async fn fetch_consistency(
+    base: &str,
+    token: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<circle_services::audit::merkle::Hash>, String> {
+    let url = format!(
+        "{}/api/v1/audit/proof/consistency?from={from}&to={to}",
+        base.trim_end_matches('/')
+    );
+    let response = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| format!("fetching {url}: {e}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| format!("{url} answered {status} without JSON: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("{url} answered {status}: {}", body["detail"]));
+    }
+    body["proof"]
+        .as_array()
+        .ok_or_else(|| format!("{url}: no proof in the answer"))?
+        .iter()
+        .map(|h| {
+            h.as_str()
+                .and_then(circle_services::audit::chain::hash_from_hex)
+                .ok_or_else(|| format!("{url}: a proof hash is not 64 hex digits"))
+        })
+        .collect()
 }
 
 async fn token_command(
@@ -321,6 +525,18 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     if let Some(token) = &app.generated_admin_token {
         println!("admin token (shown once): {token}");
         println!("try: curl -H 'Authorization: Bearer {token}' http://{address}/api/v1/groups");
+    }
+    if demo {
+        let token = app
+            .generated_admin_token
+            .clone()
+            .unwrap_or_else(|| "$TOKEN".to_string());
+        let get = format!("curl -sH 'Authorization: Bearer {token}' http://{address}/api/v1/audit");
+        println!("check the log yourself (a checkpoint is signed within seconds):");
+        println!("  {get}/checkpoint > checkpoint.txt");
+        println!("  {get}/key > circle.vkey");
+        println!("  {get}/events -H 'Accept: application/x-ndjson' > export.ndjson");
+        println!("  circle audit verify --export export.ndjson --checkpoint checkpoint.txt --key circle.vkey");
     }
     println!("circle listening on http://{address} (OpenAPI: /api/v1/openapi.json)");
     app.run(shutdown_signal()).await

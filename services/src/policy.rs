@@ -46,6 +46,9 @@ pub enum Action {
     ReadAlerts,
     /// The access log: who saw whose data.
     ReadAccessLog,
+    /// The event log with its hash chain, signed checkpoints and proofs (sealed
+    /// personal data only).
+    ReadAuditTrail,
     /// Issuing, listing and revoking API tokens.
     ManageTokens,
 }
@@ -111,7 +114,8 @@ pub fn check(principal: &Principal, action: Action, resource: Resource<'_>) -> D
             | Action::ReadClient
             | Action::ReadReport
             | Action::ReadAlerts
-            | Action::ReadAccessLog => Ok(View::Withheld),
+            | Action::ReadAccessLog
+            | Action::ReadAuditTrail => Ok(View::Withheld),
             _ => deny("the auditor role reads and never writes"),
         },
         Role::Reporter => match action {
@@ -180,6 +184,7 @@ fn clinician(principal: &Principal, action: Action, resource: Resource<'_>) -> D
         },
         (Action::EraseClient, _) => deny("only an admin erases a client"),
         (Action::ReadAccessLog, _) => deny("the access log is for auditors and admins"),
+        (Action::ReadAuditTrail, _) => deny("the audit trail is for auditors and admins"),
         (Action::ManageTokens, _) => deny("tokens are managed by admins"),
         (action, resource) => {
             // A handler asked about a pairing no rule covers: refuse, loudly.
@@ -210,7 +215,7 @@ pub fn role_may(role: Role, action: Action) -> Result<(), Denial> {
             Resource::Client { in_care: true }
         }
         Action::ListGroups | Action::RegisterClient | Action::ReadDescription => Resource::Practice,
-        Action::ReadAccessLog | Action::ManageTokens => Resource::Practice,
+        Action::ReadAccessLog | Action::ReadAuditTrail | Action::ManageTokens => Resource::Practice,
         _ => Resource::Group { facilitated: true },
     };
     check(&probe, action, best).map(|_| ())
@@ -323,6 +328,20 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/api/v1/reports/goals", Action::ReadReport),
     ("GET", "/api/v1/alerts", Action::ReadAlerts),
     ("GET", "/api/v1/audit/access", Action::ReadAccessLog),
+    ("GET", "/api/v1/audit/events", Action::ReadAuditTrail),
+    ("GET", "/api/v1/audit/checkpoint", Action::ReadAuditTrail),
+    ("GET", "/api/v1/audit/key", Action::ReadAuditTrail),
+    (
+        "GET",
+        "/api/v1/audit/proof/inclusion",
+        Action::ReadAuditTrail,
+    ),
+    (
+        "GET",
+        "/api/v1/audit/proof/consistency",
+        Action::ReadAuditTrail,
+    ),
+    ("GET", "/api/v1/audit/verify", Action::ReadAuditTrail),
     ("GET", "/api/v1/tokens", Action::ManageTokens),
     ("POST", "/api/v1/tokens", Action::ManageTokens),
     (

@@ -228,7 +228,68 @@ impl Nats {
     }
 }
 
+impl Nats {
+    /// Publishes each checkpoint the leader signs, as its signed note, on
+    /// `<namespace>.audit.checkpoint` (stream `<NAMESPACE>_AUDIT`), message id
+    /// `checkpoint@<size>` so a re-publish is de-duplicated. A failed publish is
+    /// retried until it succeeds or a newer checkpoint replaces it.
+    pub async fn publish_checkpoints(
+        &self,
+        mut signed: watch::Receiver<Option<crate::store::TreeHead>>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let settings = &self.publisher.settings;
+        let js = &self.publisher.js;
+        let subject = format!("{}.audit.checkpoint", settings.namespace);
+        let mut stream_ready = false;
+        loop {
+            let next = signed.borrow_and_update().clone();
+            if let Some(head) = next {
+                let published = async {
+                    if !stream_ready {
+                        js.get_or_create_stream(stream::Config {
+                            name: settings.audit_stream(),
+                            subjects: vec![format!("{}.audit.>", settings.namespace)],
+                            duplicate_window: settings.duplicate_window,
+                            storage: stream::StorageType::File,
+                            ..Default::default()
+                        })
+                        .await?;
+                        stream_ready = true;
+                    }
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", format!("checkpoint@{}", head.size).as_str());
+                    headers.insert("Circle-Tree-Size", head.size.to_string().as_str());
+                    js.publish_with_headers(subject.clone(), headers, head.note.clone().into())
+                        .await?
+                        .await?;
+                    anyhow::Ok(())
+                }
+                .await;
+                if let Err(error) = published {
+                    tracing::warn!(error = %crate::errors::ErrorChain(error.as_ref()), "publishing a checkpoint; retrying");
+                    stream_ready = false;
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    signed.mark_changed();
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                changed = signed.changed() => if changed.is_err() { return Ok(()) },
+            }
+        }
+    }
+}
+
 impl NatsSettings {
+    pub fn audit_stream(&self) -> String {
+        format!("{}_AUDIT", self.namespace.to_uppercase())
+    }
+
     pub fn events_stream(&self) -> String {
         format!("{}_EVENTS", self.namespace.to_uppercase())
     }

@@ -420,6 +420,30 @@ pub async fn gas_vector_groups(app: &TestApp, prefix: &str) -> (Vec<(String, f64
     (groups, position)
 }
 
+/// Runs each named `async fn(Store)` as two tests, `postgres::name` and
+/// `sqlite::name`, each on a fresh store of its own.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::postgres_store().await).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::sqlite_store().await).await;
+                }
+            )*
+        }
+    };
+}
+
 /// An answer that must have succeeded: its log position.
 pub fn succeeded(answer: Answer) -> i64 {
     assert!(answer.status.is_success(), "{:?}", answer.body);

@@ -297,6 +297,7 @@ fn parameters(doc: &mut Value) {
             }
         }
     }
+    audit_parameters(doc);
     if let Some(Value::Array(params)) =
         doc["paths"]["/api/v1/audit/access"]["get"].get_mut("parameters")
     {
@@ -318,6 +319,61 @@ fn parameters(doc: &mut Value) {
                     param.get_mut("schema"),
                     json!({"minimum": 1, "maximum": MAX_SESSIONS_LIMIT}),
                 );
+            }
+        }
+    }
+}
+
+/// The audit routes' query bounds (`http/audit.rs`); a value inside them that the log
+/// rules out (beyond the head or the latest checkpoint, `from` after `to`) is 422.
+fn audit_parameters(doc: &mut Value) {
+    let bounds: [(&str, &str, Value); 9] = [
+        ("/api/v1/audit/events", "after", json!({"minimum": 0})),
+        (
+            "/api/v1/audit/events",
+            "limit",
+            json!({"minimum": 1, "maximum": 10_000}),
+        ),
+        (
+            "/api/v1/audit/events",
+            "from",
+            json!({"format": "date-time", "pattern": TIME_PATTERN}),
+        ),
+        (
+            "/api/v1/audit/events",
+            "to",
+            json!({"format": "date-time", "pattern": TIME_PATTERN}),
+        ),
+        (
+            "/api/v1/audit/checkpoint",
+            "tree_size",
+            json!({"minimum": 0}),
+        ),
+        (
+            "/api/v1/audit/proof/inclusion",
+            "position",
+            json!({"minimum": 1}),
+        ),
+        (
+            "/api/v1/audit/proof/inclusion",
+            "tree_size",
+            json!({"minimum": 1}),
+        ),
+        (
+            "/api/v1/audit/proof/consistency",
+            "from",
+            json!({"minimum": 1}),
+        ),
+        (
+            "/api/v1/audit/proof/consistency",
+            "to",
+            json!({"minimum": 1}),
+        ),
+    ];
+    for (path, name, extra) in bounds {
+        if let Some(Value::Array(params)) = doc["paths"][path]["get"].get_mut("parameters") {
+            for param in params.iter_mut().filter(|p| p["name"] == name) {
+                merge(param.get_mut("schema"), extra.clone());
             }
         }
     }
@@ -362,6 +418,16 @@ fn statuses(doc: &mut Value) {
             // focus together.
             if path == "/api/v1/groups/{group_id}" || op_is_report(path) {
                 codes.push(422);
+            }
+            // Audit: a size or position beyond the log or the latest checkpoint (422);
+            // no checkpoint, key or position (404).
+            if path.starts_with("/api/v1/audit/") && path != "/api/v1/audit/verify" {
+                if path != "/api/v1/audit/key" {
+                    codes.extend([400, 422]);
+                }
+                if path != "/api/v1/audit/events" && path != "/api/v1/audit/proof/consistency" {
+                    codes.push(404);
+                }
             }
             codes.sort_unstable();
             let Some(Value::Object(responses)) = op.get_mut("responses") else {

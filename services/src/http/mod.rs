@@ -6,6 +6,7 @@
 //! refusal is a [`Problem`].
 
 mod access;
+mod audit;
 mod clients;
 mod exact;
 mod extract;
@@ -69,6 +70,8 @@ pub struct Services {
     pub health: Health,
     pub limits: Limits,
     pub as_of_limit: crate::as_of::AsOfLimit,
+    /// The checkpoint verifier key (signed-note form), when checkpoints are signed.
+    pub audit_key: Option<String>,
 }
 
 /// Bounds on the API: requests at once and the time each may take.
@@ -160,6 +163,12 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/reports/outcomes", get(reports::outcomes))
         .route("/reports/goals", get(reports::goals))
         .route("/alerts", get(reports::alerts))
+        .route("/audit/events", get(audit::events))
+        .route("/audit/checkpoint", get(audit::checkpoint))
+        .route("/audit/key", get(audit::key))
+        .route("/audit/proof/inclusion", get(audit::inclusion))
+        .route("/audit/proof/consistency", get(audit::consistency))
+        .route("/audit/verify", get(audit::verify))
         .route(
             "/tokens",
             get(tokens::list_tokens).post(tokens::create_token),

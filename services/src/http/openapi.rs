@@ -5,7 +5,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{access, clients, exact, goals, groups, reports, tokens};
+use super::{access, audit, clients, exact, goals, groups, reports, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,6 +45,12 @@ use super::{access, clients, exact, goals, groups, reports, tokens};
         tokens::create_token,
         tokens::revoke_token,
         access::access_log,
+        audit::events,
+        audit::checkpoint,
+        audit::key,
+        audit::inclusion,
+        audit::consistency,
+        audit::verify,
     ),
     components(schemas(circle_events::ids::TokenId)),
     modifiers(&BearerAuth),
@@ -54,7 +60,8 @@ use super::{access, clients, exact, goals, groups, reports, tokens};
         (name = "goals", description = "Members' goals (Goal Attainment Scaling) and check-ins"),
         (name = "reports", description = "Attendance, retention, outcomes, goals, alerts; live or as_of"),
         (name = "tokens", description = "API tokens: issue, list, revoke (admins)"),
-        (name = "audit", description = "The access log: who saw or was refused whose data (auditors and admins)"),
+        (name = "audit", description = "The log with its hash chain, signed checkpoints and RFC 9162 \
+            proofs (hex), and the access log: who saw or was refused whose data (auditors and admins)"),
     )
 )]
 pub struct ApiDoc;

@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+pub use crate::audit::chain::AuditEvent;
+use crate::audit::chain::{self, to_micros, Hash};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -199,6 +201,61 @@ pub struct RecordedEvent {
     pub actor_role: String,
     pub correlation_id: Uuid,
     pub causation_id: Option<Uuid>,
+}
+
+impl RecordedEvent {
+    fn from_audit(e: AuditEvent, payload: Value) -> RecordedEvent {
+        RecordedEvent {
+            position: e.position,
+            event_id: e.event_id,
+            aggregate_type: e.aggregate_type,
+            aggregate_id: e.aggregate_id,
+            sequence: e.sequence,
+            event_type: e.event_type,
+            event_version: e.event_version,
+            payload,
+            occurred_at: e.occurred_at,
+            recorded_at: e.recorded_at,
+            actor_id: e.actor_id,
+            actor_role: e.actor_role,
+            correlation_id: e.correlation_id,
+            causation_id: e.causation_id,
+        }
+    }
+}
+
+/// Which events an audit read selects besides `position > after`; `None` selects all.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuditFilter {
+    pub aggregate_type: Option<String>,
+    pub aggregate_id: Option<String>,
+    pub actor_id: Option<String>,
+    /// `recorded_at >= from`.
+    pub from: Option<DateTime<Utc>>,
+    /// `recorded_at < to`.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// A perfect subtree of the Merkle tree: (level, index from the left).
+pub type NodeKey = (u32, u64);
+
+/// A signed checkpoint as stored: the tree size, its root and the signed note.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TreeHead {
+    pub size: i64,
+    pub root: Hash,
+    pub note: String,
+}
+
+fn stored_hash((key, bytes): (i64, Vec<u8>)) -> Result<(i64, Hash), StoreError> {
+    chain::hash_from_slice(&bytes)
+        .map(|hash| (key, hash))
+        .ok_or_else(|| StoreError::Corrupt(format!("a stored hash at {key} is not 32 bytes")))
+}
+
+fn tree_head((size, root, note): (i64, Vec<u8>, String)) -> Result<TreeHead, StoreError> {
+    let (size, root) = stored_hash((size, root))?;
+    Ok(TreeHead { size, root, note })
 }
 
 /// An event for projections: only what they read, the payload as stored text.
@@ -383,6 +440,53 @@ impl Store {
     /// The log in global order: up to `limit` events with `position > after`.
     pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
         dispatch!(self, s => s.read_all(after, limit).await)
+    }
+
+    /// The log for auditors: up to `limit` events with `position > after` that `filter`
+    /// selects, in order, with the exact payload text and the stored chain hash.
+    pub async fn read_audit(
+        &self,
+        after: i64,
+        limit: i64,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        dispatch!(self, s => s.read_audit(after, limit, filter).await)
+    }
+
+    /// The stored chain hashes at these positions (those that exist).
+    pub async fn chain_hashes(&self, positions: &[i64]) -> Result<Vec<(i64, Hash)>, StoreError> {
+        dispatch!(self, s => s.chain_hashes(positions).await)
+    }
+
+    /// The stored Merkle subtrees among `keys`.
+    pub async fn merkle_nodes(&self, keys: &[NodeKey]) -> Result<Vec<(NodeKey, Hash)>, StoreError> {
+        dispatch!(self, s => s.merkle_nodes(keys).await)
+    }
+
+    /// Keeps Merkle subtrees; one already kept stays as it is.
+    pub async fn save_merkle_nodes(&self, nodes: &[(NodeKey, Hash)]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.save_merkle_nodes(nodes).await)
+    }
+
+    /// Stores a signed checkpoint unless one of that size exists, while `fence` is
+    /// current. Returns the checkpoint stored at that size (the earlier one if there
+    /// was one: a size is never signed twice), or `None` when fenced out.
+    pub async fn save_tree_head(
+        &self,
+        head: &TreeHead,
+        fence: &Fence,
+    ) -> Result<Option<TreeHead>, StoreError> {
+        dispatch!(self, s => s.save_tree_head(head, fence).await)
+    }
+
+    /// The checkpoint of this tree size, or the latest when `None`.
+    pub async fn tree_head(&self, size: Option<i64>) -> Result<Option<TreeHead>, StoreError> {
+        dispatch!(self, s => s.tree_head(size).await)
+    }
+
+    /// Every checkpoint, by tree size.
+    pub async fn tree_heads(&self) -> Result<Vec<TreeHead>, StoreError> {
+        dispatch!(self, s => s.tree_heads().await)
     }
 
     /// Like [`Store::read_all`], lean: for projections that only fold payloads.

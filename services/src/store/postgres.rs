@@ -46,6 +46,13 @@ const MIGRATIONS: &[(i32, &str)] = &[
         10,
         include_str!("migrations/postgres/0010_append_requires_live_clients.sql"),
     ),
+    (11, include_str!("migrations/postgres/0011_hash_chain.sql")),
+    (12, include_str!("migrations/postgres/0012_append_only.sql")),
+    (13, include_str!("migrations/postgres/0013_audit_tree.sql")),
+    (
+        14,
+        include_str!("migrations/postgres/0014_chain_with_live_clients.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -53,9 +60,11 @@ pub struct PgStore {
     pool: PgPool,
 }
 
+/// `payload_text` is what was hashed; the `payload` jsonb beside it is a copy for
+/// SQL queries that Circle itself never reads.
 const EVENT_COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, sequence, \
-    event_type, event_version, payload, occurred_at, recorded_at, actor_id, actor_role, \
-    correlation_id, causation_id";
+    event_type, event_version, payload_text, occurred_at, recorded_at, actor_id, actor_role, \
+    correlation_id, causation_id, hash";
 
 impl PgStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore, StoreError> {
@@ -150,10 +159,127 @@ impl PgStore {
         rows.iter().map(recorded_event).collect()
     }
 
+    pub async fn read_audit(
+        &self,
+        after: i64,
+        limit: i64,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1
+               AND ($3::text IS NULL OR aggregate_type = $3)
+               AND ($4::text IS NULL OR aggregate_id = $4)
+               AND ($5::text IS NULL OR actor_id = $5)
+               AND ($6::timestamptz IS NULL OR recorded_at >= $6)
+               AND ($7::timestamptz IS NULL OR recorded_at < $7)
+             ORDER BY position LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(after)
+            .bind(limit)
+            .bind(&filter.aggregate_type)
+            .bind(&filter.aggregate_id)
+            .bind(&filter.actor_id)
+            .bind(filter.from)
+            .bind(filter.to)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(audit_event).collect()
+    }
+
+    pub async fn chain_hashes(&self, positions: &[i64]) -> Result<Vec<(i64, Hash)>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT position, hash FROM events WHERE position = ANY($1)")
+                .bind(positions)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(stored_hash).collect()
+    }
+
+    pub async fn merkle_nodes(&self, keys: &[NodeKey]) -> Result<Vec<(NodeKey, Hash)>, StoreError> {
+        let levels: Vec<i32> = keys.iter().map(|k| k.0 as i32).collect();
+        let indexes: Vec<i64> = keys.iter().map(|k| k.1 as i64).collect();
+        let rows: Vec<(i32, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT n.level, n.node_index, n.hash
+             FROM unnest($1::int[], $2::bigint[]) AS k(level, node_index)
+             JOIN merkle_nodes n ON n.level = k.level AND n.node_index = k.node_index",
+        )
+        .bind(&levels)
+        .bind(&indexes)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(level, index, hash)| {
+                let (_, hash) = stored_hash((index, hash))?;
+                Ok(((level as u32, index as u64), hash))
+            })
+            .collect()
+    }
+
+    pub async fn save_merkle_nodes(&self, nodes: &[(NodeKey, Hash)]) -> Result<(), StoreError> {
+        let levels: Vec<i32> = nodes.iter().map(|(k, _)| k.0 as i32).collect();
+        let indexes: Vec<i64> = nodes.iter().map(|(k, _)| k.1 as i64).collect();
+        let hashes: Vec<&[u8]> = nodes.iter().map(|(_, h)| h.as_slice()).collect();
+        sqlx::query(
+            "INSERT INTO merkle_nodes (level, node_index, hash)
+             SELECT * FROM unnest($1::int[], $2::bigint[], $3::bytea[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&levels)
+        .bind(&indexes)
+        .bind(&hashes)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn save_tree_head(
+        &self,
+        head: &TreeHead,
+        fence: &Fence,
+    ) -> Result<Option<TreeHead>, StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (tree_size, root, note)
+             SELECT $1, $2, $3
+             WHERE EXISTS (SELECT 1 FROM leases WHERE name = $4 AND holder = $5 AND epoch = $6)
+             ON CONFLICT (tree_size) DO NOTHING",
+        )
+        .bind(head.size)
+        .bind(head.root.as_slice())
+        .bind(&head.note)
+        .bind(&fence.lease)
+        .bind(fence.holder)
+        .bind(fence.epoch)
+        .execute(&self.pool)
+        .await?;
+        self.tree_head(Some(head.size)).await
+    }
+
+    pub async fn tree_head(&self, size: Option<i64>) -> Result<Option<TreeHead>, StoreError> {
+        let row: Option<(i64, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT tree_size, root, note FROM audit_checkpoints
+             WHERE $1::bigint IS NULL OR tree_size = $1
+             ORDER BY tree_size DESC LIMIT 1",
+        )
+        .bind(size)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(tree_head).transpose()
+    }
+
+    pub async fn tree_heads(&self) -> Result<Vec<TreeHead>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT tree_size, root, note FROM audit_checkpoints ORDER BY tree_size",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(tree_head).collect()
+    }
+
     pub async fn read_raw(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, StoreError> {
         let rows: Vec<RawRow> = sqlx::query_as(
             "SELECT position, recorded_at, aggregate_type, aggregate_id, event_type, event_version,
-                    payload::text
+                    payload_text
              FROM events WHERE position > $1 ORDER BY position LIMIT $2",
         )
         .bind(after)
@@ -166,7 +292,7 @@ impl PgStore {
     pub async fn read_raw_until(&self, stretch: Stretch) -> Result<Vec<RawEvent>, StoreError> {
         let rows: Vec<RawRow> = sqlx::query_as(
             "SELECT position, recorded_at, aggregate_type, aggregate_id, event_type, event_version,
-                    payload::text
+                    payload_text
              FROM events WHERE position > $1 AND position <= $2 AND recorded_at <= $3
              ORDER BY position LIMIT $4",
         )
@@ -608,19 +734,44 @@ struct EventColumns {
     aggregate_type: Vec<String>,
     aggregate_id: Vec<String>,
     sequence: Vec<i64>,
+    /// `canonical_bytes` after the position, for the chain (see `audit::chain`).
+    tail: Vec<Vec<u8>>,
 }
 
 impl EventColumns {
-    fn push(&mut self, append: &Append, event: &NewEvent, sequence: i64) {
+    fn push(
+        &mut self,
+        append: &Append,
+        event: &NewEvent,
+        sequence: i64,
+        recorded_at: DateTime<Utc>,
+    ) {
         let meta = &event.metadata;
+        let payload = event.payload.to_string();
+        let occurred_at = to_micros(meta.occurred_at);
+        self.tail.push(chain::tail(&chain::EventFields {
+            event_id: meta.event_id,
+            aggregate_type: append.aggregate_type,
+            aggregate_id: &append.aggregate_id,
+            sequence,
+            event_type: &event.event_type,
+            event_version: event.event_version,
+            payload: &payload,
+            occurred_at,
+            recorded_at,
+            actor_id: &meta.actor_id,
+            actor_role: &meta.actor_role,
+            correlation_id: meta.correlation_id,
+            causation_id: meta.causation_id,
+        }));
         self.aggregate_type.push(append.aggregate_type.to_string());
         self.aggregate_id.push(append.aggregate_id.clone());
         self.sequence.push(sequence);
         self.event_id.push(meta.event_id);
         self.event_type.push(event.event_type.clone());
         self.event_version.push(event.event_version as i32);
-        self.payload.push(event.payload.to_string());
-        self.occurred_at.push(meta.occurred_at);
+        self.payload.push(payload);
+        self.occurred_at.push(occurred_at);
         self.actor_id.push(meta.actor_id.clone());
         self.actor_role.push(meta.actor_role.clone());
         self.correlation_id.push(meta.correlation_id);
@@ -647,6 +798,7 @@ async fn append_batch<'e>(
     let mut e = EventColumns::default();
     let mut streams = std::collections::HashSet::new();
     let mut simple = true;
+    let recorded_at = to_micros(Utc::now());
     for append in batch {
         a.push(append);
         simple &= append.idempotency.is_none()
@@ -657,13 +809,14 @@ async fn append_batch<'e>(
                 append,
                 event,
                 append.expected_version as i64 + offset as i64 + 1,
+                recorded_at,
             );
         }
     }
     let rows: Vec<AppendRow> = sqlx::query_as(
         "SELECT outcome, stream_version, last_position, answer_hash, answer_status, answer_body
          FROM circle_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
+             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
     )
     .bind(&a.aggregate_type)
     .bind(&a.aggregate_id)
@@ -688,8 +841,9 @@ async fn append_batch<'e>(
     .bind(&e.aggregate_type)
     .bind(&e.aggregate_id)
     .bind(&e.sequence)
+    .bind(&e.tail)
     .bind(simple)
-    .bind(Utc::now())
+    .bind(recorded_at)
     .fetch_all(executor)
     .await?;
     if rows.len() != batch.len() {
@@ -781,20 +935,32 @@ fn raw_event(row: RawRow) -> RawEvent {
 }
 
 fn recorded_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
-    Ok(RecordedEvent {
-        position: row.try_get("position")?,
+    let audit = audit_event(row)?;
+    let payload = serde_json::from_str(&audit.payload)
+        .map_err(|e| StoreError::Corrupt(format!("payload at {}: {e}", audit.position)))?;
+    Ok(RecordedEvent::from_audit(audit, payload))
+}
+
+fn audit_event(row: &PgRow) -> Result<AuditEvent, StoreError> {
+    let position: i64 = row.try_get("position")?;
+    let hash: Vec<u8> = row.try_get("hash")?;
+    Ok(AuditEvent {
         event_id: row.try_get("event_id")?,
         aggregate_type: row.try_get("aggregate_type")?,
         aggregate_id: row.try_get("aggregate_id")?,
         sequence: row.try_get("sequence")?,
         event_type: row.try_get("event_type")?,
         event_version: row.try_get::<i32, _>("event_version")? as u32,
-        payload: row.try_get("payload")?,
+        payload: row.try_get("payload_text")?,
         occurred_at: row.try_get("occurred_at")?,
         recorded_at: row.try_get("recorded_at")?,
         actor_id: row.try_get("actor_id")?,
         actor_role: row.try_get("actor_role")?,
         correlation_id: row.try_get("correlation_id")?,
         causation_id: row.try_get("causation_id")?,
+        hash: chain::hash_from_slice(&hash).ok_or_else(|| {
+            StoreError::Corrupt(format!("hash at {position} is {} bytes", hash.len()))
+        })?,
+        position,
     })
 }

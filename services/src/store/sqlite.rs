@@ -38,7 +38,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("migrations/sqlite/0008_token_lifecycle.sql"),
     ),
     (9, include_str!("migrations/sqlite/0009_key_check.sql")),
+    (10, include_str!("migrations/sqlite/0010_append_only.sql")),
+    (11, include_str!("migrations/sqlite/0011_audit_tree.sql")),
 ];
+
+/// Before this migration makes events append-only, the chain is back-filled.
+const CHAIN_MIGRATION: i64 = 10;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -79,7 +84,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 impl SqliteStore {
-    pub(super) fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
@@ -133,6 +138,9 @@ impl SqliteStore {
             if applied.contains(version) {
                 continue;
             }
+            if *version == CHAIN_MIGRATION {
+                backfill_chain(&mut tx).await?;
+            }
             sqlx::raw_sql(sql)
                 .execute(&mut *tx)
                 .await
@@ -181,6 +189,124 @@ impl SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(recorded_event).collect()
+    }
+
+    pub async fn read_audit(
+        &self,
+        after: i64,
+        limit: i64,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE position > ?1
+               AND (?3 IS NULL OR aggregate_type = ?3)
+               AND (?4 IS NULL OR aggregate_id = ?4)
+               AND (?5 IS NULL OR actor_id = ?5)
+               AND (?6 IS NULL OR recorded_at >= ?6)
+               AND (?7 IS NULL OR recorded_at < ?7)
+             ORDER BY position LIMIT ?2",
+        )
+        .bind(after)
+        .bind(limit)
+        .bind(&filter.aggregate_type)
+        .bind(&filter.aggregate_id)
+        .bind(&filter.actor_id)
+        .bind(filter.from.as_ref().map(timestamp))
+        .bind(filter.to.as_ref().map(timestamp))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_event).collect()
+    }
+
+    pub async fn chain_hashes(&self, positions: &[i64]) -> Result<Vec<(i64, Hash)>, StoreError> {
+        let list = serde_json::to_string(positions).map_err(|e| corrupt("positions", e))?;
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT position, hash FROM events
+             WHERE position IN (SELECT value FROM json_each(?))",
+        )
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(stored_hash).collect()
+    }
+
+    pub async fn merkle_nodes(&self, keys: &[NodeKey]) -> Result<Vec<(NodeKey, Hash)>, StoreError> {
+        let list = serde_json::to_string(keys).map_err(|e| corrupt("node keys", e))?;
+        let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT n.level, n.node_index, n.hash FROM json_each(?) AS k
+             JOIN merkle_nodes n
+               ON n.level = k.value ->> 0 AND n.node_index = k.value ->> 1",
+        )
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(level, index, hash)| {
+                let (_, hash) = stored_hash((index, hash))?;
+                Ok(((level as u32, index as u64), hash))
+            })
+            .collect()
+    }
+
+    pub async fn save_merkle_nodes(&self, nodes: &[(NodeKey, Hash)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for ((level, index), hash) in nodes {
+            sqlx::query(
+                "INSERT INTO merkle_nodes (level, node_index, hash) VALUES (?, ?, ?)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(*level as i64)
+            .bind(*index as i64)
+            .bind(hash.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn save_tree_head(
+        &self,
+        head: &TreeHead,
+        fence: &Fence,
+    ) -> Result<Option<TreeHead>, StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (tree_size, root, note, created_at)
+             SELECT ?1, ?2, ?3, ?4
+             WHERE EXISTS (SELECT 1 FROM leases WHERE name = ?5 AND holder = ?6 AND epoch = ?7)
+             ON CONFLICT (tree_size) DO NOTHING",
+        )
+        .bind(head.size)
+        .bind(head.root.as_slice())
+        .bind(&head.note)
+        .bind(timestamp(&Utc::now()))
+        .bind(&fence.lease)
+        .bind(fence.holder.to_string())
+        .bind(fence.epoch)
+        .execute(&self.pool)
+        .await?;
+        self.tree_head(Some(head.size)).await
+    }
+
+    pub async fn tree_head(&self, size: Option<i64>) -> Result<Option<TreeHead>, StoreError> {
+        let row: Option<(i64, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT tree_size, root, note FROM audit_checkpoints
+             WHERE ?1 IS NULL OR tree_size = ?1
+             ORDER BY tree_size DESC LIMIT 1",
+        )
+        .bind(size)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(tree_head).transpose()
+    }
+
+    pub async fn tree_heads(&self) -> Result<Vec<TreeHead>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT tree_size, root, note FROM audit_checkpoints ORDER BY tree_size",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(tree_head).collect()
     }
 
     pub async fn read_raw(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, StoreError> {
@@ -568,9 +694,18 @@ async fn append_batch(
     tx: &mut sqlx::SqliteConnection,
     batch: &[Append],
 ) -> Result<Vec<AppendResult>, StoreError> {
-    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-        .fetch_one(&mut *tx)
-        .await?;
+    let last: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (head, mut previous) = match last {
+        None => (0, chain::GENESIS),
+        Some((position, hash)) => (
+            position,
+            chain::hash_from_slice(&hash)
+                .ok_or_else(|| corrupt("hash", format!("{} bytes at {position}", hash.len())))?,
+        ),
+    };
     let mut versions = HashMap::new();
     for append in batch {
         let version: i64 = sqlx::query_scalar(
@@ -623,31 +758,54 @@ async fn append_batch(
         |key| responses.get(key).cloned(),
         erased,
     );
-    let recorded_at = timestamp(&Utc::now());
+    let recorded = to_micros(Utc::now());
+    let recorded_at = timestamp(&recorded);
     for &(index, first_position, first_sequence) in &plan.accepted {
         let append = &batch[index];
         for (offset, event) in append.events.iter().enumerate() {
             let meta = &event.metadata;
+            let position = first_position + offset as i64;
+            let sequence = first_sequence + offset as i64;
+            let payload = event.payload.to_string();
+            let occurred = to_micros(meta.occurred_at);
+            // Chained here, in the transaction that takes the position.
+            let tail = chain::tail(&chain::EventFields {
+                event_id: meta.event_id,
+                aggregate_type: append.aggregate_type,
+                aggregate_id: &append.aggregate_id,
+                sequence,
+                event_type: &event.event_type,
+                event_version: event.event_version,
+                payload: &payload,
+                occurred_at: occurred,
+                recorded_at: recorded,
+                actor_id: &meta.actor_id,
+                actor_role: &meta.actor_role,
+                correlation_id: meta.correlation_id,
+                causation_id: meta.causation_id,
+            });
+            previous = chain::chain(&previous, position, &tail);
             sqlx::query(
                 "INSERT INTO events (position, event_id, aggregate_type, aggregate_id,
                     sequence, event_type, event_version, payload, occurred_at, recorded_at,
-                    actor_id, actor_role, correlation_id, causation_id)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    actor_id, actor_role, correlation_id, causation_id, hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
-            .bind(first_position + offset as i64)
+            .bind(position)
             .bind(meta.event_id.to_string())
             .bind(append.aggregate_type)
             .bind(&append.aggregate_id)
-            .bind(first_sequence + offset as i64)
+            .bind(sequence)
             .bind(&event.event_type)
             .bind(event.event_version as i64)
-            .bind(event.payload.to_string())
-            .bind(timestamp(&meta.occurred_at))
+            .bind(payload)
+            .bind(timestamp(&occurred))
             .bind(&recorded_at)
             .bind(&meta.actor_id)
             .bind(&meta.actor_role)
             .bind(meta.correlation_id.to_string())
             .bind(meta.causation_id.map(|c| c.to_string()))
+            .bind(previous.as_slice())
             .execute(&mut *tx)
             .await?;
         }
@@ -769,7 +927,37 @@ async fn find_response(
     .transpose()
 }
 
+/// Chains every event written before the chain existed, in position order.
+async fn backfill_chain(conn: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+    let rows = sqlx::query("SELECT * FROM events ORDER BY position")
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut previous = chain::GENESIS;
+    for row in &rows {
+        let event = unhashed_event(row, chain::GENESIS)?;
+        previous = event.expected_hash(&previous);
+        sqlx::query("UPDATE events SET hash = ? WHERE position = ?")
+            .bind(previous.as_slice())
+            .bind(event.position)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 fn recorded_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let audit = audit_event(row)?;
+    let payload = serde_json::from_str(&audit.payload).map_err(|e| corrupt("payload", e))?;
+    Ok(RecordedEvent::from_audit(audit, payload))
+}
+
+fn audit_event(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
+    let hash: Vec<u8> = row.try_get("hash")?;
+    let hash = chain::hash_from_slice(&hash).ok_or_else(|| corrupt("hash", "not 32 bytes"))?;
+    unhashed_event(row, hash)
+}
+
+fn unhashed_event(row: &SqliteRow, hash: chain::Hash) -> Result<AuditEvent, StoreError> {
     let time = |column: &str| -> Result<DateTime<Utc>, StoreError> {
         let text: String = row.try_get(column)?;
         DateTime::parse_from_rfc3339(&text)
@@ -777,8 +965,7 @@ fn recorded_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
             .map_err(|e| corrupt(column, e))
     };
     let uuid = |text: String| Uuid::parse_str(&text).map_err(|e| corrupt("uuid", e));
-    let payload: String = row.try_get("payload")?;
-    Ok(RecordedEvent {
+    Ok(AuditEvent {
         position: row.try_get("position")?,
         event_id: uuid(row.try_get("event_id")?)?,
         aggregate_type: row.try_get("aggregate_type")?,
@@ -786,7 +973,7 @@ fn recorded_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
         sequence: row.try_get("sequence")?,
         event_type: row.try_get("event_type")?,
         event_version: row.try_get::<i64, _>("event_version")? as u32,
-        payload: serde_json::from_str(&payload).map_err(|e| corrupt("payload", e))?,
+        payload: row.try_get("payload")?,
         occurred_at: time("occurred_at")?,
         recorded_at: time("recorded_at")?,
         actor_id: row.try_get("actor_id")?,
@@ -796,6 +983,7 @@ fn recorded_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
             .try_get::<Option<String>, _>("causation_id")?
             .map(uuid)
             .transpose()?,
+        hash,
     })
 }
 
