@@ -449,8 +449,12 @@ async fn a_rebuild_from_zero_equals_the_live_projection_and_a_restart_resumes_it
         .await
         .body;
     let mut before = live_json.clone();
+    // The second instance registers its own admin token, which is an event: the log
+    // (and so the report's position) may have moved on by one, its figures not.
     for report in [&mut after_restart, &mut before] {
-        report.as_object_mut().unwrap().remove("as_of");
+        let report = report.as_object_mut().unwrap();
+        report.remove("as_of");
+        report.remove("position");
     }
     assert_eq!(after_restart, before);
 }
