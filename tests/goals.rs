@@ -253,152 +253,102 @@ async fn bad_goal_input_is_refused_naming_the_field_and_nothing_is_stored() {
         }
         body
     };
+    use StatusCode as S;
+    let goals = "/api/v1/clients/c1/goals";
+    let check_in = "/api/v1/clients/c1/goals/goal1/check-ins";
+    let at_s1 = |level: Value| json!({"level": level, "session_id": "s1"});
+    let mut outside = goal(json!({}));
+    outside.as_object_mut().unwrap().remove("group_id");
+    let mut cases = vec![
+        (
+            goals,
+            goal(json!({"start_level": 3})),
+            S::BAD_REQUEST,
+            "start_level",
+        ),
+        // goal2 is c2's.
+        (
+            "/api/v1/clients/c1/goals/goal2/check-ins",
+            at_s1(json!(1)),
+            S::UNPROCESSABLE_ENTITY,
+            "goal_id",
+        ),
+        (
+            "/api/v1/clients/c1/goals/goal2/closure",
+            json!({"reason": "dropped"}),
+            S::UNPROCESSABLE_ENTITY,
+            "goal_id",
+        ),
+        // Before the goal was set (6 January).
+        (
+            check_in,
+            json!({"level": 1, "checked_in_at": "2026-01-05T12:00:00Z"}),
+            S::UNPROCESSABLE_ENTITY,
+            "checked_in_at",
+        ),
+        // The wrong group for the goal, a revised goal without a replacement.
+        (
+            check_in,
+            json!({"level": 1, "session_id": "s1", "group_id": "g2"}),
+            S::UNPROCESSABLE_ENTITY,
+            "group_id",
+        ),
+        (
+            "/api/v1/clients/c1/goals/goal1/closure",
+            json!({"reason": "revised"}),
+            S::BAD_REQUEST,
+            "replaced_by",
+        ),
+        // A goal id in use, and a goal outside any group.
+        (
+            "/api/v1/clients/c2/goals",
+            goal(json!({"goal_id": "goal1"})),
+            S::CONFLICT,
+            "goal_id",
+        ),
+        (goals, outside, S::BAD_REQUEST, "group_id"),
+        // The group form names the entry.
+        (
+            "/api/v1/groups/g1/sessions/s1/goal-check-ins",
+            json!({"check_ins": [{"client_id": "c1", "goal_id": "goal1", "level": 1},
+                                 {"client_id": "c1", "goal_id": "goal2", "level": 1}]}),
+            S::UNPROCESSABLE_ENTITY,
+            "check_ins[1].goal_id",
+        ),
+    ];
     for weight in [0, 4] {
-        let answer = app
-            .post(
-                "/api/v1/clients/c1/goals",
-                admin,
-                goal(json!({"weight": weight})),
-            )
-            .await;
-        refused(&app, answer, StatusCode::BAD_REQUEST, "weight", head).await;
+        cases.push((
+            goals,
+            goal(json!({"weight": weight})),
+            S::BAD_REQUEST,
+            "weight",
+        ));
     }
     for title in [json!(""), json!("   "), json!("x".repeat(201))] {
-        let answer = app
-            .post(
-                "/api/v1/clients/c1/goals",
-                admin,
-                goal(json!({"title": title})),
-            )
-            .await;
-        refused(&app, answer, StatusCode::BAD_REQUEST, "title", head).await;
+        cases.push((
+            goals,
+            goal(json!({"title": title})),
+            S::BAD_REQUEST,
+            "title",
+        ));
     }
-    let answer = app
-        .post(
-            "/api/v1/clients/c1/goals",
-            admin,
-            goal(json!({"start_level": 3})),
-        )
-        .await;
-    refused(&app, answer, StatusCode::BAD_REQUEST, "start_level", head).await;
-    let check_in = "/api/v1/clients/c1/goals/goal1/check-ins";
     for level in [json!(3), json!(1.5), json!(-3)] {
-        let answer = app
-            .post(check_in, admin, json!({"level": level, "session_id": "s1"}))
-            .await;
-        refused(&app, answer, StatusCode::BAD_REQUEST, "level", head).await;
+        cases.push((check_in, at_s1(level), S::BAD_REQUEST, "level"));
     }
-    // goal2 is c2's.
-    let answer = app
-        .post(
-            "/api/v1/clients/c1/goals/goal2/check-ins",
-            admin,
-            json!({"level": 1, "session_id": "s1"}),
-        )
-        .await;
-    refused(
-        &app,
-        answer,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "goal_id",
-        head,
-    )
-    .await;
-    let answer = app
-        .post(
-            "/api/v1/clients/c1/goals/goal2/closure",
-            admin,
-            json!({"reason": "dropped"}),
-        )
-        .await;
-    refused(
-        &app,
-        answer,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "goal_id",
-        head,
-    )
-    .await;
-    // Before the goal was set (6 January).
-    let answer = app
-        .post(
-            check_in,
-            admin,
-            json!({"level": 1, "checked_in_at": "2026-01-05T12:00:00Z"}),
-        )
-        .await;
-    refused(
-        &app,
-        answer,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "checked_in_at",
-        head,
-    )
-    .await;
+    for (path, body, status, field) in cases {
+        let answer = app.post(path, admin, body).await;
+        refused(&app, answer, status, field, head).await;
+    }
     // A goal that was never set.
     let answer = app
         .post(
             "/api/v1/clients/c1/goals/goal9/check-ins",
             admin,
-            json!({"level": 1, "session_id": "s1"}),
+            at_s1(json!(1)),
         )
         .await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
     assert_eq!(app.head().await, head);
-    // The wrong group for the goal, a revised goal without a replacement.
-    let answer = app
-        .post(
-            check_in,
-            admin,
-            json!({"level": 1, "session_id": "s1", "group_id": "g2"}),
-        )
-        .await;
-    refused(
-        &app,
-        answer,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "group_id",
-        head,
-    )
-    .await;
-    let answer = app
-        .post(
-            "/api/v1/clients/c1/goals/goal1/closure",
-            admin,
-            json!({"reason": "revised"}),
-        )
-        .await;
-    refused(&app, answer, StatusCode::BAD_REQUEST, "replaced_by", head).await;
-    // A goal id in use, and a goal outside any group.
-    let answer = app
-        .post(
-            "/api/v1/clients/c2/goals",
-            admin,
-            goal(json!({"goal_id": "goal1"})),
-        )
-        .await;
-    refused(&app, answer, StatusCode::CONFLICT, "goal_id", head).await;
-    let mut outside = goal(json!({}));
-    outside.as_object_mut().unwrap().remove("group_id");
-    let answer = app.post("/api/v1/clients/c1/goals", admin, outside).await;
-    refused(&app, answer, StatusCode::BAD_REQUEST, "group_id", head).await;
-    // The group form names the entry.
-    let answer = app
-        .post(
-            "/api/v1/groups/g1/sessions/s1/goal-check-ins",
-            admin,
-            json!({"check_ins": [{"client_id": "c1", "goal_id": "goal1", "level": 1},
-                                 {"client_id": "c1", "goal_id": "goal2", "level": 1}]}),
-        )
-        .await;
-    refused(
-        &app,
-        answer,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "check_ins[1].goal_id",
-        head,
-    )
-    .await;
 }
 
 #[tokio::test]
