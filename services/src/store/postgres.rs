@@ -42,10 +42,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("migrations/postgres/0008_token_lifecycle.sql"),
     ),
     (9, include_str!("migrations/postgres/0009_key_check.sql")),
-    (
-        10,
-        include_str!("migrations/postgres/0010_append_requires_live_clients.sql"),
-    ),
+    // 10 was an unchained append with the live-clients check, superseded by 14 before
+    // it was ever released; the number stays unused.
     (11, include_str!("migrations/postgres/0011_hash_chain.sql")),
     (12, include_str!("migrations/postgres/0012_append_only.sql")),
     (13, include_str!("migrations/postgres/0013_audit_tree.sql")),

@@ -63,7 +63,7 @@ END $$;
 ALTER TABLE events ALTER COLUMN payload_text SET NOT NULL, ALTER COLUMN hash SET NOT NULL;
 ALTER TABLE log_head ALTER COLUMN hash SET NOT NULL;
 
--- The append of migrations 0002/0010 cannot stay: it writes no hash. Its chained successor,
+-- The append of migration 0002 cannot stay: it writes no hash. Its chained successor,
 -- which takes each event's canonical bytes after the position (`e_tail`, computed by
 -- the caller before the lock) and runs only SHA-256 under the lock, in position order
 -- from log_head.hash, is created by migration 0014 (all migrations apply in one

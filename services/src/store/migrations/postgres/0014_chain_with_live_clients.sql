@@ -1,9 +1,11 @@
 -- The chained append (ARCHITECTURE.md, "The audit chain"): 0002's batch append, with
--- 0010's live-clients check (an append whose key action is 'require' is refused as
--- 'erased' when one of the named clients' keys is destroyed), now also chaining:
+-- the live-clients check (an append whose key action is 'require' is refused as
+-- 'erased' when one of the named clients' keys is destroyed: erasure destroys the key
+-- in the transaction of `ClientErased`, and every append holds the log_head lock, so
+-- no event naming a client commits after its erasure), and chaining:
 -- `e_tail` carries each event's canonical bytes after the position, computed by the
 -- caller before the lock; under the lock only SHA-256 runs, in position order, from
--- log_head.hash. 0011 dropped the unchained function (0010's form of 0002's); it goes here if still present.
+-- log_head.hash. 0011 dropped the unchained function; it goes here if still present.
 DROP FUNCTION IF EXISTS circle_append_batch(text[], text[], bigint[], int[], text[], bytea[],
     int[], text[], text[], text[], bytea[], uuid[], text[], int[], text[], timestamptz[],
     text[], text[], uuid[], uuid[], text[], text[], bigint[], boolean, timestamptz);
