@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
-use circle_events::client::ClientEvent;
+use circle_events::client::{ClientEvent, ConsentScope};
 use circle_events::group::{AttendanceStatus, Focus, GroupEvent, Measure};
 use circle_events::instruments::{Catalogue, Direction, Score};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -275,6 +275,10 @@ pub struct Practice {
     pub rules: AlertRules,
     pub groups: BTreeMap<String, GroupRecord>,
     pub erased_clients: BTreeSet<String>,
+    /// Each client's latest consent decision per scope. A scope never decided is
+    /// absent: reporting counts as given (opt-out), research as not (opt-in).
+    #[serde(default)]
+    pub consents: BTreeMap<String, BTreeMap<ConsentScope, bool>>,
     pub alerts: Vec<Alert>,
     /// The latest `recorded_at` among the events folded (positions follow commit
     /// order, not the clock): an `as_of` at or after it sees all of this state.
@@ -303,7 +307,34 @@ impl Practice {
             AnyEvent::Client(ClientEvent::ClientErased { .. }) => {
                 self.erased_clients.insert(fact.aggregate_id.clone());
             }
+            AnyEvent::Client(ClientEvent::ConsentGranted { scope }) => {
+                self.decide_consent(&fact.aggregate_id, *scope, true)
+            }
+            AnyEvent::Client(ClientEvent::ConsentWithdrawn { scope }) => {
+                self.decide_consent(&fact.aggregate_id, *scope, false)
+            }
             AnyEvent::Client(_) | AnyEvent::Token(_) => {}
+        }
+    }
+
+    fn decide_consent(&mut self, client_id: &str, scope: ConsentScope, given: bool) {
+        self.consents
+            .entry(client_id.to_string())
+            .or_default()
+            .insert(scope, given);
+    }
+
+    /// Whether the client's data may be used for `scope` now. Reporting is opt-out
+    /// (given until withdrawn), research and treatment opt-in (absent until granted).
+    pub fn has_consent(&self, client_id: &str, scope: ConsentScope) -> bool {
+        let decided = self
+            .consents
+            .get(client_id)
+            .and_then(|scopes| scopes.get(&scope));
+        match (scope, decided) {
+            (_, Some(given)) => *given,
+            (ConsentScope::Reporting, None) => true,
+            (ConsentScope::Research | ConsentScope::Treatment, None) => false,
         }
     }
 

@@ -538,3 +538,34 @@ fn session_and_alert_times_are_stored_as_numbers_and_read_back_the_same() {
     let back: Practice = serde_json::from_value(stored).unwrap();
     assert_eq!(back, log.practice);
 }
+
+#[test]
+fn reporting_consent_is_given_until_withdrawn_and_research_absent_until_granted() {
+    use circle_events::client::{ClientEvent, ConsentScope};
+    fn client(log: &mut Log, event: ClientEvent) {
+        log.position += 1;
+        log.practice.apply(&Fact {
+            position: log.position,
+            recorded_at: now(),
+            aggregate_id: "c1".into(),
+            event: AnyEvent::Client(event),
+        });
+    }
+    let mut log = Log::new();
+    assert!(log.practice.has_consent("c1", ConsentScope::Reporting));
+    assert!(!log.practice.has_consent("c1", ConsentScope::Research));
+
+    let reporting = ConsentScope::Reporting;
+    client(&mut log, ClientEvent::ConsentWithdrawn { scope: reporting });
+    let research = ConsentScope::Research;
+    client(&mut log, ClientEvent::ConsentGranted { scope: research });
+    assert!(!log.practice.has_consent("c1", ConsentScope::Reporting));
+    assert!(log.practice.has_consent("c1", ConsentScope::Research));
+
+    client(&mut log, ClientEvent::ConsentWithdrawn { scope: research });
+    assert!(!log.practice.has_consent("c1", ConsentScope::Research));
+    // The decisions survive the checkpoint's round trip.
+    let back: Practice =
+        serde_json::from_value(serde_json::to_value(&log.practice).unwrap()).unwrap();
+    assert_eq!(back, log.practice);
+}

@@ -136,7 +136,8 @@ pub async fn fold(
 /// shape changes: a checkpoint of another format is rebuilt, never misread.
 /// 2: the state records `max_recorded_at` (for the `as_of` snapshots taken from it),
 /// and its times (measures, sessions, alerts) as numbers.
-pub const CHECKPOINT_FORMAT: u32 = 2;
+/// 3: the state records each client's consent decisions.
+pub const CHECKPOINT_FORMAT: u32 = 3;
 
 /// The settings a projection's state depends on. A checkpoint records their digest;
 /// when they change, the state is rebuilt from position 0 with the new ones.
