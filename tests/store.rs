@@ -249,6 +249,23 @@ async fn an_append_naming_an_erased_client_is_refused_even_in_its_erasures_batch
         others[0],
         AppendResult::Committed { version: 2, .. }
     ));
+    // Writes naming only live clients share a batch with one naming the erased
+    // client: each gets its own answer.
+    let mut elsewhere = naming(&["c1"], 0);
+    elsewhere.aggregate_id = "g2".into();
+    let mixed = store
+        .commit_batch(&[elsewhere, naming(&["c1", "c2"], 2), naming(&["c1"], 2)])
+        .await
+        .unwrap();
+    assert!(matches!(
+        mixed[0],
+        AppendResult::Committed { version: 1, .. }
+    ));
+    assert!(matches!(mixed[1], AppendResult::ClientErased { .. }));
+    assert!(matches!(
+        mixed[2],
+        AppendResult::Committed { version: 3, .. }
+    ));
 }
 
 async fn stock_cqrs_es_runs_on_the_store(store: Store) {

@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
         14,
         include_str!("migrations/postgres/0014_chain_with_live_clients.sql"),
     ),
+    // 15 to 19 are taken by work in progress on other branches.
+    (
+        20,
+        include_str!("migrations/postgres/0020_fast_path_for_live_clients.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -799,8 +804,13 @@ async fn append_batch<'e>(
     let recorded_at = to_micros(Utc::now());
     for append in batch {
         a.push(append);
+        // 'require' is checked set-based on the fast path; the other key actions
+        // and idempotency records need the per-command loop.
         simple &= append.idempotency.is_none()
-            && append.key_action.is_none()
+            && matches!(
+                append.key_action,
+                None | Some(KeyAction::RequireLive { .. })
+            )
             && streams.insert((append.aggregate_type, append.aggregate_id.as_str()));
         for (offset, event) in append.events.iter().enumerate() {
             e.push(
