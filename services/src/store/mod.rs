@@ -453,6 +453,28 @@ impl Store {
         dispatch!(self, s => s.read_audit(after, limit, filter).await)
     }
 
+    /// One stream for auditors: up to `limit` of its events with `position > after`,
+    /// in order, with the exact payload text and the stored chain hash.
+    pub async fn read_stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        dispatch!(self, s => s.read_stream(aggregate_type, aggregate_id, after, limit).await)
+    }
+
+    /// `(sequence, position)` of the stream's events at these sequences (those that exist).
+    pub async fn stream_positions(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequences: &[i64],
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        dispatch!(self, s => s.stream_positions(aggregate_type, aggregate_id, sequences).await)
+    }
+
     /// The stored chain hashes at these positions (those that exist).
     pub async fn chain_hashes(&self, positions: &[i64]) -> Result<Vec<(i64, Hash)>, StoreError> {
         dispatch!(self, s => s.chain_hashes(positions).await)
