@@ -15,6 +15,7 @@
 //! share one transaction, which is how the store goes past one-commit-per-command.
 
 pub mod access;
+mod copy;
 pub mod cqrs;
 mod postgres;
 mod sqlite;
@@ -27,7 +28,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use crate::audit::chain::AuditEvent;
-use crate::audit::chain::{self, to_micros, Hash};
+use crate::audit::chain::{self, to_micros, ChainRows, Hash};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -473,6 +474,12 @@ impl Store {
         sequences: &[i64],
     ) -> Result<Vec<(i64, i64)>, StoreError> {
         dispatch!(self, s => s.stream_positions(aggregate_type, aggregate_id, sequences).await)
+    }
+
+    /// Up to `limit` events with `position > after`, in order, packed for the chain
+    /// check: position, stored hash, canonical tail (PostgreSQL: one binary `COPY`).
+    pub async fn chain_rows(&self, after: i64, limit: i64) -> Result<ChainRows, StoreError> {
+        dispatch!(self, s => s.chain_rows(after, limit).await)
     }
 
     /// The stored chain hashes at these positions (those that exist).

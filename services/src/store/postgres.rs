@@ -225,6 +225,26 @@ impl PgStore {
         .await?)
     }
 
+    pub async fn chain_rows(&self, after: i64, limit: i64) -> Result<ChainRows, StoreError> {
+        use futures_util::StreamExt;
+        use sqlx::postgres::PgPoolCopyExt;
+        // COPY takes no parameters: both are integers, formatted here.
+        let sql = format!(
+            "COPY (SELECT {} FROM events WHERE position > {after} ORDER BY position LIMIT {limit})
+             TO STDOUT (FORMAT binary)",
+            super::copy::COLUMNS
+        );
+        let mut stream = self.pool.copy_out_raw(&sql).await?;
+        let expected = limit.clamp(0, 100_000) as usize;
+        let mut rows = ChainRows::with_capacity(expected, expected * 640);
+        let mut reader = super::copy::CopyReader::default();
+        while let Some(chunk) = stream.next().await {
+            reader.feed(&chunk?, &mut rows)?;
+        }
+        reader.finish()?;
+        Ok(rows)
+    }
+
     pub async fn chain_hashes(&self, positions: &[i64]) -> Result<Vec<(i64, Hash)>, StoreError> {
         let rows: Vec<(i64, Vec<u8>)> =
             sqlx::query_as("SELECT position, hash FROM events WHERE position = ANY($1)")

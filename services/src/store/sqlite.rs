@@ -258,6 +258,17 @@ impl SqliteStore {
         .await?)
     }
 
+    pub async fn chain_rows(&self, after: i64, limit: i64) -> Result<ChainRows, StoreError> {
+        let events = self
+            .read_audit(after, limit, &AuditFilter::default())
+            .await?;
+        let mut rows = ChainRows::default();
+        for event in &events {
+            rows.push_event(event);
+        }
+        Ok(rows)
+    }
+
     pub async fn chain_hashes(&self, positions: &[i64]) -> Result<Vec<(i64, Hash)>, StoreError> {
         let list = serde_json::to_string(positions).map_err(|e| corrupt("positions", e))?;
         let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
