@@ -817,27 +817,33 @@ async fn an_independent_python_verifier_agrees_with_circle() {
     assert!(python.starts_with(&format!("ok {head} events, root ")));
 }
 
-/// Verification reads pages of 10,000 ahead in parallel: damage at a page's first or
-/// last position is still found exactly there.
+/// Verification reads pages ahead in parallel (`tree::VERIFY_PAGE` events, one
+/// binary COPY each): damage at a page's last or first position is still found
+/// exactly there.
 #[tokio::test]
 async fn damage_at_a_page_boundary_is_found_at_its_position() {
+    let page = tree::VERIFY_PAGE;
     for (attack, expected) in [
-        ("DELETE FROM events WHERE position = 10000", 10000),
+        (format!("DELETE FROM events WHERE position = {page}"), page),
         (
-            "UPDATE events SET actor_id = 'dr_x' WHERE position IN (10001, 10005)",
-            10001,
+            format!(
+                "UPDATE events SET actor_id = 'dr_x' WHERE position IN ({}, {})",
+                page + 1,
+                page + 5
+            ),
+            page + 1,
         ),
     ] {
         let url = circle_tests::fresh_schema_url().await;
         let store = Store::postgres(&url, 8).await.unwrap();
-        for b in 0..21 {
+        for b in 0..(page / 500 + 1) {
             let batch: Vec<Append> = (0..50)
                 .map(|a| append(&format!("b{b}-{a}"), 0, 10))
                 .collect();
             store.commit_batch(&batch).await.unwrap();
         }
         assert!(tree::verify_store(&store, |_, _| {}).await.unwrap().ok);
-        as_attacker(&url, attack).await;
+        as_attacker(&url, &attack).await;
         let verdict = tree::verify_store(&store, |_, _| {}).await.unwrap();
         assert_eq!(
             verdict.first_bad_position,

@@ -77,9 +77,14 @@ fn expected(method: &str, path: &str, who: Who) -> Expect {
     let allowed: &[Who] = match (method, path) {
         ("GET", "/api/v1/openapi.json") => &EVERYONE,
         ("GET", "/api/v1/groups") => &[Admin, Facilitator, OtherClinician, Auditor],
-        ("GET", "/api/v1/groups/{group_id}" | "/api/v1/clients/{client_id}" | "/api/v1/alerts") => {
-            &[Admin, Facilitator, Auditor]
-        }
+        (
+            "GET",
+            "/api/v1/groups/{group_id}"
+            | "/api/v1/clients/{client_id}"
+            | "/api/v1/groups/{group_id}/history"
+            | "/api/v1/clients/{client_id}/history"
+            | "/api/v1/alerts",
+        ) => &[Admin, Facilitator, Auditor],
         ("GET", p) if p.starts_with("/api/v1/reports/") => &[Admin, Facilitator, Auditor, Reporter],
         ("GET", p) if p.starts_with("/api/v1/audit/") => &[Admin, Auditor],
         (_, p) if p.starts_with("/api/v1/tokens") => &[Admin],

@@ -37,6 +37,9 @@ pub enum Action {
     JoinGroup,
     RegisterClient,
     ReadClient,
+    /// One group's or client's history: its events with actors, times and
+    /// corrections (payloads as stored, personal data sealed).
+    ReadHistory,
     /// Consents, measures and goals about a client.
     WriteClient,
     EraseClient,
@@ -112,6 +115,7 @@ pub fn check(principal: &Principal, action: Action, resource: Resource<'_>) -> D
             Action::ListGroups
             | Action::ReadGroup
             | Action::ReadClient
+            | Action::ReadHistory
             | Action::ReadReport
             | Action::ReadAlerts
             | Action::ReadAccessLog
@@ -146,7 +150,11 @@ fn clinician(principal: &Principal, action: Action, resource: Resource<'_>) -> D
             }
         }
         (
-            Action::ReadGroup | Action::WriteGroup | Action::ReadReport | Action::ReadAlerts,
+            Action::ReadGroup
+            | Action::ReadHistory
+            | Action::WriteGroup
+            | Action::ReadReport
+            | Action::ReadAlerts,
             Resource::Group { facilitated },
         ) => {
             if facilitated {
@@ -160,7 +168,10 @@ fn clinician(principal: &Principal, action: Action, resource: Resource<'_>) -> D
         (Action::ReadAlerts, Resource::Practice) => deny(
             "alerts name members: a clinician reads them one group of theirs at a time (give group_id)",
         ),
-        (Action::ReadClient | Action::WriteClient, Resource::Client { in_care }) => {
+        (
+            Action::ReadClient | Action::ReadHistory | Action::WriteClient,
+            Resource::Client { in_care },
+        ) => {
             if in_care {
                 Ok(View::Full)
             } else {
@@ -246,6 +257,11 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ("POST", "/api/v1/groups", Action::CreateGroup),
     ("GET", "/api/v1/groups/{group_id}", Action::ReadGroup),
     (
+        "GET",
+        "/api/v1/groups/{group_id}/history",
+        Action::ReadHistory,
+    ),
+    (
         "POST",
         "/api/v1/groups/{group_id}/facilitators",
         Action::WriteGroup,
@@ -292,6 +308,11 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ),
     ("POST", "/api/v1/clients", Action::RegisterClient),
     ("GET", "/api/v1/clients/{client_id}", Action::ReadClient),
+    (
+        "GET",
+        "/api/v1/clients/{client_id}/history",
+        Action::ReadHistory,
+    ),
     (
         "POST",
         "/api/v1/clients/{client_id}/consents",
@@ -438,6 +459,26 @@ mod tests {
             client_known: false,
         };
         assert!(check(&admin, Action::JoinGroup, referral).is_ok());
+    }
+
+    #[test]
+    fn history_is_read_by_the_record_s_clinicians_admins_and_auditors_never_reporters() {
+        let dr = principal(Role::Clinician, Some("dr-a"));
+        let mine = Resource::Group { facilitated: true };
+        let others = Resource::Group { facilitated: false };
+        assert_eq!(check(&dr, Action::ReadHistory, mine), Ok(View::Full));
+        assert!(check(&dr, Action::ReadHistory, others).is_err());
+        let in_care = Resource::Client { in_care: true };
+        assert_eq!(check(&dr, Action::ReadHistory, in_care), Ok(View::Full));
+        let elsewhere = Resource::Client { in_care: false };
+        assert!(check(&dr, Action::ReadHistory, elsewhere).is_err());
+        let auditor = principal(Role::Auditor, None);
+        assert_eq!(
+            check(&auditor, Action::ReadHistory, others),
+            Ok(View::Withheld)
+        );
+        assert!(role_may(Role::Reporter, Action::ReadHistory).is_err());
+        assert!(role_may(Role::Clinician, Action::ReadHistory).is_ok());
     }
 
     #[test]

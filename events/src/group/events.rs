@@ -166,6 +166,19 @@ pub enum GoalClosure {
     Dropped,
 }
 
+impl GroupEvent {
+    /// The group-stream sequence of the earlier event this one supersedes, for the
+    /// events that are corrections (the history an auditor reads names it).
+    pub fn corrects_sequence(&self) -> Option<u64> {
+        match self {
+            Self::AttendanceCorrected {
+                corrects_sequence, ..
+            } => Some(*corrects_sequence),
+            _ => None,
+        }
+    }
+}
+
 impl DomainEvent for GroupEvent {
     fn event_type(&self) -> String {
         let name = match self {

@@ -408,6 +408,25 @@ fn recording_attendance_again_is_a_correction_that_points_at_the_original() {
 }
 
 #[test]
+fn only_a_correction_names_the_event_it_supersedes() {
+    let correction = GroupEvent::AttendanceCorrected {
+        session_id: "s1".into(),
+        client_id: "c1".into(),
+        status: AttendanceStatus::Late,
+        previous_status: AttendanceStatus::NoShow,
+        corrects_sequence: 4,
+    };
+    assert_eq!(correction.corrects_sequence(), Some(4));
+    assert_eq!(created(10).corrects_sequence(), None);
+    let first_mark = GroupEvent::AttendanceRecorded {
+        session_id: "s1".into(),
+        client_id: "c1".into(),
+        status: AttendanceStatus::NoShow,
+    };
+    assert_eq!(first_mark.corrects_sequence(), None);
+}
+
+#[test]
 fn the_same_mark_twice_records_nothing_new() {
     GroupTest::with(())
         .given(vec![

@@ -111,17 +111,23 @@ impl AuditEvent {
 /// PostgreSQL append function completes once it knows the position.
 pub fn tail(e: &EventFields<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + e.payload.len());
+    write_tail(&mut out, e);
+    out
+}
+
+/// [`tail`], appended to `out` (no allocation of its own).
+pub fn write_tail(out: &mut Vec<u8>, e: &EventFields<'_>) {
     out.extend_from_slice(e.event_id.as_bytes());
-    put_str(&mut out, e.aggregate_type);
-    put_str(&mut out, e.aggregate_id);
+    put_str(out, e.aggregate_type);
+    put_str(out, e.aggregate_id);
     out.extend_from_slice(&e.sequence.to_be_bytes());
-    put_str(&mut out, e.event_type);
+    put_str(out, e.event_type);
     out.extend_from_slice(&e.event_version.to_be_bytes());
-    put_str(&mut out, e.payload);
+    put_str(out, e.payload);
     out.extend_from_slice(&e.occurred_at.timestamp_micros().to_be_bytes());
     out.extend_from_slice(&e.recorded_at.timestamp_micros().to_be_bytes());
-    put_str(&mut out, e.actor_id);
-    put_str(&mut out, e.actor_role);
+    put_str(out, e.actor_id);
+    put_str(out, e.actor_role);
     out.extend_from_slice(e.correlation_id.as_bytes());
     match e.causation_id {
         None => out.push(0),
@@ -130,7 +136,122 @@ pub fn tail(e: &EventFields<'_>) -> Vec<u8> {
             out.extend_from_slice(id.as_bytes());
         }
     }
-    out
+}
+
+/// Events as the chain check needs them, packed for speed: each one's position,
+/// stored hash and canonical tail ([`tail`]), the tails in one buffer. A page of
+/// the log is read into one of these (PostgreSQL fills it straight from a binary
+/// `COPY`), then hashed on another thread.
+#[derive(Clone, Debug, Default)]
+pub struct ChainRows {
+    tails: Vec<u8>,
+    rows: Vec<ChainRow>,
+}
+
+#[derive(Clone, Debug)]
+struct ChainRow {
+    position: i64,
+    hash: Hash,
+    end: usize,
+}
+
+impl ChainRows {
+    pub fn with_capacity(rows: usize, bytes: usize) -> ChainRows {
+        ChainRows {
+            tails: Vec::with_capacity(bytes),
+            rows: Vec::with_capacity(rows),
+        }
+    }
+
+    pub fn push_event(&mut self, event: &AuditEvent) {
+        write_tail(&mut self.tails, &event.fields());
+        self.end_row(event.position, event.hash);
+    }
+
+    /// Where the next row's tail is written (then [`ChainRows::end_row`]).
+    pub fn tail_buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.tails
+    }
+
+    /// Ends the row whose tail was written into [`ChainRows::tail_buffer`].
+    pub fn end_row(&mut self, position: i64, hash: Hash) {
+        self.rows.push(ChainRow {
+            position,
+            hash,
+            end: self.tails.len(),
+        });
+    }
+
+    /// Drops a row whose tail was only partly written (a malformed source).
+    pub fn truncate_tail(&mut self) {
+        let end = self.rows.last().map_or(0, |r| r.end);
+        self.tails.truncate(end);
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// `(position, stored hash, tail)` in order.
+    pub fn iter(&self) -> impl Iterator<Item = (i64, &Hash, &[u8])> + '_ {
+        let mut start = 0;
+        self.rows.iter().map(move |row| {
+            let tail = self.tails.get(start..row.end).unwrap_or_default();
+            start = row.end;
+            (row.position, &row.hash, tail)
+        })
+    }
+
+    /// The last row's tail.
+    pub fn last_tail(&self) -> Option<&[u8]> {
+        let n = self.rows.len();
+        let start = match n {
+            0 => return None,
+            1 => 0,
+            _ => self.rows[n - 2].end,
+        };
+        self.tails.get(start..self.rows[n - 1].end)
+    }
+
+    pub fn first_position(&self) -> Option<i64> {
+        self.rows.first().map(|r| r.position)
+    }
+
+    /// Drops the first row (kept only for its stored hash).
+    pub fn split_first(mut self) -> Option<((i64, Hash), ChainRows)> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        let first = self.rows.remove(0);
+        self.tails.drain(..first.end);
+        for row in &mut self.rows {
+            row.end -= first.end;
+        }
+        Some(((first.position, first.hash), self))
+    }
+
+    /// Keeps only the rows at or below `position`.
+    pub fn keep_to(&mut self, position: i64) {
+        let kept = self.rows.partition_point(|r| r.position <= position);
+        self.rows.truncate(kept);
+        self.truncate_tail();
+    }
+
+    /// Each row's expected hash, chained from `previous` and then from each row's
+    /// stored hash: `(the hash it was chained from, the hash it must have)`.
+    pub fn expected_hashes(&self, mut previous: Hash) -> Vec<(Hash, Hash)> {
+        self.iter()
+            .map(|(position, stored, tail)| {
+                let used = previous;
+                previous = *stored;
+                (used, chain(&used, position, tail))
+            })
+            .collect()
+    }
 }
 
 /// `canonical_bytes(event)` in full.
@@ -299,6 +420,36 @@ pub(crate) mod tests {
             assert_ne!(e.expected_hash(&GENESIS), h);
         }
         assert_ne!(base.expected_hash(&[1; 32]), h);
+    }
+
+    #[test]
+    fn packed_rows_hash_as_the_events_do() {
+        let mut previous = GENESIS;
+        let events: Vec<AuditEvent> = (1..=3)
+            .map(|n| {
+                let mut e = sample();
+                e.position = n;
+                e.causation_id = (n == 2).then(|| Uuid::from_u128(7));
+                e.hash = e.expected_hash(&previous);
+                previous = e.hash;
+                e
+            })
+            .collect();
+        let mut rows = ChainRows::default();
+        for e in &events {
+            rows.push_event(e);
+        }
+        let expected = rows.expected_hashes(GENESIS);
+        for (e, (used, hash)) in events.iter().zip(&expected) {
+            assert_eq!(*hash, e.hash);
+            assert_eq!(e.expected_hash(used), e.hash);
+        }
+        let ((first, _), rest) = rows.clone().split_first().unwrap();
+        assert_eq!(first, 1);
+        assert_eq!(rest.expected_hashes(events[0].hash), expected[1..]);
+        rows.keep_to(2);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.iter().last().unwrap().2, tail(&events[1].fields()));
     }
 
     #[test]

@@ -24,6 +24,8 @@ use crate::store::{AuditFilter, Fence, NodeKey, Store, StoreError, TreeHead};
 
 /// Events read per page while extending or verifying.
 const PAGE: i64 = 10_000;
+/// Events per page while verifying: one binary COPY each.
+pub const VERIFY_PAGE: i64 = 25_000;
 /// Pages read and hashed ahead while verifying.
 const READ_AHEAD: usize = 4;
 
@@ -286,39 +288,41 @@ pub async fn verify_store(
     if let Some(bad) = compare(&check) {
         return Ok(verdict(&check, Some(bad)));
     }
-    // Pages up to the head are read and hashed ahead, on other connections and
-    // threads, while this task checks them in order. Each page also reads the event
-    // before it, so its hashes are computed from the stored hash they must follow,
-    // and keeps only its own range, so a missing row still shows as missing.
-    let pages = (0..head.max(0)).step_by(PAGE as usize).map(|start| {
+    // Pages up to the head are read ahead (PostgreSQL: binary COPY, straight into
+    // canonical tails) on other connections and hashed on blocking threads, while
+    // this task checks them in order. Each page also reads the event before it, so
+    // its hashes are computed from the stored hash they must follow, and keeps only
+    // its own range, so a missing row still shows as missing.
+    let pages = (0..head.max(0)).step_by(VERIFY_PAGE as usize).map(|start| {
         let store = store.clone();
         tokio::spawn(async move {
-            let mut rows = store
-                .read_audit((start - 1).max(0), PAGE + 1, &AuditFilter::default())
+            let rows = store
+                .chain_rows((start - 1).max(0), VERIFY_PAGE + 1)
                 .await?;
-            let mut previous = match rows.first() {
-                Some(first) if start > 0 && first.position == start => rows.remove(0).hash,
-                _ => GENESIS,
-            };
-            rows.retain(|e| e.position <= start + PAGE);
-            let hashed: Vec<(Hash, Hash)> = rows
-                .iter()
-                .map(|e| {
-                    let expected = e.expected_hash(&previous);
-                    let used = previous;
-                    previous = e.hash;
-                    (used, expected)
-                })
-                .collect();
-            Ok::<_, StoreError>((rows, hashed))
+            let hashed = tokio::task::spawn_blocking(move || {
+                let before = start > 0 && rows.first_position() == Some(start);
+                let (previous, mut rows) = if before {
+                    rows.split_first()
+                        .map(|((_, hash), rest)| (hash, rest))
+                        .unwrap_or_default()
+                } else {
+                    (GENESIS, rows)
+                };
+                rows.keep_to(start + VERIFY_PAGE);
+                let hashed = rows.expected_hashes(previous);
+                (rows, hashed)
+            });
+            hashed
+                .await
+                .map_err(|e| StoreError::Corrupt(format!("hashing a verify page: {e}")))
         })
     });
     let mut pages = futures_util::stream::iter(pages).buffered(READ_AHEAD);
     while let Some(page) = pages.next().await {
         let (rows, hashed) =
             page.map_err(|e| StoreError::Corrupt(format!("a verify page: {e}")))??;
-        for (event, hashed) in rows.iter().zip(hashed) {
-            if let Err(bad) = check.push_hashed(event, Some(hashed)) {
+        for ((position, stored, tail), hashed) in rows.iter().zip(hashed) {
+            if let Err(bad) = check.push_row(position, stored, tail, Some(hashed)) {
                 return Ok(verdict(&check, Some(bad)));
             }
             if let Some(bad) = compare(&check) {

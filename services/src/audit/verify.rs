@@ -6,7 +6,7 @@
 
 use std::io::BufRead;
 
-use super::chain::{to_hex, AuditEvent, Hash, GENESIS};
+use super::chain::{to_hex, AuditEvent, ChainRows, Hash, GENESIS};
 use super::merkle::CompactRange;
 use super::note::{Checkpoint, Verifier};
 
@@ -72,31 +72,57 @@ impl LogCheck {
         event: &AuditEvent,
         hashed: Option<(Hash, Hash)>,
     ) -> Result<(), BadPosition> {
-        let next = self.next_position();
-        if event.position > next {
-            return Err(BadPosition::new(
-                next,
-                format!("missing: the next event is at position {}", event.position),
-            ));
-        }
-        if event.position < next {
-            return Err(BadPosition::new(
-                event.position,
-                format!("out of order or repeated, after position {}", next - 1),
-            ));
-        }
+        self.check_position(event.position)?;
         let expected = match hashed {
             Some((previous, expected)) if previous == self.previous => expected,
             _ => event.expected_hash(&self.previous),
         };
-        if expected != event.hash {
+        self.check_hash(&event.hash, &expected)
+    }
+
+    /// Like [`LogCheck::push_hashed`] for a packed row: `tail` is its canonical tail,
+    /// hashed here only if `hashed` was chained from another hash than this check's.
+    pub fn push_row(
+        &mut self,
+        position: i64,
+        stored: &Hash,
+        tail: &[u8],
+        hashed: Option<(Hash, Hash)>,
+    ) -> Result<(), BadPosition> {
+        self.check_position(position)?;
+        let expected = match hashed {
+            Some((previous, expected)) if previous == self.previous => expected,
+            _ => super::chain::chain(&self.previous, position, tail),
+        };
+        self.check_hash(stored, &expected)
+    }
+
+    fn check_position(&self, position: i64) -> Result<(), BadPosition> {
+        let next = self.next_position();
+        if position > next {
             return Err(BadPosition::new(
                 next,
+                format!("missing: the next event is at position {position}"),
+            ));
+        }
+        if position < next {
+            return Err(BadPosition::new(
+                position,
+                format!("out of order or repeated, after position {}", next - 1),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_hash(&mut self, stored: &Hash, expected: &Hash) -> Result<(), BadPosition> {
+        if expected != stored {
+            return Err(BadPosition::new(
+                self.next_position(),
                 "the hash does not match the event's contents and the hash before it",
             ));
         }
-        self.previous = event.hash;
-        self.range.push(&event.hash, |_, _, _| {});
+        self.previous = *stored;
+        self.range.push(stored, |_, _, _| {});
         Ok(())
     }
 
@@ -173,20 +199,38 @@ pub fn verify_export(
         }
     };
     compare(&check)?;
-    for (number, line) in export.lines().enumerate() {
-        let next = check.next_position();
-        let line = line.map_err(|e| {
-            BadPosition::new(next, format!("line {} is unreadable: {e}", number + 1))
-        })?;
-        if line.trim().is_empty() {
-            continue;
+    // Batches of lines are parsed and hashed on other threads, at most PARSING at a
+    // time, while this one reads the next and checks finished ones in order.
+    let mut export = export;
+    let mut next_line = 1;
+    std::thread::scope(|scope| -> Result<(), ExportFailure> {
+        let mut parsing = std::collections::VecDeque::new();
+        loop {
+            let batch = read_batch(&mut export, next_line);
+            next_line += batch.lines;
+            let last = batch.ended || batch.unreadable.is_some();
+            parsing.push_back(scope.spawn(move || parse_batch(batch)));
+            while parsing.len() > PARSING || (last && !parsing.is_empty()) {
+                let Some(parser) = parsing.pop_front() else {
+                    break;
+                };
+                let parsed = parser.join().unwrap_or_else(|_| Parsed {
+                    failure: Some("a parser thread failed".into()),
+                    ..Parsed::default()
+                });
+                for ((position, stored, tail), hashed) in parsed.rows.iter().zip(parsed.hashed) {
+                    check.push_row(position, stored, tail, hashed)?;
+                    compare(&check)?;
+                }
+                if let Some(reason) = parsed.failure {
+                    return Err(BadPosition::new(check.next_position(), reason).into());
+                }
+            }
+            if last {
+                return Ok(());
+            }
         }
-        let event: AuditEvent = serde_json::from_str(&line).map_err(|e| {
-            BadPosition::new(next, format!("line {} is not an event: {e}", number + 1))
-        })?;
-        check.push(&event)?;
-        compare(&check)?;
-    }
+    })?;
     if let Some(c) = &checkpoint {
         check.ends_at_or_after(c.size)?;
     }
@@ -195,6 +239,92 @@ pub fn verify_export(
         root: check.root(),
         checkpoint,
     })
+}
+
+/// Lines per batch of the export check, and batches parsed at once.
+const BATCH_LINES: usize = 4096;
+const PARSING: usize = 2;
+
+/// Lines of an export as read, before parsing.
+struct Batch {
+    text: Vec<u8>,
+    first_line: usize,
+    lines: usize,
+    ended: bool,
+    /// Reading failed after these lines (the file, not its content).
+    unreadable: Option<String>,
+}
+
+fn read_batch(export: &mut impl BufRead, first_line: usize) -> Batch {
+    let mut batch = Batch {
+        text: Vec::with_capacity(BATCH_LINES * 700),
+        first_line,
+        lines: 0,
+        ended: false,
+        unreadable: None,
+    };
+    while batch.lines < BATCH_LINES {
+        match export.read_until(b'\n', &mut batch.text) {
+            Ok(0) => {
+                batch.ended = true;
+                break;
+            }
+            Ok(_) => batch.lines += 1,
+            Err(e) => {
+                batch.unreadable = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    batch
+}
+
+/// A batch parsed: its events packed, each one's hash from the one before it in the
+/// batch (the first's is computed by the checker, which holds the hash before it),
+/// and what stopped it, if anything did.
+#[derive(Default)]
+struct Parsed {
+    rows: ChainRows,
+    hashed: Vec<Option<(Hash, Hash)>>,
+    failure: Option<String>,
+}
+
+fn parse_batch(batch: Batch) -> Parsed {
+    let mut parsed = Parsed {
+        rows: ChainRows::with_capacity(batch.lines, batch.text.len()),
+        ..Parsed::default()
+    };
+    let mut previous: Option<Hash> = None;
+    let mut number = batch.first_line;
+    for line in batch.text.split_inclusive(|b| *b == b'\n') {
+        let line = match std::str::from_utf8(line) {
+            Ok(line) => line,
+            Err(e) => {
+                parsed.failure = Some(format!("line {number} is unreadable: {e}"));
+                return parsed;
+            }
+        };
+        if !line.trim().is_empty() {
+            let event: AuditEvent = match serde_json::from_str(line) {
+                Ok(event) => event,
+                Err(e) => {
+                    parsed.failure = Some(format!("line {number} is not an event: {e}"));
+                    return parsed;
+                }
+            };
+            parsed.rows.push_event(&event);
+            let hashed = previous
+                .zip(parsed.rows.last_tail())
+                .map(|(used, tail)| (used, super::chain::chain(&used, event.position, tail)));
+            parsed.hashed.push(hashed);
+            previous = Some(event.hash);
+        }
+        number += 1;
+    }
+    if let Some(e) = batch.unreadable {
+        parsed.failure = Some(format!("line {number} is unreadable: {e}"));
+    }
+    parsed
 }
 
 #[cfg(test)]

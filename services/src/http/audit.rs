@@ -2,6 +2,11 @@
 //! (paged JSON, or the whole selection as NDJSON in constant memory), signed
 //! checkpoints and the key that verifies them, RFC 9162 proofs, and a check of the
 //! whole store. Hashes are lowercase hex; a checkpoint is served exactly as signed.
+//!
+//! Every answer is recorded in the access log (through the guard, [`disclose`]), so
+//! "who looked at the log" is answerable: a page of events with the clients it
+//! names, an export with the client its filter names (the whole selection is not
+//! known before it streams), proofs, checkpoints, the key and verify with none.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -10,10 +15,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use circle_events::calendar;
+use circle_events::client::Client;
+use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::Query;
+use super::guard::{client_ids_in, disclose};
 use super::{AppState, Problem};
 use crate::audit::chain::{to_hex, AuditEvent};
 use crate::audit::merkle::leaf_hash;
@@ -111,14 +119,38 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains(NDJSON));
     if wants_ndjson {
-        return Ok(stream_events(state, after, limit, filter));
+        let named = filter
+            .aggregate_id
+            .clone()
+            .filter(|_| filter.aggregate_type.as_deref() == Some(Client::TYPE));
+        let export = stream_events(state, after, limit, filter);
+        return Ok(disclose(export, named.into_iter().collect()));
     }
     let limit = limit.unwrap_or(1000);
     let events = state.store.read_audit(after, limit, &filter).await?;
     let next_after = (events.len() as i64 == limit)
         .then(|| events.last().map(|e| e.position))
         .flatten();
-    Ok(Json(EventsPage { events, next_after }).into_response())
+    let disclosed = clients_named(&events);
+    Ok(disclose(Json(EventsPage { events, next_after }), disclosed))
+}
+
+/// The clients a page of the log names: client streams, and the `client_id`s in
+/// other streams' payloads (a group's members, attendance, measures).
+fn clients_named(events: &[AuditEvent]) -> Vec<String> {
+    let mut named: Vec<String> = Vec::new();
+    let mut payloads = Vec::new();
+    for event in events {
+        if event.aggregate_type == Client::TYPE {
+            named.push(event.aggregate_id.clone());
+        } else if event.payload.contains("\"client_id\"") {
+            payloads.push(serde_json::from_str(&event.payload).unwrap_or(serde_json::Value::Null));
+        }
+    }
+    named.extend(client_ids_in(&serde_json::Value::Array(payloads)));
+    named.sort_unstable();
+    named.dedup();
+    named
 }
 
 /// The selection as NDJSON, page by page as the client reads it.
@@ -195,7 +227,7 @@ pub async fn checkpoint(
         }
     }
     match state.store.tree_head(query.tree_size).await? {
-        Some(head) => Ok(signed_note(head)),
+        Some(head) => Ok(disclose(signed_note(head), Vec::new())),
         None => Err(Problem::not_found(match query.tree_size {
             Some(size) => format!("no checkpoint was signed at tree size {size}"),
             None => "no checkpoint has been signed yet".to_string(),
@@ -210,11 +242,13 @@ pub async fn checkpoint(
     security(("bearer" = [])), tag = "audit")]
 pub async fn key(State(state): State<AppState>) -> Result<Response, Problem> {
     match &state.audit_key {
-        Some(key) => Ok((
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("{key}\n"),
-        )
-            .into_response()),
+        Some(key) => Ok(disclose(
+            (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                format!("{key}\n"),
+            ),
+            Vec::new(),
+        )),
         None => Err(Problem::not_found(
             "this Circle signs no checkpoints: no key is configured",
         )),
@@ -254,7 +288,7 @@ pub struct InclusionProof {
 pub async fn inclusion(
     State(state): State<AppState>,
     Query(query): Query<InclusionQuery>,
-) -> Result<Json<InclusionProof>, Problem> {
+) -> Result<Response, Problem> {
     if query.position < 1 {
         return Err(Problem::bad_request("position", "must be 1 or more"));
     }
@@ -285,7 +319,7 @@ pub async fn inclusion(
         .first()
         .map(|(_, h)| *h)
         .ok_or_else(|| Problem::not_found("that position is missing from the log"))?;
-    Ok(Json(InclusionProof {
+    let proof = Json(InclusionProof {
         position: query.position,
         tree_size: size,
         leaf_index: index as i64,
@@ -293,7 +327,8 @@ pub async fn inclusion(
         leaf_hash: to_hex(&leaf_hash(&chain_hash)),
         proof: proof.iter().map(|h| to_hex(h)).collect(),
         root: to_hex(&root),
-    }))
+    });
+    Ok(disclose(proof, Vec::new()))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -323,7 +358,7 @@ pub struct ConsistencyProof {
 pub async fn consistency(
     State(state): State<AppState>,
     Query(query): Query<ConsistencyQuery>,
-) -> Result<Json<ConsistencyProof>, Problem> {
+) -> Result<Response, Problem> {
     for (field, value) in [("from", query.from), ("to", query.to)] {
         if value < 1 {
             return Err(Problem::bad_request(field, "must be 1 or more"));
@@ -343,13 +378,14 @@ pub async fn consistency(
     let proof = tree::consistency_proof(&state.store, from, to).await?;
     let from_root = tree::root(&state.store, from).await?;
     let to_root = tree::root(&state.store, to).await?;
-    Ok(Json(ConsistencyProof {
+    let proof = Json(ConsistencyProof {
         from: query.from,
         to: query.to,
         proof: proof.iter().map(|h| to_hex(h)).collect(),
         from_root: to_hex(&from_root),
         to_root: to_hex(&to_root),
-    }))
+    });
+    Ok(disclose(proof, Vec::new()))
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/verify",
@@ -359,5 +395,5 @@ pub async fn consistency(
     security(("bearer" = [])), tag = "audit")]
 pub async fn verify(State(state): State<AppState>) -> Result<Response, Problem> {
     let verdict = tree::verify_store(&state.store, |_, _| {}).await?;
-    Ok((StatusCode::OK, Json(verdict)).into_response())
+    Ok(disclose((StatusCode::OK, Json(verdict)), Vec::new()))
 }

@@ -10,11 +10,12 @@ use circle_events::group::{DepartureReason, GroupCommand};
 use circle_events::ids::{ClientId, GroupId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{whole_or_none, Caller, Ids};
+use super::extract::{whole_or_none, Caller, Ids, Query};
 use super::groups::{parse_items, WriteResponse};
 use super::guard::{authorize_client, disclose};
+use super::history::as_of_in_log;
 use super::write::{Write, Writer};
 use super::{new_id, AppState, Problem};
 use crate::commands::CommandContext;
@@ -259,24 +260,42 @@ pub struct ClientView {
     position: i64,
 }
 
-#[utoipa::path(get, path = "/api/v1/clients/{client_id}", params(("client_id" = ClientId, Path)),
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClientQuery {
+    /// RFC 3339: the client as they stood then (their events recorded by that time);
+    /// 422 before the log's first event or after now. Personal data is shown only
+    /// while the client's key still exists.
+    as_of: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/clients/{client_id}", params(("client_id" = ClientId, Path), ClientQuery),
     responses((status = 200, body = ClientView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "clients")]
 pub async fn get_client(
     State(state): State<AppState>,
     caller: Caller,
     Ids(client_id): Ids<ClientId>,
+    Query(query): Query<ClientQuery>,
 ) -> Result<Response, Problem> {
     let client_id = String::from(client_id);
     let view = authorize_client(&state, &caller, Action::ReadClient, &client_id).await?;
-    let cached = state.clients.load(&client_id).await?;
+    let as_of = as_of_in_log(&state, query.as_of.as_deref()).await?;
+    let cached = match as_of {
+        Some(as_of) => {
+            let _slot = state.as_of_limit.try_enter()?;
+            state.clients.as_of(&client_id, as_of).await?
+        }
+        None => state.clients.load(&client_id).await?,
+    };
     let client: Client = cached.aggregate;
     if !client.exists() {
         return Err(Problem::not_found("client not found"));
     }
     let sees_personal = view == View::Full;
     let key = state.store.client_key(&client_id).await?;
-    let erased = client.erased.is_some() || key == ClientKey::Destroyed;
+    // As of a past time, erased then; now, also a key destroyed without its event.
+    let erased = client.erased.is_some() || (as_of.is_none() && key == ClientKey::Destroyed);
     let personal = match (&client.personal, key, sees_personal) {
         (Some(sealed), ClientKey::Wrapped(wrapped), true) => {
             match state.vault.open(&wrapped, &client_id, sealed) {

@@ -17,6 +17,7 @@ use super::clients::MAX_PERSONAL_FIELD;
 use super::goals::MAX_GOAL_TITLE;
 use super::groups::MAX_SESSIONS_LIMIT;
 use super::guard::PURPOSE;
+use super::history::MAX_LIMIT as MAX_HISTORY_LIMIT;
 use crate::access_log::{MAX_PURPOSE, PURPOSE_PATTERN};
 
 /// Text with at least one character that is not white space, and no control
@@ -322,6 +323,45 @@ fn parameters(doc: &mut Value) {
             }
         }
     }
+    let entity_reads: [(&str, &str, Value); 6] = [
+        (
+            "/api/v1/groups/{group_id}",
+            "as_of",
+            json!({"format": "date-time", "pattern": TIME_PATTERN}),
+        ),
+        (
+            "/api/v1/clients/{client_id}",
+            "as_of",
+            json!({"format": "date-time", "pattern": TIME_PATTERN}),
+        ),
+        (
+            "/api/v1/groups/{group_id}/history",
+            "after",
+            json!({"minimum": 0}),
+        ),
+        (
+            "/api/v1/groups/{group_id}/history",
+            "limit",
+            json!({"minimum": 1, "maximum": MAX_HISTORY_LIMIT}),
+        ),
+        (
+            "/api/v1/clients/{client_id}/history",
+            "after",
+            json!({"minimum": 0}),
+        ),
+        (
+            "/api/v1/clients/{client_id}/history",
+            "limit",
+            json!({"minimum": 1, "maximum": MAX_HISTORY_LIMIT}),
+        ),
+    ];
+    for (path, name, extra) in entity_reads {
+        if let Some(Value::Array(params)) = doc["paths"][path]["get"].get_mut("parameters") {
+            for param in params.iter_mut().filter(|p| p["name"] == name) {
+                merge(param.get_mut("schema"), extra.clone());
+            }
+        }
+    }
 }
 
 /// The audit routes' query bounds (`http/audit.rs`); a value inside them that the log
@@ -415,8 +455,11 @@ fn statuses(doc: &mut Value) {
                 codes.push(404);
             }
             // A cursor to no session; a min_position beyond the log; group_id and
-            // focus together.
-            if path == "/api/v1/groups/{group_id}" || op_is_report(path) {
+            // focus together; an as_of outside the log's time.
+            if path == "/api/v1/groups/{group_id}"
+                || path == "/api/v1/clients/{client_id}"
+                || op_is_report(path)
+            {
                 codes.push(422);
             }
             // Audit: a size or position beyond the log or the latest checkpoint (422);

@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{whole, whole_or_none, Caller, Ids, Query};
 use super::guard::{allow, authorize_group, disclose};
+use super::history::as_of_in_log;
 use super::write::Write;
 use super::{new_id, AppState, Problem};
 use crate::commands::Cached;
@@ -356,6 +357,9 @@ pub struct GroupQuery {
     sessions_after: Option<SessionId>,
     /// Sessions per page: 1 to 1000, default 500.
     sessions_limit: Option<usize>,
+    /// RFC 3339: the group as it stood then (its events recorded by that time); 422
+    /// before the log's first event or after now.
+    as_of: Option<String>,
 }
 
 /// Which sessions a read answers: in start order, after a cursor, at most a limit.
@@ -484,7 +488,13 @@ pub async fn get_group(
 ) -> Result<Response, Problem> {
     authorize_group(&state, &caller, Action::ReadGroup, group_id.as_str()).await?;
     let page = query.page()?;
-    let cached = state.groups.load(group_id.as_str()).await?;
+    let cached = match as_of_in_log(&state, query.as_of.as_deref()).await? {
+        Some(as_of) => {
+            let _slot = state.as_of_limit.try_enter()?;
+            state.groups.as_of(group_id.as_str(), as_of).await?
+        }
+        None => state.groups.load(group_id.as_str()).await?,
+    };
     let view = group_view(cached, &page)?;
     // Members and their attendance are client-level data.
     let disclosed = view.members.iter().map(|m| m.client_id.clone()).collect();

@@ -13,6 +13,7 @@ mod extract;
 mod goals;
 mod groups;
 mod guard;
+mod history;
 pub mod openapi;
 mod problem;
 mod reports;
@@ -108,6 +109,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             post(groups::create_group).get(groups::list_groups),
         )
         .route("/groups/{group_id}", get(groups::get_group))
+        .route("/groups/{group_id}/history", get(history::group_history))
         .route(
             "/groups/{group_id}/facilitators",
             post(groups::assign_facilitator),
@@ -140,6 +142,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/groups/{group_id}/closure", post(groups::close_group))
         .route("/clients", post(clients::register_client))
         .route("/clients/{client_id}", get(clients::get_client))
+        .route("/clients/{client_id}/history", get(history::client_history))
         .route(
             "/clients/{client_id}/consents",
             post(clients::change_consent),

@@ -5,7 +5,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{access, audit, clients, exact, goals, groups, reports, tokens};
+use super::{access, audit, clients, exact, goals, groups, history, reports, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,7 @@ use super::{access, audit, clients, exact, goals, groups, reports, tokens};
         groups::create_group,
         groups::list_groups,
         groups::get_group,
+        history::group_history,
         groups::assign_facilitator,
         groups::join_group,
         groups::leave_group,
@@ -29,6 +30,7 @@ use super::{access, audit, clients, exact, goals, groups, reports, tokens};
         groups::close_group,
         clients::register_client,
         clients::get_client,
+        history::client_history,
         clients::change_consent,
         clients::erase_client,
         clients::record_measure,

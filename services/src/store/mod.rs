@@ -15,6 +15,7 @@
 //! share one transaction, which is how the store goes past one-commit-per-command.
 
 pub mod access;
+mod copy;
 pub mod cqrs;
 mod postgres;
 mod sqlite;
@@ -27,7 +28,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use crate::audit::chain::AuditEvent;
-use crate::audit::chain::{self, to_micros, Hash};
+use crate::audit::chain::{self, to_micros, ChainRows, Hash};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -451,6 +452,34 @@ impl Store {
         filter: &AuditFilter,
     ) -> Result<Vec<AuditEvent>, StoreError> {
         dispatch!(self, s => s.read_audit(after, limit, filter).await)
+    }
+
+    /// One stream for auditors: up to `limit` of its events with `position > after`,
+    /// in order, with the exact payload text and the stored chain hash.
+    pub async fn read_stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        dispatch!(self, s => s.read_stream(aggregate_type, aggregate_id, after, limit).await)
+    }
+
+    /// `(sequence, position)` of the stream's events at these sequences (those that exist).
+    pub async fn stream_positions(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequences: &[i64],
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        dispatch!(self, s => s.stream_positions(aggregate_type, aggregate_id, sequences).await)
+    }
+
+    /// Up to `limit` events with `position > after`, in order, packed for the chain
+    /// check: position, stored hash, canonical tail (PostgreSQL: one binary `COPY`).
+    pub async fn chain_rows(&self, after: i64, limit: i64) -> Result<ChainRows, StoreError> {
+        dispatch!(self, s => s.chain_rows(after, limit).await)
     }
 
     /// The stored chain hashes at these positions (those that exist).

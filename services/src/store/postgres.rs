@@ -190,6 +190,66 @@ impl PgStore {
         rows.iter().map(audit_event).collect()
     }
 
+    pub async fn read_stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        // By the stream's own index: within a stream, sequence and position agree.
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND position > $3
+             ORDER BY sequence LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(audit_event).collect()
+    }
+
+    pub async fn stream_positions(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequences: &[i64],
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT sequence, position FROM events
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = ANY($3)",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(sequences)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn chain_rows(&self, after: i64, limit: i64) -> Result<ChainRows, StoreError> {
+        use futures_util::StreamExt;
+        use sqlx::postgres::PgPoolCopyExt;
+        // COPY takes no parameters: both are integers, formatted here.
+        let sql = format!(
+            "COPY (SELECT {} FROM events WHERE position > {after} ORDER BY position LIMIT {limit})
+             TO STDOUT (FORMAT binary)",
+            super::copy::COLUMNS
+        );
+        let mut stream = self.pool.copy_out_raw(&sql).await?;
+        let expected = limit.clamp(0, 100_000) as usize;
+        let mut rows = ChainRows::with_capacity(expected, expected * 640);
+        let mut reader = super::copy::CopyReader::default();
+        while let Some(chunk) = stream.next().await {
+            reader.feed(&chunk?, &mut rows)?;
+        }
+        reader.finish()?;
+        Ok(rows)
+    }
+
     pub async fn chain_hashes(&self, positions: &[i64]) -> Result<Vec<(i64, Hash)>, StoreError> {
         let rows: Vec<(i64, Vec<u8>)> =
             sqlx::query_as("SELECT position, hash FROM events WHERE position = ANY($1)")

@@ -218,6 +218,57 @@ impl SqliteStore {
         rows.iter().map(audit_event).collect()
     }
 
+    pub async fn read_stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM events
+             WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND position > ?3
+             ORDER BY sequence LIMIT ?4",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_event).collect()
+    }
+
+    pub async fn stream_positions(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequences: &[i64],
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let list = serde_json::to_string(sequences).map_err(|e| corrupt("sequences", e))?;
+        Ok(sqlx::query_as(
+            "SELECT sequence, position FROM events
+             WHERE aggregate_type = ?1 AND aggregate_id = ?2
+               AND sequence IN (SELECT value FROM json_each(?3))",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn chain_rows(&self, after: i64, limit: i64) -> Result<ChainRows, StoreError> {
+        let events = self
+            .read_audit(after, limit, &AuditFilter::default())
+            .await?;
+        let mut rows = ChainRows::default();
+        for event in &events {
+            rows.push_event(event);
+        }
+        Ok(rows)
+    }
+
     pub async fn chain_hashes(&self, positions: &[i64]) -> Result<Vec<(i64, Hash)>, StoreError> {
         let list = serde_json::to_string(positions).map_err(|e| corrupt("positions", e))?;
         let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
