@@ -52,11 +52,16 @@ pub fn for_reporting<'a>(
             .iter()
             .filter(|(id, group)| scope.includes(id, group))
     };
-    let left_out: BTreeSet<&str> = withdrawn
-        .iter()
-        .filter(|client| in_scope().any(|(_, group)| mentions(group, client)))
-        .map(String::as_str)
-        .collect();
+    // One pass over each group's data, like the report's own; none when nobody
+    // withdrew, the common case.
+    let left_out: BTreeSet<&str> = if withdrawn.is_empty() {
+        BTreeSet::new()
+    } else {
+        in_scope()
+            .flat_map(|(_, group)| clients_in(group))
+            .filter(|client| withdrawn.contains(*client))
+            .collect()
+    };
     if left_out.is_empty() {
         return ForReporting {
             practice: Cow::Borrowed(practice),
@@ -128,15 +133,17 @@ pub fn sensitivity_in(body: &serde_json::Value) -> Option<Sensitivity> {
     serde_json::from_value(body.get("sensitivity")?.clone()).ok()
 }
 
-/// Whether the group holds anything about the client.
-fn mentions(group: &GroupRecord, client: &str) -> bool {
-    group.members.contains_key(client)
-        || group.measures.values().any(|m| m.contains_key(client))
-        || group.goals.values().any(|g| g.client_id == client)
-        || group
-            .sessions
-            .values()
-            .any(|s| s.marks.contains_key(client))
+/// Every client the group holds anything about (with repeats).
+fn clients_in(group: &GroupRecord) -> impl Iterator<Item = &str> {
+    let members = group.members.keys();
+    let measured = group.measures.values().flat_map(|m| m.keys());
+    let marked = group.sessions.values().flat_map(|s| s.marks.keys());
+    let goals = group.goals.values().map(|g| &g.client_id);
+    members
+        .chain(measured)
+        .chain(marked)
+        .chain(goals)
+        .map(String::as_str)
 }
 
 /// The group without anything about `clients`. Every field is named, so a new one
