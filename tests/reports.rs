@@ -564,3 +564,49 @@ async fn reports_about_an_addiction_recovery_group_carry_the_part2_label() {
         assert!(answer.body.get("sensitivity").is_none(), "{route}");
     }
 }
+
+/// The client's record (the Client aggregate's `consents`) and the reports' fold
+/// (`Practice::has_consent`) agree on every scope after any run of decisions: both
+/// read the defaults from `ConsentScope::given_until_decided`.
+#[test]
+fn the_client_record_and_the_reports_agree_on_consent() {
+    use circle_events::client::{Client, ClientCommand, ClientEvent, ConsentScope};
+    use circle_projections::practice::{AnyEvent, Fact};
+    use cqrs_es::Aggregate;
+
+    let mut client = Client::default();
+    let mut practice = Practice::new(AlertRules::default());
+    let mut position = 0;
+    let mut apply = |client: &mut Client, practice: &mut Practice, event: ClientEvent| {
+        position += 1;
+        practice.apply(&Fact {
+            position,
+            recorded_at: chrono::Utc::now(),
+            aggregate_id: "c1".into(),
+            event: AnyEvent::Client(event.clone()),
+        });
+        client.apply(event);
+    };
+    let registered = ClientEvent::ClientRegistered {
+        client_id: "c1".into(),
+        personal: None,
+    };
+    apply(&mut client, &mut practice, registered);
+    // Every scope toggled in turn, three times over, by whatever the aggregate allows.
+    for step in 0..9 {
+        for scope in ConsentScope::ALL {
+            let agree = ConsentScope::ALL
+                .iter()
+                .all(|s| client.consents.contains(s) == practice.has_consent("c1", *s));
+            assert!(agree, "step {step}: {:?}", client.consents);
+            let command = if client.consents.contains(&scope) {
+                ClientCommand::WithdrawConsent { scope }
+            } else {
+                ClientCommand::GrantConsent { scope }
+            };
+            for event in client.decide(command).unwrap() {
+                apply(&mut client, &mut practice, event);
+            }
+        }
+    }
+}
