@@ -475,6 +475,17 @@ async fn an_erased_client_leaves_no_trace(backend: Backend) {
             .into_iter()
             .map(|(place, bytes)| (format!("{place}, stopped"), bytes)),
     );
+    // The chain verifies offline too, by the command an auditor runs.
+    if let Backend::Postgres { url } = &backend {
+        let output = std::process::Command::new(circle_tests::process::circle_binary())
+            .args(["audit", "verify", "--database-url", url])
+            .env_remove("CIRCLE_DATABASE_URL")
+            .output()
+            .expect("run circle audit verify");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}");
+        assert!(stdout.starts_with("ok"), "{stdout}");
+    }
     for checkpoint in ["reports", "nats"] {
         let (_, state) = store
             .load_checkpoint(checkpoint)
