@@ -7,10 +7,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use circle_tests::jetstream::{msg_ids, report_at, wait_for_messages, PrivateNats};
+use circle_tests::jetstream::{
+    msg_ids, report_at, report_message_at, wait_for_messages, PrivateNats,
+};
 use circle_tests::{
-    assert_matches_6mp, assert_t, fresh_namespace, fresh_schema_url, gas_vector_groups, nats_url,
-    numbers_about_people, one_member_group, six_mp_group, spawn_app_with, TestApp,
+    assert_matches_6mp, assert_t, fresh_namespace, fresh_schema_url, gas_vector_groups,
+    group_with_member, held_session, nats_url, numbers_about_people, one_member_group,
+    set_reporting_consent, six_mp_group, spawn_app_with, succeeded, TestApp,
 };
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -421,4 +424,160 @@ async fn circle_starts_and_serves_without_nats_and_publishes_once_it_appears() {
         created.position(),
     )
     .await;
+}
+
+/// Issue 7, item 4 on NATS: a client who withdrew reporting consent is in no event
+/// or report published, and each report says how many were left out; everything
+/// about an addiction recovery group carries `Circle-Sensitivity: part2` and the
+/// `sensitivity` field (published events, reports, the micro service's answers).
+#[tokio::test]
+async fn nats_leaves_out_clients_without_reporting_consent_and_labels_part2_groups() {
+    let ns = fresh_namespace();
+    let app = nats_app(&nats_url(), &ns, 1).await;
+    let admin = &app.admin;
+    // The opted-out client withdraws before joining: what was published before the
+    // withdrawal (their registration, perhaps) stays published.
+    succeeded(
+        app.post("/api/v1/clients", admin, json!({"client_id": "optout-c"}))
+            .await,
+    );
+    let withdrawn = set_reporting_consent(&app, "optout-c", false).await;
+    group_with_member(&app, "rec", "addiction_recovery", "rec-c", "2026-01-01").await;
+    succeeded(
+        app.post(
+            "/api/v1/groups/rec/members",
+            admin,
+            json!({"client_id": "optout-c", "joined_on": "2026-01-01"}),
+        )
+        .await,
+    );
+    let last_published = held_session(
+        &app,
+        "rec",
+        "rec-s1",
+        "2026-01-05T18:00:00+00:00",
+        "rec-c",
+        "present",
+    )
+    .await;
+    let position = succeeded(
+        app.post(
+            "/api/v1/groups/rec/sessions/rec-s1/attendance",
+            admin,
+            json!({"records": [{"client_id": "optout-c", "status": "present"}]}),
+        )
+        .await,
+    );
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+
+    let reports = format!("{}_REPORTS", ns.to_uppercase());
+    for kind in ["attendance", "retention", "outcomes", "goals", "alerts"] {
+        let subject = format!("{ns}.reports.{kind}.group.rec");
+        let message = report_message_at(&js, &reports, &subject, position).await;
+        let body: Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(body["left_out_without_consent"], 1, "{subject}: {body}");
+        assert_eq!(body["sensitivity"], "part2", "{subject}");
+        let header = message
+            .headers
+            .get("Circle-Sensitivity")
+            .map(|v| v.as_str());
+        assert_eq!(header, Some("part2"), "{subject}");
+        assert!(!body.to_string().contains("optout-c"), "{subject}: {body}");
+        if kind == "retention" {
+            assert_eq!(body["joined"], 1, "only rec-c: {body}");
+        }
+        if kind == "attendance" {
+            assert_eq!(body["by_session"][0]["present"], 1, "{body}");
+        }
+        let request = match kind {
+            "outcomes" => json!({"group_id": "rec", "instrument": "PHQ-9"}),
+            _ => json!({"group_id": "rec"}),
+        };
+        let reply = client
+            .request(
+                format!("{ns}.api.reports.{kind}"),
+                request.to_string().into(),
+            )
+            .await
+            .unwrap();
+        let answered: Value = serde_json::from_slice(&reply.payload).unwrap();
+        if kind != "outcomes" {
+            assert_eq!(
+                answered["left_out_without_consent"], 1,
+                "{kind}: {answered}"
+            );
+        }
+        assert_eq!(answered["sensitivity"], "part2", "{kind}: {answered}");
+        let header = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Circle-Sensitivity"));
+        assert_eq!(header.map(|v| v.as_str()), Some("part2"), "{kind}");
+    }
+    let practice = report_at(
+        &js,
+        &reports,
+        &format!("{ns}.reports.retention.practice"),
+        position,
+    )
+    .await;
+    assert_eq!(practice["left_out_without_consent"], 1);
+
+    // Events: none about the opted-out client; the group's carry the label.
+    let events = format!("{}_EVENTS", ns.to_uppercase());
+    let mut stream = js.get_stream(&events).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !published_position_reached(&mut stream, last_published).await {
+        assert!(
+            Instant::now() < deadline,
+            "events up to {last_published} not published"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let count = stream.info().await.unwrap().state.messages;
+    let mut group_events = 0;
+    for sequence in 1..=count {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        let body: Value = serde_json::from_slice(&message.payload).unwrap();
+        if body["position"].as_i64().unwrap() >= withdrawn {
+            assert!(!body.to_string().contains("optout-c"), "{body}");
+        }
+        if message.subject.as_str() == format!("{ns}.events.group.rec") {
+            group_events += 1;
+            assert_eq!(body["sensitivity"], "part2", "{body}");
+            let header = message
+                .headers
+                .get("Circle-Sensitivity")
+                .map(|v| v.as_str());
+            assert_eq!(header, Some("part2"));
+        } else {
+            assert!(body.get("sensitivity").is_none(), "{body}");
+        }
+    }
+    // Created, rec-c joined, session, rec-c's mark (optout-c's join and mark withheld).
+    assert_eq!(group_events, 4);
+    assert!(
+        count < app.head().await as u64,
+        "the withheld events are not counted"
+    );
+}
+
+/// Whether the events stream's last message has reached `position`.
+async fn published_position_reached(stream: &mut jetstream::stream::Stream, position: i64) -> bool {
+    let Ok(info) = stream.info().await else {
+        return false;
+    };
+    let last = info.state.last_sequence;
+    match stream.get_raw_message(last).await {
+        Ok(message) => {
+            let at: i64 = message
+                .headers
+                .get("Circle-Position")
+                .and_then(|v| v.as_str().parse().ok())
+                .unwrap_or(0);
+            at >= position
+        }
+        Err(_) => false,
+    }
 }

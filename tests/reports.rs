@@ -7,8 +7,9 @@ use circle_services::auth::Role;
 use circle_services::projector;
 use circle_services::store::Snapshot;
 use circle_tests::{
-    assert_matches_6mp, default_projection, fresh_schema_url, numbers_about_people,
-    one_member_group, six_mp_group, spawn_app, spawn_app_on, spawn_app_with, TestApp,
+    assert_matches_6mp, default_projection, fresh_schema_url, group_with_member, held_session,
+    numbers_about_people, one_member_group, set_reporting_consent, six_mp_group, spawn_app,
+    spawn_app_on, spawn_app_with, TestApp,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -457,4 +458,155 @@ async fn a_rebuild_from_zero_equals_the_live_projection_and_a_restart_resumes_it
         report.remove("position");
     }
     assert_eq!(after_restart, before);
+}
+
+/// Issue 7, item 4: reporting is opt-out. A member who withdrew it is left out of
+/// the reporter form, which says how many were left out; the full form (treatment)
+/// keeps them.
+#[tokio::test]
+async fn a_client_who_withdrew_reporting_consent_is_left_out_of_the_reporter_form() {
+    let app = spawn_app().await;
+    six_mp_group(&app, "g6mp").await;
+    // Reporting is given from registration: the client's record says so.
+    let client = app.get("/api/v1/clients/g6mp-m00", &app.admin).await;
+    assert_eq!(client.body["consents"], json!(["reporting"]));
+    let position = set_reporting_consent(&app, "g6mp-m00", false).await;
+    let client = app.get("/api/v1/clients/g6mp-m00", &app.admin).await;
+    assert_eq!(client.body["consents"], json!([]));
+    let reporter = app.token(Role::Reporter, None).await;
+    let path = format!("/api/v1/reports/retention?group_id=g6mp&min_position={position}");
+
+    let aggregate = app.get(&path, &reporter).await;
+    assert_eq!(aggregate.status, StatusCode::OK, "{:?}", aggregate.body);
+    assert_eq!(aggregate.body["joined"], 20);
+    assert_eq!(aggregate.body["left_out_without_consent"], 1);
+    let full = app.get(&path, &app.admin).await;
+    assert_eq!(full.body["joined"], 21);
+    assert_eq!(full.body["left_out_without_consent"], 0);
+    for route in [
+        "attendance?group_id=g6mp",
+        "outcomes?group_id=g6mp&instrument=PHQ-9",
+        "goals?group_id=g6mp",
+        "retention",
+        "retention?focus=grief",
+    ] {
+        let answer = app
+            .get(&format!("/api/v1/reports/{route}"), &reporter)
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{route}: {:?}", answer.body);
+        assert_eq!(answer.body["left_out_without_consent"], 1, "{route}");
+    }
+    // An as_of report made after the withdrawal leaves the client out too.
+    let now = urlencode(&chrono::Utc::now().to_rfc3339());
+    let as_of = app
+        .get(
+            &format!("/api/v1/reports/retention?group_id=g6mp&as_of={now}"),
+            &reporter,
+        )
+        .await;
+    assert_eq!(as_of.body["joined"], 20, "{:?}", as_of.body);
+    // Granting again brings the client back.
+    let position = set_reporting_consent(&app, "g6mp-m00", true).await;
+    let path = format!("/api/v1/reports/retention?group_id=g6mp&min_position={position}");
+    let back = app.get(&path, &reporter).await;
+    assert_eq!(back.body["joined"], 21);
+    assert_eq!(back.body["left_out_without_consent"], 0);
+}
+
+/// Issue 7, item 4: 42 CFR Part 2. Every report about an addiction recovery group
+/// says so in `Circle-Sensitivity` and in its body, in either form.
+#[tokio::test]
+async fn reports_about_an_addiction_recovery_group_carry_the_part2_label() {
+    let app = spawn_app().await;
+    group_with_member(&app, "rec", "addiction_recovery", "rec-c", "2026-01-01").await;
+    let position = held_session(
+        &app,
+        "rec",
+        "rec-s1",
+        "2026-01-05T18:00:00+00:00",
+        "rec-c",
+        "present",
+    )
+    .await;
+    group_with_member(&app, "anx", "anxiety", "anx-c", "2026-01-01").await;
+    let reporter = app.token(Role::Reporter, None).await;
+    for token in [&app.admin, &reporter] {
+        for route in [
+            "attendance?group_id=rec",
+            "outcomes?group_id=rec&instrument=PHQ-9",
+            "goals?group_id=rec",
+            "retention?group_id=rec",
+            "retention?focus=addiction_recovery",
+            "retention",
+        ] {
+            let path = format!("/api/v1/reports/{route}&min_position={position}").replacen(
+                "retention&",
+                "retention?",
+                1,
+            );
+            let answer = app.get(&path, token).await;
+            assert_eq!(answer.status, StatusCode::OK, "{route}: {:?}", answer.body);
+            assert_eq!(answer.headers["circle-sensitivity"], "part2", "{route}");
+            assert_eq!(answer.body["sensitivity"], "part2", "{route}");
+        }
+    }
+    let alerts = app.get("/api/v1/alerts?group_id=rec", &app.admin).await;
+    assert_eq!(alerts.headers["circle-sensitivity"], "part2");
+    // Other groups carry no label.
+    for route in ["attendance?group_id=anx", "retention?focus=anxiety"] {
+        let answer = app
+            .get(&format!("/api/v1/reports/{route}"), &reporter)
+            .await;
+        assert!(
+            answer.headers.get("circle-sensitivity").is_none(),
+            "{route}"
+        );
+        assert!(answer.body.get("sensitivity").is_none(), "{route}");
+    }
+}
+
+/// The client's record (the Client aggregate's `consents`) and the reports' fold
+/// (`Practice::has_consent`) agree on every scope after any run of decisions: both
+/// read the defaults from `ConsentScope::given_until_decided`.
+#[test]
+fn the_client_record_and_the_reports_agree_on_consent() {
+    use circle_events::client::{Client, ClientCommand, ClientEvent, ConsentScope};
+    use circle_projections::practice::{AnyEvent, Fact};
+    use cqrs_es::Aggregate;
+
+    let mut client = Client::default();
+    let mut practice = Practice::new(AlertRules::default());
+    let mut position = 0;
+    let mut apply = |client: &mut Client, practice: &mut Practice, event: ClientEvent| {
+        position += 1;
+        practice.apply(&Fact {
+            position,
+            recorded_at: chrono::Utc::now(),
+            aggregate_id: "c1".into(),
+            event: AnyEvent::Client(event.clone()),
+        });
+        client.apply(event);
+    };
+    let registered = ClientEvent::ClientRegistered {
+        client_id: "c1".into(),
+        personal: None,
+    };
+    apply(&mut client, &mut practice, registered);
+    // Every scope toggled in turn, three times over, by whatever the aggregate allows.
+    for step in 0..9 {
+        for scope in ConsentScope::ALL {
+            let agree = ConsentScope::ALL
+                .iter()
+                .all(|s| client.consents.contains(s) == practice.has_consent("c1", *s));
+            assert!(agree, "step {step}: {:?}", client.consents);
+            let command = if client.consents.contains(&scope) {
+                ClientCommand::WithdrawConsent { scope }
+            } else {
+                ClientCommand::GrantConsent { scope }
+            };
+            for event in client.decide(command).unwrap() {
+                apply(&mut client, &mut practice, event);
+            }
+        }
+    }
 }

@@ -22,6 +22,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use circle_events::group::GoalClosure;
+use circle_events::group::Sensitivity;
 use serde::{Deserialize, Serialize};
 
 use crate::practice::{GroupRecord, Practice, SessionRecord};
@@ -200,6 +201,12 @@ pub struct GoalsReport {
     pub group_id: String,
     pub as_of: DateTime<Utc>,
     pub position: i64,
+    /// Reporter form: clients left out because they withdrew reporting consent
+    /// (always 0 in the full form, which keeps them).
+    pub left_out_without_consent: u32,
+    /// `part2` when a group the report covers is under 42 CFR Part 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<Sensitivity>,
     pub rho: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clients: Option<Vec<MemberGoals>>,
@@ -273,6 +280,8 @@ pub fn goals(practice: &Practice, group_id: &str, as_of: DateTime<Utc>) -> Optio
         group_id: group_id.to_string(),
         as_of,
         position: practice.position,
+        left_out_without_consent: 0,
+        sensitivity: crate::reports::group_sensitivity(practice, group_id),
         rho: GAS_RHO,
         clients: Some(clients),
         summary: GoalsSummary {
@@ -287,6 +296,10 @@ pub fn goals(practice: &Practice, group_id: &str, as_of: DateTime<Utc>) -> Optio
 }
 
 impl ReporterForm for GoalsReport {
+    fn set_left_out_without_consent(&mut self, clients: u32) {
+        self.left_out_without_consent = clients;
+    }
+
     fn for_reporters(mut self, k: u32) -> Self {
         // The check-in rate is over the members with a session that counts for it;
         // stalled goals are counted over the members who have them.

@@ -331,11 +331,7 @@ impl Practice {
             .consents
             .get(client_id)
             .and_then(|scopes| scopes.get(&scope));
-        match (scope, decided) {
-            (_, Some(given)) => *given,
-            (ConsentScope::Reporting, None) => true,
-            (ConsentScope::Research | ConsentScope::Treatment, None) => false,
-        }
+        decided.copied().unwrap_or(scope.given_until_decided())
     }
 
     fn apply_group(&mut self, fact: &Fact, event: &GroupEvent) {

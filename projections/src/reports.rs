@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
-use circle_events::group::{AttendanceStatus, DepartureReason, Focus};
+use circle_events::group::{AttendanceStatus, DepartureReason, Focus, Sensitivity};
 use circle_events::instruments::{Catalogue, Direction, InstrumentDefinition, Score};
 use serde::Serialize;
 
+use crate::consent;
 use crate::outcomes::{classify, effect_size, Classification};
 use crate::practice::{Alert, AlertKind, GroupRecord, Practice};
 use crate::survival::{KaplanMeier, Observation};
@@ -57,6 +58,12 @@ pub struct AttendanceReport {
     pub group_id: String,
     pub as_of: DateTime<Utc>,
     pub position: i64,
+    /// Reporter form: clients left out because they withdrew reporting consent
+    /// (always 0 in the full form, which keeps them).
+    pub left_out_without_consent: u32,
+    /// `part2` when a group the report covers is under 42 CFR Part 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<Sensitivity>,
     pub sessions_held: u32,
     pub attendance_rate: Option<f64>,
     pub by_session: Vec<SessionAttendance>,
@@ -132,6 +139,8 @@ pub fn attendance(
         group_id: group_id.to_string(),
         as_of,
         position: practice.position,
+        left_out_without_consent: 0,
+        sensitivity: group_sensitivity(practice, group_id),
         sessions_held: held.len() as u32,
         attendance_rate: rate(attended_total, expected_total),
         by_session,
@@ -149,7 +158,7 @@ pub enum RetentionScope {
 }
 
 impl RetentionScope {
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         match self {
             RetentionScope::Group(id) => format!("group:{id}"),
             RetentionScope::Focus(focus) => format!(
@@ -163,7 +172,8 @@ impl RetentionScope {
         }
     }
 
-    fn includes(&self, group_id: &str, group: &GroupRecord) -> bool {
+    /// Whether a report over this scope includes the group's data.
+    pub fn includes(&self, group_id: &str, group: &GroupRecord) -> bool {
         match self {
             RetentionScope::Group(id) => id == group_id,
             RetentionScope::Focus(focus) => group.focus == Some(*focus),
@@ -190,6 +200,12 @@ pub struct RetentionReport {
     pub scope: String,
     pub as_of: DateTime<Utc>,
     pub position: i64,
+    /// Reporter form: clients left out because they withdrew reporting consent
+    /// (always 0 in the full form, which keeps them).
+    pub left_out_without_consent: u32,
+    /// `part2` when a group the report covers is under 42 CFR Part 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<Sensitivity>,
     pub joined: Option<u32>,
     pub active: Option<u32>,
     pub completed: Option<u32>,
@@ -280,6 +296,8 @@ pub fn retention(
         scope: scope.label(),
         as_of,
         position: practice.position,
+        left_out_without_consent: 0,
+        sensitivity: consent::sensitivity(practice, scope),
         joined: Some(joined),
         active: Some(active),
         completed: Some(completed),
@@ -366,6 +384,12 @@ pub struct OutcomesReport {
     pub reliable_change: Option<Score>,
     pub as_of: DateTime<Utc>,
     pub position: i64,
+    /// Reporter form: clients left out because they withdrew reporting consent
+    /// (always 0 in the full form, which keeps them).
+    pub left_out_without_consent: u32,
+    /// `part2` when a group the report covers is under 42 CFR Part 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<Sensitivity>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clients: Option<Vec<ClientOutcome>>,
     pub summary: OutcomeSummary,
@@ -423,6 +447,8 @@ pub fn outcomes(
         reliable_change: current.reliable_change,
         as_of,
         position: practice.position,
+        left_out_without_consent: 0,
+        sensitivity: group_sensitivity(practice, group_id),
         clients: Some(clients),
         summary: OutcomeSummary {
             clients_with_two_or_more: Some(with_two),
@@ -476,6 +502,14 @@ pub fn alert_counts(
 /// computed from fewer than `k` people (see [`shown_to_reporters`]).
 pub trait ReporterForm {
     fn for_reporters(self, k: u32) -> Self;
+    /// Says how many clients were left out for want of reporting consent (see
+    /// [`consent::reporter_form`], which sets it).
+    fn set_left_out_without_consent(&mut self, clients: u32);
+}
+
+/// The label of a report on one group (see [`consent::sensitivity`]).
+pub fn group_sensitivity(practice: &Practice, group_id: &str) -> Option<Sensitivity> {
+    consent::sensitivity(practice, &RetentionScope::Group(group_id.to_string()))
 }
 
 /// The reporter form's one rule (ARCHITECTURE.md, "Reporter form: small numbers"):
@@ -507,6 +541,10 @@ pub(crate) fn people(count: Option<u32>) -> u32 {
 }
 
 impl ReporterForm for AttendanceReport {
+    fn set_left_out_without_consent(&mut self, clients: u32) {
+        self.left_out_without_consent = clients;
+    }
+
     fn for_reporters(mut self, k: u32) -> Self {
         // Every member expected at a held session has exactly one status there.
         let members = self.by_client.take().map_or(0, |rows| rows.len() as u32);
@@ -533,6 +571,10 @@ impl ReporterForm for AttendanceReport {
 }
 
 impl ReporterForm for RetentionReport {
+    fn set_left_out_without_consent(&mut self, clients: u32) {
+        self.left_out_without_consent = clients;
+    }
+
     fn for_reporters(mut self, k: u32) -> Self {
         withhold_small(&mut self.dropout_rate, self.people, k);
         // These count membership periods; the people behind them decide.
@@ -569,6 +611,10 @@ impl ReporterForm for RetentionReport {
 }
 
 impl ReporterForm for OutcomesReport {
+    fn set_left_out_without_consent(&mut self, clients: u32) {
+        self.left_out_without_consent = clients;
+    }
+
     fn for_reporters(mut self, k: u32) -> Self {
         self.clients = None;
         let s = &mut self.summary;

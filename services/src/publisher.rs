@@ -25,10 +25,11 @@ use async_nats::service::ServiceExt;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::Utc;
-use circle_events::group::Group;
+use circle_events::group::{Group, Sensitivity};
+use circle_projections::consent::{self, sensitivity_in, SENSITIVITY_HEADER};
 use circle_projections::goals;
 use circle_projections::practice::Practice;
-use circle_projections::reports::{self, ReporterForm, RetentionScope};
+use circle_projections::reports::{self, RetentionScope};
 use cqrs_es::Aggregate;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -446,10 +447,31 @@ impl Publisher {
         let Some(last) = page.last().map(|e| e.position) else {
             return Ok(0);
         };
+        // Consent and labels from reports that have seen at least this page: a
+        // withdrawal later in the page already applies to the events before it.
+        if !self.reports.caught_up(last, Duration::from_secs(5)).await {
+            anyhow::bail!("the reports projection has not reached position {last} yet");
+        }
+        let (withdrawn, labels) = self.reports.read(|practice| {
+            let labels: std::collections::BTreeMap<&str, Option<Sensitivity>> = page
+                .iter()
+                .filter(|e| e.aggregate_type == Group::TYPE)
+                .map(|e| {
+                    let label = reports::group_sensitivity(practice, &e.aggregate_id);
+                    (e.aggregate_id.as_str(), label)
+                })
+                .collect();
+            (consent::withdrawn_from_reporting(practice), labels)
+        });
         let mut acks = Vec::with_capacity(page.len());
         for event in &page {
-            let (subject, headers, body) = event_message(&self.settings.namespace, event);
-            acks.push(self.js.publish_with_headers(subject, headers, body).await?);
+            let withheld = client_of(event).is_some_and(|client| withdrawn.contains(client));
+            if !withheld {
+                let label = labels.get(event.aggregate_id.as_str()).copied().flatten();
+                let (subject, headers, body) =
+                    event_message(&self.settings.namespace, event, label);
+                acks.push(self.js.publish_with_headers(subject, headers, body).await?);
+            }
             if event.aggregate_type == Group::TYPE {
                 pending.groups.insert(event.aggregate_id.clone());
                 pending.practice = true;
@@ -469,6 +491,7 @@ impl Publisher {
         let ns = &self.settings.namespace;
         let messages: Vec<(String, i64, Value)> = self.reports.read(|practice| {
             let now = Utc::now();
+            let withdrawn = consent::withdrawn_from_reporting(practice);
             let mut messages = Vec::new();
             let groups: Vec<&String> = if pending.all_groups {
                 practice.groups.keys().collect()
@@ -477,7 +500,7 @@ impl Publisher {
             };
             for group_id in groups {
                 for kind in ReportKind::ALL {
-                    if let Some(body) = group_report(practice, kind, group_id, k, now) {
+                    if let Some(body) = group_report(practice, &withdrawn, kind, group_id, k, now) {
                         messages.push((
                             format!("{ns}.reports.{}.group.{group_id}", kind.as_str()),
                             practice.position,
@@ -487,8 +510,10 @@ impl Publisher {
                 }
             }
             if pending.practice || pending.all_groups {
-                let retention =
-                    reports::retention(practice, &RetentionScope::Practice, now).for_reporters(k);
+                let scope = RetentionScope::Practice;
+                let retention = consent::reporter_form(practice, &withdrawn, &scope, k, |p| {
+                    Some(reports::retention(p, &scope, now))
+                });
                 messages.push((
                     format!("{ns}.reports.retention.practice"),
                     practice.position,
@@ -497,7 +522,7 @@ impl Publisher {
                 messages.push((
                     format!("{ns}.reports.alerts.practice"),
                     practice.position,
-                    alert_counts(practice, None, k),
+                    alert_counts(practice, &withdrawn, None, k),
                 ));
             }
             messages
@@ -508,6 +533,9 @@ impl Publisher {
             headers.insert("Nats-Msg-Id", format!("{subject}@{position}").as_str());
             headers.insert("Circle-Position", position.to_string().as_str());
             headers.insert("Content-Type", "application/json");
+            if let Some(label) = sensitivity_in(&body) {
+                headers.insert(SENSITIVITY_HEADER, label.as_str());
+            }
             let payload = Bytes::from(serde_json::to_vec(&body)?);
             acks.push(
                 self.js
@@ -531,8 +559,23 @@ fn to_json(value: &impl Serialize) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
-/// An event as published: opaque ids and scores, no sealed personal data, no actor id.
-fn event_message(namespace: &str, event: &RecordedEvent) -> (String, HeaderMap, Bytes) {
+/// The client an event is about: the client's own stream, or the member a group
+/// event names (each group event about a member names exactly one, `client_id`, in
+/// every stored form: `circle_events::stored_forms`).
+fn client_of(event: &RecordedEvent) -> Option<&str> {
+    if event.aggregate_type == circle_events::client::Client::TYPE {
+        return Some(&event.aggregate_id);
+    }
+    event.payload.get("client_id")?.as_str()
+}
+
+/// An event as published: opaque ids and scores, no sealed personal data, no actor
+/// id; a group's label (`sensitivity` and `Circle-Sensitivity`) when it has one.
+fn event_message(
+    namespace: &str,
+    event: &RecordedEvent,
+    label: Option<Sensitivity>,
+) -> (String, HeaderMap, Bytes) {
     let subject = format!(
         "{namespace}.events.{}.{}",
         event.aggregate_type, event.aggregate_id
@@ -543,7 +586,7 @@ fn event_message(namespace: &str, event: &RecordedEvent) -> (String, HeaderMap, 
             object.remove(field);
         }
     }
-    let body = json!({
+    let mut body = json!({
         "position": event.position,
         "aggregate_type": event.aggregate_type,
         "aggregate_id": event.aggregate_id,
@@ -557,6 +600,10 @@ fn event_message(namespace: &str, event: &RecordedEvent) -> (String, HeaderMap, 
     });
     let id = event.event_id.to_string();
     let mut headers = HeaderMap::new();
+    if let Some(label) = label {
+        body["sensitivity"] = json!(label);
+        headers.insert(SENSITIVITY_HEADER, label.as_str());
+    }
     headers.insert("Nats-Msg-Id", id.as_str());
     headers.insert("ce-specversion", "1.0");
     headers.insert("ce-id", id.as_str());
@@ -580,51 +627,82 @@ fn event_message(namespace: &str, event: &RecordedEvent) -> (String, HeaderMap, 
     )
 }
 
-/// One group's report of one kind, in the reporter form.
+/// One group's report of one kind, in the reporter form, without the clients in
+/// `withdrawn` (see [`consent::reporter_form`]).
 fn group_report(
     practice: &Practice,
+    withdrawn: &BTreeSet<String>,
     kind: ReportKind,
     group_id: &str,
     k: u32,
     now: chrono::DateTime<Utc>,
 ) -> Option<Value> {
+    let scope = RetentionScope::Group(group_id.to_string());
     match kind {
-        ReportKind::Attendance => {
-            reports::attendance(practice, group_id, now).map(|r| to_json(&r.for_reporters(k)))
-        }
-        ReportKind::Retention => Some(to_json(
-            &reports::retention(practice, &RetentionScope::Group(group_id.to_string()), now)
-                .for_reporters(k),
-        )),
+        ReportKind::Attendance => consent::reporter_form(practice, withdrawn, &scope, k, |p| {
+            reports::attendance(p, group_id, now)
+        })
+        .map(|r| to_json(&r)),
+        ReportKind::Retention => consent::reporter_form(practice, withdrawn, &scope, k, |p| {
+            Some(reports::retention(p, &scope, now))
+        })
+        .map(|r| to_json(&r)),
         ReportKind::Outcomes => {
             let group = practice.groups.get(group_id)?;
+            let view = consent::for_reporting(practice, withdrawn, &scope);
             let per_instrument: Vec<Value> = group
                 .measures
                 .keys()
-                .filter_map(|instrument| reports::outcomes(practice, group_id, instrument, now))
-                .map(|r| to_json(&r.for_reporters(k)))
+                .filter_map(|instrument| {
+                    consent::reporter_form(practice, withdrawn, &scope, k, |p| {
+                        reports::outcomes(p, group_id, instrument, now)
+                    })
+                })
+                .map(|r| to_json(&r))
                 .collect();
-            Some(
-                json!({"group_id": group_id, "position": practice.position, "as_of": now, "reports": per_instrument}),
-            )
+            let mut body = json!({"group_id": group_id, "position": practice.position, "as_of": now,
+                "left_out_without_consent": view.left_out_without_consent, "reports": per_instrument});
+            label(&mut body, reports::group_sensitivity(practice, group_id));
+            Some(body)
         }
-        ReportKind::Goals => {
-            goals::goals(practice, group_id, now).map(|r| to_json(&r.for_reporters(k)))
-        }
-        ReportKind::Alerts => Some(alert_counts(practice, Some(group_id), k)),
+        ReportKind::Goals => consent::reporter_form(practice, withdrawn, &scope, k, |p| {
+            goals::goals(p, group_id, now)
+        })
+        .map(|r| to_json(&r)),
+        ReportKind::Alerts => Some(alert_counts(practice, withdrawn, Some(group_id), k)),
     }
 }
 
-/// Alerts in the reporter form: counts by kind (see [`reports::alert_counts`]).
-fn alert_counts(practice: &Practice, group_id: Option<&str>, k: u32) -> Value {
-    let counts: serde_json::Map<String, Value> = reports::alert_counts(practice, group_id, k)
+/// Sets a message body's `sensitivity` field (and so its header) to `label`.
+fn label(body: &mut Value, label: Option<Sensitivity>) {
+    if let Some(label) = label {
+        body["sensitivity"] = json!(label);
+    }
+}
+
+/// Alerts in the reporter form: counts by kind (see [`reports::alert_counts`]),
+/// without the clients in `withdrawn`.
+fn alert_counts(
+    practice: &Practice,
+    withdrawn: &BTreeSet<String>,
+    group_id: Option<&str>,
+    k: u32,
+) -> Value {
+    let scope = group_id.map_or(RetentionScope::Practice, |g| {
+        RetentionScope::Group(g.to_string())
+    });
+    let view = consent::for_reporting(practice, withdrawn, &scope);
+    let counts: serde_json::Map<String, Value> = reports::alert_counts(&view.practice, group_id, k)
         .into_iter()
         .map(|(kind, count)| {
             let name = to_json(&kind).as_str().unwrap_or_default().to_string();
             (name, json!(count))
         })
         .collect();
-    json!({"scope": group_id.map_or("practice".to_string(), |g| format!("group:{g}")), "position": practice.position, "counts": counts})
+    let mut body = json!({"scope": scope.label(), "position": practice.position,
+        "left_out_without_consent": view.left_out_without_consent, "counts": counts});
+    label(&mut body, consent::sensitivity(practice, &scope));
+    body
 }
 
 #[derive(Deserialize)]
@@ -676,12 +754,16 @@ async fn serve_reports(
             },
         };
         let answer = answer(reports, reporting, kind, &request.message.payload);
+        let mut headers = HeaderMap::new();
+        if let Some(label) = answer.as_ref().ok().and_then(sensitivity_in) {
+            headers.insert(SENSITIVITY_HEADER, label.as_str());
+        }
         let response = answer.and_then(|body| {
             serde_json::to_vec(&body)
                 .map(Bytes::from)
                 .map_err(|_| service_error(500, "report could not be encoded"))
         });
-        if let Err(error) = request.respond(response).await {
+        if let Err(error) = request.respond_with_headers(response, headers).await {
             tracing::warn!(error = %ErrorChain(&error), "answering a NATS report request");
         }
     }
@@ -728,6 +810,7 @@ fn answer(
     let k = reporting.reporter_min_count;
     reports.read(|practice| {
         let now = Utc::now();
+        let withdrawn = consent::withdrawn_from_reporting(practice);
         let group = || {
             request
                 .group_id
@@ -744,26 +827,48 @@ fn answer(
                     ),
                     (None, None) => RetentionScope::Practice,
                 };
-                Ok(to_json(
-                    &reports::retention(practice, &scope, now).for_reporters(k),
-                ))
+                let retention = consent::reporter_form(practice, &withdrawn, &scope, k, |p| {
+                    Some(reports::retention(p, &scope, now))
+                });
+                Ok(to_json(&retention))
             }
-            ReportKind::Attendance => reports::attendance(practice, &group()?, now)
-                .map(|r| to_json(&r.for_reporters(k)))
-                .ok_or_else(|| service_error(404, "no group with that id")),
+            ReportKind::Attendance => {
+                let group_id = group()?;
+                let scope = RetentionScope::Group(group_id.clone());
+                consent::reporter_form(practice, &withdrawn, &scope, k, |p| {
+                    reports::attendance(p, &group_id, now)
+                })
+                .map(|r| to_json(&r))
+                .ok_or_else(|| service_error(404, "no group with that id"))
+            }
             ReportKind::Outcomes => {
                 let instrument = request
                     .instrument
                     .clone()
                     .ok_or_else(|| service_error(400, "instrument is required"))?;
-                reports::outcomes(practice, &group()?, &instrument, now)
-                    .map(|r| to_json(&r.for_reporters(k)))
-                    .ok_or_else(|| service_error(404, "no such group or instrument"))
+                let group_id = group()?;
+                let scope = RetentionScope::Group(group_id.clone());
+                consent::reporter_form(practice, &withdrawn, &scope, k, |p| {
+                    reports::outcomes(p, &group_id, &instrument, now)
+                })
+                .map(|r| to_json(&r))
+                .ok_or_else(|| service_error(404, "no such group or instrument"))
             }
-            ReportKind::Goals => goals::goals(practice, &group()?, now)
-                .map(|r| to_json(&r.for_reporters(k)))
-                .ok_or_else(|| service_error(404, "no group with that id")),
-            ReportKind::Alerts => Ok(alert_counts(practice, request.group_id.as_deref(), k)),
+            ReportKind::Goals => {
+                let group_id = group()?;
+                let scope = RetentionScope::Group(group_id.clone());
+                consent::reporter_form(practice, &withdrawn, &scope, k, |p| {
+                    goals::goals(p, &group_id, now)
+                })
+                .map(|r| to_json(&r))
+                .ok_or_else(|| service_error(404, "no group with that id"))
+            }
+            ReportKind::Alerts => Ok(alert_counts(
+                practice,
+                &withdrawn,
+                request.group_id.as_deref(),
+                k,
+            )),
         }
     })
 }

@@ -19,6 +19,17 @@ pub async fn report_at(
     subject: &str,
     position: i64,
 ) -> Value {
+    let message = report_message_at(js, stream, subject, position).await;
+    serde_json::from_slice(&message.payload).unwrap()
+}
+
+/// [`report_at`] with the message's headers.
+pub async fn report_message_at(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+    position: i64,
+) -> async_nats::jetstream::message::StreamMessage {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(stream) = js.get_stream(stream).await {
@@ -34,7 +45,7 @@ pub async fn report_at(
                     .map(|v| v.as_str().to_string());
                 assert_eq!(id, Some(format!("{subject}@{at}")));
                 if at >= position {
-                    return serde_json::from_slice(&message.payload).unwrap();
+                    return message;
                 }
             }
         }

@@ -567,15 +567,18 @@ pub async fn one_member_group(app: &TestApp, group: &str) -> i64 {
 
 /// The numbers in a report that are about people: for a report on fewer than k
 /// people, each is computed from fewer than k. Left out: log positions, the session
-/// count, the GAS ρ, the instrument's catalogue values and the reporter form's own k.
+/// count, the GAS ρ, the instrument's catalogue values, the reporter form's own k,
+/// and how many it left out for want of consent (about no one's data in it:
+/// ARCHITECTURE.md, "Consent and Part 2").
 pub fn numbers_about_people(report: &Value) -> Vec<String> {
-    const NOT_ABOUT_PEOPLE: [&str; 6] = [
+    const NOT_ABOUT_PEOPLE: [&str; 7] = [
         "position",
         "sessions_held",
         "rho",
         "clinical_cutoff",
         "reliable_change",
         "kaplan_meier_min_at_risk",
+        "left_out_without_consent",
     ];
     fn walk(value: &Value, key: &str, path: String, found: &mut Vec<String>) {
         match value {
@@ -598,4 +601,16 @@ pub fn numbers_about_people(report: &Value) -> Vec<String> {
     let mut found = Vec::new();
     walk(report, "", String::new(), &mut found);
     found
+}
+
+/// Withdraws (or grants) a client's reporting consent. Returns its position.
+pub async fn set_reporting_consent(app: &TestApp, client: &str, granted: bool) -> i64 {
+    succeeded(
+        app.post(
+            &format!("/api/v1/clients/{client}/consents"),
+            &app.admin,
+            serde_json::json!({"scope": "reporting", "granted": granted}),
+        )
+        .await,
+    )
 }

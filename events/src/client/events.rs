@@ -19,6 +19,24 @@ pub enum ConsentScope {
     Research,
 }
 
+impl ConsentScope {
+    pub const ALL: [ConsentScope; 3] = [
+        ConsentScope::Treatment,
+        ConsentScope::Reporting,
+        ConsentScope::Research,
+    ];
+
+    /// Whether a client who has not decided on this scope has given it: reporting
+    /// is opt-out (given until withdrawn), treatment and research are opt-in. The
+    /// Client aggregate and the reports' fold both read it here.
+    pub fn given_until_decided(self) -> bool {
+        match self {
+            ConsentScope::Reporting => true,
+            ConsentScope::Treatment | ConsentScope::Research => false,
+        }
+    }
+}
+
 /// Why personal data was erased. A fixed set, because free text in an immutable log
 /// could itself carry personal data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

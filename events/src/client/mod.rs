@@ -27,6 +27,8 @@ use crate::instruments::Catalogue;
 pub struct Client {
     pub client_id: Option<String>,
     pub personal: Option<SealedPersonalData>,
+    /// The scopes given now: reporting from registration until withdrawn (see
+    /// [`ConsentScope::given_until_decided`]), the others once granted.
     pub consents: BTreeSet<ConsentScope>,
     pub erased: Option<ErasureReason>,
     pub measures_recorded: u32,
@@ -140,6 +142,10 @@ impl Aggregate for Client {
             } => {
                 self.client_id = Some(client_id);
                 self.personal = personal;
+                self.consents = ConsentScope::ALL
+                    .into_iter()
+                    .filter(|scope| scope.given_until_decided())
+                    .collect();
             }
             ClientEvent::ConsentGranted { scope } => {
                 self.consents.insert(scope);

@@ -146,3 +146,30 @@ fn a_measure_outside_a_group_is_taken_within_the_calendar() {
         );
     }
 }
+
+#[test]
+fn reporting_is_given_from_registration_until_withdrawn() {
+    let withdrawn = ClientEvent::ConsentWithdrawn {
+        scope: ConsentScope::Reporting,
+    };
+    ClientTest::with(())
+        .given(vec![registered()])
+        .when(ClientCommand::WithdrawConsent {
+            scope: ConsentScope::Reporting,
+        })
+        .then_expect_events(vec![withdrawn.clone()]);
+    ClientTest::with(())
+        .given(vec![registered()])
+        .when(ClientCommand::GrantConsent {
+            scope: ConsentScope::Reporting,
+        })
+        .then_expect_error(ClientError::ConsentAlreadyGranted(ConsentScope::Reporting));
+    ClientTest::with(())
+        .given(vec![registered(), withdrawn])
+        .when(ClientCommand::GrantConsent {
+            scope: ConsentScope::Reporting,
+        })
+        .then_expect_events(vec![ClientEvent::ConsentGranted {
+            scope: ConsentScope::Reporting,
+        }]);
+}

@@ -19,6 +19,43 @@ pub enum Focus {
     PersonalGrowth,
 }
 
+impl Focus {
+    /// The label every report and NATS message about a group of this focus carries.
+    /// The one place that decides it: addiction recovery records fall under 42 CFR
+    /// Part 2 (substance use disorder records), which asks for a notice on each
+    /// disclosure.
+    pub fn sensitivity(self) -> Option<Sensitivity> {
+        match self {
+            Focus::AddictionRecovery => Some(Sensitivity::Part2),
+            Focus::Anxiety
+            | Focus::Depression
+            | Focus::Grief
+            | Focus::Trauma
+            | Focus::Relationships
+            | Focus::PersonalGrowth => None,
+        }
+    }
+}
+
+/// A label for data under rules stricter than HIPAA's: the `Circle-Sensitivity`
+/// header and `sensitivity` field of reports and NATS messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Sensitivity {
+    /// 42 CFR Part 2: substance use disorder treatment records.
+    Part2,
+}
+
+impl Sensitivity {
+    /// The header's and the field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sensitivity::Part2 => "part2",
+        }
+    }
+}
+
 /// Closed groups run one cohort through a fixed course; open groups admit at any time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

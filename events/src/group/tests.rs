@@ -802,3 +802,22 @@ fn one_attendance_command_carries_a_bounded_number_of_marks() {
     };
     assert_eq!(refused_field(&group, command), "records");
 }
+
+#[test]
+fn only_addiction_recovery_groups_carry_the_part2_label() {
+    let all = [
+        Focus::Anxiety,
+        Focus::Depression,
+        Focus::Grief,
+        Focus::Trauma,
+        Focus::Relationships,
+        Focus::AddictionRecovery,
+        Focus::PersonalGrowth,
+    ];
+    for focus in all {
+        let expected = (focus == Focus::AddictionRecovery).then_some(Sensitivity::Part2);
+        assert_eq!(focus.sensitivity(), expected, "{focus:?}");
+    }
+    assert_eq!(Sensitivity::Part2.as_str(), "part2");
+    assert_eq!(serde_json::to_value(Sensitivity::Part2).unwrap(), "part2");
+}

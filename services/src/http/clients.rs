@@ -251,6 +251,9 @@ pub struct ClientView {
     client_id: String,
     /// True once the client's key is destroyed: personal data is gone for good.
     erased: bool,
+    /// The scopes given now: `reporting` from registration until withdrawn
+    /// (opt-out), `treatment` and `research` once granted (opt-in); none after
+    /// erasure.
     consents: Vec<ConsentScope>,
     /// Decrypted for admins and the client's clinicians; `null` for others and
     /// after erasure.

@@ -5,11 +5,13 @@
 //! `tests/contract.rs` holds the server to it with schemathesis.
 
 use chrono::{Datelike, Utc};
+use circle_events::group::Sensitivity;
 use circle_events::group::{
     GOAL_LEVELS, GOAL_WEIGHTS, MAX_ACTIVE_GOALS, MAX_ATTENDANCE_MARKS, MAX_CAPACITY,
     MAX_FACILITATORS, MAX_NAME_LEN, MAX_REASON_LEN, MAX_SESSION_MINUTES,
 };
 use circle_events::instruments::Catalogue;
+use circle_projections::consent::SENSITIVITY_HEADER;
 use serde_json::{json, Map, Value};
 
 use super::access::MAX_LIMIT as MAX_ACCESS_LIMIT;
@@ -44,7 +46,50 @@ pub fn constrain(doc: &mut Value) {
     schemas(doc);
     parameters(doc);
     purpose(doc);
+    report_bodies(doc);
     statuses(doc);
+}
+
+/// What every report answers beside its own figures (the reports' bodies are not
+/// described field by field): how many clients the reporter form left out for want
+/// of reporting consent, and the 42 CFR Part 2 label in the body and the
+/// `Circle-Sensitivity` header when a group it covers carries it.
+fn report_bodies(doc: &mut Value) {
+    let Some(Value::Object(paths)) = doc.get_mut("paths") else {
+        return;
+    };
+    let label = json!({"type": "string", "enum": [Sensitivity::Part2.as_str()]});
+    let header = json!({SENSITIVITY_HEADER: {
+        "description": "42 CFR Part 2: the report covers an addiction recovery group",
+        "schema": label,
+    }});
+    for (path, item) in paths.iter_mut() {
+        if !path.starts_with("/api/v1/reports/") {
+            continue;
+        }
+        let Some(ok) = item.pointer_mut("/get/responses/200") else {
+            continue;
+        };
+        ok["content"] = json!({"application/json": {"schema": {
+            "type": "object",
+            "required": ["left_out_without_consent"],
+            "properties": {
+                "left_out_without_consent": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Clients left out because they withdrew reporting consent (reporter form; 0 in the full form)",
+                },
+                "sensitivity": label,
+            },
+        }}});
+        ok["headers"] = header.clone();
+    }
+    if let Some(ok) = paths
+        .get_mut("/api/v1/alerts")
+        .and_then(|item| item.pointer_mut("/get/responses/200"))
+    {
+        ok["headers"] = header;
+    }
 }
 
 /// `Circle-Purpose` on every operation that takes a token: recorded in the access

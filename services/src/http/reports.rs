@@ -8,11 +8,12 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::{AppendHeaders, IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use circle_events::group::Focus;
+use circle_events::group::{Focus, Sensitivity};
 use circle_events::ids::GroupId;
+use circle_projections::consent::{self, sensitivity_in, SENSITIVITY_HEADER};
 use circle_projections::practice::{Alert, Practice};
 use circle_projections::reports::{self, ReporterForm, RetentionScope};
 use serde::{Deserialize, Serialize};
@@ -158,25 +159,61 @@ async fn group_report<T: Serialize + ReporterForm>(
     report: impl FnOnce(&Practice, DateTime<Utc>) -> Option<T>,
 ) -> Result<Response, Problem> {
     let form = form_for(state, caller, Some(group_id)).await?;
-    let k = state.reporting.reporter_min_count;
-    let report = with_practice(state, query, report)
+    let scope = RetentionScope::Group(group_id.to_string());
+    let report = in_form(state, query, form, &scope, report)
         .await?
         .ok_or_else(|| not_found("group"))?;
-    Ok(match form {
-        Form::Full => full(&report),
-        Form::Reporter => Json(report.for_reporters(k)).into_response(),
-    })
+    Ok(respond(&report, form))
 }
 
-/// A report in the full form: its member rows are client-level data, recorded in
-/// the access log as disclosed.
-fn full<T: Serialize>(report: &T) -> Response {
-    // The body as the report serializes (field order kept); the ids from its value.
+/// Runs `report` in the caller's form. The reporter form leaves out the clients
+/// whose latest reporting decision, as of now, is a withdrawal (also in an `as_of`
+/// report: a withdrawal applies to every report made after it).
+async fn in_form<T: ReporterForm>(
+    state: &AppState,
+    query: &ReportQuery,
+    form: Form,
+    scope: &RetentionScope,
+    report: impl FnOnce(&Practice, DateTime<Utc>) -> Option<T>,
+) -> Result<Option<T>, Problem> {
+    match form {
+        Form::Full => with_practice(state, query, report).await,
+        Form::Reporter => {
+            let k = state.reporting.reporter_min_count;
+            // A live report reads the decisions from the practice it reports on (it
+            // has waited for `min_position`); an `as_of` fold, from the live one.
+            let live = query
+                .as_of
+                .is_some()
+                .then(|| state.reports.read(consent::withdrawn_from_reporting));
+            with_practice(state, query, |p, as_of| {
+                let withdrawn = live.unwrap_or_else(|| consent::withdrawn_from_reporting(p));
+                consent::reporter_form(p, &withdrawn, scope, k, |p| report(p, as_of))
+            })
+            .await
+        }
+    }
+}
+
+/// A report as answered: the full form's member rows are client-level data,
+/// recorded in the access log as disclosed; a report with a `sensitivity` says it
+/// in `Circle-Sensitivity` too.
+fn respond<T: Serialize>(report: &T, form: Form) -> Response {
+    // The body as the report serializes (field order kept); the ids and the label
+    // from its value, so the header cannot differ from the field.
     let encoded = serde_json::to_value(report).and_then(|v| Ok((serde_json::to_vec(report)?, v)));
     match encoded {
         Ok((body, value)) => {
-            let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
-            disclose((json, body), client_ids_in(&value))
+            let json = ("content-type", "application/json");
+            let label = sensitivity_in(&value).map(|s| (SENSITIVITY_HEADER, s.as_str()));
+            let response = (
+                AppendHeaders([Some(json), label].into_iter().flatten()),
+                body,
+            );
+            match form {
+                Form::Full => disclose(response, client_ids_in(&value)),
+                Form::Reporter => response.into_response(),
+            }
         }
         Err(_) => Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -237,15 +274,12 @@ pub async fn retention(
             return Err(not_found("group"));
         }
     }
-    let k = state.reporting.reporter_min_count;
-    let report = with_practice(&state, &query, |p, as_of| {
-        reports::retention(p, &scope, as_of)
+    let report = in_form(&state, &query, form, &scope, |p, as_of| {
+        Some(reports::retention(p, &scope, as_of))
     })
-    .await?;
-    Ok(match form {
-        Form::Full => full(&report),
-        Form::Reporter => Json(report.for_reporters(k)).into_response(),
-    })
+    .await?
+    .ok_or_else(|| not_found("group"))?;
+    Ok(respond(&report, form))
 }
 
 fn parse_focus(text: &str) -> Result<Focus, Problem> {
@@ -310,10 +344,13 @@ pub struct AlertView {
     raised_at: DateTime<Utc>,
     position: i64,
     detail: String,
+    /// `part2` when the alert's group is under 42 CFR Part 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sensitivity: Option<Sensitivity>,
 }
 
-impl From<&Alert> for AlertView {
-    fn from(alert: &Alert) -> AlertView {
+impl AlertView {
+    fn of(alert: &Alert, practice: &Practice) -> AlertView {
         AlertView {
             kind: serde_json::to_value(alert.kind)
                 .ok()
@@ -324,6 +361,7 @@ impl From<&Alert> for AlertView {
             raised_at: alert.raised_at,
             position: alert.position,
             detail: alert.detail.clone(),
+            sensitivity: reports::group_sensitivity(practice, &alert.group_id),
         }
     }
 }
@@ -343,13 +381,18 @@ pub async fn alerts(
         Some(group) => authorize_group(&state, &caller, Action::ReadAlerts, group).await?,
         None => allow(&caller, Action::ReadAlerts, Resource::Practice)?,
     };
-    let views: Vec<AlertView> = with_practice(&state, &query, |p, _| {
-        reports::alerts(p, group_id.as_deref())
+    let scope = group_id
+        .clone()
+        .map_or(RetentionScope::Practice, RetentionScope::Group);
+    let (views, label): (Vec<AlertView>, _) = with_practice(&state, &query, |p, _| {
+        let views = reports::alerts(p, group_id.as_deref())
             .into_iter()
-            .map(AlertView::from)
-            .collect()
+            .map(|alert| AlertView::of(alert, p))
+            .collect();
+        (views, consent::sensitivity(p, &scope))
     })
     .await?;
     let disclosed = views.iter().map(|v| v.client_id.clone()).collect();
-    Ok(disclose(Json(views), disclosed))
+    let label = label.map(|s| (SENSITIVITY_HEADER, s.as_str()));
+    Ok(disclose((AppendHeaders(label), Json(views)), disclosed))
 }
