@@ -3,6 +3,7 @@
 //! [`reports`] for a report as of a time.
 //!
 //! - [`care_teams`]: which clinicians may see which clients, and where goals live.
+//! - [`exports`]: the reports' rows as CSV and NDJSON for reporting teams.
 //! - [`goals`]: Goal Attainment Scaling, check-in rates, stalled goals.
 //! - [`practice`]: the fold, and the alerts raised on the event that carries them.
 //! - [`reports`]: attendance, retention, outcomes, alerts; the reporter form.
@@ -10,6 +11,7 @@
 //! - [`outcomes`]: reliable and clinically significant change, effect sizes.
 
 pub mod care_teams;
+pub mod exports;
 pub mod goals;
 pub mod outcomes;
 pub mod practice;

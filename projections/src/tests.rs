@@ -471,6 +471,7 @@ fn gas_vectors() -> serde_json::Value {
     serde_json::from_str(include_str!("../../testdata/gas_vectors.json")).expect("parses")
 }
 
+mod exports;
 mod goals;
 mod reporter;
 
