@@ -80,7 +80,9 @@ fn expected(method: &str, path: &str, who: Who) -> Expect {
         ("GET", "/api/v1/groups/{group_id}" | "/api/v1/clients/{client_id}" | "/api/v1/alerts") => {
             &[Admin, Facilitator, Auditor]
         }
-        ("GET", p) if p.starts_with("/api/v1/reports/") => &[Admin, Facilitator, Auditor, Reporter],
+        ("GET", p) if p.starts_with("/api/v1/reports/") || p.starts_with("/api/v1/exports/") => {
+            &[Admin, Facilitator, Auditor, Reporter]
+        }
         ("GET", p) if p.starts_with("/api/v1/audit/") => &[Admin, Auditor],
         (_, p) if p.starts_with("/api/v1/tokens") => &[Admin],
         // Any clinician registers new clients.
@@ -103,7 +105,9 @@ fn expected(method: &str, path: &str, who: Who) -> Expect {
 /// For records that do not exist: only those who may see every record of the kind
 /// learn that one is missing; everyone else is refused as for any record not theirs.
 fn expected_missing(method: &str, path: &str, who: Who) -> Option<Expect> {
-    let names_a_record = path.contains('{') || path.starts_with("/api/v1/reports/");
+    let names_a_record = path.contains('{')
+        || path.starts_with("/api/v1/reports/")
+        || path.starts_with("/api/v1/exports/");
     if method != "GET" || !names_a_record {
         return None;
     }
@@ -195,7 +199,10 @@ fn request(method: &str, template: &str, w: &World) -> (String, Option<Value>) {
     let n = w.n;
     let query = match template {
         "/api/v1/reports/outcomes" => format!("?group_id={}&instrument=PHQ-9", w.group),
-        p if p.starts_with("/api/v1/reports/") || p == "/api/v1/alerts" => {
+        p if p.starts_with("/api/v1/reports/")
+            || p.starts_with("/api/v1/exports/")
+            || p == "/api/v1/alerts" =>
+        {
             format!("?group_id={}", w.group)
         }
         "/api/v1/audit/proof/inclusion" => "?position=1&tree_size=1".to_string(),

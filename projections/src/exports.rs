@@ -297,10 +297,9 @@ fn without(practice: &Practice, in_scope: &[&str], left_out: &BTreeSet<&str>) ->
         .filter_map(|id| practice.groups.get_key_value(*id))
         .map(|(id, group)| {
             let mut group = group.clone();
+            // Marks stay: a session is held when anyone was marked, and reports count
+            // only the marks of members.
             group.members.retain(|c, _| kept(c));
-            for session in group.sessions.values_mut() {
-                session.marks.retain(|c, _| kept(c));
-            }
             for by_client in group.measures.values_mut() {
                 by_client.retain(|c, _| kept(c));
             }

@@ -308,3 +308,29 @@ fn alerts_name_members_in_the_full_form_and_are_counts_by_kind_for_reporters() {
         "group_id,kind,count\r\ng1,attendance,\r\ng1,alliance,\r\ng1,deterioration,\r\ng1,risk,\r\ng1,stalled_goal,\r\n"
     );
 }
+
+#[test]
+fn leaving_out_the_only_member_marked_keeps_the_session_held_for_the_others() {
+    let mut log = practice(2);
+    log.session("g1", "s2", "2026-02-10T18:00:00+00:00");
+    log.mark("g1", "s2", "c0", AttendanceStatus::Present);
+    consent(
+        &mut log,
+        "c1",
+        ClientEvent::ConsentGranted {
+            scope: ConsentScope::Research,
+        },
+    );
+    let mut research = request(
+        ExportKind::Attendance,
+        Form::Full,
+        Scope::Group("g1".into()),
+    );
+    research.purpose = Purpose::Research;
+    let export = run(&log, &research);
+    // c1: present at s1, unmarked (a no-show) at s2, which c0's mark made held.
+    assert_eq!(export.rows.len(), 1);
+    assert_eq!(export.rows[0][1], "c1");
+    assert_eq!(export.rows[0][2], serde_json::json!(2));
+    assert_eq!(export.rows[0][3], serde_json::json!(1));
+}

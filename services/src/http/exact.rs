@@ -43,7 +43,64 @@ pub fn constrain(doc: &mut Value) {
     schemas(doc);
     parameters(doc);
     purpose(doc);
+    exports(doc);
     statuses(doc);
+}
+
+/// The export routes: their parameters' forms, and the columns of each form with
+/// what a row is, from `exports::columns` (the contract the unit tests pin).
+fn exports(doc: &mut Value) {
+    use circle_projections::exports::{columns, Form, FORMAT_VERSION};
+    for (path, kind, encoding) in super::exports::ROUTES {
+        let op = &mut doc["paths"][format!("/api/v1{path}")]["get"];
+        if let Some(Value::Array(params)) = op.get_mut("parameters") {
+            for param in params {
+                let extra = match param["name"].as_str() {
+                    Some("as_of") => json!({"format": "date-time", "pattern": TIME_PATTERN}),
+                    Some("purpose") => json!({"enum": ["research"]}),
+                    Some("min_position") => json!({"minimum": 0}),
+                    Some("focus") => {
+                        param["schema"] = json!({"$ref": "#/components/schemas/Focus"});
+                        continue;
+                    }
+                    _ => continue,
+                };
+                merge(param.get_mut("schema"), extra);
+            }
+        }
+        let form = |form: Form| {
+            format!(
+                "{} ({}): {}",
+                match form {
+                    Form::Full => "Full form",
+                    Form::Reporter => "Reporter form",
+                },
+                kind.row_meaning(form),
+                columns(kind, form).join(", ")
+            )
+        };
+        let layout = match encoding {
+            crate::exports::Encoding::Csv => {
+                "RFC 4180 CSV: a header row of the column names, CRLF line ends, a field \
+                 holding a comma, quote, CR or LF quoted with quotes doubled; an empty field \
+                 is a value withheld or absent."
+            }
+            crate::exports::Encoding::Ndjson => {
+                "NDJSON: a first line {\"export\": {export, format_version, form, purpose, \
+                 scope, as_of, position, left_out, rows, columns}}, then one object per row \
+                 with the columns as keys in order; null is a value withheld or absent."
+            }
+        };
+        op["description"] = json!(format!(
+            "{layout} Columns (format version {FORMAT_VERSION}). {}. {}. Headers: \
+             Circle-Left-Out (clients consent kept out: without research consent for \
+             purpose=research, or having withdrawn reporting consent in the reporter form), \
+             Circle-Position (the log position the rows reflect), Circle-Export-Form (full \
+             or reporter: the form the policy gives the caller). Recorded in the access log.",
+            form(Form::Full),
+            form(Form::Reporter)
+        ));
+    }
 }
 
 /// `Circle-Purpose` on every operation that takes a token: recorded in the access
@@ -441,7 +498,9 @@ fn statuses(doc: &mut Value) {
 }
 
 fn op_is_report(path: &str) -> bool {
-    path.starts_with("/api/v1/reports") || path == "/api/v1/alerts"
+    path.starts_with("/api/v1/reports")
+        || path.starts_with("/api/v1/exports/")
+        || path == "/api/v1/alerts"
 }
 
 fn problem(code: u16) -> Value {

@@ -9,6 +9,7 @@ mod access;
 mod audit;
 mod clients;
 mod exact;
+mod exports;
 mod extract;
 mod goals;
 mod groups;
@@ -163,6 +164,17 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/reports/outcomes", get(reports::outcomes))
         .route("/reports/goals", get(reports::goals))
         .route("/alerts", get(reports::alerts))
+        .route("/exports/outcomes.csv", get(exports::outcomes_csv))
+        .route("/exports/outcomes.ndjson", get(exports::outcomes_ndjson))
+        .route("/exports/attendance.csv", get(exports::attendance_csv))
+        .route(
+            "/exports/attendance.ndjson",
+            get(exports::attendance_ndjson),
+        )
+        .route("/exports/retention.csv", get(exports::retention_csv))
+        .route("/exports/retention.ndjson", get(exports::retention_ndjson))
+        .route("/exports/alerts.csv", get(exports::alerts_csv))
+        .route("/exports/alerts.ndjson", get(exports::alerts_ndjson))
         .route("/audit/events", get(audit::events))
         .route("/audit/checkpoint", get(audit::checkpoint))
         .route("/audit/key", get(audit::key))
