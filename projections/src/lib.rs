@@ -4,6 +4,7 @@
 //!
 //! - [`care_teams`]: which clinicians may see which clients, and where goals live.
 //! - [`exports`]: the reports' rows as CSV and NDJSON for reporting teams.
+//! - [`fhir`]: a group's history as FHIR R4 resources (Bulk Data export).
 //! - [`goals`]: Goal Attainment Scaling, check-in rates, stalled goals.
 //! - [`practice`]: the fold, and the alerts raised on the event that carries them.
 //! - [`reports`]: attendance, retention, outcomes, alerts; the reporter form.
@@ -12,6 +13,7 @@
 
 pub mod care_teams;
 pub mod exports;
+pub mod fhir;
 pub mod goals;
 pub mod outcomes;
 pub mod practice;
