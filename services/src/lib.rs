@@ -21,6 +21,7 @@ pub mod crypto;
 pub mod demo;
 pub mod errors;
 pub mod exports;
+pub mod fhir;
 pub mod http;
 pub mod leader;
 pub mod metrics;

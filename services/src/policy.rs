@@ -344,6 +344,18 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ),
     ("GET", "/api/v1/exports/alerts.csv", Action::ReadReport),
     ("GET", "/api/v1/exports/alerts.ndjson", Action::ReadReport),
+    // A group's FHIR export: who may read the group with its members.
+    (
+        "GET",
+        "/api/v1/fhir/Group/{group_id}/$export",
+        Action::ReadGroup,
+    ),
+    ("GET", "/api/v1/fhir/jobs/{job_id}", Action::ReadGroup),
+    (
+        "GET",
+        "/api/v1/fhir/jobs/{job_id}/files/{resource_type}",
+        Action::ReadGroup,
+    ),
     ("GET", "/api/v1/audit/access", Action::ReadAccessLog),
     ("GET", "/api/v1/audit/events", Action::ReadAuditTrail),
     ("GET", "/api/v1/audit/checkpoint", Action::ReadAuditTrail),

@@ -44,7 +44,47 @@ pub fn constrain(doc: &mut Value) {
     parameters(doc);
     purpose(doc);
     exports(doc);
+    fhir(doc);
     statuses(doc);
+}
+
+/// The FHIR export's parameters: `_type`, `_since`, `_elements`, `_outputFormat`,
+/// `Prefer`, and the job's id and file names.
+fn fhir(doc: &mut Value) {
+    use circle_projections::fhir::resources::ResourceType;
+    let kick_off = &mut doc["paths"]["/api/v1/fhir/Group/{group_id}/$export"]["get"];
+    if let Some(Value::Array(params)) = kick_off.get_mut("parameters") {
+        for param in params {
+            let extra = match param["name"].as_str() {
+                Some("_type") => json!({"pattern": super::fhir::type_pattern()}),
+                Some("_since") => json!({"format": "date-time", "pattern": TIME_PATTERN}),
+                Some("_elements") => json!({"pattern": super::fhir::ELEMENTS_PATTERN}),
+                Some("_outputFormat") => json!({"enum": super::fhir::OUTPUT_FORMATS}),
+                Some("Prefer") => {
+                    param["required"] = json!(true);
+                    json!({"enum": ["respond-async"]})
+                }
+                _ => continue,
+            };
+            merge(param.get_mut("schema"), extra);
+        }
+    }
+    let names: Vec<&str> = ResourceType::ALL.iter().map(|t| t.name()).collect();
+    for path in [
+        "/api/v1/fhir/jobs/{job_id}",
+        "/api/v1/fhir/jobs/{job_id}/files/{resource_type}",
+    ] {
+        if let Some(Value::Array(params)) = doc["paths"][path]["get"].get_mut("parameters") {
+            for param in params {
+                let extra = match param["name"].as_str() {
+                    Some("job_id") => json!({"format": "uuid"}),
+                    Some("resource_type") => json!({"enum": names}),
+                    _ => continue,
+                };
+                merge(param.get_mut("schema"), extra);
+            }
+        }
+    }
 }
 
 /// The export routes: their parameters' forms, and the columns of each form with

@@ -11,6 +11,7 @@ mod clients;
 mod exact;
 mod exports;
 mod extract;
+mod fhir;
 mod goals;
 mod groups;
 mod guard;
@@ -73,6 +74,8 @@ pub struct Services {
     pub as_of_limit: crate::as_of::AsOfLimit,
     /// The checkpoint verifier key (signed-note form), when checkpoints are signed.
     pub audit_key: Option<String>,
+    /// FHIR Bulk Data export jobs of this instance.
+    pub fhir_jobs: crate::fhir::Jobs,
 }
 
 /// Bounds on the API: requests at once and the time each may take.
@@ -175,6 +178,9 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/exports/retention.ndjson", get(exports::retention_ndjson))
         .route("/exports/alerts.csv", get(exports::alerts_csv))
         .route("/exports/alerts.ndjson", get(exports::alerts_ndjson))
+        .route("/fhir/Group/{group_id}/$export", get(fhir::kick_off))
+        .route("/fhir/jobs/{job_id}", get(fhir::status))
+        .route("/fhir/jobs/{job_id}/files/{resource_type}", get(fhir::file))
         .route("/audit/events", get(audit::events))
         .route("/audit/checkpoint", get(audit::checkpoint))
         .route("/audit/key", get(audit::key))
