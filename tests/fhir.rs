@@ -426,3 +426,146 @@ async fn circle_export_fhir_writes_the_same_files_offline() {
         .unwrap();
     assert!(!missing.status.success());
 }
+
+/// The embedded store (SQLite): a `circle serve` process answers the CSV export and
+/// the FHIR export over HTTP, and `circle export fhir` reads the same store while it
+/// runs.
+#[tokio::test]
+async fn exports_work_on_the_embedded_store_too() {
+    use circle_tests::process::CircleProcess;
+    const ADMIN: &str = "embedded-exports-admin-token-0123456789";
+    let data_dir = fresh_data_dir();
+    let data = data_dir.to_str().expect("utf-8 path").to_string();
+    let circle = CircleProcess::serve(&[
+        ("CIRCLE_DATA_DIR", data.as_str()),
+        ("CIRCLE_ADMIN_TOKEN", ADMIN),
+    ]);
+    circle.wait_ready(Duration::from_secs(60)).await;
+    let http = client();
+    let post = |path: &str, body: Value| {
+        let request = http
+            .post(format!("{}{path}", circle.base))
+            .bearer_auth(ADMIN)
+            .json(&body);
+        async move {
+            let response = request.send().await.expect("post");
+            assert!(
+                response.status().is_success(),
+                "{:?}",
+                response.text().await
+            );
+            let body: Value = response.json().await.expect("json");
+            body["position"].as_i64().unwrap_or(0)
+        }
+    };
+    post(
+        "/api/v1/groups",
+        json!({"group_id": "grp_lite", "name": "Lite", "focus": "addiction_recovery",
+        "format": "open", "facilitators": ["dr_a"]}),
+    )
+    .await;
+    post("/api/v1/clients", json!({"client_id": "lite-1"})).await;
+    post(
+        "/api/v1/groups/grp_lite/members",
+        json!({"client_id": "lite-1", "joined_on": "2026-01-05"}),
+    )
+    .await;
+    post(
+        "/api/v1/groups/grp_lite/sessions",
+        json!({"session_id": "s1",
+        "starts_at": "2026-01-13T18:00:00Z", "duration_minutes": 60}),
+    )
+    .await;
+    post(
+        "/api/v1/groups/grp_lite/sessions/s1/attendance",
+        json!({"records": [{"client_id": "lite-1", "status": "late"}]}),
+    )
+    .await;
+    let head = post(
+        "/api/v1/groups/grp_lite/sessions/s1/feedback",
+        json!({"client_id": "lite-1",
+        "instrument": "PHQ-9", "items": [1, 1, 1, 1, 1, 1, 1, 1, 0]}),
+    )
+    .await;
+
+    let csv = http
+        .get(format!(
+            "{}/api/v1/exports/outcomes.csv?group_id=grp_lite&min_position={head}",
+            circle.base
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        csv.lines().nth(1),
+        Some("grp_lite,lite-1,PHQ-9,2024.1,1,8,8,0,insufficient_data")
+    );
+
+    let kick_off = http
+        .get(format!(
+            "{}/api/v1/fhir/Group/grp_lite/$export",
+            circle.base
+        ))
+        .bearer_auth(ADMIN)
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kick_off.status(), StatusCode::ACCEPTED);
+    let status_url = kick_off.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let manifest: Value = loop {
+        let status = http
+            .get(&status_url)
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        if status.status() == StatusCode::OK {
+            break status.json().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the export never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let online = download(&manifest, ADMIN).await;
+    validate(&online);
+
+    let out = data_dir.join("fhir-cli");
+    let run = Command::new(circle_binary())
+        .args(["export", "fhir", "--group", "grp_lite", "--out"])
+        .arg(&out)
+        .env("CIRCLE_DATA_DIR", &data)
+        .env_remove("CIRCLE_DATABASE_URL")
+        .output()
+        .expect("circle export fhir");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    validate(&out);
+    for kind in [
+        "Group",
+        "Patient",
+        "Encounter",
+        "QuestionnaireResponse",
+        "Observation",
+    ] {
+        let name = format!("{kind}.ndjson");
+        assert_eq!(
+            std::fs::read_to_string(out.join(&name)).unwrap(),
+            std::fs::read_to_string(online.join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+    let labelled = resources(&out, "Encounter");
+    assert_eq!(labelled[0]["meta"]["security"][0]["code"], "42CFRPart2");
+    assert_eq!(labelled[0]["status"], "finished", "late is attended");
+}
