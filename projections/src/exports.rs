@@ -455,7 +455,7 @@ fn retention_rows(
         let survival = |day: &str| json(report.survival_at.get(day).copied().flatten());
         rows.push(vec![
             json(group_id),
-            group.focus.map_or(Value::Null, |f| json(f)),
+            group.focus.map_or(Value::Null, json),
             json(report.joined),
             json(report.active),
             json(report.completed),

@@ -71,7 +71,7 @@ fn group_events(g: usize) -> Vec<GroupEvent> {
                     reference_version: "2024.1".into(),
                     total: Score::from_tenths(items.iter().map(|s| s.tenths()).sum()),
                     items,
-                    administered_at: at(week as i64),
+                    administered_at: at(week),
                 },
             });
         }

@@ -179,8 +179,9 @@ struct Checkpoint<'a> {
 }
 
 /// Reads a stored reports checkpoint. `Err` says why it cannot be resumed from; the
-/// state inside may still be readable, and is served until a rebuild replaces it.
-fn read_checkpoint(text: &str, digest: &str) -> Result<Practice, (String, Option<Practice>)> {
+/// state inside may still be readable, and is served until a rebuild replaces it
+/// (boxed: a whole state is too large to pass back in an `Err` by value).
+fn read_checkpoint(text: &str, digest: &str) -> Result<Practice, (String, Option<Box<Practice>>)> {
     #[derive(Deserialize)]
     struct Envelope {
         format: u32,
@@ -191,7 +192,7 @@ fn read_checkpoint(text: &str, digest: &str) -> Result<Practice, (String, Option
         Ok(envelope) => envelope,
         // Before format 1 the state was stored bare.
         Err(_) => {
-            let old = serde_json::from_str::<Practice>(text).ok();
+            let old = serde_json::from_str::<Practice>(text).ok().map(Box::new);
             return Err(("the checkpoint has no format version".into(), old));
         }
     };
@@ -201,12 +202,12 @@ fn read_checkpoint(text: &str, digest: &str) -> Result<Practice, (String, Option
             "the checkpoint's format is {}, this build writes {CHECKPOINT_FORMAT}",
             envelope.format
         );
-        return Err((why, state.ok()));
+        return Err((why, state.ok().map(Box::new)));
     }
     if envelope.settings != digest {
         return Err((
             "the settings (alert rules, k, reference data) changed since the checkpoint".into(),
-            state.ok(),
+            state.ok().map(Box::new),
         ));
     }
     state.map_err(|e| (format!("the checkpoint's state is unreadable: {e}"), None))
@@ -276,7 +277,7 @@ pub async fn start(
                     "rebuilding the reports from position 0 in the background"
                 );
                 (
-                    old.unwrap_or_else(|| Practice::new(settings.alert_rules)),
+                    old.map_or_else(|| Practice::new(settings.alert_rules), |old| *old),
                     true,
                 )
             }
