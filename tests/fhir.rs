@@ -333,6 +333,23 @@ async fn part_2_groups_are_labelled_names_go_only_to_the_groups_clinician_and_si
         .get("/api/v1/fhir/Group/grp_p2/$export", &reporter)
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
+
+    // The client deletes the job: its status and files are gone.
+    let status_url = url.rsplit_once("/files/").unwrap().0.to_string();
+    let deleted = client()
+        .delete(&status_url)
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::ACCEPTED);
+    let gone = client()
+        .get(url)
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

@@ -85,7 +85,7 @@ fn expected(method: &str, path: &str, who: Who) -> Expect {
         }
         ("GET", p) if p.starts_with("/api/v1/audit/") => &[Admin, Auditor],
         // A group's FHIR export, its job and files: who may read the group.
-        ("GET", p) if p.starts_with("/api/v1/fhir/") => &[Admin, Facilitator, Auditor],
+        ("GET" | "DELETE", p) if p.starts_with("/api/v1/fhir/") => &[Admin, Facilitator, Auditor],
         (_, p) if p.starts_with("/api/v1/tokens") => &[Admin],
         // Any clinician registers new clients.
         ("POST", "/api/v1/clients") => &[Admin, Facilitator, OtherClinician],
@@ -219,7 +219,7 @@ fn request(method: &str, template: &str, w: &World) -> (String, Option<Value>) {
     };
     let items = json!([1, 1, 1, 1, 1, 1, 1, 1, 0]);
     let body = match (method, template) {
-        ("GET", _) => None,
+        ("GET" | "DELETE", _) => None,
         (_, "/api/v1/groups") => Some(json!({"group_id": format!("new{n}"), "name": "Grief",
             "focus": "grief", "format": "closed", "facilitators": ["dr-a"]})),
         (_, "/api/v1/groups/{group_id}/facilitators") => Some(json!({"clinician_id": "dr-c"})),

@@ -351,6 +351,8 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         Action::ReadGroup,
     ),
     ("GET", "/api/v1/fhir/jobs/{job_id}", Action::ReadGroup),
+    // Forgetting one's own export job writes nothing to the group.
+    ("DELETE", "/api/v1/fhir/jobs/{job_id}", Action::ReadGroup),
     (
         "GET",
         "/api/v1/fhir/jobs/{job_id}/files/{resource_type}",

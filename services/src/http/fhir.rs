@@ -358,6 +358,21 @@ fn instant(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+#[utoipa::path(delete, path = "/api/v1/fhir/jobs/{job_id}", params(JobPath),
+    responses((status = 202, description = "The job and its files are gone"),
+              (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])), tag = "fhir")]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::extract::Path(path): axum::extract::Path<JobPath>,
+) -> Result<Response, Problem> {
+    let (id, _) = own_job(&state, &caller, &path.job_id).await?;
+    // A running job finishes into nothing: `finish` finds no entry.
+    state.fhir_jobs.remove(id);
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
 #[utoipa::path(get, path = "/api/v1/fhir/jobs/{job_id}/files/{resource_type}", params(FilePath),
     responses((status = 200, description = "The resources of one type, one per line", content_type = "application/fhir+ndjson"),
               (status = "4XX", body = Problem, content_type = "application/problem+json")),

@@ -179,7 +179,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/exports/alerts.csv", get(exports::alerts_csv))
         .route("/exports/alerts.ndjson", get(exports::alerts_ndjson))
         .route("/fhir/Group/{group_id}/$export", get(fhir::kick_off))
-        .route("/fhir/jobs/{job_id}", get(fhir::status))
+        .route(
+            "/fhir/jobs/{job_id}",
+            get(fhir::status).delete(fhir::delete),
+        )
         .route("/fhir/jobs/{job_id}/files/{resource_type}", get(fhir::file))
         .route("/audit/events", get(audit::events))
         .route("/audit/checkpoint", get(audit::checkpoint))

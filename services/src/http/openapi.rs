@@ -51,6 +51,7 @@ use super::{access, audit, clients, exact, exports, fhir, goals, groups, reports
         exports::alerts_ndjson,
         fhir::kick_off,
         fhir::status,
+        fhir::delete,
         fhir::file,
         tokens::list_tokens,
         tokens::create_token,
