@@ -70,11 +70,12 @@ fn fhir(doc: &mut Value) {
         }
     }
     let names: Vec<&str> = ResourceType::ALL.iter().map(|t| t.name()).collect();
-    for path in [
-        "/api/v1/fhir/jobs/{job_id}",
-        "/api/v1/fhir/jobs/{job_id}/files/{resource_type}",
+    for (path, method) in [
+        ("/api/v1/fhir/jobs/{job_id}", "get"),
+        ("/api/v1/fhir/jobs/{job_id}", "delete"),
+        ("/api/v1/fhir/jobs/{job_id}/files/{resource_type}", "get"),
     ] {
-        if let Some(Value::Array(params)) = doc["paths"][path]["get"].get_mut("parameters") {
+        if let Some(Value::Array(params)) = doc["paths"][path][method].get_mut("parameters") {
             for param in params {
                 let extra = match param["name"].as_str() {
                     Some("job_id") => json!({"format": "uuid"}),

@@ -157,7 +157,10 @@ macro_rules! handler {
 // `exports::columns`.
 handler!(
     #[utoipa::path(get, path = "/api/v1/exports/outcomes.csv", params(ExportQuery),
-        responses((status = 200, description = "Outcomes as CSV", content_type = "text/csv"),
+        responses((status = 200, description = "Outcomes as CSV", content_type = "text/csv",
+            headers(("Circle-Left-Out" = u32, description = "Clients consent kept out of the rows"),
+                    ("Circle-Position" = i64, description = "The log position the rows reflect"),
+                    ("Circle-Export-Form" = String, description = "full or reporter"))),
                   (status = "4XX", body = Problem, content_type = "application/problem+json")),
         security(("bearer" = [])), tag = "exports")]
     outcomes_csv,
@@ -166,7 +169,10 @@ handler!(
 );
 handler!(
     #[utoipa::path(get, path = "/api/v1/exports/outcomes.ndjson", params(ExportQuery),
-        responses((status = 200, description = "Outcomes as NDJSON", content_type = "application/x-ndjson"),
+        responses((status = 200, description = "Outcomes as NDJSON", content_type = "application/x-ndjson",
+            headers(("Circle-Left-Out" = u32, description = "Clients consent kept out of the rows"),
+                    ("Circle-Position" = i64, description = "The log position the rows reflect"),
+                    ("Circle-Export-Form" = String, description = "full or reporter"))),
                   (status = "4XX", body = Problem, content_type = "application/problem+json")),
         security(("bearer" = [])), tag = "exports")]
     outcomes_ndjson,
@@ -175,7 +181,10 @@ handler!(
 );
 handler!(
     #[utoipa::path(get, path = "/api/v1/exports/attendance.csv", params(ExportQuery),
-        responses((status = 200, description = "Attendance as CSV", content_type = "text/csv"),
+        responses((status = 200, description = "Attendance as CSV", content_type = "text/csv",
+            headers(("Circle-Left-Out" = u32, description = "Clients consent kept out of the rows"),
+                    ("Circle-Position" = i64, description = "The log position the rows reflect"),
+                    ("Circle-Export-Form" = String, description = "full or reporter"))),
                   (status = "4XX", body = Problem, content_type = "application/problem+json")),
         security(("bearer" = [])), tag = "exports")]
     attendance_csv,
@@ -184,7 +193,10 @@ handler!(
 );
 handler!(
     #[utoipa::path(get, path = "/api/v1/exports/attendance.ndjson", params(ExportQuery),
-        responses((status = 200, description = "Attendance as NDJSON", content_type = "application/x-ndjson"),
+        responses((status = 200, description = "Attendance as NDJSON", content_type = "application/x-ndjson",
+            headers(("Circle-Left-Out" = u32, description = "Clients consent kept out of the rows"),
+                    ("Circle-Position" = i64, description = "The log position the rows reflect"),
+                    ("Circle-Export-Form" = String, description = "full or reporter"))),
                   (status = "4XX", body = Problem, content_type = "application/problem+json")),
         security(("bearer" = [])), tag = "exports")]
     attendance_ndjson,
@@ -193,7 +205,10 @@ handler!(
 );
 handler!(
     #[utoipa::path(get, path = "/api/v1/exports/retention.csv", params(ExportQuery),
-        responses((status = 200, description = "Retention as CSV", content_type = "text/csv"),
+        responses((status = 200, description = "Retention as CSV", content_type = "text/csv",
+            headers(("Circle-Left-Out" = u32, description = "Clients consent kept out of the rows"),
+                    ("Circle-Position" = i64, description = "The log position the rows reflect"),
+                    ("Circle-Export-Form" = String, description = "full or reporter"))),
                   (status = "4XX", body = Problem, content_type = "application/problem+json")),
         security(("bearer" = [])), tag = "exports")]
     retention_csv,
@@ -202,7 +217,10 @@ handler!(
 );
 handler!(
     #[utoipa::path(get, path = "/api/v1/exports/retention.ndjson", params(ExportQuery),
-        responses((status = 200, description = "Retention as NDJSON", content_type = "application/x-ndjson"),
+        responses((status = 200, description = "Retention as NDJSON", content_type = "application/x-ndjson",
+            headers(("Circle-Left-Out" = u32, description = "Clients consent kept out of the rows"),
+                    ("Circle-Position" = i64, description = "The log position the rows reflect"),
+                    ("Circle-Export-Form" = String, description = "full or reporter"))),
                   (status = "4XX", body = Problem, content_type = "application/problem+json")),
         security(("bearer" = [])), tag = "exports")]
     retention_ndjson,
@@ -211,7 +229,10 @@ handler!(
 );
 handler!(
     #[utoipa::path(get, path = "/api/v1/exports/alerts.csv", params(ExportQuery),
-        responses((status = 200, description = "Alerts as CSV", content_type = "text/csv"),
+        responses((status = 200, description = "Alerts as CSV", content_type = "text/csv",
+            headers(("Circle-Left-Out" = u32, description = "Clients consent kept out of the rows"),
+                    ("Circle-Position" = i64, description = "The log position the rows reflect"),
+                    ("Circle-Export-Form" = String, description = "full or reporter"))),
                   (status = "4XX", body = Problem, content_type = "application/problem+json")),
         security(("bearer" = [])), tag = "exports")]
     alerts_csv,
@@ -220,7 +241,10 @@ handler!(
 );
 handler!(
     #[utoipa::path(get, path = "/api/v1/exports/alerts.ndjson", params(ExportQuery),
-        responses((status = 200, description = "Alerts as NDJSON", content_type = "application/x-ndjson"),
+        responses((status = 200, description = "Alerts as NDJSON", content_type = "application/x-ndjson",
+            headers(("Circle-Left-Out" = u32, description = "Clients consent kept out of the rows"),
+                    ("Circle-Position" = i64, description = "The log position the rows reflect"),
+                    ("Circle-Export-Form" = String, description = "full or reporter"))),
                   (status = "4XX", body = Problem, content_type = "application/problem+json")),
         security(("bearer" = [])), tag = "exports")]
     alerts_ndjson,
