@@ -249,7 +249,17 @@ async fn a_group_exports_as_bulk_data_that_fhir_resources_validates() {
         .iter()
         .map(|o| o["code"]["coding"][0]["code"].as_str().unwrap())
         .collect();
-    assert_eq!(codes, ["44261-6", "44260-8", "70274-6", "ors-total"]);
+    assert_eq!(
+        codes,
+        [
+            "44261-6",
+            "44260-8",
+            "44249-1",
+            "70274-6",
+            "69737-5",
+            "ors-total"
+        ]
+    );
     let patients = resources(&dir, "Patient");
     assert_eq!(patients.len(), 2);
     assert!(patients.iter().all(|p| p.get("name").is_none()));

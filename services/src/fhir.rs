@@ -149,7 +149,16 @@ pub struct Job {
     /// The kick-off request's URL, as the manifest's `request`.
     pub request: String,
     pub state: JobState,
+    started: Instant,
     finished: Option<Instant>,
+}
+
+impl Job {
+    /// Finished more than [`JOB_TTL`] ago, or running that long (a job whose task
+    /// died never finishes: it must not hold a place for ever).
+    fn expired(&self) -> bool {
+        self.finished.unwrap_or(self.started).elapsed() >= JOB_TTL
+    }
 }
 
 /// The export jobs of this instance (see the module comment).
@@ -175,7 +184,7 @@ impl Jobs {
         request: String,
     ) -> Result<uuid::Uuid, TooManyJobs> {
         let mut jobs = self.lock();
-        jobs.retain(|_, job| job.finished.is_none_or(|at| at.elapsed() < JOB_TTL));
+        jobs.retain(|_, job| !job.expired());
         if jobs.len() >= MAX_JOBS {
             return Err(TooManyJobs);
         }
@@ -187,6 +196,7 @@ impl Jobs {
                 group_id: group_id.to_string(),
                 request,
                 state: JobState::Running,
+                started: Instant::now(),
                 finished: None,
             },
         );
@@ -203,9 +213,7 @@ impl Jobs {
     /// The job, unless it expired.
     pub fn get(&self, id: uuid::Uuid) -> Option<Job> {
         let jobs = self.lock();
-        jobs.get(&id)
-            .filter(|job| job.finished.is_none_or(|at| at.elapsed() < JOB_TTL))
-            .cloned()
+        jobs.get(&id).filter(|job| !job.expired()).cloned()
     }
 
     /// Forgets a job (the client's DELETE, or nothing left to serve).

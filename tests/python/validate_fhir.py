@@ -30,7 +30,8 @@ QUESTIONNAIRES = {
 }
 LL358_3 = {"LA6568-5": "Not at all", "LA6569-3": "Several days",
            "LA6570-1": "More than half the days", "LA6571-9": "Nearly every day"}
-OBSERVATION_CODES = {"44261-6", "70274-6", "44260-8"}  # PHQ-9 total, GAD-7 total, PHQ-9 item 9
+# PHQ-9 total, GAD-7 total, PHQ-9 item 9, the PHQ-9 and GAD-7 panels.
+OBSERVATION_CODES = {"44261-6", "70274-6", "44260-8", "44249-1", "69737-5"}
 # The R4 value sets of required bindings the export fills: fhir.resources checks
 # types and structure, not codes.
 REQUIRED = {
@@ -67,7 +68,7 @@ def check_codes(resource, where, errors):
     if kind == "Observation":
         for coding in resource["code"]["coding"]:
             if coding["system"] == LOINC and coding["code"] not in OBSERVATION_CODES:
-                errors.append(f"{where}: Observation code {coding['code']} is not a known total")
+                errors.append(f"{where}: Observation code {coding['code']} is not in the table")
         categories = [c["code"] for cc in resource["category"] for c in cc["coding"]]
         if categories != ["survey"]:
             errors.append(f"{where}: category {categories} is not survey")

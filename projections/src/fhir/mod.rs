@@ -12,7 +12,8 @@
 //! - `QuestionnaireResponse` per administration, with LOINC item `linkId`s and LOINC
 //!   answer codes (LL358-3) for PHQ-9 and GAD-7; Circle's local codes for ORS, SRS
 //!   and GSRS; `Observation` per total (category `survey`, `derivedFrom` its
-//!   response), and one for PHQ-9 item 9 (44260-8, the risk item);
+//!   response), one for PHQ-9 item 9 (44260-8, the risk item), and for PHQ-9 and
+//!   GAD-7 one of the LOINC panel (44249-1, 69737-5) with those as `hasMember`;
 //! - `Consent`, each member's latest decision per scope; `Provenance` per
 //!   administration naming the instrument catalogue version that scored it.
 //!
@@ -411,6 +412,7 @@ pub fn export(history: &GroupHistory, options: &ExportOptions) -> Option<Vec<Res
                     code: "{score}".into(),
                 }),
                 value_codeable_concept: None,
+                has_member: Vec::new(),
                 derived_from: derived_from.clone(),
             },
         ));
@@ -429,7 +431,7 @@ pub fn export(history: &GroupHistory, options: &ExportOptions) -> Option<Vec<Res
                         id,
                         meta: Meta::default(),
                         status: "final".into(),
-                        category,
+                        category: category.clone(),
                         code: CodeableConcept::coded(Coding::new(
                             codes::LOINC,
                             codes::PHQ9.items[8],
@@ -440,10 +442,35 @@ pub fn export(history: &GroupHistory, options: &ExportOptions) -> Option<Vec<Res
                         effective_date_time: authored.clone(),
                         value_quantity: None,
                         value_codeable_concept: Some(CodeableConcept::coded(answer)),
-                        derived_from,
+                        has_member: Vec::new(),
+                        derived_from: derived_from.clone(),
                     },
                 ));
             }
+        }
+        // A LOINC panel (PHQ-9 44249-1, GAD-7 69737-5) groups the total and the
+        // item observations, as the panel codes are meant to be used.
+        if instrument.system == codes::LOINC {
+            let id = format!("obs-{}-panel", recorded.position);
+            let members = targets[1..].to_vec();
+            targets.push(Reference::to("Observation", &id));
+            observations.push((
+                changed,
+                Resource::Observation {
+                    id,
+                    meta: Meta::default(),
+                    status: "final".into(),
+                    category,
+                    code: CodeableConcept::coded(Coding::new(codes::LOINC, instrument.panel, None)),
+                    subject: subject.clone(),
+                    encounter: encounter.clone(),
+                    effective_date_time: authored.clone(),
+                    value_quantity: None,
+                    value_codeable_concept: None,
+                    has_member: members,
+                    derived_from,
+                },
+            ));
         }
         provenances.push((
             changed,

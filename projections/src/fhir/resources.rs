@@ -226,6 +226,8 @@ pub enum Resource {
         value_quantity: Option<Quantity>,
         #[serde(skip_serializing_if = "Option::is_none")]
         value_codeable_concept: Option<CodeableConcept>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        has_member: Vec<Reference>,
         derived_from: Vec<Reference>,
     },
     #[serde(rename_all = "camelCase")]

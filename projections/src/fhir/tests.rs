@@ -271,6 +271,13 @@ fn a_group_exports_its_members_encounters_answers_scores_consents_and_provenance
         item9["valueCodeableConcept"]["coding"][0]["code"],
         "LA6569-3"
     );
+    let panel = observations[2];
+    assert_eq!(panel["code"]["coding"][0]["code"], "44249-1");
+    assert_eq!(
+        panel["hasMember"],
+        json!([{"reference": format!("Observation/{}", total["id"].as_str().unwrap())},
+               {"reference": format!("Observation/{}", item9["id"].as_str().unwrap())}])
+    );
 
     let consent = of_type(&resources, "Consent")[0];
     assert_eq!(consent["scope"]["coding"][0]["code"], "research");
