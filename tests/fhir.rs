@@ -316,6 +316,13 @@ async fn part_2_groups_are_labelled_names_go_only_to_the_groups_clinician_and_si
     }
     // An admin asking for names gets none: names go only to the group's clinician.
     let manifest = export(&app, &app.admin, "grp_p2", "?_type=Patient&_elements=name").await;
+    assert_eq!(
+        manifest["request"],
+        format!(
+            "{}/api/v1/fhir/Group/grp_p2/$export?_type=Patient&_elements=name",
+            app.base
+        )
+    );
     let dir = download(&manifest, &app.admin).await;
     assert!(resources(&dir, "Patient")
         .iter()

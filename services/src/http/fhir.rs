@@ -119,6 +119,7 @@ pub async fn kick_off(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     Ids(group_id): Ids<GroupId>,
     Query(query): Query<ExportQuery>,
 ) -> Result<Response, Problem> {
@@ -166,7 +167,9 @@ pub async fn kick_off(
         return Err(Problem::not_found("no group with that id"));
     }
     let base = base_url(&headers);
-    let request = format!("{base}/api/v1/fhir/Group/{group_id}/$export");
+    // The manifest's `request`: the kick-off's full URL, parameters included.
+    let query_text = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let request = format!("{base}/api/v1/fhir/Group/{group_id}/$export{query_text}");
     let job = state
         .fhir_jobs
         .start(&caller.0.actor_id, &group_id, request)
