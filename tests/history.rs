@@ -261,7 +261,10 @@ async fn a_group_and_a_client_as_of_a_time_between_two_events_are_as_they_stood_
     // Reporting is given from registration (opt-out); research came later.
     assert_eq!(client_then.body["consents"], json!(["reporting"]));
     let client_now = app.get("/api/v1/clients/c-t", &app.admin).await;
-    assert_eq!(client_now.body["consents"], json!(["reporting", "research"]));
+    assert_eq!(
+        client_now.body["consents"],
+        json!(["reporting", "research"])
+    );
 
     // Before the group existed (but within the log): 404; outside the log: 422.
     let first_event = app.get("/api/v1/audit/events?limit=1", &auditor).await.body["events"][0]

@@ -85,8 +85,12 @@ fn expected(method: &str, path: &str, who: Who) -> Expect {
             | "/api/v1/clients/{client_id}/history"
             | "/api/v1/alerts",
         ) => &[Admin, Facilitator, Auditor],
-        ("GET", p) if p.starts_with("/api/v1/reports/") => &[Admin, Facilitator, Auditor, Reporter],
+        ("GET", p) if p.starts_with("/api/v1/reports/") || p.starts_with("/api/v1/exports/") => {
+            &[Admin, Facilitator, Auditor, Reporter]
+        }
         ("GET", p) if p.starts_with("/api/v1/audit/") => &[Admin, Auditor],
+        // A group's FHIR export, its job and files: who may read the group.
+        ("GET" | "DELETE", p) if p.starts_with("/api/v1/fhir/") => &[Admin, Facilitator, Auditor],
         (_, p) if p.starts_with("/api/v1/tokens") => &[Admin],
         // Any clinician registers new clients.
         ("POST", "/api/v1/clients") => &[Admin, Facilitator, OtherClinician],
@@ -108,7 +112,9 @@ fn expected(method: &str, path: &str, who: Who) -> Expect {
 /// For records that do not exist: only those who may see every record of the kind
 /// learn that one is missing; everyone else is refused as for any record not theirs.
 fn expected_missing(method: &str, path: &str, who: Who) -> Option<Expect> {
-    let names_a_record = path.contains('{') || path.starts_with("/api/v1/reports/");
+    let names_a_record = path.contains('{')
+        || path.starts_with("/api/v1/reports/")
+        || path.starts_with("/api/v1/exports/");
     if method != "GET" || !names_a_record {
         return None;
     }
@@ -130,6 +136,9 @@ struct World {
     goal: String,
     /// A reporter token's id, for the revocation case.
     token: String,
+    /// A FHIR export job of the caller's on `group` (a made-up id for a caller who
+    /// may not start one).
+    job: String,
     n: usize,
 }
 
@@ -151,6 +160,7 @@ async fn seed(app: &TestApp, tokens: &Tokens, n: usize) -> World {
         session: format!("s{n}"),
         goal: format!("goal{n}"),
         token: String::new(),
+        job: uuid::Uuid::new_v4().to_string(),
         n,
     };
     let group_body = json!({"group_id": w.group, "name": "Tuesday", "focus": "anxiety",
@@ -196,11 +206,16 @@ fn request(method: &str, template: &str, w: &World) -> (String, Option<Value>) {
         .replace("{client_id}", &w.client)
         .replace("{session_id}", &w.session)
         .replace("{goal_id}", &w.goal)
-        .replace("{token_id}", &w.token);
+        .replace("{token_id}", &w.token)
+        .replace("{job_id}", &w.job)
+        .replace("{resource_type}", "Patient");
     let n = w.n;
     let query = match template {
         "/api/v1/reports/outcomes" => format!("?group_id={}&instrument=PHQ-9", w.group),
-        p if p.starts_with("/api/v1/reports/") || p == "/api/v1/alerts" => {
+        p if p.starts_with("/api/v1/reports/")
+            || p.starts_with("/api/v1/exports/")
+            || p == "/api/v1/alerts" =>
+        {
             format!("?group_id={}", w.group)
         }
         "/api/v1/audit/proof/inclusion" => "?position=1&tree_size=1".to_string(),
@@ -209,7 +224,7 @@ fn request(method: &str, template: &str, w: &World) -> (String, Option<Value>) {
     };
     let items = json!([1, 1, 1, 1, 1, 1, 1, 1, 0]);
     let body = match (method, template) {
-        ("GET", _) => None,
+        ("GET" | "DELETE", _) => None,
         (_, "/api/v1/groups") => Some(json!({"group_id": format!("new{n}"), "name": "Grief",
             "focus": "grief", "format": "closed", "facilitators": ["dr-a"]})),
         (_, "/api/v1/groups/{group_id}/facilitators") => Some(json!({"clinician_id": "dr-c"})),
@@ -265,6 +280,31 @@ fn class(status: StatusCode) -> Option<Expect> {
     }
 }
 
+/// A finished FHIR export of `group` started by the token's holder: its job id, or
+/// `None` when they may not start one.
+async fn finished_export(app: &TestApp, token: &str, group: &str) -> Option<String> {
+    let path = format!("/api/v1/fhir/Group/{group}/$export");
+    let prefer = [("Prefer", "respond-async")];
+    let kick_off = app
+        .send(Method::GET, &path, Some(token), &prefer, None)
+        .await;
+    if kick_off.status != StatusCode::ACCEPTED {
+        return None;
+    }
+    let status_url = kick_off.headers["content-location"]
+        .to_str()
+        .ok()?
+        .to_string();
+    let status_path = status_url.trim_start_matches(&app.base).to_string();
+    for _ in 0..200 {
+        if app.get(&status_path, token).await.status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    status_path.rsplit('/').next().map(String::from)
+}
+
 /// Every operation the server describes: `(method, path template)`.
 async fn operations(app: &TestApp) -> Vec<(String, String)> {
     let description = app
@@ -306,12 +346,19 @@ async fn every_operation_answers_each_role_as_the_policy_table_says() {
     let mut cases = 0;
     for (method, template) in operations(&app).await {
         for who in EVERYONE {
-            let world = seed(&app, &tokens, cases).await;
+            let mut world = seed(&app, &tokens, cases).await;
             cases += 1;
+            if template.contains("{job_id}") {
+                if let Some(job) = finished_export(&app, tokens.of(who), &world.group).await {
+                    world.job = job;
+                }
+            }
             let (path, body) = request(&method, &template, &world);
             let m = Method::from_bytes(method.as_bytes()).expect("method");
+            // A bulk export is asked for as a job; other routes ignore the header.
+            let prefer = [("Prefer", "respond-async")];
             let answer = app
-                .send(m, &path, Some(tokens.of(who)), &[], body.as_ref())
+                .send(m, &path, Some(tokens.of(who)), &prefer, body.as_ref())
                 .await;
             let want = expected(&method, &template, who);
             if class(answer.status) != Some(want) {
@@ -330,7 +377,9 @@ async fn every_operation_answers_each_role_as_the_policy_table_says() {
             if missing == path {
                 continue; // a list: nothing in it to be missing
             }
-            let answer = app.get(&missing, tokens.of(who)).await;
+            let answer = app
+                .send(Method::GET, &missing, Some(tokens.of(who)), &prefer, None)
+                .await;
             if class(answer.status) != Some(want) {
                 failures.push(format!(
                     "{method} {template} (missing record) as {who:?}: {} (expected {want:?}) {}",

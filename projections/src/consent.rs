@@ -40,7 +40,7 @@ pub fn withdrawn_from_reporting(consents: &Practice) -> BTreeSet<String> {
 }
 
 /// The groups in `scope`, with every client in `withdrawn` removed from them:
-/// memberships, marks, measures, goals and alerts.
+/// memberships, measures, goals and alerts (attendance marks stay: see `without`).
 pub fn for_reporting<'a>(
     practice: &'a Practice,
     withdrawn: &BTreeSet<String>,
@@ -171,14 +171,9 @@ fn without(group: &GroupRecord, clients: &BTreeSet<&str>) -> GroupRecord {
             .filter(|(c, _)| kept(c))
             .map(|(c, p)| (c.clone(), p.clone()))
             .collect(),
-        sessions: sessions
-            .iter()
-            .map(|(id, session)| {
-                let mut session = session.clone();
-                session.marks.retain(|c, _| kept(c));
-                (id.clone(), session)
-            })
-            .collect(),
+        // Marks stay: a session is held when anyone was marked (leaving a client out
+        // must not unhold it for the others), and reports count members' marks only.
+        sessions: sessions.clone(),
         measures: measures
             .iter()
             .map(|(instrument, by_client)| {

@@ -4,6 +4,8 @@
 //!
 //! - [`care_teams`]: which clinicians may see which clients, and where goals live.
 //! - [`consent`]: reporting consent (opt-out) and the 42 CFR Part 2 label.
+//! - [`exports`]: the reports' rows as CSV and NDJSON for reporting teams.
+//! - [`fhir`]: a group's history as FHIR R4 resources (Bulk Data export).
 //! - [`goals`]: Goal Attainment Scaling, check-in rates, stalled goals.
 //! - [`practice`]: the fold, and the alerts raised on the event that carries them.
 //! - [`reports`]: attendance, retention, outcomes, alerts; the reporter form.
@@ -12,6 +14,8 @@
 
 pub mod care_teams;
 pub mod consent;
+pub mod exports;
+pub mod fhir;
 pub mod goals;
 pub mod outcomes;
 pub mod practice;

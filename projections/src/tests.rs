@@ -472,6 +472,7 @@ fn gas_vectors() -> serde_json::Value {
 }
 
 mod consent;
+mod exports;
 mod goals;
 mod reporter;
 

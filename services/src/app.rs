@@ -484,6 +484,7 @@ impl Application {
             ),
             auth: Authenticator::new(store.clone()),
             audit_key: signer.as_ref().map(|s| s.verifier_key()),
+            fhir_jobs: Default::default(),
             access_log,
             store,
             commands,

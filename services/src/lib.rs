@@ -20,6 +20,8 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod errors;
+pub mod exports;
+pub mod fhir;
 pub mod http;
 pub mod leader;
 pub mod metrics;

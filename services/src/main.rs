@@ -47,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Export data offline, straight from the store.
+    Export {
+        #[command(subcommand)]
+        format: ExportFormat,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -78,6 +83,22 @@ enum KeysAction {
             hide = true
         )]
         new_master_key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportFormat {
+    /// A group as FHIR R4 Bulk Data NDJSON, one file per resource type
+    /// (`Group.ndjson`, `Patient.ndjson`, …); patients by opaque id, no names.
+    Fhir {
+        /// The group to export.
+        #[arg(long)]
+        group: String,
+        /// The directory to write the files into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -278,6 +299,14 @@ async fn run() -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
             Ok(())
+        }
+        Command::Export {
+            format: ExportFormat::Fhir { group, out, store },
+        } => {
+            let settings = Settings::load(cli.config.as_deref(), store.overrides())?;
+            let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
+            let store = open_store(&settings).await?;
+            export_fhir(&store, &group, &out).await
         }
         Command::Audit { action } => {
             let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
@@ -610,4 +639,35 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     interrupt.await.unwrap_or(());
     tracing::info!("shutting down");
+}
+
+/// `circle export fhir`: the group's files into `out`, a counter line on stderr.
+async fn export_fhir(
+    store: &circle_services::store::Store,
+    group: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    use circle_services::fhir;
+    eprint!("reading group {group}…");
+    let options = circle_projections::fhir::ExportOptions::default();
+    let Some((files, clients)) = fhir::export_group(store, group, &options).await? else {
+        eprintln!();
+        anyhow::bail!("no group {group} in the store");
+    };
+    eprintln!(" {} members", clients.len());
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let total: usize = files.iter().map(|f| f.count).sum();
+    let mut written = 0;
+    for file in &files {
+        let path = out.join(format!("{}.ndjson", file.resource_type.name()));
+        std::fs::write(&path, &file.ndjson)
+            .with_context(|| format!("writing {}", path.display()))?;
+        written += file.count;
+        eprint!("\r{written}/{total} resources written");
+    }
+    eprintln!();
+    for file in &files {
+        println!("{}.ndjson\t{}", file.resource_type.name(), file.count);
+    }
+    Ok(())
 }

@@ -348,6 +348,37 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/api/v1/reports/outcomes", Action::ReadReport),
     ("GET", "/api/v1/reports/goals", Action::ReadReport),
     ("GET", "/api/v1/alerts", Action::ReadAlerts),
+    // Exports take the report's form; alerts too (their reporter form is counts).
+    ("GET", "/api/v1/exports/outcomes.csv", Action::ReadReport),
+    ("GET", "/api/v1/exports/outcomes.ndjson", Action::ReadReport),
+    ("GET", "/api/v1/exports/attendance.csv", Action::ReadReport),
+    (
+        "GET",
+        "/api/v1/exports/attendance.ndjson",
+        Action::ReadReport,
+    ),
+    ("GET", "/api/v1/exports/retention.csv", Action::ReadReport),
+    (
+        "GET",
+        "/api/v1/exports/retention.ndjson",
+        Action::ReadReport,
+    ),
+    ("GET", "/api/v1/exports/alerts.csv", Action::ReadReport),
+    ("GET", "/api/v1/exports/alerts.ndjson", Action::ReadReport),
+    // A group's FHIR export: who may read the group with its members.
+    (
+        "GET",
+        "/api/v1/fhir/Group/{group_id}/$export",
+        Action::ReadGroup,
+    ),
+    ("GET", "/api/v1/fhir/jobs/{job_id}", Action::ReadGroup),
+    // Forgetting one's own export job writes nothing to the group.
+    ("DELETE", "/api/v1/fhir/jobs/{job_id}", Action::ReadGroup),
+    (
+        "GET",
+        "/api/v1/fhir/jobs/{job_id}/files/{resource_type}",
+        Action::ReadGroup,
+    ),
     ("GET", "/api/v1/audit/access", Action::ReadAccessLog),
     ("GET", "/api/v1/audit/events", Action::ReadAuditTrail),
     ("GET", "/api/v1/audit/checkpoint", Action::ReadAuditTrail),

@@ -47,6 +47,8 @@ pub fn constrain(doc: &mut Value) {
     parameters(doc);
     purpose(doc);
     report_bodies(doc);
+    exports(doc);
+    fhir(doc);
     statuses(doc);
 }
 
@@ -89,6 +91,102 @@ fn report_bodies(doc: &mut Value) {
         .and_then(|item| item.pointer_mut("/get/responses/200"))
     {
         ok["headers"] = header;
+    }
+}
+
+/// The FHIR export's parameters: `_type`, `_since`, `_elements`, `_outputFormat`,
+/// `Prefer`, and the job's id and file names.
+fn fhir(doc: &mut Value) {
+    use circle_projections::fhir::resources::ResourceType;
+    let kick_off = &mut doc["paths"]["/api/v1/fhir/Group/{group_id}/$export"]["get"];
+    if let Some(Value::Array(params)) = kick_off.get_mut("parameters") {
+        for param in params {
+            let extra = match param["name"].as_str() {
+                Some("_type") => json!({"pattern": super::fhir::type_pattern()}),
+                Some("_since") => json!({"format": "date-time", "pattern": TIME_PATTERN}),
+                Some("_elements") => json!({"pattern": super::fhir::ELEMENTS_PATTERN}),
+                Some("_outputFormat") => json!({"enum": super::fhir::OUTPUT_FORMATS}),
+                Some("Prefer") => {
+                    param["required"] = json!(true);
+                    json!({"enum": ["respond-async"]})
+                }
+                _ => continue,
+            };
+            merge(param.get_mut("schema"), extra);
+        }
+    }
+    let names: Vec<&str> = ResourceType::ALL.iter().map(|t| t.name()).collect();
+    for (path, method) in [
+        ("/api/v1/fhir/jobs/{job_id}", "get"),
+        ("/api/v1/fhir/jobs/{job_id}", "delete"),
+        ("/api/v1/fhir/jobs/{job_id}/files/{resource_type}", "get"),
+    ] {
+        if let Some(Value::Array(params)) = doc["paths"][path][method].get_mut("parameters") {
+            for param in params {
+                let extra = match param["name"].as_str() {
+                    Some("job_id") => json!({"format": "uuid"}),
+                    Some("resource_type") => json!({"enum": names}),
+                    _ => continue,
+                };
+                merge(param.get_mut("schema"), extra);
+            }
+        }
+    }
+}
+
+/// The export routes: their parameters' forms, and the columns of each form with
+/// what a row is, from `exports::columns` (the contract the unit tests pin).
+fn exports(doc: &mut Value) {
+    use circle_projections::exports::{columns, Form, FORMAT_VERSION};
+    for (path, kind, encoding) in super::exports::ROUTES {
+        let op = &mut doc["paths"][format!("/api/v1{path}")]["get"];
+        if let Some(Value::Array(params)) = op.get_mut("parameters") {
+            for param in params {
+                let extra = match param["name"].as_str() {
+                    Some("as_of") => json!({"format": "date-time", "pattern": TIME_PATTERN}),
+                    Some("purpose") => json!({"enum": ["research"]}),
+                    Some("min_position") => json!({"minimum": 0}),
+                    Some("focus") => {
+                        param["schema"] = json!({"$ref": "#/components/schemas/Focus"});
+                        continue;
+                    }
+                    _ => continue,
+                };
+                merge(param.get_mut("schema"), extra);
+            }
+        }
+        let form = |form: Form| {
+            format!(
+                "{} ({}): {}",
+                match form {
+                    Form::Full => "Full form",
+                    Form::Reporter => "Reporter form",
+                },
+                kind.row_meaning(form),
+                columns(kind, form).join(", ")
+            )
+        };
+        let layout = match encoding {
+            crate::exports::Encoding::Csv => {
+                "RFC 4180 CSV: a header row of the column names, CRLF line ends, a field \
+                 holding a comma, quote, CR or LF quoted with quotes doubled; an empty field \
+                 is a value withheld or absent."
+            }
+            crate::exports::Encoding::Ndjson => {
+                "NDJSON: a first line {\"export\": {export, format_version, form, purpose, \
+                 scope, as_of, position, left_out, rows, columns}}, then one object per row \
+                 with the columns as keys in order; null is a value withheld or absent."
+            }
+        };
+        op["description"] = json!(format!(
+            "{layout} Columns (format version {FORMAT_VERSION}). {}. {}. Headers: \
+             Circle-Left-Out (clients consent kept out: without research consent for \
+             purpose=research, or having withdrawn reporting consent in the reporter form), \
+             Circle-Position (the log position the rows reflect), Circle-Export-Form (full \
+             or reporter: the form the policy gives the caller). Recorded in the access log.",
+            form(Form::Full),
+            form(Form::Reporter)
+        ));
     }
 }
 
@@ -529,7 +627,9 @@ fn statuses(doc: &mut Value) {
 }
 
 fn op_is_report(path: &str) -> bool {
-    path.starts_with("/api/v1/reports") || path == "/api/v1/alerts"
+    path.starts_with("/api/v1/reports")
+        || path.starts_with("/api/v1/exports/")
+        || path == "/api/v1/alerts"
 }
 
 fn problem(code: u16) -> Value {

@@ -9,7 +9,9 @@ mod access;
 mod audit;
 mod clients;
 mod exact;
+mod exports;
 mod extract;
+mod fhir;
 mod goals;
 mod groups;
 mod guard;
@@ -73,6 +75,8 @@ pub struct Services {
     pub as_of_limit: crate::as_of::AsOfLimit,
     /// The checkpoint verifier key (signed-note form), when checkpoints are signed.
     pub audit_key: Option<String>,
+    /// FHIR Bulk Data export jobs of this instance.
+    pub fhir_jobs: crate::fhir::Jobs,
 }
 
 /// Bounds on the API: requests at once and the time each may take.
@@ -166,6 +170,23 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/reports/outcomes", get(reports::outcomes))
         .route("/reports/goals", get(reports::goals))
         .route("/alerts", get(reports::alerts))
+        .route("/exports/outcomes.csv", get(exports::outcomes_csv))
+        .route("/exports/outcomes.ndjson", get(exports::outcomes_ndjson))
+        .route("/exports/attendance.csv", get(exports::attendance_csv))
+        .route(
+            "/exports/attendance.ndjson",
+            get(exports::attendance_ndjson),
+        )
+        .route("/exports/retention.csv", get(exports::retention_csv))
+        .route("/exports/retention.ndjson", get(exports::retention_ndjson))
+        .route("/exports/alerts.csv", get(exports::alerts_csv))
+        .route("/exports/alerts.ndjson", get(exports::alerts_ndjson))
+        .route("/fhir/Group/{group_id}/$export", get(fhir::kick_off))
+        .route(
+            "/fhir/jobs/{job_id}",
+            get(fhir::status).delete(fhir::delete),
+        )
+        .route("/fhir/jobs/{job_id}/files/{resource_type}", get(fhir::file))
         .route("/audit/events", get(audit::events))
         .route("/audit/checkpoint", get(audit::checkpoint))
         .route("/audit/key", get(audit::key))

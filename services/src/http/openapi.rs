@@ -5,7 +5,9 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{access, audit, clients, exact, goals, groups, history, reports, tokens};
+use super::{
+    access, audit, clients, exact, exports, fhir, goals, groups, history, reports, tokens,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,6 +45,18 @@ use super::{access, audit, clients, exact, goals, groups, history, reports, toke
         reports::outcomes,
         reports::goals,
         reports::alerts,
+        exports::outcomes_csv,
+        exports::outcomes_ndjson,
+        exports::attendance_csv,
+        exports::attendance_ndjson,
+        exports::retention_csv,
+        exports::retention_ndjson,
+        exports::alerts_csv,
+        exports::alerts_ndjson,
+        fhir::kick_off,
+        fhir::status,
+        fhir::delete,
+        fhir::file,
         tokens::list_tokens,
         tokens::create_token,
         tokens::revoke_token,
@@ -61,6 +75,10 @@ use super::{access, audit, clients, exact, goals, groups, history, reports, toke
         (name = "clients", description = "Clients, consent, erasure, measures"),
         (name = "goals", description = "Members' goals (Goal Attainment Scaling) and check-ins"),
         (name = "reports", description = "Attendance, retention, outcomes, goals, alerts; live or as_of"),
+        (name = "exports", description = "The reports' rows for reporting teams as CSV (RFC 4180) \
+            or NDJSON, streamed; the reporter form and consent apply"),
+        (name = "fhir", description = "FHIR R4 Bulk Data export of a group: kick-off with \
+            Prefer: respond-async, status, NDJSON files"),
         (name = "tokens", description = "API tokens: issue, list, revoke (admins)"),
         (name = "audit", description = "The log with its hash chain, signed checkpoints and RFC 9162 \
             proofs (hex), and the access log: who saw or was refused whose data (auditors and admins)"),

@@ -43,7 +43,7 @@ pub struct ReportQuery {
 
 /// Which view of a report the caller gets.
 #[derive(Clone, Copy, PartialEq)]
-enum Form {
+pub(super) enum Form {
     Full,
     Reporter,
 }
@@ -68,7 +68,7 @@ impl ReportQuery {
 
 /// The caller's form, by the policy: the full report, or the aggregate form
 /// (reporters; clinicians for scopes wider than one group of theirs).
-async fn form_for(
+pub(super) async fn form_for(
     state: &AppState,
     caller: &Caller,
     group_id: Option<&str>,
@@ -90,7 +90,17 @@ async fn with_practice<T>(
     query: &ReportQuery,
     report: impl FnOnce(&Practice, DateTime<Utc>) -> T,
 ) -> Result<T, Problem> {
-    if let Some(as_of) = query.as_of()? {
+    with_practice_at(state, query.as_of()?, query.min_position, report).await
+}
+
+/// [`with_practice`] for a time and position already parsed (exports share it).
+pub(super) async fn with_practice_at<T>(
+    state: &AppState,
+    as_of: Option<DateTime<Utc>>,
+    min_position: Option<i64>,
+    report: impl FnOnce(&Practice, DateTime<Utc>) -> T,
+) -> Result<T, Problem> {
+    if let Some(as_of) = as_of {
         // A fold costs memory and seconds: a bounded number at once, the rest 503.
         let _slot = state.as_of_limit.try_enter()?;
         let unavailable = |error: ProjectionError| {
@@ -118,7 +128,7 @@ async fn with_practice<T>(
         let report = report.ok_or_else(Problem::unavailable)?;
         return Ok(report(&practice, as_of));
     }
-    if let Some(position) = query.min_position {
+    if let Some(position) = min_position {
         if position < 0 {
             return Err(Problem::bad_request("min_position", "must be 0 or more"));
         }
@@ -223,7 +233,7 @@ fn respond<T: Serialize>(report: &T, form: Form) -> Response {
     }
 }
 
-fn not_found(what: &str) -> Problem {
+pub(super) fn not_found(what: &str) -> Problem {
     Problem::not_found(format!("no {what} with that id"))
 }
 
@@ -282,7 +292,7 @@ pub async fn retention(
     Ok(respond(&report, form))
 }
 
-fn parse_focus(text: &str) -> Result<Focus, Problem> {
+pub(super) fn parse_focus(text: &str) -> Result<Focus, Problem> {
     serde_json::from_value(serde_json::Value::String(text.to_string())).map_err(|_| {
         Problem::bad_request(
             "focus",
