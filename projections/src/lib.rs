@@ -2,6 +2,7 @@
 //! crate feeds decoded events in log order into a [`practice::Practice`] and asks
 //! [`reports`] for a report as of a time.
 //!
+//! - [`caseload`]: who needs a clinician now: members ordered by the rule that fired.
 //! - [`care_teams`]: which clinicians may see which clients, and where goals live.
 //! - [`goals`]: Goal Attainment Scaling, check-in rates, stalled goals.
 //! - [`practice`]: the fold, and the alerts raised on the event that carries them.
@@ -10,6 +11,7 @@
 //! - [`outcomes`]: reliable and clinically significant change, effect sizes.
 
 pub mod care_teams;
+pub mod caseload;
 pub mod goals;
 pub mod outcomes;
 pub mod practice;

@@ -213,6 +213,10 @@ pub struct GroupRecord {
     /// Goals whose current stall has already raised an alert.
     #[serde(default)]
     pub stall_alerted: BTreeSet<String>,
+    /// Each member's latest risk review: the log position of its `RiskReviewed`.
+    /// Risk alerts raised before it are reviewed.
+    #[serde(default)]
+    pub risk_reviewed: BTreeMap<String, i64>,
 }
 
 impl GroupRecord {
@@ -514,6 +518,9 @@ impl Practice {
                     goal.closed_on = Some(*closed_on);
                     goal.closure = Some(*reason);
                 }
+            }
+            GroupEvent::RiskReviewed { client_id } => {
+                group.risk_reviewed.insert(client_id.clone(), fact.position);
             }
             GroupEvent::FacilitatorAssigned { .. }
             | GroupEvent::FacilitatorRemoved { .. }
