@@ -85,17 +85,19 @@ impl<'a> Triage<'a> {
         Triage { practice, risk }
     }
 
-    /// The group's members on `today`, by need (see the module comment); `None` for
-    /// a group the practice does not know.
+    /// The group's members on `today`, and former members whose risk item is not yet
+    /// reviewed (a departure does not clear it), by need (see the module comment);
+    /// `None` for a group the practice does not know.
     pub fn group(&self, group_id: &str, today: NaiveDate) -> Option<Vec<MemberNeed>> {
         let group = self.practice.groups.get(group_id)?;
         let mut rows: Vec<MemberNeed> = group
             .members
             .iter()
-            .filter(|(_, periods)| {
-                periods
+            .filter(|(client_id, periods)| {
+                let current = periods
                     .last()
-                    .is_some_and(|p| p.left_on.is_none_or(|left| left >= today))
+                    .is_some_and(|p| p.left_on.is_none_or(|left| left >= today));
+                current || self.risk.contains_key(&(group_id, client_id.as_str()))
             })
             .map(|(client_id, _)| MemberNeed {
                 client_id: client_id.clone(),

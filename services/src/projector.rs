@@ -137,7 +137,8 @@ pub async fn fold(
 /// 2: the state records `max_recorded_at` (for the `as_of` snapshots taken from it),
 /// and its times (measures, sessions, alerts) as numbers.
 /// 3: the state records each client's consent decisions.
-pub const CHECKPOINT_FORMAT: u32 = 3;
+/// 4: groups record their name, facilitators, closure and risk reviews (the dashboard).
+pub const CHECKPOINT_FORMAT: u32 = 4;
 
 /// The settings a projection's state depends on. A checkpoint records their digest;
 /// when they change, the state is rebuilt from position 0 with the new ones.
@@ -238,6 +239,11 @@ impl LiveReports {
 
     pub fn position(&self) -> i64 {
         *self.position.borrow()
+    }
+
+    /// Follows the position as the projection applies events (live pages).
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.position.subscribe()
     }
 
     /// Waits until the projection has reached `position`, at most `timeout`.

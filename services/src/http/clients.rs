@@ -259,6 +259,31 @@ pub struct ClientView {
     position: i64,
 }
 
+/// Whether the client is erased, and their personal data decrypted when the
+/// caller's view is the full one (admins, their clinicians); `None` otherwise.
+pub(crate) async fn personal_data(
+    state: &AppState,
+    client: &Client,
+    client_id: &str,
+    view: View,
+) -> Result<(bool, Option<PersonalData>), Problem> {
+    let key = state.store.client_key(client_id).await?;
+    let erased = client.erased.is_some() || key == ClientKey::Destroyed;
+    let personal = match (&client.personal, key, view == View::Full) {
+        (Some(sealed), ClientKey::Wrapped(wrapped), true) => {
+            match state.vault.open(&wrapped, client_id, sealed) {
+                Ok(personal) => Some(personal),
+                Err(error) => {
+                    tracing::error!(%client_id, error = %crate::errors::ErrorChain(&error), "personal data unreadable");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    Ok((erased, personal))
+}
+
 #[utoipa::path(get, path = "/api/v1/clients/{client_id}", params(("client_id" = ClientId, Path)),
     responses((status = 200, body = ClientView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "clients")]
@@ -274,21 +299,7 @@ pub async fn get_client(
     if !client.exists() {
         return Err(Problem::not_found("client not found"));
     }
-    let sees_personal = view == View::Full;
-    let key = state.store.client_key(&client_id).await?;
-    let erased = client.erased.is_some() || key == ClientKey::Destroyed;
-    let personal = match (&client.personal, key, sees_personal) {
-        (Some(sealed), ClientKey::Wrapped(wrapped), true) => {
-            match state.vault.open(&wrapped, &client_id, sealed) {
-                Ok(personal) => Some(personal),
-                Err(error) => {
-                    tracing::error!(%client_id, error = %crate::errors::ErrorChain(&error), "personal data unreadable");
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let (erased, personal) = personal_data(&state, &client, &client_id, view).await?;
     let disclosed = vec![client_id.clone()];
     let view = Json(ClientView {
         client_id,
