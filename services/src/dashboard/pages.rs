@@ -111,11 +111,11 @@ async fn start_session(state: &AppState, headers: &HeaderMap, token: String) -> 
                 Role::Reporter => "/app/practice",
                 _ => "/app",
             };
+            let secure = session::behind_tls(headers);
             let mut response = Redirect::to(home).into_response();
-            response.headers_mut().insert(
-                header::SET_COOKIE,
-                session.set_cookie(session::behind_tls(headers)),
-            );
+            let cookies = response.headers_mut();
+            cookies.append(header::SET_COOKIE, session.set_cookie(secure));
+            cookies.append(header::SET_COOKIE, session::clear_signin_cookie(secure));
             response
         }
         Ok(None) => sign_in_form(

@@ -80,6 +80,11 @@ pub fn signin_cookie(token: &str, secure: bool) -> HeaderValue {
     cookie_header(SIGNIN_COOKIE, token, 3600, secure)
 }
 
+/// The `Set-Cookie` that drops the sign-in form's token once it has served.
+pub fn clear_signin_cookie(secure: bool) -> HeaderValue {
+    cookie_header(SIGNIN_COOKIE, "", 0, secure)
+}
+
 /// Whether a sign-in form's CSRF field matches its cookie.
 pub fn signin_csrf_matches(headers: &HeaderMap, submitted: &str) -> bool {
     cookie(headers, SIGNIN_COOKIE)
