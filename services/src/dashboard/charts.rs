@@ -14,7 +14,7 @@ const WIDTH: f64 = 640.0;
 const HEIGHT: f64 = 260.0;
 const LEFT: f64 = 44.0;
 const RIGHT: f64 = 120.0;
-const TOP: f64 = 14.0;
+const TOP: f64 = 22.0;
 const BOTTOM: f64 = 40.0;
 
 /// A severity band on an instrument's total: `[from, to)` (the last one closed).
@@ -357,4 +357,100 @@ fn escape(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use circle_events::instruments::Catalogue;
+
+    /// Compares with the stored snapshot; `UPDATE_SNAPSHOTS=1` writes it instead.
+    fn matches_snapshot(name: &str, svg: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/snapshots")
+            .join(name);
+        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, svg).unwrap();
+        }
+        let stored = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("{name}: no snapshot (run with UPDATE_SNAPSHOTS=1)"));
+        assert_eq!(svg, stored, "{name} differs from its snapshot");
+    }
+
+    fn day(text: &str) -> NaiveDate {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_recovering_phq9_trajectory_gives_its_known_svg() {
+        let phq9 = Catalogue::builtin().current("PHQ-9").unwrap();
+        let svg = trajectory_svg(&Trajectory {
+            definition: phq9,
+            scores: vec![
+                (day("2026-01-06"), 18.0),
+                (day("2026-01-13"), 15.0),
+                (day("2026-01-27"), 9.0),
+                (day("2026-02-03"), 4.0),
+            ],
+            absences: vec![day("2026-01-20")],
+        });
+        // Every band, the cutoff, the reliable-change band and each value in words.
+        for text in [
+            ">moderately severe<",
+            ">cutoff 10<",
+            "±6 from baseline",
+            ">18<",
+            ">4<",
+            "PHQ-9 4 on 2026-02-03: minimal",
+            "Absent 2026-01-20",
+        ] {
+            assert!(svg.contains(text), "{text}");
+        }
+        matches_snapshot("phq9_recovering.svg", &svg);
+    }
+
+    #[test]
+    fn an_alliance_scale_is_banded_by_its_cutoff_and_no_scores_say_so() {
+        let srs = Catalogue::builtin().current("SRS").unwrap();
+        let svg = trajectory_svg(&Trajectory {
+            definition: srs,
+            scores: vec![(day("2026-01-06"), 38.0), (day("2026-01-13"), 33.5)],
+            absences: vec![],
+        });
+        assert!(svg.contains("SRS 33.5 on 2026-01-13: below cutoff"));
+        assert!(!svg.contains("rc-band"), "SRS has no reliable-change value");
+        matches_snapshot("srs_drop.svg", &svg);
+        let empty = trajectory_svg(&Trajectory {
+            definition: srs,
+            scores: vec![],
+            absences: vec![],
+        });
+        assert!(empty.contains("No SRS scores yet"));
+    }
+
+    #[test]
+    fn the_6mp_retention_curve_gives_its_known_svg() {
+        // The published 6-MP steps (testdata/km_6mp.json) in weeks as days.
+        let steps: Vec<Step> = [
+            (6, 0.857143, 0.076360),
+            (7, 0.806723, 0.086935),
+            (10, 0.752941, 0.096350),
+            (13, 0.690196, 0.106815),
+            (16, 0.627451, 0.114054),
+            (22, 0.537815, 0.128234),
+            (23, 0.448179, 0.134591),
+        ]
+        .iter()
+        .map(|(weeks, survival, se)| Step {
+            t_days: weeks * 7,
+            survival: *survival,
+            std_err: Some(*se),
+        })
+        .collect();
+        let svg = retention_svg(&steps, Some(161));
+        assert!(svg.contains("median 161 days"));
+        matches_snapshot("km_6mp.svg", &svg);
+        assert!(retention_svg(&[], None).contains("median not reached"));
+    }
 }
