@@ -625,7 +625,7 @@ mod tests {
         let practice = Practice::new(AlertRules::default());
         let text = write_checkpoint(&practice, "d1g3st").unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["format"], 2);
+        assert_eq!(value["format"], 4);
         assert_eq!(value["settings"], "d1g3st");
         assert_eq!(value["state"]["position"], 0);
         assert_eq!(value["state"]["rules"]["consecutive_absences"], 2);

@@ -176,7 +176,9 @@ pub(super) async fn sign_out(headers: HeaderMap) -> Response {
 /// group's members by need.
 pub(super) async fn today(State(state): State<AppState>, viewer: Viewer) -> Response {
     let now = Utc::now();
-    let (body, shown) = state.reports.read(|practice| today_view(practice, &viewer, now));
+    let (body, shown) = state
+        .reports
+        .read(|practice| today_view(practice, &viewer, now));
     let frame = Frame {
         viewer: Some(&viewer),
         title: "Today",
@@ -435,7 +437,11 @@ fn attendance_cell(
         match session.marks.get(client_id) {
             Some(status) => {
                 let label = status_label(*status);
-                (serde_static(*status), status_letter(*status), label.to_string())
+                (
+                    serde_static(*status),
+                    status_letter(*status),
+                    label.to_string(),
+                )
             }
             None if session.held() => (
                 "unrecorded",
@@ -576,9 +582,9 @@ pub(super) async fn member(
     let (erased, personal) =
         crate::http::clients::personal_data(&state, &client, client_id, view).await?;
     let name = personal.and_then(|p| p.display_name);
-    let body = state.reports.read(|p| {
-        member_view(p, client_id, name.as_deref(), erased, view, &viewer)
-    });
+    let body = state
+        .reports
+        .read(|p| member_view(p, client_id, name.as_deref(), erased, view, &viewer));
     let frame = Frame {
         viewer: Some(&viewer),
         title: client_id,
@@ -741,11 +747,15 @@ fn practice_view(practice: &Practice, view: View, k: u32, now: DateTime<Utc>) ->
                 counts.deteriorated += s.deteriorated.unwrap_or(0);
             }
         }
-        let attendance = reports::attendance(practice, group_id, now).and_then(|a| a.attendance_rate);
+        let attendance =
+            reports::attendance(practice, group_id, now).and_then(|a| a.attendance_rate);
         let focus = group.focus.map_or("", focus_label).to_string();
         add(by_focus.entry(focus).or_default(), &counts);
         for facilitator in &group.facilitators {
-            add(by_facilitator.entry(facilitator.clone()).or_default(), &counts);
+            add(
+                by_facilitator.entry(facilitator.clone()).or_default(),
+                &counts,
+            );
         }
         by_group.push((group.name.clone(), counts, attendance));
     }
@@ -819,7 +829,10 @@ pub(super) async fn audit(
                     tracing::error!(error = %crate::errors::ErrorChain(&error), "folding the log for the audit page");
                     Problem::unavailable()
                 })?;
-            Some((day, reports::retention(&practice, &RetentionScope::Practice, at)))
+            Some((
+                day,
+                reports::retention(&practice, &RetentionScope::Practice, at),
+            ))
         }
         None => None,
     };
