@@ -78,10 +78,10 @@ fn group_events(g: usize, count: usize) -> Vec<GroupEvent> {
             });
         }
         for m in (0..MEMBERS).filter(|m| (m + session) % 2 == 0) {
-            let worsening = (g + m) % 7 == 0;
+            let worsening = (g + m).is_multiple_of(7);
             let level = if worsening { 1 + session / 10 } else { 2 };
             let mut items: Vec<i64> = (0..9).map(|i| ((level + i) % 4).min(3) as i64).collect();
-            items[8] = i64::from((g + m + session) % 20 == 0);
+            items[8] = i64::from((g + m + session).is_multiple_of(20));
             let items: Vec<Score> = items.into_iter().map(Score::whole).collect();
             events.push(GroupEvent::FeedbackRecorded {
                 client_id: client_id(g, m),

@@ -220,7 +220,7 @@ pub(super) fn group_forms(
         .iter()
         .filter(|(_, s)| s.starts_at.to_utc() <= now)
         .collect();
-    recent.sort_by(|a, b| b.1.starts_at.cmp(&a.1.starts_at));
+    recent.sort_by_key(|(_, s)| std::cmp::Reverse(s.starts_at));
     recent.truncate(3);
     recent.reverse();
     recent.extend(upcoming.iter().take(3).copied());

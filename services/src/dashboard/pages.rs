@@ -190,12 +190,15 @@ pub(super) async fn today(State(state): State<AppState>, viewer: Viewer) -> Resp
 fn today_view(practice: &Practice, viewer: &Viewer, now: DateTime<Utc>) -> (Markup, Vec<String>) {
     let triage = Triage::new(practice);
     let today = now.date_naive();
-    let mut shown = Vec::new();
     let groups: Vec<(&String, &GroupRecord, Vec<MemberNeed>)> = practice
         .groups
         .iter()
         .filter(|(_, g)| g.closed_on.is_none() && may_read(&viewer.caller, g))
         .filter_map(|(id, g)| Some((id, g, triage.group(id, today)?)))
+        .collect();
+    let shown = groups
+        .iter()
+        .flat_map(|(_, _, rows)| rows.iter().map(|r| r.client_id.clone()))
         .collect();
     let body = html! {
         h1 { "Today" }
@@ -204,11 +207,11 @@ fn today_view(practice: &Practice, viewer: &Viewer, now: DateTime<Utc>) -> (Mark
             section.card aria-labelledby={ "g-" (group_id) } {
                 h2 #{ "g-" (group_id) } { a href={ "/app/groups/" (group_id) } { (group.name) } }
                 p.muted { (next_session(group, now)) " · " (rows.len()) " members" }
+                @if rows.is_empty() { p.muted { "No current members." } }
                 table {
                     thead { tr { th { "Member" } th { "Needs" } th { "Why" } th { "When" } } }
                     tbody {
                         @for row in rows {
-                            @let _ = shown.push(row.client_id.clone());
                             tr {
                                 td { a href={ "/app/clients/" (row.client_id) } { (row.client_id) } }
                                 @match &row.need {
@@ -632,7 +635,7 @@ fn member_view(
             if scores.is_empty() {
                 return None;
             }
-            scores.sort_by(|a, b| a.0.cmp(&b.0));
+            scores.sort_by_key(|(day, _)| *day);
             Some(charts::trajectory_svg(&Trajectory {
                 definition,
                 scores,
