@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use circle_services::app::Application;
 use circle_services::auth::Role;
-use circle_tests::{spawn_app, TestApp};
+use circle_services::config::{Overrides, Settings};
+use circle_tests::{fresh_schema_url, master_key_for, spawn_app, TestApp};
 use reqwest::{redirect, StatusCode};
 use serde_json::{json, Value};
 
@@ -209,6 +211,9 @@ async fn a_clinician_signs_in_and_sees_their_members_by_need_and_nothing_of_othe
     let member = browser.get("/app/clients/c-risk").await;
     assert_eq!(member.status, StatusCode::OK);
     assert!(member.html.contains("<svg"), "one chart per instrument");
+    for other in ["c-fine", "c-absent", "c-other"] {
+        assert!(!member.html.contains(other), "never another member's data");
+    }
 
     // The pages that showed members are in the access log, as the JSON reads are.
     let log = app
@@ -449,4 +454,64 @@ async fn next_event(response: &mut reqwest::Response, text: &mut String) -> Stri
         let chunk = response.chunk().await.expect("bytes").expect("open stream");
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
+}
+
+#[tokio::test]
+async fn open_event_streams_end_when_shutdown_begins_so_they_never_hold_it_up() {
+    let url = fresh_schema_url().await;
+    let admin = format!("admin-{}", uuid::Uuid::new_v4().simple());
+    let settings = Settings::load(
+        None,
+        Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            database_url: Some(url.clone()),
+            admin_token: Some(admin.clone()),
+            master_key: Some(master_key_for(&url)),
+            ..Overrides::default()
+        },
+    )
+    .expect("settings");
+    let app = Application::build(&settings).await.expect("build");
+    let base = format!("http://{}", app.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run(async {
+        let _ = stopped.await;
+    }));
+    let cookie = circle_services::dashboard::session::Session::new(admin, chrono::Utc::now())
+        .set_cookie(false);
+    let cookie = cookie
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let response = http
+            .get(format!("{base}/app/events"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("stream");
+        assert_eq!(response.status(), StatusCode::OK);
+        streams.push(response);
+    }
+    let started = std::time::Instant::now();
+    stop.send(()).expect("signal");
+    for mut stream in streams {
+        // The `ready` event, then the end of the stream.
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while stream.chunk().await.expect("bytes").is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream ended on shutdown");
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(8), running)
+        .await
+        .expect("shutdown finished within the grace period")
+        .expect("task");
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert!(started.elapsed() < Duration::from_secs(8));
 }
