@@ -21,6 +21,7 @@ struct Browser<'a> {
 struct Page {
     status: StatusCode,
     location: String,
+    cache_control: String,
     html: String,
 }
 
@@ -92,10 +93,16 @@ impl<'a> Browser<'a> {
             .get("location")
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default();
+        let cache_control = response
+            .headers()
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
         let html = response.text().await.expect("body");
         Page {
             status,
             location,
+            cache_control,
             html,
         }
     }
@@ -185,6 +192,10 @@ async fn a_clinician_signs_in_and_sees_their_members_by_need_and_nothing_of_othe
 
     let today = browser.get("/app").await;
     assert_eq!(today.status, StatusCode::OK, "{}", today.html);
+    assert_eq!(
+        today.cache_control, "no-store",
+        "a page of client data is never cached"
+    );
     assert_eq!(
         today_rows(&today.html),
         [
