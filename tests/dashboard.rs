@@ -526,3 +526,55 @@ async fn open_event_streams_end_when_shutdown_begins_so_they_never_hold_it_up() 
     assert!(outcome.is_ok(), "{outcome:?}");
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+#[tokio::test]
+async fn a_reporter_gets_the_aggregate_practice_and_an_auditor_reads_without_forms_or_names() {
+    let app = spawn_app().await;
+    practice(&app).await;
+    let reporter = app.token(Role::Reporter, None).await;
+    let mut browser = Browser::new(&app);
+    let form = browser.get("/app/sign-in").await;
+    let signed_in = browser
+        .post(
+            "/app/sign-in",
+            &[("csrf", &form.field("csrf")), ("token", &reporter)],
+        )
+        .await;
+    assert_eq!(signed_in.location, "/app/practice");
+    let practice_page = browser.get("/app/practice").await;
+    assert_eq!(practice_page.status, StatusCode::OK);
+    assert!(practice_page.html.contains("The aggregate form"));
+    assert!(practice_page.html.contains("fewer than 5"));
+    assert_eq!(browser.get("/app").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        browser.get("/app/groups/grp-a").await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    let auditor = app.token(Role::Auditor, None).await;
+    ok(
+        &app,
+        "/api/v1/clients",
+        json!({"client_id": "c-named", "display_name": "Ada L."}),
+    )
+    .await;
+    let join = json!({"client_id": "c-named", "joined_on": "2026-01-05"});
+    ok(&app, "/api/v1/groups/grp-a/members", join).await;
+    let mut browser = Browser::sign_in(&app, &auditor).await;
+    let group = browser.get("/app/groups/grp-a").await;
+    assert_eq!(group.status, StatusCode::OK);
+    assert!(!group.html.contains("Schedule a session"), "read-only");
+    assert!(!group.html.contains("/attendance\""), "no forms");
+    let member = browser.get("/app/clients/c-named").await;
+    assert!(member.html.contains("Personal data withheld"));
+    assert!(!member.html.contains("Ada L."));
+    let audit = browser.get("/app/audit?as_of=2099-01-01").await;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.html);
+    let admin = app.admin.clone();
+    let mut browser = Browser::sign_in(&app, &admin).await;
+    assert!(browser
+        .get("/app/clients/c-named")
+        .await
+        .html
+        .contains("Ada L."));
+}
