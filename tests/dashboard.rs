@@ -222,6 +222,7 @@ async fn a_clinician_signs_in_and_sees_their_members_by_need_and_nothing_of_othe
     let member = browser.get("/app/clients/c-risk").await;
     assert_eq!(member.status, StatusCode::OK);
     assert!(member.html.contains("<svg"), "one chart per instrument");
+    assert!(member.html.contains("PHQ-9 items") && member.html.contains("Item 9 (risk item)"));
     for other in ["c-fine", "c-absent", "c-other"] {
         assert!(!member.html.contains(other), "never another member's data");
     }
