@@ -251,6 +251,11 @@ async fn without_a_session_pages_lead_to_sign_in_and_a_revoked_token_ends_the_se
     let app = spawn_app().await;
     practice(&app).await;
     let mut stranger = Browser::new(&app);
+    assert_eq!(
+        stranger.get("/").await.location,
+        "/app",
+        "the root opens on the dashboard"
+    );
     let page = stranger.get("/app/groups/grp-a").await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert_eq!(page.location, "/app/sign-in");
