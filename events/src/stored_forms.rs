@@ -260,6 +260,14 @@ fn group_events() -> Vec<(GroupEvent, String)> {
                 "replaced_by": null, "closed_on": "2026-03-10"}}"#
                 .into(),
         ),
+        (
+            GroupEvent::RiskReviewed {
+                client_id: "c1".into(),
+            },
+            r#"{"event_type": "RiskReviewed", "event_version": 1,
+                "payload": {"client_id": "c1"}}"#
+                .into(),
+        ),
     ]
 }
 

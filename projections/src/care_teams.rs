@@ -87,6 +87,7 @@ impl CareTeams {
             | GroupEvent::AttendanceRecorded { .. }
             | GroupEvent::AttendanceCorrected { .. }
             | GroupEvent::FeedbackRecorded { .. }
+            | GroupEvent::RiskReviewed { .. }
             | GroupEvent::GroupClosed { .. } => {}
         }
     }

@@ -151,12 +151,16 @@ fn clients_in(group: &GroupRecord) -> impl Iterator<Item = &str> {
 fn without(group: &GroupRecord, clients: &BTreeSet<&str>) -> GroupRecord {
     let GroupRecord {
         focus,
+        name,
+        facilitators,
+        closed_on,
         members,
         sessions,
         measures,
         absence_alerted,
         goals,
         stall_alerted,
+        risk_reviewed,
     } = group;
     let kept = |client: &String| !clients.contains(client.as_str());
     let goals: std::collections::BTreeMap<_, _> = goals
@@ -166,6 +170,9 @@ fn without(group: &GroupRecord, clients: &BTreeSet<&str>) -> GroupRecord {
         .collect();
     GroupRecord {
         focus: *focus,
+        name: name.clone(),
+        facilitators: facilitators.clone(),
+        closed_on: *closed_on,
         members: members
             .iter()
             .filter(|(c, _)| kept(c))
@@ -196,5 +203,10 @@ fn without(group: &GroupRecord, clients: &BTreeSet<&str>) -> GroupRecord {
             .cloned()
             .collect(),
         goals,
+        risk_reviewed: risk_reviewed
+            .iter()
+            .filter(|(c, _)| kept(c))
+            .map(|(c, at)| (c.clone(), *at))
+            .collect(),
     }
 }

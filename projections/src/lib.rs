@@ -2,6 +2,7 @@
 //! crate feeds decoded events in log order into a [`practice::Practice`] and asks
 //! [`reports`] for a report as of a time.
 //!
+//! - [`caseload`]: who needs a clinician now: members ordered by the rule that fired.
 //! - [`care_teams`]: which clinicians may see which clients, and where goals live.
 //! - [`consent`]: reporting consent (opt-out) and the 42 CFR Part 2 label.
 //! - [`exports`]: the reports' rows as CSV and NDJSON for reporting teams.
@@ -13,6 +14,7 @@
 //! - [`outcomes`]: reliable and clinically significant change, effect sizes.
 
 pub mod care_teams;
+pub mod caseload;
 pub mod consent;
 pub mod exports;
 pub mod fhir;

@@ -201,6 +201,13 @@ mod stored_time {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GroupRecord {
     pub focus: Option<Focus>,
+    /// The group's name and facilitators, for the dashboard (not personal data).
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub facilitators: BTreeSet<String>,
+    #[serde(default)]
+    pub closed_on: Option<NaiveDate>,
     pub members: BTreeMap<String, Vec<Period>>,
     pub sessions: BTreeMap<String, SessionRecord>,
     /// instrument → client → totals in the order recorded.
@@ -213,6 +220,10 @@ pub struct GroupRecord {
     /// Goals whose current stall has already raised an alert.
     #[serde(default)]
     pub stall_alerted: BTreeSet<String>,
+    /// Each member's latest risk review: the log position of its `RiskReviewed`.
+    /// Risk alerts raised before it are reviewed.
+    #[serde(default)]
+    pub risk_reviewed: BTreeMap<String, i64>,
 }
 
 impl GroupRecord {
@@ -350,7 +361,23 @@ impl Practice {
             })
         };
         match event {
-            GroupEvent::GroupCreated { focus, .. } => group.focus = Some(*focus),
+            GroupEvent::GroupCreated {
+                focus,
+                name,
+                facilitators,
+                ..
+            } => {
+                group.focus = Some(*focus);
+                group.name = name.clone();
+                group.facilitators = facilitators.iter().cloned().collect();
+            }
+            GroupEvent::FacilitatorAssigned { clinician_id } => {
+                group.facilitators.insert(clinician_id.clone());
+            }
+            GroupEvent::FacilitatorRemoved { clinician_id } => {
+                group.facilitators.remove(clinician_id);
+            }
+            GroupEvent::GroupClosed { closed_on } => group.closed_on = Some(*closed_on),
             GroupEvent::MemberJoined {
                 client_id,
                 joined_on,
@@ -511,9 +538,9 @@ impl Practice {
                     goal.closure = Some(*reason);
                 }
             }
-            GroupEvent::FacilitatorAssigned { .. }
-            | GroupEvent::FacilitatorRemoved { .. }
-            | GroupEvent::GroupClosed { .. } => {}
+            GroupEvent::RiskReviewed { client_id } => {
+                group.risk_reviewed.insert(client_id.clone(), fact.position);
+            }
         }
         self.alerts.extend(raised);
     }

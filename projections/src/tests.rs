@@ -571,3 +571,87 @@ fn reporting_consent_is_given_until_withdrawn_and_research_absent_until_granted(
         serde_json::from_value(serde_json::to_value(&log.practice).unwrap()).unwrap();
     assert_eq!(back, log.practice);
 }
+
+#[test]
+fn the_caseload_puts_risk_first_until_reviewed_then_deterioration_alliance_absences() {
+    use crate::caseload::{NeedKind, Triage};
+    let mut log = Log::new();
+    log.created("g1", Focus::Depression);
+    for client in ["a-risk", "b-worse", "c-alliance", "d-absent", "e-fine"] {
+        log.joined("g1", client, "2026-01-01");
+    }
+    log.measure("g1", "a-risk", "PHQ-9", phq9(6, 1), "2026-01-06T18:00:00Z");
+    log.measure("g1", "b-worse", "PHQ-9", phq9(5, 0), "2026-01-06T18:00:00Z");
+    log.measure(
+        "g1",
+        "b-worse",
+        "PHQ-9",
+        phq9(14, 0),
+        "2026-01-13T18:00:00Z",
+    );
+    let srs = |v: i64| vec![Score::from_tenths(v); 4];
+    log.measure("g1", "c-alliance", "SRS", srs(95), "2026-01-06T18:00:00Z");
+    log.measure("g1", "c-alliance", "SRS", srs(93), "2026-01-13T18:00:00Z");
+    for (session, day) in [("s1", "2026-01-06"), ("s2", "2026-01-13")] {
+        log.session("g1", session, &format!("{day}T18:00:00Z"));
+        for client in ["a-risk", "b-worse", "c-alliance", "e-fine"] {
+            log.mark("g1", session, client, AttendanceStatus::Present);
+        }
+        log.mark("g1", session, "d-absent", AttendanceStatus::NoShow);
+    }
+    let today = date("2026-01-20");
+    let order = |log: &Log| -> Vec<(String, Option<NeedKind>)> {
+        Triage::new(&log.practice)
+            .group("g1", today)
+            .unwrap()
+            .into_iter()
+            .map(|row| (row.client_id, row.need.map(|n| n.kind)))
+            .collect()
+    };
+    let expected = |first: Option<NeedKind>| {
+        let mut rows = vec![
+            ("b-worse".to_string(), Some(NeedKind::Deterioration)),
+            ("c-alliance".to_string(), Some(NeedKind::Alliance)),
+            ("d-absent".to_string(), Some(NeedKind::Absences)),
+            ("e-fine".to_string(), None),
+        ];
+        match first {
+            Some(kind) => rows.insert(0, ("a-risk".to_string(), Some(kind))),
+            None => rows.insert(3, ("a-risk".to_string(), None)),
+        }
+        rows
+    };
+    assert_eq!(order(&log), expected(Some(NeedKind::Risk)));
+    let risk = Triage::new(&log.practice).group("g1", today).unwrap()[0].clone();
+    let need = risk.need.unwrap();
+    assert_eq!(need.detail, "PHQ-9 item 9 scored 1; not yet reviewed");
+    assert_eq!(need.at, now());
+
+    // When a clinician reviews it, it leaves the top; a new risk item brings it back.
+    log.group(
+        "g1",
+        GroupEvent::RiskReviewed {
+            client_id: "a-risk".into(),
+        },
+    );
+    assert_eq!(order(&log), expected(None));
+    log.measure("g1", "a-risk", "PHQ-9", phq9(6, 2), "2026-01-14T18:00:00Z");
+    assert_eq!(order(&log), expected(Some(NeedKind::Risk)));
+
+    // A departure does not clear an unreviewed risk item; other former members leave.
+    log.left(
+        "g1",
+        "a-risk",
+        date("2026-01-15"),
+        DepartureReason::DroppedOut,
+    );
+    log.left(
+        "g1",
+        "e-fine",
+        date("2026-01-15"),
+        DepartureReason::Completed,
+    );
+    let rows = order(&log);
+    assert_eq!(rows[0], ("a-risk".to_string(), Some(NeedKind::Risk)));
+    assert!(!rows.iter().any(|(id, _)| id == "e-fine"));
+}

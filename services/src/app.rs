@@ -496,6 +496,7 @@ impl Application {
                 settings.max_concurrent_requests,
                 Duration::from_millis(settings.request_timeout_ms),
             ),
+            shutdown: CancellationToken::new(),
         }));
         tracing::info!(
             store = state.store.backend_name(),
@@ -539,6 +540,7 @@ impl Application {
         } = self;
         let fatal = supervisor.fatal();
         let stop_http = CancellationToken::new();
+        let stop_streams = state.shutdown.clone();
         let app = router(state, body_limit);
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(stop_http.clone().cancelled_owned())
@@ -554,6 +556,7 @@ impl Application {
         };
         let deadline = tokio::time::Instant::now() + shutdown_grace;
         tracing::info!("shutting down: HTTP stops accepting and finishes in-flight requests");
+        stop_streams.cancel();
         stop_http.cancel();
         match tokio::time::timeout_at(deadline, &mut server).await {
             Ok(Ok(())) => {}

@@ -167,6 +167,22 @@ fn describe<E: std::error::Error>(error: CommandError<E>) -> anyhow::Error {
 }
 
 /// Seeds the practice when the log is empty; says what it did either way.
+/// A token for the demo clinician whose group has the risk flag (the PHQ-9 group's),
+/// for the dashboard's one-click link: the token and the clinician's id. Its issue is
+/// an event like any token's.
+pub async fn dashboard_clinician_token(state: &AppState) -> anyhow::Result<(String, String)> {
+    let clinician = GROUPS[1].facilitator.to_string();
+    let grant = crate::tokens::Grant::new(
+        Role::Clinician,
+        Some(clinician.clone()),
+        "demo clinician (dashboard link)",
+    );
+    let (secret, _) = crate::tokens::issue(&state.store, &grant, crate::tokens::operator("demo"))
+        .await
+        .context("issuing the demo clinician's token")?;
+    Ok((secret, clinician))
+}
+
 pub async fn seed_if_empty(state: &AppState) -> anyhow::Result<String> {
     let head = state.store.head_position().await?;
     // Token events (the admin token registered at start) do not make a practice.

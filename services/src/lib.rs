@@ -18,6 +18,7 @@ pub mod care_teams;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod dashboard;
 pub mod demo;
 pub mod errors;
 pub mod exports;

@@ -567,6 +567,20 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         println!("  {get}/events -H 'Accept: application/x-ndjson' > export.ndjson");
         println!("  circle audit verify --export export.ndjson --checkpoint checkpoint.txt --key circle.vkey");
     }
+    if demo {
+        // The links carry tokens, like the admin token above: shown once, at the
+        // first start of this data directory.
+        match &app.generated_admin_token {
+            Some(admin) => {
+                let (clinician, clinician_id) =
+                    circle_services::demo::dashboard_clinician_token(&app.state()).await?;
+                println!("dashboard, one click to sign in (keep these links private):");
+                println!("  admin:     http://{address}/app/sign-in?token={admin}");
+                println!("  clinician: http://{address}/app/sign-in?token={clinician}   ({clinician_id})");
+            }
+            None => println!("dashboard: http://{address}/app (sign in with your token)"),
+        }
+    }
     println!("circle listening on http://{address} (OpenAPI: /api/v1/openapi.json)");
     app.run(shutdown_signal()).await
 }

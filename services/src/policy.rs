@@ -27,6 +27,9 @@ use crate::auth::{Principal, Role};
 pub enum Action {
     /// The API description: public, holds no data.
     ReadDescription,
+    /// The dashboard's sign-in and sign-out and its static assets: public, they
+    /// hold no data (every other dashboard page asks for the action its data needs).
+    OpenDashboard,
     /// The list of groups (each one then filtered by [`Action::ReadGroup`]).
     ListGroups,
     ReadGroup,
@@ -106,7 +109,7 @@ fn deny(reason: impl Into<String>) -> Decision {
 /// The one decision. Pure: the same principal, action and facts always get the
 /// same answer.
 pub fn check(principal: &Principal, action: Action, resource: Resource<'_>) -> Decision {
-    if action == Action::ReadDescription {
+    if is_public(action) {
         return Ok(View::Full);
     }
     match principal.role {
@@ -225,7 +228,10 @@ pub fn role_may(role: Role, action: Action) -> Result<(), Denial> {
         Action::ReadClient | Action::WriteClient | Action::EraseClient => {
             Resource::Client { in_care: true }
         }
-        Action::ListGroups | Action::RegisterClient | Action::ReadDescription => Resource::Practice,
+        Action::ListGroups
+        | Action::RegisterClient
+        | Action::ReadDescription
+        | Action::OpenDashboard => Resource::Practice,
         Action::ReadAccessLog | Action::ReadAuditTrail | Action::ManageTokens => Resource::Practice,
         _ => Resource::Group { facilitated: true },
     };
@@ -246,11 +252,12 @@ fn check_create_probe(probe: &Principal) -> Result<(), Denial> {
 
 /// Whether a route answers without a token.
 pub fn is_public(action: Action) -> bool {
-    action == Action::ReadDescription
+    matches!(action, Action::ReadDescription | Action::OpenDashboard)
 }
 
-/// Every route under `/api/v1` and the action it asks for: `(method, path template,
-/// action)`. A route the router serves without an entry here is refused.
+/// Every route under `/api/v1` and `/app` (the dashboard) and the action it asks
+/// for: `(method, path template, action)`. A route the router serves without an
+/// entry here is refused.
 pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/api/v1/openapi.json", Action::ReadDescription),
     ("GET", "/api/v1/groups", Action::ListGroups),
@@ -400,6 +407,60 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         "POST",
         "/api/v1/tokens/{token_id}/revocation",
         Action::ManageTokens,
+    ),
+    // The dashboard: each page asks for what its data needs; forms for what the
+    // API's route for the same command asks.
+    ("GET", "/app/sign-in", Action::OpenDashboard),
+    ("POST", "/app/sign-in", Action::OpenDashboard),
+    ("POST", "/app/sign-out", Action::OpenDashboard),
+    ("GET", "/app/assets/{file}", Action::OpenDashboard),
+    ("GET", "/app", Action::ListGroups),
+    // Positions only, no data: every role that reads anything may follow them.
+    ("GET", "/app/events", Action::ReadReport),
+    ("GET", "/app/practice", Action::ReadReport),
+    ("GET", "/app/audit", Action::ReadAuditTrail),
+    ("GET", "/app/clients/{client_id}", Action::ReadClient),
+    ("GET", "/app/groups/{group_id}", Action::ReadGroup),
+    (
+        "POST",
+        "/app/groups/{group_id}/sessions",
+        Action::WriteGroup,
+    ),
+    (
+        "POST",
+        "/app/groups/{group_id}/sessions/{session_id}/cancellation",
+        Action::WriteGroup,
+    ),
+    (
+        "GET",
+        "/app/groups/{group_id}/sessions/{session_id}/attendance",
+        Action::WriteGroup,
+    ),
+    (
+        "POST",
+        "/app/groups/{group_id}/sessions/{session_id}/attendance",
+        Action::WriteGroup,
+    ),
+    (
+        "GET",
+        "/app/groups/{group_id}/sessions/{session_id}/feedback",
+        Action::WriteGroup,
+    ),
+    (
+        "POST",
+        "/app/groups/{group_id}/sessions/{session_id}/feedback",
+        Action::WriteGroup,
+    ),
+    ("POST", "/app/groups/{group_id}/members", Action::JoinGroup),
+    (
+        "POST",
+        "/app/groups/{group_id}/departures",
+        Action::WriteGroup,
+    ),
+    (
+        "POST",
+        "/app/groups/{group_id}/members/{client_id}/risk-review",
+        Action::WriteGroup,
     ),
 ];
 

@@ -137,7 +137,8 @@ pub async fn fold(
 /// 2: the state records `max_recorded_at` (for the `as_of` snapshots taken from it),
 /// and its times (measures, sessions, alerts) as numbers.
 /// 3: the state records each client's consent decisions.
-pub const CHECKPOINT_FORMAT: u32 = 3;
+/// 4: groups record their name, facilitators, closure and risk reviews (the dashboard).
+pub const CHECKPOINT_FORMAT: u32 = 4;
 
 /// The settings a projection's state depends on. A checkpoint records their digest;
 /// when they change, the state is rebuilt from position 0 with the new ones.
@@ -241,6 +242,11 @@ impl LiveReports {
 
     pub fn position(&self) -> i64 {
         *self.position.borrow()
+    }
+
+    /// Follows the position as the projection applies events (live pages).
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.position.subscribe()
     }
 
     /// Waits until the projection has reached `position`, at most `timeout`.
@@ -622,7 +628,7 @@ mod tests {
         let practice = Practice::new(AlertRules::default());
         let text = write_checkpoint(&practice, "d1g3st").unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["format"], 3);
+        assert_eq!(value["format"], 4);
         assert_eq!(value["settings"], "d1g3st");
         assert_eq!(value["state"]["position"], 0);
         assert_eq!(value["state"]["rules"]["consecutive_absences"], 2);

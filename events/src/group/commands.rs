@@ -87,6 +87,11 @@ pub enum GroupCommand {
         replaced_by: Option<String>,
         closed_on: NaiveDate,
     },
+    /// A clinician has reviewed a member's risk item (e.g. PHQ-9 item 9 above 0):
+    /// the flag leaves the top of the caseload, and the review is on the record.
+    ReviewRisk {
+        client_id: String,
+    },
 }
 
 /// One member's level for one goal in a group check-in.
@@ -107,7 +112,8 @@ impl GroupCommand {
             | GroupCommand::RecordFeedback { client_id, .. }
             | GroupCommand::SetGoal { client_id, .. }
             | GroupCommand::CheckIn { client_id, .. }
-            | GroupCommand::CloseGoal { client_id, .. } => vec![client_id],
+            | GroupCommand::CloseGoal { client_id, .. }
+            | GroupCommand::ReviewRisk { client_id } => vec![client_id],
             GroupCommand::RecordAttendance { records, .. } => {
                 records.iter().map(|r| r.client_id.as_str()).collect()
             }
@@ -145,6 +151,7 @@ impl Command for GroupCommand {
             GroupCommand::CheckIn { .. } => "check_in",
             GroupCommand::CheckInSession { .. } => "session_check_ins",
             GroupCommand::CloseGoal { .. } => "close_goal",
+            GroupCommand::ReviewRisk { .. } => "review_risk",
         }
     }
 

@@ -57,6 +57,8 @@ pub enum GroupError {
     /// check-in before the goal was set or while not a member.
     #[error("{field}: {message}")]
     GoalRule { field: String, message: String },
+    #[error("no risk item of client {0} awaits review in this group")]
+    NoRiskToReview(String),
 }
 
 impl GroupError {
@@ -89,9 +91,11 @@ impl Rejection for GroupError {
             AlreadyExists | SessionExists(_) | GoalExists(_) => RejectionKind::Conflict,
             GoalRule { field, .. } => rule(field),
             GroupClosed(_) | LastFacilitator => RejectionKind::Rule { field: None },
-            AtCapacity(_) | AlreadyMember(_) | NotAMember(_) | NotAMemberOn { .. } => {
-                rule("client_id")
-            }
+            AtCapacity(_)
+            | AlreadyMember(_)
+            | NotAMember(_)
+            | NotAMemberOn { .. }
+            | NoRiskToReview(_) => rule("client_id"),
             LeftBeforeJoined { .. } => rule("left_on"),
             JoinedBeforePreviousDeparture { .. } => rule("joined_on"),
             AlreadyFacilitator(_) | NotAFacilitator(_) | TooManyFacilitators(_) => {

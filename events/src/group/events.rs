@@ -190,6 +190,11 @@ pub enum GroupEvent {
         replaced_by: Option<String>,
         closed_on: NaiveDate,
     },
+    /// A clinician reviewed the member's pending risk items (every one raised before
+    /// this event); who and when are the event's actor and time.
+    RiskReviewed {
+        client_id: String,
+    },
 }
 
 /// Why a goal was closed.
@@ -233,6 +238,7 @@ impl DomainEvent for GroupEvent {
             Self::GoalSet { .. } => "GoalSet",
             Self::GoalCheckedIn { .. } => "GoalCheckedIn",
             Self::GoalClosed { .. } => "GoalClosed",
+            Self::RiskReviewed { .. } => "RiskReviewed",
         };
         name.to_string()
     }

@@ -42,6 +42,10 @@ pub struct Group {
     pub closed_on: Option<NaiveDate>,
     /// Members' goals by goal id.
     pub goals: BTreeMap<String, GoalState>,
+    /// Members with a risk item (a catalogue risk flag) recorded since their last
+    /// review: what `ReviewRisk` clears.
+    #[serde(default)]
+    pub risk_pending: BTreeSet<String>,
     /// Number of events applied, i.e. the stream sequence of the latest one.
     pub sequence: u64,
 }
@@ -392,6 +396,15 @@ impl Group {
                 replaced_by,
                 closed_on,
             } => self.decide_close_goal(goal_id, client_id, reason, replaced_by, closed_on),
+            ReviewRisk { client_id } => {
+                if !self.exists() {
+                    return Err(GroupError::GroupNotFound);
+                }
+                if !self.risk_pending.contains(&client_id) {
+                    return Err(GroupError::NoRiskToReview(client_id));
+                }
+                Ok(vec![GroupEvent::RiskReviewed { client_id }])
+            }
         }
     }
 
@@ -579,10 +592,23 @@ impl Aggregate for Group {
                         .insert(client_id, MarkState { status, sequence });
                 }
             }
-            GroupEvent::FeedbackRecorded { session_id, .. } => {
+            GroupEvent::FeedbackRecorded {
+                session_id,
+                client_id,
+                measure,
+            } => {
                 if let Some(session) = session_id.and_then(|id| self.sessions.get_mut(&id)) {
                     session.feedback_recorded += 1;
                 }
+                let flagged = Catalogue::builtin()
+                    .version(&measure.instrument, &measure.reference_version)
+                    .is_some_and(|d| !d.risk_flags(&measure.items).is_empty());
+                if flagged {
+                    self.risk_pending.insert(client_id);
+                }
+            }
+            GroupEvent::RiskReviewed { client_id } => {
+                self.risk_pending.remove(&client_id);
             }
             GroupEvent::GroupClosed { closed_on } => self.closed_on = Some(closed_on),
             GroupEvent::GoalSet { .. }

@@ -821,3 +821,62 @@ fn only_addiction_recovery_groups_carry_the_part2_label() {
     assert_eq!(Sensitivity::Part2.as_str(), "part2");
     assert_eq!(serde_json::to_value(Sensitivity::Part2).unwrap(), "part2");
 }
+
+fn phq9_recorded(client: &str, items: &[i64]) -> GroupEvent {
+    let items = whole(items);
+    GroupEvent::FeedbackRecorded {
+        client_id: client.into(),
+        session_id: Some("s1".into()),
+        measure: Measure {
+            instrument: "PHQ-9".into(),
+            reference_version: "2024.1".into(),
+            total: Score::from_tenths(items.iter().map(|s| s.tenths()).sum()),
+            items,
+            administered_at: at("2026-01-13T18:00:00+01:00"),
+        },
+    }
+}
+
+fn review_risk(client: &str) -> GroupCommand {
+    GroupCommand::ReviewRisk {
+        client_id: client.into(),
+    }
+}
+
+#[test]
+fn a_risk_item_awaits_a_clinicians_review_and_the_review_is_an_event() {
+    let mut given = group_with_session();
+    given.push(phq9_recorded("c1", &[1, 1, 1, 1, 1, 1, 1, 1, 2]));
+    GroupTest::with(())
+        .given(given)
+        .when(review_risk("c1"))
+        .then_expect_events(vec![GroupEvent::RiskReviewed {
+            client_id: "c1".into(),
+        }]);
+}
+
+#[test]
+fn a_review_with_no_risk_item_pending_is_refused_naming_the_member() {
+    let mut reviewed = group_with_session();
+    reviewed.push(phq9_recorded("c1", &[1, 1, 1, 1, 1, 1, 1, 1, 2]));
+    reviewed.push(GroupEvent::RiskReviewed {
+        client_id: "c1".into(),
+    });
+    let error = GroupError::NoRiskToReview("c1".into());
+    assert_eq!(
+        error.kind(),
+        RejectionKind::Rule {
+            field: Some("client_id".into())
+        }
+    );
+    GroupTest::with(())
+        .given(reviewed)
+        .when(review_risk("c1"))
+        .then_expect_error(error.clone());
+    let mut no_flag = group_with_session();
+    no_flag.push(phq9_recorded("c1", &[1, 1, 1, 1, 1, 1, 1, 1, 0]));
+    GroupTest::with(())
+        .given(no_flag)
+        .when(review_risk("c1"))
+        .then_expect_error(error);
+}

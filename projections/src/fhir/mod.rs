@@ -220,9 +220,11 @@ pub fn export(history: &GroupHistory, options: &ExportOptions) -> Option<Vec<Res
                 closed = true;
                 group_changed = at;
             }
+            // Goals and risk reviews have no resource in this export.
             GroupEvent::GoalSet { .. }
             | GroupEvent::GoalCheckedIn { .. }
-            | GroupEvent::GoalClosed { .. } => {}
+            | GroupEvent::GoalClosed { .. }
+            | GroupEvent::RiskReviewed { .. } => {}
         }
     }
     let name = name?;

@@ -272,6 +272,35 @@ pub struct ClientQuery {
     as_of: Option<String>,
 }
 
+/// Whether the client is erased, and their personal data decrypted when the
+/// caller's view is the full one (admins, their clinicians); `None` otherwise.
+/// `client` is the client now, or (`past`) as of an earlier time: then erased means
+/// erased by then, though the data shows only while the key still exists.
+pub(crate) async fn personal_data(
+    state: &AppState,
+    client: &Client,
+    client_id: &str,
+    view: View,
+    past: bool,
+) -> Result<(bool, Option<PersonalData>), Problem> {
+    let key = state.store.client_key(client_id).await?;
+    // Now, also a key destroyed without its event.
+    let erased = client.erased.is_some() || (!past && key == ClientKey::Destroyed);
+    let personal = match (&client.personal, key, view == View::Full) {
+        (Some(sealed), ClientKey::Wrapped(wrapped), true) => {
+            match state.vault.open(&wrapped, client_id, sealed) {
+                Ok(personal) => Some(personal),
+                Err(error) => {
+                    tracing::error!(%client_id, error = %crate::errors::ErrorChain(&error), "personal data unreadable");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    Ok((erased, personal))
+}
+
 #[utoipa::path(get, path = "/api/v1/clients/{client_id}", params(("client_id" = ClientId, Path), ClientQuery),
     responses((status = 200, body = ClientView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])), tag = "clients")]
@@ -295,22 +324,8 @@ pub async fn get_client(
     if !client.exists() {
         return Err(Problem::not_found("client not found"));
     }
-    let sees_personal = view == View::Full;
-    let key = state.store.client_key(&client_id).await?;
-    // As of a past time, erased then; now, also a key destroyed without its event.
-    let erased = client.erased.is_some() || (as_of.is_none() && key == ClientKey::Destroyed);
-    let personal = match (&client.personal, key, sees_personal) {
-        (Some(sealed), ClientKey::Wrapped(wrapped), true) => {
-            match state.vault.open(&wrapped, &client_id, sealed) {
-                Ok(personal) => Some(personal),
-                Err(error) => {
-                    tracing::error!(%client_id, error = %crate::errors::ErrorChain(&error), "personal data unreadable");
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let (erased, personal) =
+        personal_data(&state, &client, &client_id, view, as_of.is_some()).await?;
     let disclosed = vec![client_id.clone()];
     let view = Json(ClientView {
         client_id,

@@ -38,7 +38,7 @@ impl From<Denial> for Problem {
 /// Every `/api/v1` request passes here first (see the module comment); what it
 /// answers is recorded in the access log when it refuses (401, 403) or discloses
 /// client-level data ([`disclose`]), before the answer leaves.
-pub(super) async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(route) = request.extensions().get::<MatchedPath>() else {
         return next.run(request).await; // no route: the fallback answers 404
     };
@@ -98,7 +98,7 @@ pub(super) const PURPOSE: &str = "Circle-Purpose";
 struct Disclosed(Vec<String>);
 
 /// Marks an answer as disclosing these clients' data.
-pub(super) fn disclose(answer: impl IntoResponse, client_ids: Vec<String>) -> Response {
+pub(crate) fn disclose(answer: impl IntoResponse, client_ids: Vec<String>) -> Response {
     let mut response = answer.into_response();
     if response.status().is_success() {
         response.extensions_mut().insert(Disclosed(client_ids));
@@ -186,7 +186,7 @@ fn clinician(caller: &Caller) -> Option<&str> {
 }
 
 /// Whether the caller facilitates `group_id` now.
-pub(super) async fn group_facilitated(
+pub(crate) async fn group_facilitated(
     state: &AppState,
     caller: &Caller,
     group_id: &str,
@@ -198,7 +198,7 @@ pub(super) async fn group_facilitated(
 }
 
 /// Whether `client_id` is or was a member of a group the caller facilitates.
-pub(super) async fn client_in_care(
+pub(crate) async fn client_in_care(
     state: &AppState,
     caller: &Caller,
     client_id: &str,
@@ -231,7 +231,7 @@ pub(super) async fn client_known(
 }
 
 /// Asks the policy; a refusal is a 403 problem.
-pub(super) fn allow(
+pub(crate) fn allow(
     caller: &Caller,
     action: Action,
     resource: Resource<'_>,
@@ -240,7 +240,7 @@ pub(super) fn allow(
 }
 
 /// The policy's answer for an action on one group.
-pub(super) async fn authorize_group(
+pub(crate) async fn authorize_group(
     state: &AppState,
     caller: &Caller,
     action: Action,
@@ -251,7 +251,7 @@ pub(super) async fn authorize_group(
 }
 
 /// The policy's answer for an action on one client.
-pub(super) async fn authorize_client(
+pub(crate) async fn authorize_client(
     state: &AppState,
     caller: &Caller,
     action: Action,

@@ -7,20 +7,20 @@
 
 mod access;
 mod audit;
-mod clients;
+pub(crate) mod clients;
 mod exact;
 mod exports;
-mod extract;
+pub(crate) mod extract;
 mod fhir;
 mod goals;
-mod groups;
-mod guard;
+pub(crate) mod groups;
+pub(crate) mod guard;
 mod history;
 pub mod openapi;
 mod problem;
 mod reports;
 mod tokens;
-mod write;
+pub(crate) mod write;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -77,6 +77,9 @@ pub struct Services {
     pub audit_key: Option<String>,
     /// FHIR Bulk Data export jobs of this instance.
     pub fhir_jobs: crate::fhir::Jobs,
+    /// Cancelled when the process begins to shut down: long-lived answers (the
+    /// dashboard's event streams) end on it so that HTTP can drain.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Bounds on the API: requests at once and the time each may take.
@@ -205,9 +208,12 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), limit));
     Router::new()
         .nest("/api/v1", api)
+        // The root opens on the dashboard (which asks for a sign-in when needed).
+        .route("/", get(|| async { axum::response::Redirect::to("/app") }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::router(state.clone()))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -258,7 +264,7 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
 
 /// Bounds the API: beyond `max_concurrent_requests` at once, or past
 /// `request_timeout_ms`, the answer is 503 with `Retry-After`, never a queue that grows.
-async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let limits = &state.limits;
     let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
         tracing::warn!(

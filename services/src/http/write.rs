@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use super::extract::{Caller, Ids, JsonBody, PathIds, WriteHeaders};
 use super::guard::{allow, authorize_client, authorize_group, client_known, group_facilitated};
 use super::{AppState, Problem, Services};
-use crate::commands::{CommandContext, IdempotencyRequest, Repository};
+use crate::commands::{CommandContext, IdempotencyRequest, Receipt, Repository};
 use crate::policy::{Action, Resource};
 use crate::store::KeyAction;
 
@@ -79,6 +79,17 @@ impl Writer {
         self
     }
 
+    /// A writer for a request that arrived by another way than the JSON API (a
+    /// dashboard form): the same checks and records follow.
+    pub fn new(caller: Caller, headers: WriteHeaders, request_hash: Vec<u8>) -> Writer {
+        Writer {
+            caller,
+            headers,
+            request_hash,
+            key_action: None,
+        }
+    }
+
     /// Authorizes, decides and appends `command` on the aggregate `id` names, and
     /// answers `{id, version, position}` with the command's own status.
     pub async fn run<I: AggregateId>(
@@ -87,6 +98,18 @@ impl Writer {
         id: &I,
         command: <I::Aggregate as cqrs_es::Aggregate>::Command,
     ) -> Result<Response, Problem> {
+        let receipt = self.execute(state, id, command).await?;
+        let status = StatusCode::from_u16(receipt.status).unwrap_or(StatusCode::OK);
+        Ok((status, Json(receipt.body)).into_response())
+    }
+
+    /// [`Writer::run`], answering the receipt itself.
+    pub async fn execute<I: AggregateId>(
+        self,
+        state: &AppState,
+        id: &I,
+        command: <I::Aggregate as cqrs_es::Aggregate>::Command,
+    ) -> Result<Receipt, Problem> {
         I::Aggregate::authorize(state, &self.caller, id.as_ref(), &command).await?;
         let mut ctx = self.context();
         let named = I::Aggregate::clients_named(&command);
@@ -104,8 +127,7 @@ impl Writer {
                 |current| I::Aggregate::may_write(caller, current),
             )
             .await?;
-        let status = StatusCode::from_u16(receipt.status).unwrap_or(StatusCode::OK);
-        Ok((status, Json(receipt.body)).into_response())
+        Ok(receipt)
     }
 
     fn context(&self) -> CommandContext {
