@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright.
+
+Run by `tests/browser.rs` against a `circle demo` it started (PostgreSQL or the
+embedded store); it can be run by hand against any demo practice:
+
+    python3 tests/python/dashboard_browser.py --base http://127.0.0.1:8080 \
+        --admin-token ADMIN --clinician-token TOKEN --screenshots target/screenshots
+
+The demo's dr-chen facilitates the Friday recovery group (open, PHQ-9, members
+active today); dr-okafor's Tuesday group is another clinician's. The script signs in
+with a token, reads the caseload, opens a member's chart, schedules a session and
+records its attendance (with the keyboard alone) and a PHQ-9 through the forms,
+watches the group page and the caseload update in other tabs without a reload
+(Server-Sent Events), checks the CSRF refusal and the 403 page, and on every page:
+no console error or failed request, no serious or critical axe-core violation,
+every form field labelled; each page is photographed at 1280x900 and at 390 px wide.
+
+It never downloads a browser: Playwright launches /usr/bin/chromium. Prints one
+line per check and exits 1 listing every failure.
+"""
+
+import argparse
+import datetime
+import pathlib
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import expect, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+AXE = pathlib.Path(__file__).parent / "vendor" / "axe-core-4.14.1.min.js"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+GROUP = "grp-recovery-fri"
+CLINICIAN = "dr-chen"
+OTHER_GROUP = "grp-anxiety-tue"  # dr-okafor's
+OTHER_MEMBER = "cli-01"  # a member of dr-okafor's group only
+# A live update reaches an open page within this (the issue asks 1 s for a risk
+# alert; the margin is for a 2-core machine running other tests).
+LIVE_WITHIN_MS = 3000
+
+# Every form field's accessible name: a <label for>, a wrapping label,
+# aria-labelledby naming elements that exist, or aria-label.
+UNLABELLED_FIELDS_JS = """
+() => [...document.querySelectorAll('input, select, textarea')]
+  .filter(el => el.type !== 'hidden')
+  .filter(el => {
+    if (el.getAttribute('aria-label')) return false;
+    const by = el.getAttribute('aria-labelledby');
+    if (by && by.split(/\\s+/).every(id => document.getElementById(id))) return false;
+    if (el.id && document.querySelector(`label[for="${CSS.escape(el.id)}"]`)) return false;
+    if (el.closest('label')) return false;
+    return true;
+  })
+  .map(el => el.outerHTML.slice(0, 120))
+"""
+
+AXE_JS = """
+async () => {
+  const result = await axe.run(document, {resultTypes: ['violations']});
+  return result.violations.map(v => ({
+    id: v.id, impact: v.impact, help: v.help,
+    nodes: v.nodes.slice(0, 3).map(n => n.target.join(' ')),
+  }));
+}
+"""
+
+
+class Run:
+    """The checks' outcome, and what the browser reported while they ran."""
+
+    def __init__(self, label, screenshots):
+        self.label = label
+        self.screenshots = screenshots
+        self.failures = []
+        self.expected = []  # (status, path) of the refusals the script provokes
+        self.started = time.monotonic()
+
+    def ok(self, what):
+        print(f"ok    {time.monotonic() - self.started:5.1f}s  {what}", flush=True)
+
+    def fail(self, what):
+        print(f"FAIL  {time.monotonic() - self.started:5.1f}s  {what}", flush=True)
+        self.failures.append(what)
+
+    def check(self, condition, what):
+        (self.ok if condition else self.fail)(what)
+        return condition
+
+    def provoked(self, status, url):
+        return any(status == s and url.endswith(path) for s, path in self.expected)
+
+    # Browser events, for every page of the context.
+    def on_console(self, message):
+        # Chromium logs every 4xx document as an error: the provoked refusals are not.
+        provoked = re.match(r"Failed to load resource: the server responded with a status of (\d+)",
+                            message.text)
+        if provoked and self.provoked(int(provoked.group(1)), message.location.get("url", "")):
+            return
+        if message.type == "error":
+            self.fail(f"console error on {message.page.url if message.page else '?'}: {message.text}")
+
+    def on_page_error(self, error):
+        self.fail(f"uncaught script error: {error.error}")
+
+    def on_request_failed(self, request):
+        failure = request.failure or ""
+        # Leaving a live page closes its event stream: the browser reports the
+        # stream's request as aborted. That is the stream ending, not a failure.
+        if request.url.endswith("/app/events") and "ERR_ABORTED" in failure:
+            return
+        self.fail(f"request failed: {request.method} {request.url}: {failure}")
+
+    def on_response(self, response):
+        if response.status < 400:
+            return
+        if self.provoked(response.status, response.url):
+            return
+        self.fail(f"HTTP {response.status} for {response.request.method} {response.url}")
+
+
+def check_page(run, page, name):
+    """The checks every page gets, and its two screenshots."""
+    page.wait_for_load_state("load")
+    unlabelled = page.evaluate(UNLABELLED_FIELDS_JS)
+    run.check(not unlabelled, f"{name}: every form field has a label {unlabelled or ''}")
+    if not page.evaluate("() => typeof axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE))
+    violations = page.evaluate(AXE_JS)
+    serious = [v for v in violations if v["impact"] in ("serious", "critical")]
+    for v in violations:
+        if v not in serious:
+            print(f"note  {name}: axe {v['impact']} {v['id']}: {v['help']} at {v['nodes']}")
+    run.check(
+        not serious,
+        f"{name}: axe-core finds no serious or critical violation "
+        + "; ".join(f"{v['impact']} {v['id']} ({v['help']}) at {v['nodes']}" for v in serious),
+    )
+    for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+        page.set_viewport_size(viewport)
+        path = run.screenshots / f"{run.label}-{name}-{size}.png"
+        page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(DESKTOP)
+
+
+def sign_in(run, page, base, token, home):
+    page.goto(f"{base}/app/sign-in")
+    check_page(run, page, "sign-in")
+    page.fill("#token", token)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{base}{home}")
+    run.ok(f"signed in with a token, landed on {home}")
+
+
+def no_reload_marker(page):
+    """A value that lives only as long as the document: a reload would lose it."""
+    page.evaluate("() => { window.circleNoReload = 'still here' }")
+
+
+def still_same_document(page):
+    return page.evaluate("() => window.circleNoReload") == "still here"
+
+
+def wait_live(page):
+    """Waits until htmx's event stream is open, so the next write reaches the page."""
+    page.wait_for_function(
+        "() => { const s = document.body['htmx-internal-data']; "
+        "return s && s.sseEventSource && s.sseEventSource.readyState === 1 }",
+        timeout=10_000,
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--admin-token", required=True)
+    parser.add_argument("--clinician-token", required=True, help=f"a token of {CLINICIAN}")
+    parser.add_argument("--screenshots", required=True, type=pathlib.Path)
+    parser.add_argument("--label", default="demo", help="prefix of the screenshot files")
+    args = parser.parse_args()
+    args.screenshots.mkdir(parents=True, exist_ok=True)
+    run = Run(args.label, args.screenshots)
+    base = args.base.rstrip("/")
+    profile = tempfile.mkdtemp(prefix="circle-chromium-")
+    try:
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=CHROMIUM,
+                args=CHROMIUM_ARGS,
+                headless=True,
+                viewport=DESKTOP,
+            )
+            context.set_default_timeout(10_000)
+            context.on("console", run.on_console)
+            context.on("weberror", run.on_page_error)
+            context.on("requestfailed", run.on_request_failed)
+            context.on("response", run.on_response)
+            try:
+                scenario(run, context, base, args)
+            except (PlaywrightError, AssertionError) as error:
+                run.fail(f"stopped: {error}")
+            finally:
+                context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    elapsed = time.monotonic() - run.started
+    if run.failures:
+        print(f"\n{len(run.failures)} failed ({elapsed:.1f} s):")
+        for failure in run.failures:
+            print(f"  - {failure}")
+        sys.exit(1)
+    print(f"\nall browser checks passed in {elapsed:.1f} s")
+
+
+def scenario(run, context, base, args):
+    page = context.pages[0] if context.pages else context.new_page()
+
+    # Sign in and read the caseload: the clinician's group, members by need.
+    sign_in(run, page, base, args.clinician_token, "/app")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Today")
+    expect(page.get_by_text(f"{CLINICIAN} (clinician)")).to_be_visible()
+    expect(page.locator(f'a[href="/app/groups/{GROUP}"]')).to_be_visible()
+    first_row = page.locator("table tbody tr").first
+    expect(first_row.locator(".chip").first).to_have_text("Risk item")
+    expect(first_row).to_contain_text("PHQ-9 item 9 scored")
+    run.check(page.locator(f'a[href="/app/groups/{OTHER_GROUP}"]').count() == 0,
+              "the caseload shows no other clinician's group")
+    run.ok("the caseload lists the group and puts the risk item first, with its rule")
+    check_page(run, page, "today")
+
+    # A member's chart, from the caseload.
+    member_link = first_row.locator('a[href^="/app/clients/"]').first
+    member = member_link.get_attribute("href").rsplit("/", 1)[1]
+    member_link.click()
+    page.wait_for_url(f"{base}/app/clients/{member}")
+    charts = page.locator("main svg")
+    run.check(charts.count() >= 1, f"{member}'s page draws {charts.count()} chart(s)")
+    expect(page.locator("main")).to_contain_text("PHQ-9")
+    check_page(run, page, "member")
+
+    # The group page, open in a second tab that must update by itself.
+    page.goto(f"{base}/app/groups/{GROUP}")
+    expect(page.locator("table.grid").first).to_be_visible()
+    check_page(run, page, "group")
+    watcher = context.new_page()
+    watcher.goto(f"{base}/app/groups/{GROUP}")
+    caseload = context.new_page()
+    caseload.goto(f"{base}/app")
+    for tab in (watcher, caseload):
+        wait_live(tab)
+        no_reload_marker(tab)
+    columns_before = watcher.locator("table.grid").first.locator("thead th").count()
+
+    # Schedule a session (yesterday, an hour no demo session uses) through the form.
+    yesterday = datetime.date.today() - datetime.timedelta(days=1)
+    when = f"{yesterday.isoformat()}T07:05"
+    page.fill("#starts_at", when)
+    page.fill("#utc_offset", "+00:00")
+    page.fill("#duration_minutes", "60")
+    page.get_by_role("button", name="Schedule").click()
+    page.wait_for_load_state("load")
+    row = page.locator("tr", has_text=f"{yesterday.isoformat()} 07:05")
+    expect(row).to_have_count(1)
+    run.ok("scheduled a session through the form")
+    expect(watcher.locator("table.grid").first.locator("thead th")).to_have_count(
+        columns_before + 1, timeout=LIVE_WITHIN_MS
+    )
+    run.check(still_same_document(watcher),
+              "the group page in the second tab shows the new session without a reload")
+    attendance_href = row.get_by_role("link", name="Attendance").get_attribute("href")
+    feedback_href = row.get_by_role("link", name="Questionnaire").get_attribute("href")
+
+    # CSRF: the attendance form with a wrong token, then without one, is refused
+    # with nothing recorded.
+    for how, change in (
+        ("a wrong CSRF token", "f.querySelector('[name=csrf]').value = 'circle_forged'"),
+        ("no CSRF token", "f.querySelector('[name=csrf]').remove()"),
+    ):
+        page.goto(f"{base}{attendance_href}")
+        page.locator("form[action$='/attendance'] input[type=radio][value=excused]").first.check()
+        run.expected.append((403, attendance_href))
+        with page.expect_navigation():
+            page.evaluate(f"() => {{ const f = document.querySelector(\"form[action$='/attendance']\"); {change}; f.submit() }}")
+        expect(page.get_by_role("heading", level=1)).to_contain_text("403")
+        expect(page.locator("main")).to_contain_text("nothing was recorded")
+        run.ok(f"an attendance form with {how} is refused (403 page)")
+        if how == "no CSRF token":
+            check_page(run, page, "csrf-refused")
+    page.goto(f"{base}{attendance_href}")
+    recorded = page.locator("form[action$='/attendance'] tbody tr td:last-child").all_inner_texts()
+    run.check(recorded and all(r == "not yet" for r in recorded),
+              f"nothing was recorded by the refused forms {recorded}")
+
+    # Attendance with the keyboard alone: Tab to the first member's marks, an arrow
+    # key to "late", Space to keep it, Tab to the button, Enter.
+    page.goto(f"{base}{attendance_href}")
+    check_page(run, page, "attendance")
+    form = page.locator("form[action$='/attendance']")
+    first_radio_id = form.locator("input[type=radio]").first.get_attribute("id")
+    first_member = re.match(r"s-(.+)-present$", first_radio_id).group(1)
+    page.locator("body").focus()
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.id") == first_radio_id:
+            break
+    run.check(page.evaluate("() => document.activeElement.id") == first_radio_id,
+              "Tab reaches the first member's attendance marks")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Space")
+    run.check(page.is_checked(f"#s-{first_member}-late"), f"the arrow key marks {first_member} late")
+    for _ in range(200):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.textContent") == "Record attendance":
+            break
+    run.check(page.evaluate("() => document.activeElement.textContent") == "Record attendance",
+              "Tab reaches the Record attendance button")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    page.wait_for_load_state("load")
+    grid = page.locator("table.grid").first
+    first_member_row = grid.locator("tbody tr", has=page.locator(f'a[href="/app/clients/{first_member}"]'))
+    expect(first_member_row.locator("td").last).to_have_class(re.compile("att-late"))
+    run.ok(f"the keyboard alone recorded the attendance ({first_member} late, the rest present)")
+    watcher_row = watcher.locator("table.grid").first.locator(
+        "tbody tr", has=watcher.locator(f'a[href="/app/clients/{first_member}"]'))
+    expect(watcher_row.locator("td").last).to_have_class(re.compile("att-late"), timeout=LIVE_WITHIN_MS)
+    run.check(still_same_document(watcher), "the second tab shows the attendance without a reload")
+
+    # A PHQ-9 through the form: an item out of range is refused beside its field by
+    # the server (the browser's own check is bypassed to reach it), then a valid one
+    # with item 9 scored is recorded.
+    page.goto(f"{base}{feedback_href}")
+    if page.get_by_role("heading", level=1).inner_text().split(" ")[0] != "PHQ-9":
+        page.get_by_role("link", name="PHQ-9", exact=True).click()
+        page.wait_for_load_state("load")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("PHQ-9")
+    check_page(run, page, "questionnaire")
+    members = page.locator("select#client_id option").all_inner_texts()
+    scored = next(m for m in members if m != member and m != first_member)
+    page.select_option("select#client_id", scored)
+    items = page.locator("form input[type=number]")
+    run.check(items.count() == 9, f"the PHQ-9 form has 9 items ({items.count()})")
+    for i in range(9):
+        items.nth(i).fill("1")
+    items.nth(0).fill("7")
+    run.check(not page.evaluate("() => document.querySelector('form.stack').checkValidity()"),
+              "the browser refuses an item above 3 before sending")
+    run.expected.append((400, feedback_href.split("?")[0]))
+    page.evaluate("() => { document.querySelector('form.stack').noValidate = true }")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Record PHQ-9").click()
+    first_item = page.locator("form input[type=number]").first
+    described = first_item.get_attribute("aria-describedby")
+    run.check(bool(described) and page.locator(f"#{described}").is_visible(),
+              f"the server's refusal is shown beside item 1 ({described})")
+    check_page(run, page, "questionnaire-refused")
+    items = page.locator("form input[type=number]")
+    items.nth(0).fill("2")
+    items.nth(8).fill("1")
+    page.select_option("select#client_id", scored)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Record PHQ-9").click()
+    page.wait_for_load_state("load")
+    run.ok(f"recorded a PHQ-9 for {scored} through the form")
+    scores = watcher.locator("section", has=watcher.get_by_role("heading", name="Latest scores"))
+    expect(scores.locator("tr", has_text=scored)).to_contain_text("10", timeout=LIVE_WITHIN_MS)
+    run.check(still_same_document(watcher), "the second tab shows the new score without a reload")
+    risk_row = caseload.locator("tr", has=caseload.locator(f'a[href="/app/clients/{scored}"]'))
+    expect(risk_row).to_contain_text("PHQ-9 item 9 scored 1", timeout=LIVE_WITHIN_MS)
+    run.check(still_same_document(caseload),
+              f"the open caseload shows {scored}'s risk item without a reload")
+
+    # Another clinician's group and member, by URL: the 403 page, none of their data.
+    for path in (f"/app/groups/{OTHER_GROUP}", f"/app/clients/{OTHER_MEMBER}"):
+        run.expected.append((403, path))
+        response = page.goto(f"{base}{path}")
+        run.check(response.status == 403, f"{path} answers {response.status} to {CLINICIAN}")
+        expect(page.get_by_role("heading", level=1)).to_contain_text("403")
+        run.check(OTHER_MEMBER not in page.content(), f"the 403 page for {path} shows no data")
+    check_page(run, page, "forbidden")
+
+    # The admin: sign out, sign in, the practice and audit pages.
+    for tab in (watcher, caseload):
+        tab.close()
+    page.goto(f"{base}/app")
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(f"{base}/app/sign-in")
+    run.ok("signed out")
+    sign_in(run, page, base, args.admin_token, "/app")
+    check_page(run, page, "today-admin")
+    page.get_by_role("link", name="Practice").click()
+    page.wait_for_url(f"{base}/app/practice")
+    expect(page.locator("main svg").first).to_be_visible()
+    check_page(run, page, "practice")
+    page.get_by_role("link", name="Audit").click()
+    page.wait_for_url(f"{base}/app/audit")
+    check_page(run, page, "audit")
+    page.goto(f"{base}/app/groups/{OTHER_GROUP}")
+    check_page(run, page, "group-admin")
+
+
+if __name__ == "__main__":
+    main()
