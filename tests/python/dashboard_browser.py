@@ -5,7 +5,7 @@ Run by `tests/browser.rs` against a `circle demo` it started (PostgreSQL or the
 embedded store); it can be run by hand against any demo practice:
 
     python3 tests/python/dashboard_browser.py --base http://127.0.0.1:8080 \
-        --admin-token ADMIN --clinician-token TOKEN --screenshots target/screenshots
+        --admin-token ADMIN --clinician-token TOKEN [--screenshots target/screenshots]
 
 The demo's dr-chen facilitates the Friday recovery group (open, PHQ-9, members
 active today); dr-okafor's Tuesday group is another clinician's. The script signs in
@@ -152,10 +152,16 @@ def check_page(run, page, name):
         f"{name}: axe-core finds no serious or critical violation "
         + "; ".join(f"{v['impact']} {v['id']} ({v['help']}) at {v['nodes']}" for v in serious),
     )
+    if not run.screenshots:
+        return
     for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
         page.set_viewport_size(viewport)
         path = run.screenshots / f"{run.label}-{name}-{size}.png"
         page.screenshot(path=str(path), full_page=True)
+        if size == "phone":
+            width = page.evaluate("() => document.documentElement.scrollWidth")
+            if width > viewport["width"]:
+                print(f"note  {name}: on a phone the page is {width} px wide (scrolls sideways)")
     page.set_viewport_size(DESKTOP)
 
 
@@ -191,10 +197,12 @@ def main():
     parser.add_argument("--base", required=True)
     parser.add_argument("--admin-token", required=True)
     parser.add_argument("--clinician-token", required=True, help=f"a token of {CLINICIAN}")
-    parser.add_argument("--screenshots", required=True, type=pathlib.Path)
+    parser.add_argument("--screenshots", type=pathlib.Path,
+                        help="where to photograph every page (none without it)")
     parser.add_argument("--label", default="demo", help="prefix of the screenshot files")
     args = parser.parse_args()
-    args.screenshots.mkdir(parents=True, exist_ok=True)
+    if args.screenshots:
+        args.screenshots.mkdir(parents=True, exist_ok=True)
     run = Run(args.label, args.screenshots)
     base = args.base.rstrip("/")
     profile = tempfile.mkdtemp(prefix="circle-chromium-")

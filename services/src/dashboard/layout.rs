@@ -54,6 +54,8 @@ pub(super) fn page(frame: Frame, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (frame.title) " · Circle" }
+                // No icon: without this a browser asks for /favicon.ico and gets a 404.
+                link rel="icon" href="data:,";
                 link rel="stylesheet" href={ "/app/assets/" (STYLESHEET_NAME) };
                 script src="/app/assets/htmx-2.0.11.min.js" defer {}
                 script src="/app/assets/htmx-ext-sse-2.2.4.min.js" defer {}
