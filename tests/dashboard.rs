@@ -54,7 +54,12 @@ impl<'a> Browser<'a> {
         let signed_in = browser
             .post("/app/sign-in", &[("csrf", &csrf), ("token", token)])
             .await;
-        assert_eq!(signed_in.status, StatusCode::SEE_OTHER, "{}", signed_in.html);
+        assert_eq!(
+            signed_in.status,
+            StatusCode::SEE_OTHER,
+            "{}",
+            signed_in.html
+        );
         assert!(!browser.cookie.contains("circle_signin"));
         browser
     }
@@ -99,7 +104,10 @@ impl<'a> Browser<'a> {
     }
 
     async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
-        let request = self.http.post(format!("{}{path}", self.app.base)).form(fields);
+        let request = self
+            .http
+            .post(format!("{}{path}", self.app.base))
+            .form(fields);
         self.send(request).await
     }
 }
@@ -144,7 +152,8 @@ async fn practice(app: &TestApp) {
         let path = format!("/api/v1/groups/grp-a/sessions/{session}/attendance");
         ok(app, &path, records).await;
     }
-    let phq9 = json!({"client_id": "c-risk", "instrument": "PHQ-9", "items": [1, 1, 1, 1, 1, 1, 1, 1, 2]});
+    let phq9 =
+        json!({"client_id": "c-risk", "instrument": "PHQ-9", "items": [1, 1, 1, 1, 1, 1, 1, 1, 2]});
     ok(app, "/api/v1/groups/grp-a/sessions/s2/feedback", phq9).await;
 }
 
@@ -182,7 +191,9 @@ async fn a_clinician_signs_in_and_sees_their_members_by_need_and_nothing_of_othe
             "c-fine: No rule fired"
         ]
     );
-    assert!(today.html.contains("PHQ-9 item 9 scored 2; not yet reviewed"));
+    assert!(today
+        .html
+        .contains("PHQ-9 item 9 scored 2; not yet reviewed"));
     assert!(!today.html.contains("grp-b") && !today.html.contains("c-other"));
 
     // Another clinician's group and member, by URL: a 403 page, not data.
@@ -251,7 +262,11 @@ async fn without_a_session_pages_lead_to_sign_in_and_a_revoked_token_ends_the_se
     let mut browser = Browser::sign_in(&app, &token).await;
     assert_eq!(browser.get("/app").await.status, StatusCode::OK);
     let revoked = app
-        .post(&format!("/api/v1/tokens/{id}/revocation"), &app.admin, json!({}))
+        .post(
+            &format!("/api/v1/tokens/{id}/revocation"),
+            &app.admin,
+            json!({}),
+        )
         .await;
     assert!(revoked.status.is_success(), "{:?}", revoked.body);
     let after = browser.get("/app").await;
@@ -305,7 +320,11 @@ async fn the_attendance_form_records_once_through_the_write_skeleton_and_refuses
     assert_eq!(after_first, head + 3, "three marks");
     let again = browser.post(path, &fields).await;
     assert_eq!(again.status, StatusCode::SEE_OTHER);
-    assert_eq!(app.head().await, after_first, "a double submit records once");
+    assert_eq!(
+        app.head().await,
+        after_first,
+        "a double submit records once"
+    );
 
     let group = app.get("/api/v1/groups/grp-a", &app.admin).await;
     let s3 = group.body["sessions"]
@@ -394,7 +413,8 @@ async fn an_open_page_hears_of_a_risk_item_within_a_second_and_resumes_from_its_
     assert!(ready.starts_with("event: ready"), "{ready}");
 
     let started = std::time::Instant::now();
-    let phq9 = json!({"client_id": "c-fine", "instrument": "PHQ-9", "items": [0, 0, 0, 0, 0, 0, 0, 0, 1]});
+    let phq9 =
+        json!({"client_id": "c-fine", "instrument": "PHQ-9", "items": [0, 0, 0, 0, 0, 0, 0, 0, 1]});
     let position = ok(&app, "/api/v1/groups/grp-a/sessions/s2/feedback", phq9).await;
     let event = tokio::time::timeout(Duration::from_secs(1), next_event(&mut response, &mut text))
         .await
@@ -403,14 +423,19 @@ async fn an_open_page_hears_of_a_risk_item_within_a_second_and_resumes_from_its_
     assert!(started.elapsed() < Duration::from_secs(1));
 
     // A reconnect that saw less is told at once where the log is.
-    let mut resumed = open(Some((position - 5).to_string())).await.expect("stream");
+    let mut resumed = open(Some((position - 5).to_string()))
+        .await
+        .expect("stream");
     let chunk = tokio::time::timeout(Duration::from_secs(1), resumed.chunk())
         .await
         .expect("at once")
         .expect("bytes")
         .expect("an event");
     let chunk = String::from_utf8(chunk.to_vec()).unwrap();
-    assert!(chunk.contains("event: log") && chunk.contains(&format!("id: {position}")), "{chunk}");
+    assert!(
+        chunk.contains("event: log") && chunk.contains(&format!("id: {position}")),
+        "{chunk}"
+    );
 }
 
 /// The next event (up to its blank line) of an event stream.

@@ -212,4 +212,3 @@ fn absences(group: &GroupRecord, client_id: &str, rule: u32) -> Option<Need> {
         detail: format!("{run} held sessions missed in a row (the rule is {rule})"),
     })
 }
-

@@ -580,7 +580,13 @@ fn the_caseload_puts_risk_first_until_reviewed_then_deterioration_alliance_absen
     }
     log.measure("g1", "a-risk", "PHQ-9", phq9(6, 1), "2026-01-06T18:00:00Z");
     log.measure("g1", "b-worse", "PHQ-9", phq9(5, 0), "2026-01-06T18:00:00Z");
-    log.measure("g1", "b-worse", "PHQ-9", phq9(14, 0), "2026-01-13T18:00:00Z");
+    log.measure(
+        "g1",
+        "b-worse",
+        "PHQ-9",
+        phq9(14, 0),
+        "2026-01-13T18:00:00Z",
+    );
     let srs = |v: i64| vec![Score::from_tenths(v); 4];
     log.measure("g1", "c-alliance", "SRS", srs(95), "2026-01-06T18:00:00Z");
     log.measure("g1", "c-alliance", "SRS", srs(93), "2026-01-13T18:00:00Z");

@@ -369,7 +369,11 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/app/audit", Action::ReadAuditTrail),
     ("GET", "/app/clients/{client_id}", Action::ReadClient),
     ("GET", "/app/groups/{group_id}", Action::ReadGroup),
-    ("POST", "/app/groups/{group_id}/sessions", Action::WriteGroup),
+    (
+        "POST",
+        "/app/groups/{group_id}/sessions",
+        Action::WriteGroup,
+    ),
     (
         "POST",
         "/app/groups/{group_id}/sessions/{session_id}/cancellation",
@@ -396,7 +400,11 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
         Action::WriteGroup,
     ),
     ("POST", "/app/groups/{group_id}/members", Action::JoinGroup),
-    ("POST", "/app/groups/{group_id}/departures", Action::WriteGroup),
+    (
+        "POST",
+        "/app/groups/{group_id}/departures",
+        Action::WriteGroup,
+    ),
     (
         "POST",
         "/app/groups/{group_id}/members/{client_id}/risk-review",

@@ -181,7 +181,7 @@ struct Checkpoint<'a> {
 
 /// Reads a stored reports checkpoint. `Err` says why it cannot be resumed from; the
 /// state inside may still be readable, and is served until a rebuild replaces it.
-fn read_checkpoint(text: &str, digest: &str) -> Result<Practice, (String, Option<Practice>)> {
+fn read_checkpoint(text: &str, digest: &str) -> Result<Practice, (String, Option<Box<Practice>>)> {
     #[derive(Deserialize)]
     struct Envelope {
         format: u32,
@@ -192,11 +192,11 @@ fn read_checkpoint(text: &str, digest: &str) -> Result<Practice, (String, Option
         Ok(envelope) => envelope,
         // Before format 1 the state was stored bare.
         Err(_) => {
-            let old = serde_json::from_str::<Practice>(text).ok();
+            let old = serde_json::from_str::<Practice>(text).ok().map(Box::new);
             return Err(("the checkpoint has no format version".into(), old));
         }
     };
-    let state = serde_json::from_value::<Practice>(envelope.state);
+    let state = serde_json::from_value::<Practice>(envelope.state).map(Box::new);
     if envelope.format != CHECKPOINT_FORMAT {
         let why = format!(
             "the checkpoint's format is {}, this build writes {CHECKPOINT_FORMAT}",
@@ -210,7 +210,9 @@ fn read_checkpoint(text: &str, digest: &str) -> Result<Practice, (String, Option
             state.ok(),
         ));
     }
-    state.map_err(|e| (format!("the checkpoint's state is unreadable: {e}"), None))
+    state
+        .map(|state| *state)
+        .map_err(|e| (format!("the checkpoint's state is unreadable: {e}"), None))
 }
 
 fn write_checkpoint(practice: &Practice, digest: &str) -> Result<String, ProjectionError> {
@@ -282,7 +284,7 @@ pub async fn start(
                     "rebuilding the reports from position 0 in the background"
                 );
                 (
-                    old.unwrap_or_else(|| Practice::new(settings.alert_rules)),
+                    old.map_or_else(|| Practice::new(settings.alert_rules), |old| *old),
                     true,
                 )
             }
@@ -625,7 +627,7 @@ mod tests {
         let practice = Practice::new(AlertRules::default());
         let text = write_checkpoint(&practice, "d1g3st").unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["format"], 2);
+        assert_eq!(value["format"], 4);
         assert_eq!(value["settings"], "d1g3st");
         assert_eq!(value["state"]["position"], 0);
         assert_eq!(value["state"]["rules"]["consecutive_absences"], 2);

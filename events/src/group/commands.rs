@@ -89,7 +89,9 @@ pub enum GroupCommand {
     },
     /// A clinician has reviewed a member's risk item (e.g. PHQ-9 item 9 above 0):
     /// the flag leaves the top of the caseload, and the review is on the record.
-    ReviewRisk { client_id: String },
+    ReviewRisk {
+        client_id: String,
+    },
 }
 
 /// One member's level for one goal in a group check-in.

@@ -95,9 +95,7 @@ impl Rejection for GroupError {
             | AlreadyMember(_)
             | NotAMember(_)
             | NotAMemberOn { .. }
-            | NoRiskToReview(_) => {
-                rule("client_id")
-            }
+            | NoRiskToReview(_) => rule("client_id"),
             LeftBeforeJoined { .. } => rule("left_on"),
             JoinedBeforePreviousDeparture { .. } => rule("joined_on"),
             AlreadyFacilitator(_) | NotAFacilitator(_) | TooManyFacilitators(_) => {

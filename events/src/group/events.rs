@@ -155,7 +155,9 @@ pub enum GroupEvent {
     },
     /// A clinician reviewed the member's pending risk items (every one raised before
     /// this event); who and when are the event's actor and time.
-    RiskReviewed { client_id: String },
+    RiskReviewed {
+        client_id: String,
+    },
 }
 
 /// Why a goal was closed.

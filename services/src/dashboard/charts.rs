@@ -209,10 +209,7 @@ pub fn retention_svg(steps: &[Step], median_days: Option<u32>) -> String {
     let y = |s: f64| TOP + (1.0 - s.clamp(0.0, 1.0)) * plot_height();
     let mut svg = open_svg("Share of members still in their group by days since joining");
     let mut line = format!("M{:.1} {:.1}", x(0.0), y(1.0));
-    let (mut upper, mut lower) = (
-        vec![(0.0, 1.0f64)],
-        vec![(0.0, 1.0f64)],
-    );
+    let (mut upper, mut lower) = (vec![(0.0, 1.0f64)], vec![(0.0, 1.0f64)]);
     for step in steps {
         let sx = x(step.t_days as f64);
         let _ = write!(line, "H{sx:.1}V{:.1}", y(step.survival));

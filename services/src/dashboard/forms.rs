@@ -102,9 +102,8 @@ impl FormBody {
     }
 
     fn id<I: TryFrom<String>>(&self, name: &str) -> Result<I, Problem> {
-        I::try_from(self.required(name)?.to_string()).map_err(|_| {
-            Problem::bad_request(name, circle_events::ids::INVALID_ID)
-        })
+        I::try_from(self.required(name)?.to_string())
+            .map_err(|_| Problem::bad_request(name, circle_events::ids::INVALID_ID))
     }
 
     /// The write, as the API would run it for this caller with these headers.
@@ -121,7 +120,11 @@ impl FormBody {
             if_match: None,
             correlation_id: uuid::Uuid::new_v4(),
         };
-        Ok(Writer::new(viewer.caller.clone(), headers, self.hash.clone()))
+        Ok(Writer::new(
+            viewer.caller.clone(),
+            headers,
+            self.hash.clone(),
+        ))
     }
 }
 
@@ -148,9 +151,7 @@ async fn submit(
             }
             Redirect::to(&to).into_response()
         }
-        Err(problem) if problem.status == 401 || problem.status == 403 => {
-            problem.into_response()
-        }
+        Err(problem) if problem.status == 401 || problem.status == 403 => problem.into_response(),
         Err(problem) => {
             let status =
                 StatusCode::from_u16(problem.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
@@ -219,7 +220,7 @@ pub(super) fn group_forms(
         .iter()
         .filter(|(_, s)| s.starts_at.to_utc() <= now)
         .collect();
-    recent.sort_by(|a, b| b.1.starts_at.cmp(&a.1.starts_at));
+    recent.sort_by_key(|(_, s)| std::cmp::Reverse(s.starts_at));
     recent.truncate(3);
     recent.reverse();
     recent.extend(upcoming.iter().take(3).copied());
@@ -360,7 +361,11 @@ pub(super) async fn schedule(
     form: FormBody,
 ) -> Response {
     let command = (|| {
-        let text = format!("{}:00{}", form.required("starts_at")?, form.get("utc_offset"));
+        let text = format!(
+            "{}:00{}",
+            form.required("starts_at")?,
+            form.get("utc_offset")
+        );
         let starts_at = DateTime::<FixedOffset>::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%:z")
             .or_else(|_| {
                 NaiveDateTime::parse_from_str(form.get("starts_at"), "%Y-%m-%dT%H:%M:%S")
@@ -390,10 +395,12 @@ pub(super) async fn cancel(
     Ids((group_id, session_id)): Ids<(GroupId, SessionId)>,
     form: FormBody,
 ) -> Response {
-    let command = form.required("reason").map(|reason| GroupCommand::CancelSession {
-        session_id: session_id.to_string(),
-        reason: reason.to_string(),
-    });
+    let command = form
+        .required("reason")
+        .map(|reason| GroupCommand::CancelSession {
+            session_id: session_id.to_string(),
+            reason: reason.to_string(),
+        });
     let back = format!("/app/groups/{group_id}");
     submit(&state, &viewer, &group_id, &form, command, |p| {
         html! { (Errors(p).summary()) p { a href=(back) { "Back to the group" } } }
@@ -486,7 +493,10 @@ pub(super) fn review_button(viewer: &Viewer, group_id: &str, client_id: &str) ->
 // ---- attendance ----
 
 /// Members on the session's date, with their recorded marks.
-fn members_on(group: &GroupRecord, session: &SessionRecord) -> Vec<(String, Option<AttendanceStatus>)> {
+fn members_on(
+    group: &GroupRecord,
+    session: &SessionRecord,
+) -> Vec<(String, Option<AttendanceStatus>)> {
     group
         .members
         .keys()
@@ -579,7 +589,10 @@ pub(super) async fn attendance(
                 .into_iter()
                 .find(|s| status_value(*s) == value)
                 .ok_or_else(|| {
-                    Problem::bad_request(format!("status:{client_id}"), "is not an attendance status")
+                    Problem::bad_request(
+                        format!("status:{client_id}"),
+                        "is not an attendance status",
+                    )
                 })?;
             Ok(AttendanceMark {
                 client_id: client_id.to_string(),
@@ -617,7 +630,15 @@ pub(super) async fn feedback_form(
 ) -> Result<Response, Problem> {
     let group = group_record(&state, &viewer, &group_id).await?;
     let instrument = query.instrument.unwrap_or_else(|| "PHQ-9".to_string());
-    let body = feedback_markup(&viewer, &group_id, &session_id, &group, &instrument, None, None)?;
+    let body = feedback_markup(
+        &viewer,
+        &group_id,
+        &session_id,
+        &group,
+        &instrument,
+        None,
+        None,
+    )?;
     let shown = group.members.keys().cloned().collect();
     let frame = Frame {
         viewer: Some(&viewer),
@@ -718,8 +739,16 @@ pub(super) async fn feedback(
         .read(|p| p.groups.get(group_id.as_str()).cloned())
         .unwrap_or_default();
     submit(&state, &viewer, &group_id, &form, command, |p| {
-        feedback_markup(&viewer, &group_id, &session_id, &group, &instrument, Some(&form), Some(&Errors(p)))
-            .unwrap_or_else(|_| Errors(p).summary())
+        feedback_markup(
+            &viewer,
+            &group_id,
+            &session_id,
+            &group,
+            &instrument,
+            Some(&form),
+            Some(&Errors(p)),
+        )
+        .unwrap_or_else(|_| Errors(p).summary())
     })
     .await
 }

@@ -151,7 +151,8 @@ fn as_page(response: Response) -> Response {
     };
     let mut page = layout::error_page(status, message);
     if let Some(retry) = response.headers().get(header::RETRY_AFTER) {
-        page.headers_mut().insert(header::RETRY_AFTER, retry.clone());
+        page.headers_mut()
+            .insert(header::RETRY_AFTER, retry.clone());
     }
     page
 }

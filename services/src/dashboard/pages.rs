@@ -176,7 +176,9 @@ pub(super) async fn sign_out(headers: HeaderMap) -> Response {
 /// group's members by need.
 pub(super) async fn today(State(state): State<AppState>, viewer: Viewer) -> Response {
     let now = Utc::now();
-    let (body, shown) = state.reports.read(|practice| today_view(practice, &viewer, now));
+    let (body, shown) = state
+        .reports
+        .read(|practice| today_view(practice, &viewer, now));
     let frame = Frame {
         viewer: Some(&viewer),
         title: "Today",
@@ -188,12 +190,15 @@ pub(super) async fn today(State(state): State<AppState>, viewer: Viewer) -> Resp
 fn today_view(practice: &Practice, viewer: &Viewer, now: DateTime<Utc>) -> (Markup, Vec<String>) {
     let triage = Triage::new(practice);
     let today = now.date_naive();
-    let mut shown = Vec::new();
     let groups: Vec<(&String, &GroupRecord, Vec<MemberNeed>)> = practice
         .groups
         .iter()
         .filter(|(_, g)| g.closed_on.is_none() && may_read(&viewer.caller, g))
         .filter_map(|(id, g)| Some((id, g, triage.group(id, today)?)))
+        .collect();
+    let shown = groups
+        .iter()
+        .flat_map(|(_, _, rows)| rows.iter().map(|r| r.client_id.clone()))
         .collect();
     let body = html! {
         h1 { "Today" }
@@ -202,11 +207,11 @@ fn today_view(practice: &Practice, viewer: &Viewer, now: DateTime<Utc>) -> (Mark
             section.card aria-labelledby={ "g-" (group_id) } {
                 h2 #{ "g-" (group_id) } { a href={ "/app/groups/" (group_id) } { (group.name) } }
                 p.muted { (next_session(group, now)) " · " (rows.len()) " members" }
+                @if rows.is_empty() { p.muted { "No current members." } }
                 table {
                     thead { tr { th { "Member" } th { "Needs" } th { "Why" } th { "When" } } }
                     tbody {
                         @for row in rows {
-                            @let _ = shown.push(row.client_id.clone());
                             tr {
                                 td { a href={ "/app/clients/" (row.client_id) } { (row.client_id) } }
                                 @match &row.need {
@@ -435,7 +440,11 @@ fn attendance_cell(
         match session.marks.get(client_id) {
             Some(status) => {
                 let label = status_label(*status);
-                (serde_static(*status), status_letter(*status), label.to_string())
+                (
+                    serde_static(*status),
+                    status_letter(*status),
+                    label.to_string(),
+                )
             }
             None if session.held() => (
                 "unrecorded",
@@ -576,9 +585,9 @@ pub(super) async fn member(
     let (erased, personal) =
         crate::http::clients::personal_data(&state, &client, client_id, view).await?;
     let name = personal.and_then(|p| p.display_name);
-    let body = state.reports.read(|p| {
-        member_view(p, client_id, name.as_deref(), erased, view, &viewer)
-    });
+    let body = state
+        .reports
+        .read(|p| member_view(p, client_id, name.as_deref(), erased, view, &viewer));
     let frame = Frame {
         viewer: Some(&viewer),
         title: client_id,
@@ -626,7 +635,7 @@ fn member_view(
             if scores.is_empty() {
                 return None;
             }
-            scores.sort_by(|a, b| a.0.cmp(&b.0));
+            scores.sort_by_key(|(day, _)| *day);
             Some(charts::trajectory_svg(&Trajectory {
                 definition,
                 scores,
@@ -741,11 +750,15 @@ fn practice_view(practice: &Practice, view: View, k: u32, now: DateTime<Utc>) ->
                 counts.deteriorated += s.deteriorated.unwrap_or(0);
             }
         }
-        let attendance = reports::attendance(practice, group_id, now).and_then(|a| a.attendance_rate);
+        let attendance =
+            reports::attendance(practice, group_id, now).and_then(|a| a.attendance_rate);
         let focus = group.focus.map_or("", focus_label).to_string();
         add(by_focus.entry(focus).or_default(), &counts);
         for facilitator in &group.facilitators {
-            add(by_facilitator.entry(facilitator.clone()).or_default(), &counts);
+            add(
+                by_facilitator.entry(facilitator.clone()).or_default(),
+                &counts,
+            );
         }
         by_group.push((group.name.clone(), counts, attendance));
     }
@@ -819,7 +832,10 @@ pub(super) async fn audit(
                     tracing::error!(error = %crate::errors::ErrorChain(&error), "folding the log for the audit page");
                     Problem::unavailable()
                 })?;
-            Some((day, reports::retention(&practice, &RetentionScope::Practice, at)))
+            Some((
+                day,
+                reports::retention(&practice, &RetentionScope::Practice, at),
+            ))
         }
         None => None,
     };

@@ -50,7 +50,10 @@ impl Session {
     /// The CSRF token of this session's forms.
     pub fn csrf(&self) -> String {
         let key = hmac::Key::new(hmac::HMAC_SHA256, self.token.as_bytes());
-        let tag = hmac::sign(&key, format!("circle-csrf:{}", self.began.timestamp()).as_bytes());
+        let tag = hmac::sign(
+            &key,
+            format!("circle-csrf:{}", self.began.timestamp()).as_bytes(),
+        );
         URL_SAFE_NO_PAD.encode(&tag.as_ref()[..20])
     }
 
@@ -127,7 +130,13 @@ mod tests {
     use super::*;
 
     fn headers_with(cookie: &HeaderValue) -> HeaderMap {
-        let pair = cookie.to_str().unwrap().split(';').next().unwrap().to_string();
+        let pair = cookie
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, HeaderValue::from_str(&pair).unwrap());
         headers
