@@ -36,7 +36,12 @@ fn screenshots() -> PathBuf {
 /// it, then every check passes; the script's output is the failure message.
 /// `audit_pages`: also run axe-core on every page and photograph it.
 async fn browser_checks_pass(circle: CircleProcess, admin: &str, label: &str, audit_pages: bool) {
+    let seeding = Instant::now();
     circle.wait_ready(Duration::from_secs(60)).await;
+    println!(
+        "{label}: the demo practice was seeded and ready in {:.1} s",
+        seeding.elapsed().as_secs_f64()
+    );
     let issued = reqwest::Client::new()
         .post(format!("{}/api/v1/tokens", circle.base))
         .bearer_auth(admin)
