@@ -190,6 +190,19 @@ def photograph(run, page, name):
     page.set_viewport_size(DESKTOP)
 
 
+def print_view(run, page, name):
+    """The print stylesheet: the page without its forms and navigation."""
+    page.emulate_media(media="print")
+    shown = page.evaluate(
+        "() => [...document.querySelectorAll('form, .no-print, header.top nav')]"
+        ".filter(el => el.getClientRects().length > 0).length"
+    )
+    run.check(shown == 0, f"{name}: printed, the page hides its forms and navigation ({shown} shown)")
+    if run.screenshots:
+        page.screenshot(path=str(run.screenshots / f"{run.label}-{name}-print.png"), full_page=True)
+    page.emulate_media(media="screen")
+
+
 def sign_in(run, page, base, token, home, check=True):
     page.goto(f"{base}/app/sign-in")
     if check:
@@ -233,15 +246,20 @@ def main():
         args.screenshots.mkdir(parents=True, exist_ok=True)
     run = Run(args.label, args.screenshots, axe=not args.no_axe)
     base = args.base.rstrip("/")
-    profile = tempfile.mkdtemp(prefix="circle-chromium-")
-    try:
-        with sync_playwright() as playwright:
+    with sync_playwright() as playwright:
+        for name, flow, options in (
+            ("with JavaScript", scenario, {}),
+            ("without JavaScript", without_javascript, {"java_script_enabled": False}),
+        ):
+            # Each browser with a fresh profile of its own, removed after.
+            profile = tempfile.mkdtemp(prefix="circle-chromium-")
             context = playwright.chromium.launch_persistent_context(
                 profile,
                 executable_path=CHROMIUM,
                 args=CHROMIUM_ARGS,
                 headless=True,
                 viewport=DESKTOP,
+                **options,
             )
             context.set_default_timeout(10_000)
             context.on("console", run.on_console)
@@ -249,13 +267,12 @@ def main():
             context.on("requestfailed", run.on_request_failed)
             context.on("response", run.on_response)
             try:
-                scenario(run, context, base, args)
+                flow(run, context, base, args)
             except (PlaywrightError, AssertionError) as error:
-                run.fail(f"stopped: {error}")
+                run.fail(f"stopped ({name}): {error}")
             finally:
                 context.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+                shutil.rmtree(profile, ignore_errors=True)
     elapsed = time.monotonic() - run.started
     if run.failures:
         print(f"\n{len(run.failures)} failed ({elapsed:.1f} s):")
@@ -296,6 +313,7 @@ def scenario(run, context, base, args):
     page.goto(f"{base}/app/groups/{GROUP}")
     expect(page.locator("table.grid").first).to_be_visible()
     check_page(run, page, "group")
+    print_view(run, page, "group")
     watcher = context.new_page()
     watcher.goto(f"{base}/app/groups/{GROUP}")
     caseload = context.new_page()
@@ -306,7 +324,7 @@ def scenario(run, context, base, args):
     columns_before = watcher.locator("table.grid").first.locator("thead th").count()
 
     # Schedule a session (yesterday, an hour no demo session uses) through the form.
-    yesterday = datetime.date.today() - datetime.timedelta(days=1)
+    yesterday = datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=1)
     when = f"{yesterday.isoformat()}T07:05"
     page.fill("#starts_at", when)
     page.fill("#utc_offset", "+00:00")
@@ -451,6 +469,41 @@ def scenario(run, context, base, args):
     page.get_by_role("link", name="Audit").click()
     page.wait_for_url(f"{base}/app/audit")
     check_page(run, page, "audit")
+
+
+def without_javascript(run, context, base, args):
+    """The pages and forms work with JavaScript off (only live updates need it)."""
+    page = context.pages[0] if context.pages else context.new_page()
+    page.goto(f"{base}/app/sign-in")
+    page.fill("#token", args.clinician_token)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{base}/app")
+    run.ok("without JavaScript: signed in")
+    risk_row = page.locator("table tbody tr").first
+    member = risk_row.locator('a[href^="/app/clients/"]').first.inner_text()
+    expect(risk_row.locator(".chip").first).to_have_text("Risk item")
+    risk_row.get_by_role("button", name="Mark reviewed").click()
+    page.wait_for_load_state("load")
+    page.goto(f"{base}/app")
+    row = page.locator("tr", has=page.locator(f'a[href="/app/clients/{member}"]'))
+    run.check("not yet reviewed" not in row.inner_text(),
+              f"without JavaScript: marking {member}'s risk item reviewed is recorded")
+    page.goto(f"{base}/app/groups/{GROUP}")
+    run.check(page.locator("main svg").count() >= 1 and page.locator("table.grid").count() >= 1,
+              "without JavaScript: the group page shows its grid and chart")
+    href = page.locator("tr", has=page.get_by_role("link", name="Attendance")).last \
+        .get_by_role("link", name="Attendance").get_attribute("href")
+    page.goto(f"{base}{href}")
+    form = page.locator("form[action$='/attendance']")
+    radio = form.locator("input[type=radio][value=excused]").first
+    client = re.match(r"s-(.+)-excused$", radio.get_attribute("id")).group(1)
+    radio.check()
+    with page.expect_navigation():
+        form.get_by_role("button", name="Record attendance").click()
+    page.goto(f"{base}{href}")
+    run.check(page.locator(f"#s-{client}-excused").is_checked()
+              and "excused" in page.locator("tr", has=page.locator(f"#m-{client}")).inner_text(),
+              f"without JavaScript: the attendance form records {client} excused")
 
 
 if __name__ == "__main__":
