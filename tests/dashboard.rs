@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use circle_services::app::Application;
 use circle_services::auth::Role;
-use circle_tests::{spawn_app, TestApp};
+use circle_services::config::{Overrides, Settings};
+use circle_tests::{fresh_schema_url, master_key_for, spawn_app, TestApp};
 use reqwest::{redirect, StatusCode};
 use serde_json::{json, Value};
 
@@ -19,6 +21,7 @@ struct Browser<'a> {
 struct Page {
     status: StatusCode,
     location: String,
+    cache_control: String,
     html: String,
 }
 
@@ -90,10 +93,16 @@ impl<'a> Browser<'a> {
             .get("location")
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default();
+        let cache_control = response
+            .headers()
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
         let html = response.text().await.expect("body");
         Page {
             status,
             location,
+            cache_control,
             html,
         }
     }
@@ -184,6 +193,10 @@ async fn a_clinician_signs_in_and_sees_their_members_by_need_and_nothing_of_othe
     let today = browser.get("/app").await;
     assert_eq!(today.status, StatusCode::OK, "{}", today.html);
     assert_eq!(
+        today.cache_control, "no-store",
+        "a page of client data is never cached"
+    );
+    assert_eq!(
         today_rows(&today.html),
         [
             "c-risk: Risk item",
@@ -209,6 +222,9 @@ async fn a_clinician_signs_in_and_sees_their_members_by_need_and_nothing_of_othe
     let member = browser.get("/app/clients/c-risk").await;
     assert_eq!(member.status, StatusCode::OK);
     assert!(member.html.contains("<svg"), "one chart per instrument");
+    for other in ["c-fine", "c-absent", "c-other"] {
+        assert!(!member.html.contains(other), "never another member's data");
+    }
 
     // The pages that showed members are in the access log, as the JSON reads are.
     let log = app
@@ -449,4 +465,116 @@ async fn next_event(response: &mut reqwest::Response, text: &mut String) -> Stri
         let chunk = response.chunk().await.expect("bytes").expect("open stream");
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
+}
+
+#[tokio::test]
+async fn open_event_streams_end_when_shutdown_begins_so_they_never_hold_it_up() {
+    let url = fresh_schema_url().await;
+    let admin = format!("admin-{}", uuid::Uuid::new_v4().simple());
+    let settings = Settings::load(
+        None,
+        Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            database_url: Some(url.clone()),
+            admin_token: Some(admin.clone()),
+            master_key: Some(master_key_for(&url)),
+            ..Overrides::default()
+        },
+    )
+    .expect("settings");
+    let app = Application::build(&settings).await.expect("build");
+    let base = format!("http://{}", app.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run(async {
+        let _ = stopped.await;
+    }));
+    let cookie = circle_services::dashboard::session::Session::new(admin, chrono::Utc::now())
+        .set_cookie(false);
+    let cookie = cookie
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let response = http
+            .get(format!("{base}/app/events"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("stream");
+        assert_eq!(response.status(), StatusCode::OK);
+        streams.push(response);
+    }
+    let started = std::time::Instant::now();
+    stop.send(()).expect("signal");
+    for mut stream in streams {
+        // The `ready` event, then the end of the stream.
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while stream.chunk().await.expect("bytes").is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream ended on shutdown");
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(8), running)
+        .await
+        .expect("shutdown finished within the grace period")
+        .expect("task");
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
+
+#[tokio::test]
+async fn a_reporter_gets_the_aggregate_practice_and_an_auditor_reads_without_forms_or_names() {
+    let app = spawn_app().await;
+    practice(&app).await;
+    let reporter = app.token(Role::Reporter, None).await;
+    let mut browser = Browser::new(&app);
+    let form = browser.get("/app/sign-in").await;
+    let signed_in = browser
+        .post(
+            "/app/sign-in",
+            &[("csrf", &form.field("csrf")), ("token", &reporter)],
+        )
+        .await;
+    assert_eq!(signed_in.location, "/app/practice");
+    let practice_page = browser.get("/app/practice").await;
+    assert_eq!(practice_page.status, StatusCode::OK);
+    assert!(practice_page.html.contains("The aggregate form"));
+    assert!(practice_page.html.contains("fewer than 5"));
+    assert_eq!(browser.get("/app").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        browser.get("/app/groups/grp-a").await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    let auditor = app.token(Role::Auditor, None).await;
+    ok(
+        &app,
+        "/api/v1/clients",
+        json!({"client_id": "c-named", "display_name": "Ada L."}),
+    )
+    .await;
+    let join = json!({"client_id": "c-named", "joined_on": "2026-01-05"});
+    ok(&app, "/api/v1/groups/grp-a/members", join).await;
+    let mut browser = Browser::sign_in(&app, &auditor).await;
+    let group = browser.get("/app/groups/grp-a").await;
+    assert_eq!(group.status, StatusCode::OK);
+    assert!(!group.html.contains("Schedule a session"), "read-only");
+    assert!(!group.html.contains("/attendance\""), "no forms");
+    let member = browser.get("/app/clients/c-named").await;
+    assert!(member.html.contains("Personal data withheld"));
+    assert!(!member.html.contains("Ada L."));
+    let audit = browser.get("/app/audit?as_of=2099-01-01").await;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.html);
+    let admin = app.admin.clone();
+    let mut browser = Browser::sign_in(&app, &admin).await;
+    assert!(browser
+        .get("/app/clients/c-named")
+        .await
+        .html
+        .contains("Ada L."));
 }

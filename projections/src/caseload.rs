@@ -16,11 +16,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use circle_events::instruments::{Catalogue, Direction};
+use circle_events::instruments::{Catalogue, Direction, InstrumentDefinition};
 use serde::Serialize;
 
 use crate::outcomes::{classify, Classification};
-use crate::practice::{AlertKind, GroupRecord, Practice};
+use crate::practice::{AlertKind, GroupRecord, Practice, RecordedScore};
 
 /// The rules in the order they rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -131,7 +131,14 @@ impl<'a> Triage<'a> {
     }
 }
 
-fn deterioration(group: &GroupRecord, client_id: &str) -> Option<Need> {
+/// The most recent need `rule` finds on any instrument of the member's: `rule` sees
+/// the instrument's definition and the member's scores in time order.
+fn latest_need(
+    group: &GroupRecord,
+    client_id: &str,
+    kind: NeedKind,
+    rule: impl Fn(&InstrumentDefinition, &[RecordedScore]) -> Option<String>,
+) -> Option<Need> {
     let catalogue = Catalogue::builtin();
     group
         .measures
@@ -139,61 +146,65 @@ fn deterioration(group: &GroupRecord, client_id: &str) -> Option<Need> {
         .filter_map(|instrument| {
             let definition = catalogue.current(instrument)?;
             let scores = group.scores(instrument, client_id);
-            let (baseline, latest) = (scores.first()?, scores.last()?);
-            if scores.len() < 2
-                || classify(definition, baseline.total, latest.total)
-                    != Classification::Deteriorated
-            {
-                return None;
-            }
+            let detail = rule(definition, scores)?;
             Some(Need {
-                kind: NeedKind::Deterioration,
-                at: latest.administered_at.to_utc(),
-                detail: format!(
-                    "{instrument} {} → {}: worse by at least {} (reliable change)",
-                    baseline.total,
-                    latest.total,
-                    definition.reliable_change.unwrap_or_default()
-                ),
+                kind,
+                at: scores.last()?.administered_at.to_utc(),
+                detail,
             })
         })
         .max_by_key(|need| need.at)
 }
 
+fn deterioration(group: &GroupRecord, client_id: &str) -> Option<Need> {
+    latest_need(
+        group,
+        client_id,
+        NeedKind::Deterioration,
+        |definition, scores| {
+            let (baseline, latest) = (scores.first()?, scores.last()?);
+            let worse = scores.len() >= 2
+                && classify(definition, baseline.total, latest.total)
+                    == Classification::Deteriorated;
+            worse.then(|| {
+                format!(
+                    "{} {} → {}: worse by at least {} (reliable change)",
+                    definition.instrument,
+                    baseline.total,
+                    latest.total,
+                    definition.reliable_change.unwrap_or_default()
+                )
+            })
+        },
+    )
+}
+
 fn alliance(group: &GroupRecord, client_id: &str) -> Option<Need> {
-    let catalogue = Catalogue::builtin();
-    group
-        .measures
-        .keys()
-        .filter_map(|instrument| {
-            let definition = catalogue.current(instrument)?;
+    latest_need(
+        group,
+        client_id,
+        NeedKind::Alliance,
+        |definition, scores| {
             let is_alliance = definition.reliable_change.is_none()
                 && definition.direction == Direction::HigherIsBetter;
-            let scores = group.scores(instrument, client_id);
             let latest = scores.last().filter(|_| is_alliance)?;
-            let detail = if definition.is_clinical(latest.total) == Some(true) {
-                format!(
+            let instrument = &definition.instrument;
+            if definition.is_clinical(latest.total) == Some(true) {
+                return Some(format!(
                     "{instrument} {} is below the cutoff {}",
                     latest.total,
                     definition.clinical_cutoff.unwrap_or_default()
-                )
-            } else {
-                let previous = scores.len().checked_sub(2).map(|i| &scores[i])?;
-                if latest.total >= previous.total {
-                    return None;
-                }
+                ));
+            }
+            let previous = scores.len().checked_sub(2).map(|i| &scores[i])?;
+            (latest.total < previous.total).then(|| {
                 format!(
                     "{instrument} fell from {} to {}",
                     previous.total, latest.total
                 )
-            };
-            Some(Need {
-                kind: NeedKind::Alliance,
-                at: latest.administered_at.to_utc(),
-                detail,
             })
-        })
-        .max_by_key(|need| need.at)
+        },
+    )
 }
 
 fn absences(group: &GroupRecord, client_id: &str, rule: u32) -> Option<Need> {

@@ -635,4 +635,21 @@ fn the_caseload_puts_risk_first_until_reviewed_then_deterioration_alliance_absen
     assert_eq!(order(&log), expected(None));
     log.measure("g1", "a-risk", "PHQ-9", phq9(6, 2), "2026-01-14T18:00:00Z");
     assert_eq!(order(&log), expected(Some(NeedKind::Risk)));
+
+    // A departure does not clear an unreviewed risk item; other former members leave.
+    log.left(
+        "g1",
+        "a-risk",
+        date("2026-01-15"),
+        DepartureReason::DroppedOut,
+    );
+    log.left(
+        "g1",
+        "e-fine",
+        date("2026-01-15"),
+        DepartureReason::Completed,
+    );
+    let rows = order(&log);
+    assert_eq!(rows[0], ("a-risk".to_string(), Some(NeedKind::Risk)));
+    assert!(!rows.iter().any(|(id, _)| id == "e-fine"));
 }

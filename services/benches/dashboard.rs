@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, Utc};
 use circle_events::client::ClientEvent;
-use circle_events::group::{AttendanceStatus, Focus, Format, GroupEvent, Measure};
+use circle_events::group::{Focus, Format, GroupEvent};
 use circle_events::instruments::Score;
 use circle_services::app::Application;
 use circle_services::config::{Overrides, Settings};
 use circle_services::crypto::Vault;
 use circle_services::dashboard::session::Session;
-use circle_services::store::{Append, EventMetadata, NewEvent, Store};
+use circle_services::store::{Append, Store};
+use support::append;
 
 mod support;
 
@@ -43,7 +44,7 @@ fn client_id(g: usize, m: usize) -> String {
 /// Weekly sessions with everyone's attendance and a PHQ-9 from half the group; one
 /// member in seven worsens, and one in twenty has a risk item.
 fn group_events(g: usize, count: usize) -> Vec<GroupEvent> {
-    let mut events = vec![GroupEvent::GroupCreated {
+    let created = GroupEvent::GroupCreated {
         group_id: format!("grp-{g}"),
         name: format!("Group {g}"),
         focus: [Focus::Anxiety, Focus::Depression, Focus::Grief][g % 3],
@@ -51,68 +52,14 @@ fn group_events(g: usize, count: usize) -> Vec<GroupEvent> {
         capacity: MEMBERS as u32,
         facilitators: vec![format!("dr-{}", g / GROUPS_PER_CLINICIAN)],
         starts_on: None,
-    }];
-    events.extend((0..MEMBERS).map(|m| GroupEvent::MemberJoined {
-        client_id: client_id(g, m),
-        joined_on: week(0).date_naive(),
-    }));
-    let mut session = 0;
-    while events.len() < count {
-        let session_id = format!("s{session}");
-        events.push(GroupEvent::SessionScheduled {
-            session_id: session_id.clone(),
-            starts_at: week(session),
-            duration_minutes: 90,
-        });
-        for m in 0..MEMBERS {
-            let status = match (g + m + session) % 9 {
-                0 => AttendanceStatus::NoShow,
-                1 => AttendanceStatus::Excused,
-                2 => AttendanceStatus::Late,
-                _ => AttendanceStatus::Present,
-            };
-            events.push(GroupEvent::AttendanceRecorded {
-                session_id: session_id.clone(),
-                client_id: client_id(g, m),
-                status,
-            });
-        }
-        for m in (0..MEMBERS).filter(|m| (m + session) % 2 == 0) {
-            let worsening = (g + m).is_multiple_of(7);
-            let level = if worsening { 1 + session / 10 } else { 2 };
-            let mut items: Vec<i64> = (0..9).map(|i| ((level + i) % 4).min(3) as i64).collect();
-            items[8] = i64::from((g + m + session).is_multiple_of(20));
-            let items: Vec<Score> = items.into_iter().map(Score::whole).collect();
-            events.push(GroupEvent::FeedbackRecorded {
-                client_id: client_id(g, m),
-                session_id: Some(session_id.clone()),
-                measure: Measure {
-                    instrument: "PHQ-9".into(),
-                    reference_version: "2024.1".into(),
-                    total: Score::from_tenths(items.iter().map(|s| s.tenths()).sum()),
-                    items,
-                    administered_at: week(session),
-                },
-            });
-        }
-        session += 1;
-    }
-    events.truncate(count);
-    events
-}
-
-fn append<E: cqrs_es::DomainEvent>(kind: &'static str, id: String, events: &[E]) -> Append {
-    Append {
-        aggregate_type: kind,
-        aggregate_id: id,
-        expected_version: 0,
-        events: events
-            .iter()
-            .map(|e| NewEvent::encode(e, EventMetadata::system("bench", "admin")))
-            .collect(),
-        idempotency: None,
-        key_action: None,
-    }
+    };
+    support::weekly_group(created, g, MEMBERS, count, week, "PHQ-9", |m, session| {
+        let worsening = (g + m).is_multiple_of(7);
+        let level = if worsening { 1 + session / 10 } else { 2 };
+        let mut items: Vec<i64> = (0..9).map(|i| ((level + i) % 4).min(3) as i64).collect();
+        items[8] = i64::from((g + m + session).is_multiple_of(20));
+        items.into_iter().map(Score::whole).collect()
+    })
 }
 
 async fn load(store: &Store) {

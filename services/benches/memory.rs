@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, Utc};
 use circle_events::client::{ClientEvent, SealedPersonalData};
-use circle_events::group::{AttendanceStatus, Focus, Format, GroupEvent, Measure};
+use circle_events::group::{Focus, Format, GroupEvent};
 use circle_events::instruments::Score;
 use circle_services::crypto::Vault;
-use circle_services::store::{Append, EventMetadata, NewEvent, Store};
+use circle_services::store::{Append, Store};
+use support::append;
 
 mod support;
 
@@ -37,7 +38,7 @@ fn client_id(g: usize, m: usize) -> String {
 /// A group's history: created, ten members, then weekly sessions with everyone's
 /// attendance and five ORS each week, until it has `count` events.
 fn group_events(g: usize, count: usize) -> Vec<GroupEvent> {
-    let mut events = vec![GroupEvent::GroupCreated {
+    let created = GroupEvent::GroupCreated {
         group_id: format!("grp-{g}"),
         name: "bench".into(),
         focus: Focus::Anxiety,
@@ -45,66 +46,12 @@ fn group_events(g: usize, count: usize) -> Vec<GroupEvent> {
         capacity: MEMBERS as u32,
         facilitators: vec![format!("dr-{}", g % 200)],
         starts_on: None,
-    }];
-    events.extend((0..MEMBERS).map(|m| GroupEvent::MemberJoined {
-        client_id: client_id(g, m),
-        joined_on: week(0).date_naive(),
-    }));
-    let mut session = 0;
-    while events.len() < count {
-        let session_id = format!("s{session}");
-        events.push(GroupEvent::SessionScheduled {
-            session_id: session_id.clone(),
-            starts_at: week(session),
-            duration_minutes: 90,
-        });
-        for m in 0..MEMBERS {
-            let status = match (g + m + session) % 9 {
-                0 => AttendanceStatus::NoShow,
-                1 => AttendanceStatus::Excused,
-                2 => AttendanceStatus::Late,
-                _ => AttendanceStatus::Present,
-            };
-            events.push(GroupEvent::AttendanceRecorded {
-                session_id: session_id.clone(),
-                client_id: client_id(g, m),
-                status,
-            });
-        }
-        for m in (0..MEMBERS).filter(|m| (m + session) % 2 == 0) {
-            let items: Vec<Score> = (0..4)
-                .map(|i| Score::from_tenths(40 + ((g + m + session + i) % 60) as i64))
-                .collect();
-            events.push(GroupEvent::FeedbackRecorded {
-                client_id: client_id(g, m),
-                session_id: Some(session_id.clone()),
-                measure: Measure {
-                    instrument: "ORS".into(),
-                    reference_version: "2024.1".into(),
-                    total: Score::from_tenths(items.iter().map(|s| s.tenths()).sum()),
-                    items,
-                    administered_at: week(session),
-                },
-            });
-        }
-        session += 1;
-    }
-    events.truncate(count);
-    events
-}
-
-fn append<E: cqrs_es::DomainEvent>(kind: &'static str, id: String, events: &[E]) -> Append {
-    Append {
-        aggregate_type: kind,
-        aggregate_id: id,
-        expected_version: 0,
-        events: events
-            .iter()
-            .map(|e| NewEvent::encode(e, EventMetadata::system("bench", "admin")))
-            .collect(),
-        idempotency: None,
-        key_action: None,
-    }
+    };
+    support::weekly_group(created, g, MEMBERS, count, week, "ORS", |m, session| {
+        (0..4)
+            .map(|i| Score::from_tenths(40 + ((g + m + session + i) % 60) as i64))
+            .collect()
+    })
 }
 
 /// Loads the practice; returns the time after each quarter of it was committed.

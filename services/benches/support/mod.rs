@@ -28,3 +28,87 @@ pub async fn drop_schema(base: &str, schema: &str) {
             .await;
     }
 }
+
+/// One aggregate's events as a single append at version 0, as the loaders write them.
+#[allow(dead_code)] // only the loading benchmarks use it
+pub fn append<E: cqrs_es::DomainEvent>(
+    kind: &'static str,
+    id: String,
+    events: &[E],
+) -> circle_services::store::Append {
+    use circle_services::store::{Append, EventMetadata, NewEvent};
+    Append {
+        aggregate_type: kind,
+        aggregate_id: id,
+        expected_version: 0,
+        events: events
+            .iter()
+            .map(|e| NewEvent::encode(e, EventMetadata::system("bench", "admin")))
+            .collect(),
+        idempotency: None,
+        key_action: None,
+    }
+}
+
+/// A weekly group's history for a loader: `created`, `members` joining in week 0,
+/// then weekly sessions with everyone's attendance (a fixed mix of no-shows, excused
+/// and late) and half the members' questionnaires (`items(member, session)` for the
+/// instrument), until it holds `count` events.
+#[allow(dead_code)] // only the loading benchmarks use it
+pub fn weekly_group(
+    created: circle_events::group::GroupEvent,
+    g: usize,
+    members: usize,
+    count: usize,
+    week: impl Fn(usize) -> chrono::DateTime<chrono::FixedOffset>,
+    instrument: &str,
+    items: impl Fn(usize, usize) -> Vec<circle_events::instruments::Score>,
+) -> Vec<circle_events::group::GroupEvent> {
+    use circle_events::group::{AttendanceStatus, GroupEvent, Measure};
+    use circle_events::instruments::Score;
+    let client_id = |m: usize| format!("cli-{g}-{m}");
+    let mut events = vec![created];
+    events.extend((0..members).map(|m| GroupEvent::MemberJoined {
+        client_id: client_id(m),
+        joined_on: week(0).date_naive(),
+    }));
+    let mut session = 0;
+    while events.len() < count {
+        let session_id = format!("s{session}");
+        events.push(GroupEvent::SessionScheduled {
+            session_id: session_id.clone(),
+            starts_at: week(session),
+            duration_minutes: 90,
+        });
+        for m in 0..members {
+            let status = match (g + m + session) % 9 {
+                0 => AttendanceStatus::NoShow,
+                1 => AttendanceStatus::Excused,
+                2 => AttendanceStatus::Late,
+                _ => AttendanceStatus::Present,
+            };
+            events.push(GroupEvent::AttendanceRecorded {
+                session_id: session_id.clone(),
+                client_id: client_id(m),
+                status,
+            });
+        }
+        for m in (0..members).filter(|m| (m + session) % 2 == 0) {
+            let items = items(m, session);
+            events.push(GroupEvent::FeedbackRecorded {
+                client_id: client_id(m),
+                session_id: Some(session_id.clone()),
+                measure: Measure {
+                    instrument: instrument.into(),
+                    reference_version: "2024.1".into(),
+                    total: Score::from_tenths(items.iter().map(|s| s.tenths()).sum()),
+                    items,
+                    administered_at: week(session),
+                },
+            });
+        }
+        session += 1;
+    }
+    events.truncate(count);
+    events
+}

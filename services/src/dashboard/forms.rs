@@ -20,7 +20,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::layout::{csrf, page, Frame};
-use super::pages::status_label;
+use super::pages::{status_label, status_value};
 use super::Viewer;
 use crate::http::extract::{Ids, WriteHeaders};
 use crate::http::guard::authorize_group;
@@ -512,13 +512,18 @@ pub(super) async fn attendance_form(
 ) -> Result<Response, Problem> {
     let group = group_record(&state, &viewer, &group_id).await?;
     let body = attendance_markup(&viewer, &group_id, &session_id, &group, None)?;
+    Ok(form_page(&viewer, "Attendance", &group, body))
+}
+
+/// A form page about a group's members: recorded in the access log as showing them.
+fn form_page(viewer: &Viewer, title: &str, group: &GroupRecord, body: Markup) -> Response {
     let shown = group.members.keys().cloned().collect();
     let frame = Frame {
-        viewer: Some(&viewer),
-        title: "Attendance",
+        viewer: Some(viewer),
+        title,
         live: false,
     };
-    Ok(crate::http::guard::disclose(page(frame, body), shown))
+    crate::http::guard::disclose(page(frame, body), shown)
 }
 
 fn attendance_markup(
@@ -562,16 +567,6 @@ fn attendance_markup(
             p { button type="submit" { "Record attendance" } " " a href={ "/app/groups/" (group_id) } { "Back" } }
         }
     })
-}
-
-fn status_value(status: AttendanceStatus) -> &'static str {
-    match status {
-        AttendanceStatus::Present => "present",
-        AttendanceStatus::Late => "late",
-        AttendanceStatus::LeftEarly => "left_early",
-        AttendanceStatus::Excused => "excused",
-        AttendanceStatus::NoShow => "no_show",
-    }
 }
 
 pub(super) async fn attendance(
@@ -639,13 +634,7 @@ pub(super) async fn feedback_form(
         None,
         None,
     )?;
-    let shown = group.members.keys().cloned().collect();
-    let frame = Frame {
-        viewer: Some(&viewer),
-        title: "Questionnaire",
-        live: false,
-    };
-    Ok(crate::http::guard::disclose(page(frame, body), shown))
+    Ok(form_page(&viewer, "Questionnaire", &group, body))
 }
 
 fn feedback_markup(

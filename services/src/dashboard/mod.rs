@@ -123,7 +123,32 @@ async fn browser(mut request: Request, next: Next) -> Response {
         request = Request::from_parts(parts, Body::from(bytes));
     }
     let response = next.run(request).await;
-    as_page(response)
+    protect(as_page(response))
+}
+
+/// What every dashboard answer carries: pages hold client data, so no cache keeps
+/// them (assets set their own long cache), and no other site may frame or post into
+/// them. Styles may be inline (htmx adds its indicator style).
+fn protect(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'",
+        ),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// A refusal from the guard or a handler (problem+json) as a page.

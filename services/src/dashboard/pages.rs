@@ -441,7 +441,7 @@ fn attendance_cell(
             Some(status) => {
                 let label = status_label(*status);
                 (
-                    serde_static(*status),
+                    status_value(*status),
                     status_letter(*status),
                     label.to_string(),
                 )
@@ -461,7 +461,8 @@ fn attendance_cell(
     }
 }
 
-fn serde_static(status: AttendanceStatus) -> &'static str {
+/// The status as the API names it (form values, CSS classes).
+pub(super) fn status_value(status: AttendanceStatus) -> &'static str {
     match status {
         AttendanceStatus::Present => "present",
         AttendanceStatus::Late => "late",
