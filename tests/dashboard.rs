@@ -222,6 +222,7 @@ async fn a_clinician_signs_in_and_sees_their_members_by_need_and_nothing_of_othe
     let member = browser.get("/app/clients/c-risk").await;
     assert_eq!(member.status, StatusCode::OK);
     assert!(member.html.contains("<svg"), "one chart per instrument");
+    assert!(member.html.contains("PHQ-9 items") && member.html.contains("Item 9 (risk item)"));
     for other in ["c-fine", "c-absent", "c-other"] {
         assert!(!member.html.contains(other), "never another member's data");
     }
@@ -250,6 +251,11 @@ async fn without_a_session_pages_lead_to_sign_in_and_a_revoked_token_ends_the_se
     let app = spawn_app().await;
     practice(&app).await;
     let mut stranger = Browser::new(&app);
+    assert_eq!(
+        stranger.get("/").await.location,
+        "/app",
+        "the root opens on the dashboard"
+    );
     let page = stranger.get("/app/groups/grp-a").await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert_eq!(page.location, "/app/sign-in");

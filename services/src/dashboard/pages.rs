@@ -10,7 +10,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use circle_events::client::ConsentScope;
 use circle_events::group::AttendanceStatus;
 use circle_events::ids::{ClientId, GroupId};
-use circle_events::instruments::Catalogue;
+use circle_events::instruments::{Catalogue, Score};
 use circle_projections::caseload::{MemberNeed, NeedKind, Triage};
 use circle_projections::practice::{GroupRecord, Practice};
 use circle_projections::reports::{self, RetentionReport, RetentionScope};
@@ -586,15 +586,99 @@ pub(super) async fn member(
     let (erased, personal) =
         crate::http::clients::personal_data(&state, &client, client_id, view).await?;
     let name = personal.and_then(|p| p.display_name);
-    let body = state
-        .reports
-        .read(|p| member_view(p, client_id, name.as_deref(), erased, view, &viewer));
+    let measures = item_history(&state, client_id).await?;
+    let body = state.reports.read(|p| {
+        let body = member_view(p, client_id, name.as_deref(), erased, view, &viewer);
+        html! { (body) (item_tables(&measures)) }
+    });
     let frame = Frame {
         viewer: Some(&viewer),
         title: client_id,
         live: true,
     };
     Ok(html_page(frame, body, vec![client_id.to_string()]))
+}
+
+/// The member's questionnaires with their items, from the streams of their groups
+/// (the live projection keeps totals only): only this member's events are decoded.
+async fn item_history(
+    state: &AppState,
+    client_id: &str,
+) -> Result<Vec<circle_events::group::Measure>, Problem> {
+    use circle_events::group::{Group, GroupEvent};
+    use cqrs_es::Aggregate;
+    let groups: Vec<String> = state.reports.read(|p| {
+        p.groups
+            .iter()
+            .filter(|(_, g)| g.members.contains_key(client_id))
+            .map(|(id, _)| id.clone())
+            .collect()
+    });
+    let mut measures = Vec::new();
+    for group_id in groups {
+        for event in state.store.load_stream(Group::TYPE, &group_id, 0).await? {
+            let theirs = event.event_type == "FeedbackRecorded"
+                && event.payload.get("client_id").and_then(|c| c.as_str()) == Some(client_id);
+            if !theirs {
+                continue;
+            }
+            let decoded = circle_events::upcast::decode::<GroupEvent>(
+                &event.event_type,
+                event.event_version,
+                event.payload,
+            );
+            if let Ok(GroupEvent::FeedbackRecorded { measure, .. }) = decoded {
+                measures.push(measure);
+            }
+        }
+    }
+    measures.sort_by_key(|m| m.administered_at);
+    Ok(measures)
+}
+
+/// Administrations an item table shows: the latest ones.
+const ITEM_COLUMNS: usize = 6;
+
+/// Per outcome instrument, each item's score at the latest administrations, and how
+/// far it moved from the first (in words: better or worse, by how much).
+fn item_tables(measures: &[circle_events::group::Measure]) -> Markup {
+    let catalogue = Catalogue::builtin();
+    html! {
+        @for instrument in OUTCOME_INSTRUMENTS {
+            @let taken: Vec<_> = measures.iter().filter(|m| m.instrument == instrument).collect();
+            @if let (Some(definition), Some(first), Some(latest)) = (catalogue.current(instrument), taken.first(), taken.last()) {
+                @let shown = &taken[taken.len().saturating_sub(ITEM_COLUMNS)..];
+                section.card {
+                    h2 { (instrument) " items" }
+                    table.grid {
+                        thead { tr {
+                            th scope="col" { "Item" }
+                            @for m in shown { th scope="col" { (m.administered_at.format("%m-%d")) } }
+                            th scope="col" { "Since the first" }
+                        } }
+                        tbody { @for i in 0..definition.items {
+                            @let moved = match (first.items.get(i), latest.items.get(i)) {
+                                (Some(a), Some(b)) => definition.improvement(*a, *b),
+                                _ => Score::whole(0),
+                            };
+                            tr {
+                                th scope="row" {
+                                    "Item " (i + 1)
+                                    @if definition.risk_items.contains(&(i + 1)) { " (risk item)" }
+                                }
+                                @for m in shown { td { (m.items.get(i).map(|s| s.to_string()).unwrap_or_default()) } }
+                                td {
+                                    @if moved.as_f64() > 0.0 { "better by " (moved) }
+                                    @else if moved.as_f64() < 0.0 { span.drop { "worse by " (Score::from_tenths(-moved.tenths())) } }
+                                    @else { span.muted { "unchanged" } }
+                                }
+                            }
+                        } }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn member_view(

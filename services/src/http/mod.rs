@@ -184,6 +184,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), limit));
     Router::new()
         .nest("/api/v1", api)
+        // The root opens on the dashboard (which asks for a sign-in when needed).
+        .route("/", get(|| async { axum::response::Redirect::to("/app") }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
