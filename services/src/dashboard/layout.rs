@@ -16,6 +16,9 @@ const HTMX_SSE: &str = include_str!("../../assets/htmx-ext-sse-2.2.4.min.js");
 const STYLESHEET: &str = include_str!("../../assets/circle.css");
 /// Bumped with the stylesheet, so its long cache never serves a stale copy.
 const STYLESHEET_NAME: &str = "circle-1.css";
+/// The page icon: a ring, in the stylesheet's link blue.
+const ICON: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><circle cx="16" cy="16" r="11" fill="none" stroke="#1f5fa8" stroke-width="6"/></svg>"##;
+const ICON_NAME: &str = "circle-icon-1.svg";
 
 /// Serves a vendored asset; the names carry their version, so they are cached for a year.
 pub(super) async fn asset(Path(file): Path<String>) -> Response {
@@ -23,6 +26,7 @@ pub(super) async fn asset(Path(file): Path<String>) -> Response {
         "htmx-2.0.11.min.js" => (HTMX, "text/javascript"),
         "htmx-ext-sse-2.2.4.min.js" => (HTMX_SSE, "text/javascript"),
         STYLESHEET_NAME => (STYLESHEET, "text/css"),
+        ICON_NAME => (ICON, "image/svg+xml"),
         _ => return (StatusCode::NOT_FOUND, "no such asset").into_response(),
     };
     (
@@ -54,6 +58,9 @@ pub(super) fn page(frame: Frame, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (frame.title) " · Circle" }
+                // Without an icon of its own a browser asks for /favicon.ico (a 404);
+                // served like the other assets, as the Content-Security-Policy wants.
+                link rel="icon" type="image/svg+xml" href={ "/app/assets/" (ICON_NAME) };
                 link rel="stylesheet" href={ "/app/assets/" (STYLESHEET_NAME) };
                 script src="/app/assets/htmx-2.0.11.min.js" defer {}
                 script src="/app/assets/htmx-ext-sse-2.2.4.min.js" defer {}
