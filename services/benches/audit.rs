@@ -289,7 +289,9 @@ async fn verify(store: &Store) {
         let started = Instant::now();
         let verdict = tree::verify_store(store, |_, _| {}).await.expect("verify");
         assert!(verdict.ok, "{verdict:?}");
-        assert_eq!(verdict.checked, LOG_SIZE);
+        // A reused log also holds the token events of an earlier run's export.
+        assert_eq!(verdict.checked, checked);
+        assert!(checked >= LOG_SIZE);
         let now = verdict.checked as f64 / started.elapsed().as_secs_f64();
         println!(
             "verify through the store, run {run}: {now:.0} events/s (before: pages of rows, {before:.0} events/s; {:.2}x)",
