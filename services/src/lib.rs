@@ -21,6 +21,7 @@ pub mod crypto;
 pub mod demo;
 pub mod errors;
 pub mod http;
+pub mod import;
 pub mod leader;
 pub mod metrics;
 pub mod policy;
