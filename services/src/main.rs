@@ -71,6 +71,9 @@ enum Command {
         workers: u16,
         #[command(flatten)]
         store: StoreArgs,
+        /// The master key (PostgreSQL; the embedded store reads its file).
+        #[arg(long, env = "CIRCLE_MASTER_KEY", hide_env_values = true, hide = true)]
+        master_key: Option<String>,
     },
     /// Export the practice.
     Export {
@@ -94,6 +97,9 @@ enum ExportFormat {
         out: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
+        /// The master key (PostgreSQL; the embedded store reads its file).
+        #[arg(long, env = "CIRCLE_MASTER_KEY", hide_env_values = true, hide = true)]
+        master_key: Option<String>,
     },
 }
 
@@ -337,8 +343,10 @@ async fn run() -> anyhow::Result<()> {
             max_errors,
             workers,
             store,
+            master_key,
         } => {
             let mut overrides = store.overrides();
+            overrides.master_key = master_key;
             // An import serves nothing: any free port, no publishing from this process.
             overrides.listen = Some("127.0.0.1:0".into());
             let mut settings = Settings::load(cli.config.as_deref(), overrides)?;
@@ -371,9 +379,16 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export {
-            format: ExportFormat::Csv { out, store },
+            format:
+                ExportFormat::Csv {
+                    out,
+                    store,
+                    master_key,
+                },
         } => {
-            let settings = Settings::load(cli.config.as_deref(), store.overrides())?;
+            let mut overrides = store.overrides();
+            overrides.master_key = master_key;
+            let settings = Settings::load(cli.config.as_deref(), overrides)?;
             let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
             let store = open_store(&settings).await?;
             let vault = open_vault(&settings, &store).await?;

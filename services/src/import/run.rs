@@ -192,7 +192,7 @@ struct DryRun {
 
 struct Shared {
     state: AppState,
-    dry_run: Option<DryRun>,
+    dry_run: Option<Arc<DryRun>>,
     head_at_start: i64,
     file: String,
     principal: Principal,
@@ -208,6 +208,8 @@ pub async fn import(state: &AppState, path: &Path, options: &Options) -> anyhow:
         ..Summary::default()
     };
     let printed = Arc::new(AtomicU64::new(0));
+    // One dry run's state across its files: a membership row sees the clients row.
+    let dry_run = options.dry_run.then(|| Arc::new(DryRun::default()));
     for (kind, file) in files {
         let name = file
             .file_name()
@@ -216,7 +218,7 @@ pub async fn import(state: &AppState, path: &Path, options: &Options) -> anyhow:
             .to_string();
         let shared = Arc::new(Shared {
             state: state.clone(),
-            dry_run: options.dry_run.then(DryRun::default),
+            dry_run: dry_run.clone(),
             head_at_start: state.store.head_position().await?,
             principal: Principal {
                 role: Role::Admin,
