@@ -1,7 +1,7 @@
 //! `circle export csv`: the practice written in the import layout, so that importing
 //! it into a fresh Circle gives the same reports. It writes what an admin may see:
 //! personal data decrypted with each client's key; an erased client as registered
-//! without personal data (their key is gone) and erased.
+//! without personal data (their key is gone), and their erasure.
 //!
 //! Streams are read one aggregate at a time, so memory follows the largest group's
 //! history, not the practice's.
@@ -184,7 +184,10 @@ async fn export_client(
                     at,
                 ],
             )?,
-            ClientEvent::ClientErased { .. } => writers.skipped(&recorded.event_type),
+            ClientEvent::ClientErased { reason } => writers.row(
+                Kind::Erasures,
+                &[client_id.to_string(), spelled(&reason), at],
+            )?,
         }
     }
     Ok(())

@@ -15,6 +15,8 @@ pub enum Kind {
     Sessions,
     Attendance,
     Questionnaires,
+    /// Last: an erasure refuses every later write about the client.
+    Erasures,
 }
 
 /// A column: its name and whether every row must fill it.
@@ -40,7 +42,7 @@ const fn opt(name: &'static str) -> Column {
 
 impl Kind {
     /// The order a directory is imported in: what a row refers to comes first.
-    pub const ORDER: [Kind; 7] = [
+    pub const ORDER: [Kind; 8] = [
         Kind::Groups,
         Kind::Clients,
         Kind::Consents,
@@ -48,6 +50,7 @@ impl Kind {
         Kind::Sessions,
         Kind::Attendance,
         Kind::Questionnaires,
+        Kind::Erasures,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +62,7 @@ impl Kind {
             Kind::Sessions => "sessions",
             Kind::Attendance => "attendance",
             Kind::Questionnaires => "questionnaires",
+            Kind::Erasures => "erasures",
         }
     }
 
@@ -153,6 +157,10 @@ impl Kind {
                     opt("session_id"),
                     opt("entered_at"),
                 ];
+                COLUMNS
+            }
+            Kind::Erasures => {
+                const COLUMNS: &[Column] = &[req("client_id"), req("reason"), opt("erased_at")];
                 COLUMNS
             }
         }
@@ -303,6 +311,7 @@ mod tests {
                 "sessions: group_id,session_id,starts_at,duration_minutes,scheduled_at,cancelled_at,cancel_reason",
                 "attendance: group_id,session_id,client_id,status,marked_at",
                 "questionnaires: client_id,instrument,items,administered_at,group_id,session_id,entered_at",
+                "erasures: client_id,reason,erased_at",
             ]
         );
         assert_eq!(LAYOUT_VERSION, 1);

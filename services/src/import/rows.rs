@@ -3,7 +3,7 @@
 //! rule about what the values mean is the aggregate's, in the command path.
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
-use circle_events::client::{ClientCommand, ConsentScope};
+use circle_events::client::{ClientCommand, ConsentScope, ErasureReason};
 use circle_events::group::{
     AttendanceMark, AttendanceStatus, DepartureReason, Focus, Format, GroupCommand,
 };
@@ -310,6 +310,15 @@ pub fn plan(row: &Row<'_>) -> Result<Planned, FieldError> {
                 occurred_at: row.occurred("marked_at", None)?,
             }],
             requires_client: None,
+        }),
+        Kind::Erasures => Ok(Planned::Client {
+            client_id: row.text("client_id")?,
+            steps: vec![Step {
+                command: ClientCommand::EraseClient {
+                    reason: row.required_choice::<ErasureReason>("reason")?,
+                },
+                occurred_at: row.occurred("erased_at", None)?,
+            }],
         }),
         Kind::Questionnaires => {
             let client_id = row.text("client_id")?;

@@ -229,6 +229,12 @@ pub async fn import(state: &AppState, path: &Path, options: &Options) -> anyhow:
             file: name.clone(),
         });
         let file_summary = import_file(shared, kind, &file, options, printed.clone()).await?;
+        // Erased keys leave the table's files too (as after the API's erasure), once.
+        if kind == Kind::Erasures && file_summary.written > 0 && !options.dry_run {
+            if let Err(error) = state.store.compact_keys().await {
+                tracing::warn!(error = %crate::errors::ErrorChain(&error), "the key table was not compacted after imported erasures");
+            }
+        }
         summary.files.push(file_summary);
     }
     summary.unprinted = printed
@@ -570,7 +576,16 @@ async fn run_job(shared: &Shared, job: Job) -> Outcome {
             if let Some(client_id) = requires_client {
                 match live_client(shared, &client_id).await {
                     Ok(None) => {}
-                    Ok(Some(reason)) => return refusal(Some("client_id".into()), reason),
+                    // A row imported before the client's erasure is not refused now.
+                    Ok(Some(reason)) => match shared.state.store.find_response(&job.key).await {
+                        Ok(Some(stored)) if stored.request_hash == job.request_hash => {
+                            return Outcome::Already
+                        }
+                        Ok(_) => return refusal(Some("client_id".into()), reason),
+                        Err(error) => {
+                            return Outcome::Fatal(crate::errors::ErrorChain(&error).to_string())
+                        }
+                    },
                     Err(error) => return Outcome::Fatal(error),
                 }
             }
@@ -614,6 +629,15 @@ async fn run_job(shared: &Shared, job: Job) -> Outcome {
             receipt_or_refusal(result, "client_id")
         }
         Planned::Client { client_id, steps } => {
+            // An erasure destroys the client's key in its own transaction, as the API's.
+            if steps
+                .iter()
+                .any(|s| matches!(s.command, ClientCommand::EraseClient { .. }))
+            {
+                ctx.key_action = Some(KeyAction::Destroy {
+                    client_id: client_id.clone(),
+                });
+            }
             let result = state
                 .commands
                 .execute_steps(&state.clients, &client_id, steps, &ctx, |_| true)
