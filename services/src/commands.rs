@@ -103,6 +103,9 @@ pub struct IdempotencyRequest {
     pub request_hash: Vec<u8>,
 }
 
+/// Each step's events with the step's domain time, in order.
+type Decided<E> = Vec<(Vec<E>, Option<DateTime<Utc>>)>;
+
 /// One command of a change and the domain time it happened (now when `None`).
 #[derive(Clone, Debug)]
 pub struct Step<C> {
@@ -396,7 +399,7 @@ impl CommandService {
         &self,
         aggregate_id: &str,
         expected_version: u64,
-        decided: Vec<(Vec<A::Event>, Option<DateTime<Utc>>)>,
+        decided: Decided<A::Event>,
         ctx: &CommandContext,
         answer: &Answer,
     ) -> Append {
