@@ -126,7 +126,9 @@ pub fn write_practice(dir: &Path, shape: Shape) -> std::io::Result<()> {
             }
         }
     }
+    let erasures = file(dir, Kind::Erasures)?;
     for mut file in [
+        erasures,
         groups,
         clients,
         consents,
