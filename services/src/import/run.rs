@@ -31,6 +31,9 @@ use crate::store::KeyAction;
 /// breaks (or a runaway quote) must not be read into memory whole.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
+/// Rows queued per worker (bounded, so memory stays flat whatever the file's size).
+const WORKER_QUEUE: usize = 1024;
+
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Check every row against the store as it stands (and the rows before it),
@@ -264,7 +267,9 @@ async fn import_file(
     let mut senders = Vec::with_capacity(workers);
     let mut tasks = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let (tx, mut rx) = mpsc::channel::<Job>(64);
+        // Room for a whole group's rows: files are usually sorted by group, and a
+        // reader blocked on one full queue would leave the other workers idle.
+        let (tx, mut rx) = mpsc::channel::<Job>(WORKER_QUEUE);
         senders.push(tx);
         let (shared, outcomes_tx) = (shared.clone(), outcomes_tx.clone());
         tasks.push(tokio::spawn(async move {
