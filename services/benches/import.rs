@@ -4,7 +4,7 @@
 //! CLI runs it; then the same files again (every row found already imported).
 //!
 //! `./scripts/bench --bench import`; `CIRCLE_BENCH_IMPORT_GROUPS` sets the size
-//! (default 300 groups, about 75,000 rows).
+//! (default 300 groups, 201,300 rows).
 
 use std::time::Instant;
 
