@@ -82,7 +82,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
 
 /// The master key from settings (for the embedded store: `data_dir/master.key`,
 /// created on a first run so a newcomer needs no setup), checked against the store.
-async fn open_vault(settings: &Settings, store: &Store) -> anyhow::Result<Vault> {
+pub async fn open_vault(settings: &Settings, store: &Store) -> anyhow::Result<Vault> {
     let key = match &settings.master_key {
         Some(key) => key.expose().to_string(),
         None if settings.database_url.is_some() => anyhow::bail!(

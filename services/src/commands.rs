@@ -103,6 +103,16 @@ pub struct IdempotencyRequest {
     pub request_hash: Vec<u8>,
 }
 
+/// Each step's events with the step's domain time, in order.
+type Decided<E> = Vec<(Vec<E>, Option<DateTime<Utc>>)>;
+
+/// One command of a change and the domain time it happened (now when `None`).
+#[derive(Clone, Debug)]
+pub struct Step<C> {
+    pub command: C,
+    pub occurred_at: Option<DateTime<Utc>>,
+}
+
 /// The answer to a successful write: `{id, version, position}` and its status.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Receipt {
@@ -249,7 +259,6 @@ impl CommandService {
 
     /// Runs one command against one aggregate. `allowed` sees the current state and
     /// says whether this caller may act on it (a clinician's own groups, say).
-    #[tracing::instrument(name = "command", skip_all, fields(command = command.name(), aggregate = A::TYPE, aggregate_id = %aggregate_id))]
     pub async fn execute<A>(
         &self,
         repository: &Repository<A>,
@@ -262,10 +271,35 @@ impl CommandService {
         A: Aggregate<Services = ()> + Clone,
         A::Command: Command + Clone,
     {
+        let step = Step {
+            command,
+            occurred_at: ctx.occurred_at,
+        };
+        self.execute_steps(repository, aggregate_id, vec![step], ctx, allowed)
+            .await
+    }
+
+    /// Runs several commands on one aggregate as one change: each is decided on the
+    /// state the ones before it leave, and their events are appended together or not
+    /// at all (an imported membership period is a join and a departure). The first
+    /// command names the change and its answer; each step carries its own domain time.
+    #[tracing::instrument(name = "command", skip_all, fields(command = steps.first().map_or("none", |s| s.command.name()), aggregate = A::TYPE, aggregate_id = %aggregate_id))]
+    pub async fn execute_steps<A>(
+        &self,
+        repository: &Repository<A>,
+        aggregate_id: &str,
+        steps: Vec<Step<A::Command>>,
+        ctx: &CommandContext,
+        allowed: impl Fn(&A) -> bool,
+    ) -> Result<Receipt, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + Clone,
+        A::Command: Command + Clone,
+    {
         let started = std::time::Instant::now();
-        let name = command.name();
+        let name = steps.first().map_or("none", |s| s.command.name());
         let outcome = self
-            .execute_inner(repository, aggregate_id, command, ctx, allowed)
+            .execute_inner(repository, aggregate_id, steps, ctx, allowed)
             .await;
         let label = match &outcome {
             Ok(_) => "accepted",
@@ -285,7 +319,7 @@ impl CommandService {
         &self,
         repository: &Repository<A>,
         aggregate_id: &str,
-        command: A::Command,
+        steps: Vec<Step<A::Command>>,
         ctx: &CommandContext,
         allowed: impl Fn(&A) -> bool,
     ) -> Result<Receipt, CommandError<A::Error>>
@@ -293,7 +327,10 @@ impl CommandService {
         A: Aggregate<Services = ()> + Clone,
         A::Command: Command + Clone,
     {
-        let answer = Answer::of(&command, aggregate_id);
+        let Some(first) = steps.first() else {
+            return Err(CommandError::Contended);
+        };
+        let answer = Answer::of(&first.command, aggregate_id);
         let slot = repository.slot(aggregate_id);
         let mut cached = slot.lock().await;
         if cached.is_none() {
@@ -339,19 +376,22 @@ impl CommandService {
                 return Err(CommandError::Forbidden);
             }
             let mut next = current.aggregate;
-            let sink = EventSink::default();
-            next.handle(command.clone(), &(), &sink)
-                .await
-                .map_err(CommandError::Rejected)?;
-            let events = sink.collect().await;
-            if events.is_empty() {
+            let mut decided = Vec::with_capacity(steps.len());
+            for step in &steps {
+                let sink = EventSink::default();
+                next.handle(step.command.clone(), &(), &sink)
+                    .await
+                    .map_err(CommandError::Rejected)?;
+                decided.push((sink.collect().await, step.occurred_at));
+            }
+            let count: u64 = decided.iter().map(|(events, _)| events.len() as u64).sum();
+            if count == 0 {
                 return Ok(Receipt {
                     status: 200,
                     body: write_response(&answer.id, current.version, current.last_position),
                 });
             }
-            let count = events.len() as u64;
-            let append = self.append_for::<A>(aggregate_id, current.version, events, ctx, &answer);
+            let append = self.append_for::<A>(aggregate_id, current.version, decided, ctx, &answer);
             match self.appender.append(append).await? {
                 AppendResult::Committed {
                     version,
@@ -387,26 +427,26 @@ impl CommandService {
         &self,
         aggregate_id: &str,
         expected_version: u64,
-        events: Vec<A::Event>,
+        decided: Decided<A::Event>,
         ctx: &CommandContext,
         answer: &Answer,
     ) -> Append {
-        let occurred_at = ctx.occurred_at.unwrap_or_else(Utc::now);
-        let command_id = Uuid::new_v4();
-        let events = events
-            .iter()
-            .map(|event| {
+        let now = Utc::now();
+        let mut events = Vec::new();
+        for (step_events, occurred_at) in decided {
+            let command_id = Uuid::new_v4();
+            for event in &step_events {
                 let metadata = EventMetadata {
                     event_id: Uuid::new_v4(),
-                    occurred_at,
+                    occurred_at: occurred_at.unwrap_or(now),
                     actor_id: ctx.principal.actor_id.clone(),
                     actor_role: ctx.principal.role.as_str().to_string(),
                     correlation_id: ctx.correlation_id,
                     causation_id: Some(command_id),
                 };
-                NewEvent::encode(event, metadata)
-            })
-            .collect();
+                events.push(NewEvent::encode(event, metadata));
+            }
+        }
         Append {
             aggregate_type: A::TYPE,
             aggregate_id: aggregate_id.to_string(),

@@ -33,9 +33,40 @@ pub struct PersonalData {
     pub birth_year: Option<i32>,
 }
 
+/// Characters in a personal text field (name, contact).
+pub const MAX_PERSONAL_FIELD: usize = 200;
+
 impl PersonalData {
     pub fn is_empty(&self) -> bool {
         self == &PersonalData::default()
+    }
+
+    /// The limits on personal data, for every way in (the API, `circle import`): the
+    /// field refused and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        use chrono::Datelike;
+        for (field, value) in [
+            ("display_name", &self.display_name),
+            ("contact", &self.contact),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.trim().is_empty() || v.chars().count() > MAX_PERSONAL_FIELD)
+            {
+                return Err((
+                    field,
+                    format!("must be 1 to {MAX_PERSONAL_FIELD} characters"),
+                ));
+            }
+        }
+        let this_year = chrono::Utc::now().year();
+        if self
+            .birth_year
+            .is_some_and(|y| !(1900..=this_year).contains(&y))
+        {
+            return Err(("birth_year", format!("must be from 1900 to {this_year}")));
+        }
+        Ok(())
     }
 }
 

@@ -24,6 +24,7 @@ pub mod errors;
 pub mod exports;
 pub mod fhir;
 pub mod http;
+pub mod import;
 pub mod leader;
 pub mod metrics;
 pub mod policy;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use circle_services::app::{open_store, rotate_master_key, Application};
+use circle_services::app::{open_store, open_vault, rotate_master_key, Application};
 use circle_services::auth::Role;
 use circle_services::config::{LogFormat, Overrides, Settings};
 use circle_services::errors::ErrorChain;
@@ -47,7 +47,8 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
-    /// Export data offline, straight from the store.
+    /// Export data offline, straight from the store: a group as FHIR, or the
+    /// practice in the import layout.
     Export {
         #[command(subcommand)]
         format: ExportFormat,
@@ -57,10 +58,61 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Import a practice's history from CSV files in the layout of docs/import.md
+    /// (a directory, or one file named for what it holds). Each row goes through the
+    /// command path; refused rows are printed as `file:line: column: reason`, the
+    /// rest continue. Re-running the same files changes nothing. Exit 1 when any row
+    /// was refused.
+    Import {
+        /// A directory holding groups.csv, clients.csv, … or one such file.
+        path: PathBuf,
+        /// Check every row, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refused rows printed (the rest are counted).
+        #[arg(long, default_value_t = 1000)]
+        max_errors: u64,
+        /// Aggregates written at once.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: u16,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The master key (PostgreSQL; the embedded store reads its file).
+        #[arg(long, env = "CIRCLE_MASTER_KEY", hide_env_values = true, hide = true)]
+        master_key: Option<String>,
+    },
     /// Manage the master key.
     Keys {
         #[command(subcommand)]
         action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportFormat {
+    /// A group as FHIR R4 Bulk Data NDJSON, one file per resource type
+    /// (`Group.ndjson`, `Patient.ndjson`, …); patients by opaque id, no names.
+    Fhir {
+        /// The group to export.
+        #[arg(long)]
+        group: String,
+        /// The directory to write the files into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// The practice's history in the import layout (docs/import.md), personal data
+    /// decrypted: what `circle import` reads back.
+    Csv {
+        /// The directory to write groups.csv, clients.csv, … into (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The master key (PostgreSQL; the embedded store reads its file).
+        #[arg(long, env = "CIRCLE_MASTER_KEY", hide_env_values = true, hide = true)]
+        master_key: Option<String>,
     },
 }
 
@@ -83,22 +135,6 @@ enum KeysAction {
             hide = true
         )]
         new_master_key: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum ExportFormat {
-    /// A group as FHIR R4 Bulk Data NDJSON, one file per resource type
-    /// (`Group.ndjson`, `Patient.ndjson`, …); patients by opaque id, no names.
-    Fhir {
-        /// The group to export.
-        #[arg(long)]
-        group: String,
-        /// The directory to write the files into (created if missing).
-        #[arg(long)]
-        out: PathBuf,
-        #[command(flatten)]
-        store: StoreArgs,
     },
 }
 
@@ -321,6 +357,67 @@ async fn run() -> anyhow::Result<()> {
                     std::process::exit(1)
                 }
             }
+        }
+        Command::Import {
+            path,
+            dry_run,
+            max_errors,
+            workers,
+            store,
+            master_key,
+        } => {
+            let mut overrides = store.overrides();
+            overrides.master_key = master_key;
+            // An import serves nothing: any free port, no publishing from this process.
+            overrides.listen = Some("127.0.0.1:0".into());
+            let mut settings = Settings::load(cli.config.as_deref(), overrides)?;
+            settings.nats_url = None;
+            let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
+            let app = Application::build(&settings).await?;
+            if let Some(token) = &app.generated_admin_token {
+                println!("admin token (shown once): {token}");
+            }
+            let options = circle_services::import::Options {
+                dry_run,
+                workers: usize::from(workers),
+                max_errors,
+                progress: true,
+            };
+            let state = app.state();
+            let outcome = circle_services::import::import(&state, &path, &options).await;
+            // Stop in order: the appender commits what is queued, the projector saves.
+            // The state outlives the stop, so the appender ends by its stop signal, not
+            // by losing its last sender.
+            app.run(async {}).await?;
+            drop(state);
+            let summary = outcome?;
+            for line in summary.lines() {
+                println!("{line}");
+            }
+            if summary.refused() > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Export {
+            format:
+                ExportFormat::Csv {
+                    out,
+                    store,
+                    master_key,
+                },
+        } => {
+            let mut overrides = store.overrides();
+            overrides.master_key = master_key;
+            let settings = Settings::load(cli.config.as_deref(), overrides)?;
+            let _telemetry = telemetry::init("warn", LogFormat::Text, None)?;
+            let store = open_store(&settings).await?;
+            let vault = open_vault(&settings, &store).await?;
+            let summary = circle_services::import::export::export_csv(&store, &vault, &out).await?;
+            for line in summary.lines() {
+                println!("{line}");
+            }
+            Ok(())
         }
         Command::Keys {
             action:

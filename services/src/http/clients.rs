@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
-use chrono::{DateTime, Datelike, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 use circle_events::client::{Client, ClientCommand, ConsentScope, ErasureReason};
 use circle_events::group::{DepartureReason, GroupCommand};
 use circle_events::ids::{ClientId, GroupId};
@@ -23,7 +23,7 @@ use crate::crypto::PersonalData;
 use crate::policy::{Action, View};
 use crate::store::{ClientKey, KeyAction};
 
-pub(super) const MAX_PERSONAL_FIELD: usize = 200;
+pub(super) use crate::crypto::MAX_PERSONAL_FIELD;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -39,35 +39,15 @@ pub struct RegisterClientRequest {
 }
 
 fn check_personal(request: &RegisterClientRequest) -> Result<PersonalData, Problem> {
-    for (field, value) in [
-        ("display_name", &request.display_name),
-        ("contact", &request.contact),
-    ] {
-        if value
-            .as_ref()
-            .is_some_and(|v| v.trim().is_empty() || v.chars().count() > MAX_PERSONAL_FIELD)
-        {
-            return Err(Problem::bad_request(
-                field,
-                format!("must be 1 to {MAX_PERSONAL_FIELD} characters"),
-            ));
-        }
-    }
-    let this_year = Utc::now().year();
-    if request
-        .birth_year
-        .is_some_and(|y| !(1900..=this_year).contains(&y))
-    {
-        return Err(Problem::bad_request(
-            "birth_year",
-            format!("must be from 1900 to {this_year}"),
-        ));
-    }
-    Ok(PersonalData {
+    let personal = PersonalData {
         display_name: request.display_name.clone(),
         contact: request.contact.clone(),
         birth_year: request.birth_year,
-    })
+    };
+    personal
+        .check()
+        .map_err(|(field, reason)| Problem::bad_request(field, reason))?;
+    Ok(personal)
 }
 
 #[utoipa::path(post, path = "/api/v1/clients", request_body = RegisterClientRequest,
