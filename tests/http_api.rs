@@ -1076,7 +1076,10 @@ async fn a_groups_sessions_are_read_page_by_page_in_time_order() {
         .filter(|p| p["in"] != "header") // Circle-Purpose, on every operation
         .map(|p| p["name"].as_str().unwrap().to_string())
         .collect::<Vec<_>>();
-    assert_eq!(parameters, ["group_id", "sessions_after", "sessions_limit", "as_of"]);
+    assert_eq!(
+        parameters,
+        ["group_id", "sessions_after", "sessions_limit", "as_of"]
+    );
 }
 
 #[tokio::test]

@@ -8,16 +8,17 @@
 //! Run: `scripts/bench --bench exports`, or `cargo bench -p circle-services --bench
 //! exports` with CIRCLE_BENCH_DATABASE_URL set.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset};
 use circle_events::group::{AttendanceStatus, Focus, Format, GroupEvent, Measure};
 use circle_events::instruments::Score;
-use circle_services::crypto::Vault;
-use circle_services::store::{Append, EventMetadata, NewEvent, Store};
+use circle_services::store::{Append, Store};
 
+#[path = "support/process.rs"]
+mod process;
 mod support;
+use process::{resident_kb, serve};
 
 const GROUPS: usize = 1_000;
 const MEMBERS: usize = 100;
@@ -79,66 +80,6 @@ fn group_events(g: usize) -> Vec<GroupEvent> {
     events
 }
 
-fn append(id: String, events: &[GroupEvent]) -> Append {
-    Append {
-        aggregate_type: "group",
-        aggregate_id: id,
-        expected_version: 0,
-        events: events
-            .iter()
-            .map(|e| NewEvent::encode(e, EventMetadata::system("bench", "admin")))
-            .collect(),
-        idempotency: None,
-        key_action: None,
-    }
-}
-
-fn resident_kb(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(url: &str, admin: &str) -> Serve {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_circle"))
-        .arg("serve")
-        .env("CIRCLE_DATABASE_URL", url)
-        .env("CIRCLE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CIRCLE_ADMIN_TOKEN", admin)
-        .env("CIRCLE_MASTER_KEY", Vault::generate_master_key())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start circle serve");
-    Serve {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let base = std::env::var("CIRCLE_BENCH_DATABASE_URL")
@@ -148,7 +89,7 @@ async fn main() {
     let loading = Instant::now();
     for first in (0..GROUPS).step_by(LOAD_BATCH) {
         let batch: Vec<Append> = (first..first + LOAD_BATCH)
-            .map(|g| append(format!("grp-{g}"), &group_events(g)))
+            .map(|g| support::append("group", format!("grp-{g}"), &group_events(g)))
             .collect();
         store.commit_batch(&batch).await.expect("load groups");
     }

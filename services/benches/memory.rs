@@ -7,18 +7,19 @@
 //! CIRCLE_BENCH_DATABASE_URL set. It runs the `circle` binary cargo builds for the
 //! benchmark (release).
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, Utc};
 use circle_events::client::{ClientEvent, SealedPersonalData};
 use circle_events::group::{Focus, Format, GroupEvent};
 use circle_events::instruments::Score;
-use circle_services::crypto::Vault;
 use circle_services::store::{Append, Store};
 use support::append;
 
+#[path = "support/process.rs"]
+mod process;
 mod support;
+use process::{resident_kb, serve};
 
 const EVENTS: usize = 1_000_000;
 const GROUPS: usize = 1_000;
@@ -85,52 +86,6 @@ async fn load(store: &Store) -> Vec<DateTime<Utc>> {
         }
     }
     quarters
-}
-
-fn resident_kb(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(url: &str, admin: &str) -> Serve {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_circle"))
-        .arg("serve")
-        .env("CIRCLE_DATABASE_URL", url)
-        .env("CIRCLE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CIRCLE_ADMIN_TOKEN", admin)
-        .env("CIRCLE_MASTER_KEY", Vault::generate_master_key())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start circle serve");
-    Serve {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
 }
 
 /// GETs `path` until it answers 200; the time the last attempt took.
