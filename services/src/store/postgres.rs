@@ -51,7 +51,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         14,
         include_str!("migrations/postgres/0014_chain_with_live_clients.sql"),
     ),
-    // 15 to 19 are taken by work in progress on other branches.
+    // 15 to 19 were set aside for work on parallel branches, which needed none; unused.
     (
         20,
         include_str!("migrations/postgres/0020_fast_path_for_live_clients.sql"),
