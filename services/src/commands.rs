@@ -31,7 +31,7 @@ use crate::cache::{Lease, SlotCache};
 use crate::metrics::Metrics;
 use crate::store::{
     write_response, Append, AppendResult, EventMetadata, IdempotencyRecord, KeyAction, NewEvent,
-    Store, StoreError,
+    RecordedEvent, Store, StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +128,36 @@ pub struct Cached<A> {
     pub last_position: i64,
 }
 
+impl<A: Aggregate> Cached<A> {
+    /// A stream with no events yet.
+    fn empty() -> Cached<A> {
+        Cached {
+            aggregate: A::default(),
+            version: 0,
+            last_position: 0,
+        }
+    }
+
+    /// Applies `events` (the stream's next ones, in order).
+    fn fold(&mut self, events: impl IntoIterator<Item = RecordedEvent>) -> Result<(), LoadError> {
+        for recorded in events {
+            let event = upcast::decode::<A::Event>(
+                &recorded.event_type,
+                recorded.event_version,
+                recorded.payload,
+            )
+            .map_err(|source| LoadError::Decode {
+                position: recorded.position,
+                source,
+            })?;
+            self.aggregate.apply(event);
+            self.version = recorded.sequence as u64;
+            self.last_position = recorded.position;
+        }
+        Ok(())
+    }
+}
+
 type Slot<A> = tokio::sync::Mutex<Option<Cached<A>>>;
 
 /// Cached aggregates of one type, each behind its own lock, at most `capacity` of
@@ -160,27 +190,9 @@ impl<A: Aggregate + Clone> Repository<A> {
 
     /// Brings cached state forward with whatever the log holds beyond it.
     async fn catch_up(&self, id: &str, cached: &mut Option<Cached<A>>) -> Result<(), LoadError> {
-        let state = cached.get_or_insert_with(|| Cached {
-            aggregate: A::default(),
-            version: 0,
-            last_position: 0,
-        });
+        let state = cached.get_or_insert_with(Cached::empty);
         let events = self.store.load_stream(A::TYPE, id, state.version).await?;
-        for recorded in events {
-            let event = upcast::decode::<A::Event>(
-                &recorded.event_type,
-                recorded.event_version,
-                recorded.payload,
-            )
-            .map_err(|source| LoadError::Decode {
-                position: recorded.position,
-                source,
-            })?;
-            state.aggregate.apply(event);
-            state.version = recorded.sequence as u64;
-            state.last_position = recorded.position;
-        }
-        Ok(())
+        state.fold(events)
     }
 
     /// Current state, read through the cache and checked against the log.
@@ -188,11 +200,7 @@ impl<A: Aggregate + Clone> Repository<A> {
         let slot = self.slot(id);
         let mut cached = slot.lock().await;
         self.catch_up(id, &mut cached).await?;
-        Ok(cached.clone().unwrap_or_else(|| Cached {
-            aggregate: A::default(),
-            version: 0,
-            last_position: 0,
-        }))
+        Ok(cached.clone().unwrap_or_else(Cached::empty))
     }
 
     /// The aggregate as it stood at `as_of`, bypassing the cache: its stream's events
@@ -200,26 +208,9 @@ impl<A: Aggregate + Clone> Repository<A> {
     /// later: each event was decided from the state of all before it, so a later one
     /// without an earlier one (clocks of two instances apart) is a state that never was.
     pub async fn as_of(&self, id: &str, as_of: DateTime<Utc>) -> Result<Cached<A>, LoadError> {
-        let mut state = Cached {
-            aggregate: A::default(),
-            version: 0,
-            last_position: 0,
-        };
+        let mut state = Cached::empty();
         let events = self.store.load_stream(A::TYPE, id, 0).await?;
-        for recorded in events.into_iter().take_while(|e| e.recorded_at <= as_of) {
-            let event = upcast::decode::<A::Event>(
-                &recorded.event_type,
-                recorded.event_version,
-                recorded.payload,
-            )
-            .map_err(|source| LoadError::Decode {
-                position: recorded.position,
-                source,
-            })?;
-            state.aggregate.apply(event);
-            state.version = recorded.sequence as u64;
-            state.last_position = recorded.position;
-        }
+        state.fold(events.into_iter().take_while(|e| e.recorded_at <= as_of))?;
         Ok(state)
     }
 
@@ -227,11 +218,7 @@ impl<A: Aggregate + Clone> Repository<A> {
     pub async fn replay(&self, id: &str) -> Result<Cached<A>, LoadError> {
         let mut fresh = None;
         self.catch_up(id, &mut fresh).await?;
-        Ok(fresh.unwrap_or_else(|| Cached {
-            aggregate: A::default(),
-            version: 0,
-            last_position: 0,
-        }))
+        Ok(fresh.unwrap_or_else(Cached::empty))
     }
 }
 
