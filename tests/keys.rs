@@ -187,6 +187,41 @@ async fn a_revoked_token_is_refused_at_once_on_every_instance() {
 }
 
 #[tokio::test]
+async fn requests_arriving_together_are_each_answered_for_their_own_token() {
+    // Lookups that arrive together share one query: each must still get its own row.
+    let app = Arc::new(spawn_app().await);
+    let (clinician, _) = issue(
+        &app,
+        json!({"role": "clinician", "clinician_id": "dr_many", "label": "ward"}),
+    )
+    .await;
+    let (revoked, revoked_id) = issue(&app, json!({"role": "auditor", "label": "gone"})).await;
+    assert_eq!(
+        revoke(&app, &app.admin, &revoked_id).await.status,
+        StatusCode::OK
+    );
+    let tokens = [
+        (app.admin.clone(), StatusCode::OK),
+        (clinician, StatusCode::OK),
+        (revoked, StatusCode::UNAUTHORIZED),
+        (
+            "never-issued-token-0123456789".to_string(),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    let mut requests = tokio::task::JoinSet::new();
+    for round in 0..40 {
+        let (token, expected) = tokens[round % tokens.len()].clone();
+        let app = app.clone();
+        requests.spawn(async move { (app.get("/api/v1/groups", &token).await.status, expected) });
+    }
+    while let Some(answered) = requests.join_next().await {
+        let (status, expected) = answered.unwrap();
+        assert_eq!(status, expected);
+    }
+}
+
+#[tokio::test]
 async fn an_expired_token_is_refused() {
     let app = spawn_app().await;
     let expires_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);

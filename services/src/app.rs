@@ -289,6 +289,7 @@ impl Application {
     /// |---|---|---|---|
     /// | `appender` | writers | stop the process (commands cannot commit) | yes |
     /// | `access-log` | writers | restart with backoff (reads of client data answer 503 meanwhile) | yes |
+    /// | `token-lookups` | writers | restart with backoff (requests answer 503 meanwhile) | yes |
     /// | `projector` | followers | restart with backoff | yes |
     /// | `nats-publisher` | followers | restart with backoff | no: NATS may be down |
     /// | `nats-service` | followers | restart with backoff | no |
@@ -337,6 +338,19 @@ impl Application {
             tracing::warn!("the access log is off: reads of client data are not recorded");
             AccessLog::off()
         };
+
+        let (auth, worker) = Authenticator::new(store.clone());
+        let worker = Arc::new(Mutex::new(worker));
+        supervisor.spawn(
+            "token-lookups",
+            Stage::Writers,
+            OnExit::Restart,
+            true,
+            move |stop| {
+                let worker = worker.clone();
+                async move { worker.lock().await.run(stop).await }
+            },
+        );
 
         let (campaign, leadership) = Campaign::new(
             store.clone(),
@@ -482,7 +496,7 @@ impl Application {
                 settings.aggregate_cache_capacity,
                 metrics.clone(),
             ),
-            auth: Authenticator::new(store.clone()),
+            auth,
             audit_key: signer.as_ref().map(|s| s.verifier_key()),
             fhir_jobs: Default::default(),
             access_log,

@@ -1,13 +1,20 @@
 //! Bearer tokens and roles. Tokens are random secrets; only their SHA-256 is stored
 //! (issuing and revoking: [`crate::tokens`]).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
+use crate::appender::{gather, SharedStoreError};
 use crate::care_teams::CareTeamIndex;
 use crate::commands::LoadError;
-use crate::store::{Store, StoreError};
+use crate::errors::ErrorChain;
+use crate::store::{Store, StoreError, StoredToken};
 
 pub use crate::tokens::{create_token, TokenError};
 
@@ -71,16 +78,31 @@ pub fn hash_token(token: &str) -> String {
 
 /// Resolves bearer tokens and answers which clients a clinician may see.
 pub struct Authenticator {
-    store: Store,
+    lookups: mpsc::Sender<(String, LookupReply)>,
     care_teams: CareTeamIndex,
 }
 
+type LookupReply = oneshot::Sender<Result<Option<StoredToken>, SharedStoreError>>;
+
+/// Most token hashes one query asks for.
+const MAX_LOOKUPS: usize = 256;
+
+/// The task that reads tokens for [`Authenticator::principal`]; run it (supervised)
+/// with [`TokenLookupWorker::run`].
+pub struct TokenLookupWorker {
+    incoming: mpsc::Receiver<(String, LookupReply)>,
+    store: Store,
+}
+
 impl Authenticator {
-    pub fn new(store: Store) -> Authenticator {
-        Authenticator {
+    /// The authenticator and the task that reads tokens for it.
+    pub fn new(store: Store) -> (Authenticator, TokenLookupWorker) {
+        let (lookups, incoming) = mpsc::channel(MAX_LOOKUPS * 4);
+        let authenticator = Authenticator {
+            lookups,
             care_teams: CareTeamIndex::new(store.clone()),
-            store,
-        }
+        };
+        (authenticator, TokenLookupWorker { incoming, store })
     }
 
     /// Whether a clinician facilitates a group this client is or was a member of.
@@ -118,12 +140,20 @@ impl Authenticator {
 
     /// The caller a token stands for, if it is stored, not revoked and not expired.
     /// Read from the store on every request, never cached: a revocation committed by
-    /// any instance refuses the token on every instance from that moment (one primary
-    /// key lookup per request; see ARCHITECTURE.md, "Tokens and keys"). An unknown,
-    /// revoked and expired token are all `None`, so a caller cannot tell them apart.
-    pub async fn principal(&self, token: &str) -> Result<Option<Principal>, StoreError> {
+    /// any instance refuses the token on every instance from that moment (see
+    /// ARCHITECTURE.md, "Tokens and keys"). The read is queued for
+    /// [`TokenLookupWorker`], which answers the requests waiting at once with one
+    /// query that starts after each of them arrived. An unknown, revoked and expired
+    /// token are all `None`, so a caller cannot tell them apart.
+    pub async fn principal(&self, token: &str) -> Result<Option<Principal>, SharedStoreError> {
         let hash = hash_token(token);
-        let Some(stored) = self.store.find_token(&hash).await? else {
+        let stopped = || SharedStoreError(Arc::new(StoreError::Stopped));
+        let (reply, answer) = oneshot::channel();
+        self.lookups
+            .send((hash.clone(), reply))
+            .await
+            .map_err(|_| stopped())?;
+        let Some(stored) = answer.await.map_err(|_| stopped())?? else {
             return Ok(None);
         };
         if !stored.is_live(Utc::now()) {
@@ -142,5 +172,37 @@ impl Authenticator {
             actor_id,
             token_id: stored.token_id,
         }))
+    }
+}
+
+impl TokenLookupWorker {
+    /// Answers lookups until `stop`; then refuses new ones, answers those queued, and
+    /// returns. Under load the requests that arrive while one query is in flight share
+    /// the next (most carry the same few tokens), so authentication costs a fraction
+    /// of a round trip per request instead of one.
+    pub async fn run(&mut self, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut queued = Vec::with_capacity(MAX_LOOKUPS);
+        while gather(&mut self.incoming, &stop, MAX_LOOKUPS, &mut queued).await {
+            let mut hashes: Vec<String> = queued.iter().map(|(hash, _)| hash.clone()).collect();
+            hashes.sort_unstable();
+            hashes.dedup();
+            match self.store.find_tokens(&hashes).await {
+                Ok(found) => {
+                    let found: HashMap<String, StoredToken> = found.into_iter().collect();
+                    for (hash, reply) in queued.drain(..) {
+                        let _ = reply.send(Ok(found.get(&hash).cloned()));
+                    }
+                }
+                Err(error) => {
+                    // Answered (and logged) as a 503 where each request is handled.
+                    tracing::debug!(error = %ErrorChain(&error), "reading tokens");
+                    let error = SharedStoreError(Arc::new(error));
+                    for (_, reply) in queued.drain(..) {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -169,6 +169,12 @@ impl From<crate::as_of::Saturated> for Problem {
     }
 }
 
+impl From<crate::appender::SharedStoreError> for Problem {
+    fn from(error: crate::appender::SharedStoreError) -> Problem {
+        Problem::store_failed(&error.0, &error)
+    }
+}
+
 impl From<crate::store::StoreError> for Problem {
     fn from(error: crate::store::StoreError) -> Problem {
         Problem::from(LoadError::Store(error))

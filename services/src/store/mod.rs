@@ -607,8 +607,13 @@ impl Store {
         dispatch!(self, s => s.list_tokens().await)
     }
 
-    pub async fn find_token(&self, token_hash: &str) -> Result<Option<StoredToken>, StoreError> {
-        dispatch!(self, s => s.find_token(token_hash).await)
+    /// The stored tokens among these hashes, each with its hash; unknown ones are
+    /// absent.
+    pub async fn find_tokens(
+        &self,
+        token_hashes: &[String],
+    ) -> Result<Vec<(String, StoredToken)>, StoreError> {
+        dispatch!(self, s => s.find_tokens(token_hashes).await)
     }
 
     /// A projection's persisted state and the position it reflects.

@@ -547,15 +547,24 @@ impl PgStore {
         Ok(Revocation::Revoked(stored_token(&row)?))
     }
 
-    pub async fn find_token(&self, token_hash: &str) -> Result<Option<StoredToken>, StoreError> {
+    pub async fn find_tokens(
+        &self,
+        token_hashes: &[String],
+    ) -> Result<Vec<(String, StoredToken)>, StoreError> {
         sqlx::query(&format!(
-            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1"
+            "SELECT token_hash, {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ANY($1)"
         ))
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
+        .bind(token_hashes)
+        .fetch_all(&self.pool)
         .await?
-        .map(|row| stored_token(&row))
-        .transpose()
+        .iter()
+        .map(|row| {
+            let hash = row
+                .try_get("token_hash")
+                .map_err(|e| StoreError::Corrupt(format!("api_tokens: {e}")))?;
+            Ok((hash, stored_token(row)?))
+        })
+        .collect()
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {

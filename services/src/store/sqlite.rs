@@ -559,15 +559,26 @@ impl SqliteStore {
         Ok(Revocation::Revoked(token))
     }
 
-    pub async fn find_token(&self, token_hash: &str) -> Result<Option<StoredToken>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?"
-        ))
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|row| stored_token(&row))
-        .transpose()
+    /// One indexed read per hash on one connection: the embedded store is local, so
+    /// there is no round trip to save by building an `IN` list.
+    pub async fn find_tokens(
+        &self,
+        token_hashes: &[String],
+    ) -> Result<Vec<(String, StoredToken)>, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        let mut found = Vec::with_capacity(token_hashes.len());
+        for hash in token_hashes {
+            let row = sqlx::query(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?"
+            ))
+            .bind(hash)
+            .fetch_optional(&mut *connection)
+            .await?;
+            if let Some(row) = row {
+                found.push((hash.clone(), stored_token(&row)?));
+            }
+        }
+        Ok(found)
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
