@@ -404,6 +404,30 @@ impl PgStore {
         }))
     }
 
+    pub async fn find_responses(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, StoredResponse>, StoreError> {
+        let rows: Vec<(String, Vec<u8>, i32, Value)> = sqlx::query_as(
+            "SELECT key, request_hash, status, response FROM idempotency_keys
+             WHERE key = ANY ($1)",
+        )
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, request_hash, status, body)| {
+                let stored = StoredResponse {
+                    request_hash,
+                    status: status as u16,
+                    body,
+                };
+                (key, stored)
+            })
+            .collect())
+    }
+
     pub async fn client_key(&self, client_id: &str) -> Result<ClientKey, StoreError> {
         let row: Option<(Option<Vec<u8>>,)> =
             sqlx::query_as("SELECT wrapped_key FROM client_keys WHERE client_id = $1")
