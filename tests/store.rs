@@ -164,6 +164,50 @@ async fn an_idempotency_key_answers_the_same_and_appends_once(store: Store) {
     assert_eq!(store.head_position().await.unwrap(), 1);
 }
 
+async fn keyed_appends_on_many_streams_store_their_answers_together(store: Store) {
+    let keyed = |id: &str, key: &str, events| {
+        let mut a = append(id, 0, events);
+        a.idempotency = Some(IdempotencyRecord {
+            key: key.into(),
+            request_hash: vec![9],
+            status: 200,
+            response_id: id.into(),
+        });
+        a
+    };
+    // Every key new, each stream once: on PostgreSQL the set-based path.
+    let results = store
+        .commit_batch(&[keyed("g1", "a", 2), keyed("g2", "b", 1), append("g3", 0, 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        results[1],
+        AppendResult::Committed {
+            version: 1,
+            last_position: 3
+        }
+    );
+    let keys = ["a".to_string(), "b".to_string(), "c".to_string()];
+    let stored = store.find_responses(&keys).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(
+        stored["a"].body,
+        json!({"id": "g1", "version": 2, "position": 2})
+    );
+    assert_eq!(
+        stored["b"].body,
+        json!({"id": "g2", "version": 1, "position": 3})
+    );
+    // A batch with one stored key: that append is answered, the others commit.
+    let results = store
+        .commit_batch(&[keyed("g4", "c", 1), keyed("g2", "b", 1)])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], AppendResult::Committed { .. }));
+    assert!(matches!(results[1], AppendResult::AlreadyAnswered(_)));
+    assert_eq!(store.head_position().await.unwrap(), 5);
+}
+
 async fn client_keys_are_stored_and_destroyed_with_their_events(store: Store) {
     let mut register = append("c1", 0, 1);
     register.aggregate_type = "client";
@@ -562,6 +606,7 @@ circle_tests::on_both_backends!(
     appends_are_read_back_in_order_with_their_metadata,
     a_stale_expected_version_conflicts_without_failing_the_batch,
     an_idempotency_key_answers_the_same_and_appends_once,
+    keyed_appends_on_many_streams_store_their_answers_together,
     client_keys_are_stored_and_destroyed_with_their_events,
     an_append_naming_an_erased_client_is_refused_even_in_its_erasures_batch,
     stock_cqrs_es_runs_on_the_store,

@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use circle_events::client::ConsentScope;
@@ -21,7 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::consent;
-use crate::practice::Practice;
+use crate::practice::{Alert, Practice};
 use crate::reports::{self, ReporterForm, RetentionScope};
 
 #[cfg(doc)]
@@ -104,8 +105,11 @@ pub struct ExportRequest {
     pub k: u32,
 }
 
-/// The rows of an export, with what its header line and the access log need.
-#[derive(Clone, Debug, PartialEq)]
+/// An export ready to stream: what its header line and the access log need, computed
+/// first, and its rows, computed again a part at a time (a group, or
+/// [`ALERTS_PER_PART`] alerts) from a snapshot of the practice as they are read, so
+/// that they are never all held at once.
+#[derive(Clone, Debug)]
 pub struct Export {
     pub kind: ExportKind,
     pub form: Form,
@@ -114,12 +118,64 @@ pub struct Export {
     pub as_of: DateTime<Utc>,
     pub position: i64,
     pub columns: &'static [&'static str],
-    /// Each row's values in column order; `null` is an empty CSV field.
-    pub rows: Vec<Vec<Value>>,
+    /// How many rows [`Export::rows`] yields.
+    pub row_count: usize,
     /// Distinct clients in scope whose data consent kept out of the rows.
     pub left_out: u32,
     /// Distinct clients named in the rows (sorted): what the access log records.
     pub client_ids: Vec<String>,
+    source: Source,
+}
+
+impl Export {
+    /// Each row's values in column order (`null` is an empty CSV field), computed a
+    /// part at a time as the iterator is advanced.
+    pub fn rows(&self) -> impl Iterator<Item = Vec<Value>> + Send + 'static {
+        let source = self.source.clone();
+        (0..source.parts()).flat_map(move |part| source.part(part))
+    }
+}
+
+/// Alerts of the full alerts export computed at a time.
+pub const ALERTS_PER_PART: usize = 1024;
+
+/// What an export's rows are computed from: the practice with consent applied, and
+/// the groups in scope, in id order.
+#[derive(Clone, Debug)]
+struct Source {
+    practice: Arc<Practice>,
+    request: ExportRequest,
+    in_scope: Arc<[String]>,
+}
+
+impl Source {
+    fn parts(&self) -> usize {
+        match (self.request.kind, self.request.form) {
+            // In the log's order, as the alerts report lists them.
+            (ExportKind::Alerts, Form::Full) => {
+                self.practice.alerts.len().div_ceil(ALERTS_PER_PART)
+            }
+            _ => self.in_scope.len(),
+        }
+    }
+
+    fn part(&self, part: usize) -> Vec<Vec<Value>> {
+        let (practice, request) = (&*self.practice, &self.request);
+        if let (ExportKind::Alerts, Form::Full) = (request.kind, request.form) {
+            let start = (part * ALERTS_PER_PART).min(practice.alerts.len());
+            let end = (start + ALERTS_PER_PART).min(practice.alerts.len());
+            return alert_rows(&practice.alerts[start..end], &self.in_scope);
+        }
+        let Some(group_id) = self.in_scope.get(part) else {
+            return Vec::new();
+        };
+        match request.kind {
+            ExportKind::Outcomes => outcome_rows(practice, group_id, request),
+            ExportKind::Attendance => attendance_rows(practice, group_id, request),
+            ExportKind::Retention => retention_rows(practice, group_id, request),
+            ExportKind::Alerts => alert_count_rows(practice, group_id, request),
+        }
+    }
 }
 
 /// The columns of each export and form, in order: the stable contract.
@@ -194,50 +250,61 @@ pub fn columns(kind: ExportKind, form: Form) -> &'static [&'static str] {
     }
 }
 
-/// The export the request asks for, from the practice as of `request.as_of`; `None`
-/// when it names a group the practice does not have.
-pub fn export(practice: &Practice, request: &ExportRequest) -> Option<Export> {
+/// The export the request asks for, from the practice as of `request.as_of` (a
+/// snapshot the rows are computed from later); `None` when it names a group the
+/// practice does not have. The rows are computed once here, part by part and
+/// dropped, for the row count and the client ids, which the header line and the
+/// access log need before the first row.
+pub fn export(practice: Arc<Practice>, request: &ExportRequest) -> Option<Export> {
     if let Scope::Group(id) = &request.scope {
         if !practice.groups.contains_key(id) {
             return None;
         }
     }
-    let in_scope: Vec<&str> = practice
+    let in_scope: Arc<[String]> = practice
         .groups
         .iter()
         .filter(|(id, group)| request.scope.includes(id, group))
-        .map(|(id, _)| id.as_str())
+        .map(|(id, _)| id.clone())
         .collect();
-    let left_out = left_out(practice, &in_scope, request);
+    let scoped: Vec<&str> = in_scope.iter().map(String::as_str).collect();
+    let left_out = left_out(&practice, &scoped, request);
     let consent::ForReporting {
-        practice,
+        practice: consented,
         left_out_without_consent,
-    } = consent::for_reporting(practice, &left_out, &request.scope);
-    let rows = match request.kind {
-        ExportKind::Outcomes => outcome_rows(&practice, &in_scope, request),
-        ExportKind::Attendance => attendance_rows(&practice, &in_scope, request),
-        ExportKind::Retention => retention_rows(&practice, &in_scope, request),
-        ExportKind::Alerts => alert_rows(&practice, &in_scope, request),
+    } = consent::for_reporting(&practice, &left_out, &request.scope);
+    let consented = match consented {
+        Cow::Borrowed(_) => practice.clone(),
+        Cow::Owned(copy) => Arc::new(copy),
+    };
+    let source = Source {
+        practice: consented,
+        request: request.clone(),
+        in_scope,
     };
     let columns = columns(request.kind, request.form);
-    let client_ids = match columns.iter().position(|c| *c == "client_id") {
-        Some(at) => {
-            let ids: BTreeSet<&str> = rows.iter().filter_map(|r| r[at].as_str()).collect();
-            ids.into_iter().map(String::from).collect()
+    let client_column = columns.iter().position(|c| *c == "client_id");
+    let mut row_count = 0;
+    let mut client_ids = BTreeSet::new();
+    for part in 0..source.parts() {
+        let rows = source.part(part);
+        row_count += rows.len();
+        if let Some(at) = client_column {
+            client_ids.extend(rows.iter().filter_map(|r| r[at].as_str()).map(String::from));
         }
-        None => Vec::new(),
-    };
+    }
     Some(Export {
         kind: request.kind,
         form: request.form,
         purpose: request.purpose,
         scope: request.scope.label(),
         as_of: request.as_of,
-        position: practice.position,
+        position: source.practice.position,
         columns,
-        rows,
+        row_count,
         left_out: left_out_without_consent,
-        client_ids,
+        client_ids: client_ids.into_iter().collect(),
+        source,
     })
 }
 
@@ -263,58 +330,51 @@ fn json<T: Serialize>(value: T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
-fn outcome_rows(
-    practice: &Practice,
-    in_scope: &[&str],
-    request: &ExportRequest,
-) -> Vec<Vec<Value>> {
+fn outcome_rows(practice: &Practice, group_id: &str, request: &ExportRequest) -> Vec<Vec<Value>> {
     let catalogue = Catalogue::builtin();
     let mut rows = Vec::new();
-    for group_id in in_scope {
-        let Some(group) = practice.groups.get(*group_id) else {
+    let Some(group) = practice.groups.get(group_id) else {
+        return rows;
+    };
+    for instrument in group.measures.keys() {
+        if catalogue.current(instrument).is_none() {
+            continue;
+        }
+        let Some(report) = reports::outcomes(practice, group_id, instrument, request.as_of) else {
             continue;
         };
-        for instrument in group.measures.keys() {
-            if catalogue.current(instrument).is_none() {
-                continue;
-            }
-            let Some(report) = reports::outcomes(practice, group_id, instrument, request.as_of)
-            else {
-                continue;
-            };
-            match request.form {
-                Form::Full => {
-                    for c in report.clients.iter().flatten() {
-                        rows.push(vec![
-                            json(group_id),
-                            json(&c.client_id),
-                            json(&report.instrument),
-                            json(&report.reference_version),
-                            json(c.n_scores),
-                            json(c.baseline),
-                            json(c.latest),
-                            json(c.change),
-                            json(c.classification),
-                        ]);
-                    }
-                }
-                Form::Reporter => {
-                    let report = report.for_reporters(request.k);
-                    let s = &report.summary;
+        match request.form {
+            Form::Full => {
+                for c in report.clients.iter().flatten() {
                     rows.push(vec![
                         json(group_id),
+                        json(&c.client_id),
                         json(&report.instrument),
                         json(&report.reference_version),
-                        json(s.clients_with_two_or_more),
-                        json(s.recovered),
-                        json(s.improved),
-                        json(s.unchanged),
-                        json(s.deteriorated),
-                        json(s.share_reliably_improved),
-                        json(s.mean_change),
-                        json(s.effect_size),
+                        json(c.n_scores),
+                        json(c.baseline),
+                        json(c.latest),
+                        json(c.change),
+                        json(c.classification),
                     ]);
                 }
+            }
+            Form::Reporter => {
+                let report = report.for_reporters(request.k);
+                let s = &report.summary;
+                rows.push(vec![
+                    json(group_id),
+                    json(&report.instrument),
+                    json(&report.reference_version),
+                    json(s.clients_with_two_or_more),
+                    json(s.recovered),
+                    json(s.improved),
+                    json(s.unchanged),
+                    json(s.deteriorated),
+                    json(s.share_reliably_improved),
+                    json(s.mean_change),
+                    json(s.effect_size),
+                ]);
             }
         }
     }
@@ -323,109 +383,108 @@ fn outcome_rows(
 
 fn attendance_rows(
     practice: &Practice,
-    in_scope: &[&str],
+    group_id: &str,
     request: &ExportRequest,
 ) -> Vec<Vec<Value>> {
-    let mut rows = Vec::new();
-    for group_id in in_scope {
-        let Some(report) = reports::attendance(practice, group_id, request.as_of) else {
-            continue;
-        };
-        match request.form {
-            Form::Full => {
-                for c in report.by_client.iter().flatten() {
-                    rows.push(vec![
-                        json(group_id),
-                        json(&c.client_id),
-                        json(c.sessions),
-                        json(c.attended),
-                        json(c.attendance_rate),
-                        json(c.consecutive_absences),
-                    ]);
-                }
-            }
-            Form::Reporter => {
-                for s in report.for_reporters(request.k).by_session {
-                    let c = &s.counts;
-                    rows.push(vec![
-                        json(group_id),
-                        json(&s.session_id),
-                        json(s.starts_at),
-                        json(c.present),
-                        json(c.late),
-                        json(c.left_early),
-                        json(c.excused),
-                        json(c.no_show),
-                        json(s.attendance_rate),
-                    ]);
-                }
-            }
-        }
-    }
-    rows
-}
-
-fn retention_rows(
-    practice: &Practice,
-    in_scope: &[&str],
-    request: &ExportRequest,
-) -> Vec<Vec<Value>> {
-    let mut rows = Vec::new();
-    for group_id in in_scope {
-        let Some(group) = practice.groups.get(*group_id) else {
-            continue;
-        };
-        let scope = RetentionScope::Group(group_id.to_string());
-        let mut report = reports::retention(practice, &scope, request.as_of);
-        if request.form == Form::Reporter {
-            report = report.for_reporters(request.k);
-        }
-        let survival = |day: &str| json(report.survival_at.get(day).copied().flatten());
-        rows.push(vec![
-            json(group_id),
-            group.focus.map_or(Value::Null, json),
-            json(report.joined),
-            json(report.active),
-            json(report.completed),
-            json(report.dropped_out),
-            json(report.other_exits),
-            json(report.dropout_rate),
-            json(report.median_days),
-            survival("28"),
-            survival("56"),
-            survival("84"),
-        ]);
-    }
-    rows
-}
-
-fn alert_rows(practice: &Practice, in_scope: &[&str], request: &ExportRequest) -> Vec<Vec<Value>> {
-    let scoped: BTreeSet<&str> = in_scope.iter().copied().collect();
+    let Some(report) = reports::attendance(practice, group_id, request.as_of) else {
+        return Vec::new();
+    };
     match request.form {
-        Form::Full => practice
-            .alerts
+        Form::Full => report
+            .by_client
             .iter()
-            .filter(|a| scoped.contains(a.group_id.as_str()))
-            .map(|a| {
+            .flatten()
+            .map(|c| {
                 vec![
-                    json(&a.group_id),
-                    json(&a.client_id),
-                    json(a.kind),
-                    json(a.raised_at),
-                    json(a.position),
-                    json(&a.detail),
+                    json(group_id),
+                    json(&c.client_id),
+                    json(c.sessions),
+                    json(c.attended),
+                    json(c.attendance_rate),
+                    json(c.consecutive_absences),
                 ]
             })
             .collect(),
-        Form::Reporter => in_scope
-            .iter()
-            .flat_map(|group_id| {
-                reports::alert_counts(practice, Some(group_id), request.k)
-                    .into_iter()
-                    .map(move |(kind, count)| vec![json(group_id), json(kind), json(count)])
+        Form::Reporter => report
+            .for_reporters(request.k)
+            .by_session
+            .into_iter()
+            .map(|s| {
+                let c = &s.counts;
+                vec![
+                    json(group_id),
+                    json(&s.session_id),
+                    json(s.starts_at),
+                    json(c.present),
+                    json(c.late),
+                    json(c.left_early),
+                    json(c.excused),
+                    json(c.no_show),
+                    json(s.attendance_rate),
+                ]
             })
             .collect(),
     }
+}
+
+fn retention_rows(practice: &Practice, group_id: &str, request: &ExportRequest) -> Vec<Vec<Value>> {
+    let Some(group) = practice.groups.get(group_id) else {
+        return Vec::new();
+    };
+    let scope = RetentionScope::Group(group_id.to_string());
+    let mut report = reports::retention(practice, &scope, request.as_of);
+    if request.form == Form::Reporter {
+        report = report.for_reporters(request.k);
+    }
+    let survival = |day: &str| json(report.survival_at.get(day).copied().flatten());
+    vec![vec![
+        json(group_id),
+        group.focus.map_or(Value::Null, json),
+        json(report.joined),
+        json(report.active),
+        json(report.completed),
+        json(report.dropped_out),
+        json(report.other_exits),
+        json(report.dropout_rate),
+        json(report.median_days),
+        survival("28"),
+        survival("56"),
+        survival("84"),
+    ]]
+}
+
+/// The full form: one row per alert of a group in scope (`in_scope` sorted).
+fn alert_rows(alerts: &[Alert], in_scope: &[String]) -> Vec<Vec<Value>> {
+    alerts
+        .iter()
+        .filter(|a| {
+            in_scope
+                .binary_search_by(|id| id.as_str().cmp(&a.group_id))
+                .is_ok()
+        })
+        .map(|a| {
+            vec![
+                json(&a.group_id),
+                json(&a.client_id),
+                json(a.kind),
+                json(a.raised_at),
+                json(a.position),
+                json(&a.detail),
+            ]
+        })
+        .collect()
+}
+
+/// The reporter form: the group's alerts counted by kind.
+fn alert_count_rows(
+    practice: &Practice,
+    group_id: &str,
+    request: &ExportRequest,
+) -> Vec<Vec<Value>> {
+    reports::alert_counts(practice, Some(group_id), request.k)
+        .into_iter()
+        .map(|(kind, count)| vec![json(group_id), json(kind), json(count)])
+        .collect()
 }
 
 // ---- encoding ----
@@ -499,7 +558,7 @@ pub fn ndjson_header(export: &Export, out: &mut Vec<u8>) {
         as_of: export.as_of,
         position: export.position,
         left_out: export.left_out,
-        rows: export.rows.len(),
+        rows: export.row_count,
         columns: export.columns,
     };
     out.extend_from_slice(b"{\"export\":");

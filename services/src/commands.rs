@@ -101,6 +101,10 @@ impl Answer {
 pub struct IdempotencyRequest {
     pub key: String,
     pub request_hash: Vec<u8>,
+    /// The caller has just looked the key up and found no answer stored (the import
+    /// looks its rows' keys up a batch at a time), so the command skips its own
+    /// lookup. The append still checks the key and answers a stored one.
+    pub found_absent: bool,
 }
 
 /// Each step's events with the step's domain time, in order.
@@ -332,7 +336,7 @@ impl CommandService {
         }
         // Checked under the aggregate's lock: a retry racing its original waits for
         // it here and then gets its answer, instead of being decided a second time.
-        if let Some(idem) = &ctx.idempotency {
+        if let Some(idem) = ctx.idempotency.as_ref().filter(|idem| !idem.found_absent) {
             let stored = self
                 .store
                 .find_response(&idem.key)

@@ -1,9 +1,9 @@
 //! Streaming an export's rows ([`circle_projections::exports`]) as CSV or NDJSON.
 //!
-//! The rows are computed first (the access log's entry names every client disclosed
-//! before the first byte leaves, and the live state is read under its lock), then
-//! encoded a chunk of rows at a time as the client reads: the encoded body, the larger
-//! part, is never held whole.
+//! The export's header facts (row count, the client ids the access log's entry names
+//! before the first byte leaves) are computed first; the rows are then computed again
+//! from the export's snapshot of the practice and encoded a chunk at a time as the
+//! client reads: neither the rows nor the body are ever held whole.
 
 use bytes::Bytes;
 use circle_projections::exports::{self, Export};
@@ -45,7 +45,7 @@ pub fn encode(export: Export, encoding: Encoding) -> impl Stream<Item = Bytes> +
         Encoding::Ndjson => exports::ndjson_header(&export, &mut header),
     }
     let columns = export.columns;
-    let mut rows = export.rows.into_iter();
+    let mut rows = export.rows();
     let chunks = std::iter::from_fn(move || {
         let mut out = Vec::new();
         for row in rows.by_ref().take(CHUNK_ROWS) {

@@ -226,8 +226,14 @@ fn write_checkpoint(practice: &Practice, digest: &str) -> Result<String, Project
 }
 
 /// The live reports projection, shared with the HTTP handlers.
+///
+/// Copy-on-write: a reader that needs the state beyond one call (an export streaming
+/// its rows) keeps an `Arc` of it ([`LiveReports::snapshot`]); the next page applied
+/// while it does copies the state once (`Arc::make_mut`), and the copy it read is
+/// dropped when it finishes. Readers within one call ([`LiveReports::read`]) hold no
+/// `Arc` and cost no copy.
 pub struct LiveReports {
-    practice: RwLock<Practice>,
+    practice: RwLock<Arc<Practice>>,
     position: watch::Sender<i64>,
     /// The state was built under other settings or format: rebuild and switch over.
     stale: AtomicBool,
@@ -238,6 +244,14 @@ impl LiveReports {
     pub fn read<T>(&self, f: impl FnOnce(&Practice) -> T) -> T {
         let practice = self.practice.read().unwrap_or_else(|p| p.into_inner());
         f(&practice)
+    }
+
+    /// The current state, kept as it is however the projection moves on.
+    pub fn snapshot(&self) -> Arc<Practice> {
+        self.practice
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn position(&self) -> i64 {
@@ -301,7 +315,7 @@ pub async fn start(
     let snapshots = as_of::Snapshots::new(snapshot_every, practice.position);
     let (position, _) = watch::channel(practice.position);
     let live = Arc::new(LiveReports {
-        practice: RwLock::new(practice),
+        practice: RwLock::new(Arc::new(practice)),
         position,
         stale: AtomicBool::new(stale),
     });
@@ -434,7 +448,7 @@ impl Follower {
             .live
             .practice
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = fresh;
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         self.live.stale.store(false, Ordering::Relaxed);
         self.live.position.send_replace(position);
         tracing::info!(
@@ -504,7 +518,7 @@ async fn step(
     let (position, recorded_at) = (last.position, last.recorded_at);
     let due = {
         let mut practice = live.practice.write().unwrap_or_else(|p| p.into_inner());
-        apply_page(&mut practice, &facts, snapshots)
+        apply_page(Arc::make_mut(&mut practice), &facts, snapshots)
     };
     *last_recorded_at = Some(recorded_at);
     live.position.send_replace(position);

@@ -1,8 +1,10 @@
 //! Exports: the reports' rows as CSV and NDJSON, the reporter form, consent.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use circle_events::client::{ClientEvent, ConsentScope};
+use serde_json::Value;
 
 use super::*;
 use crate::exports::{
@@ -63,11 +65,33 @@ fn request(kind: ExportKind, form: Form, scope: Scope) -> ExportRequest {
     }
 }
 
-fn run(log: &Log, request: &ExportRequest) -> Export {
-    exports::export(&log.practice, request).expect("the group exists")
+/// An export with its rows read out, as a client reads them.
+struct Read {
+    export: Export,
+    rows: Vec<Vec<Value>>,
 }
 
-fn csv(export: &Export) -> String {
+impl std::ops::Deref for Read {
+    type Target = Export;
+
+    fn deref(&self) -> &Export {
+        &self.export
+    }
+}
+
+fn run(log: &Log, request: &ExportRequest) -> Read {
+    let export =
+        exports::export(Arc::new(log.practice.clone()), request).expect("the group exists");
+    let rows: Vec<Vec<Value>> = export.rows().collect();
+    assert_eq!(
+        rows.len(),
+        export.row_count,
+        "the header's count is the rows'"
+    );
+    Read { export, rows }
+}
+
+fn csv(export: &Read) -> String {
     let mut out = Vec::new();
     csv_header(export.columns, &mut out);
     for row in &export.rows {
@@ -193,7 +217,7 @@ fn a_scope_of_the_practice_or_a_focus_covers_its_groups_and_an_unknown_group_is_
     assert_eq!(grief.rows.len(), 1);
     assert_eq!(grief.scope, "focus:grief");
     let unknown = request(ExportKind::Alerts, Form::Full, Scope::Group("nope".into()));
-    assert!(exports::export(&log.practice, &unknown).is_none());
+    assert!(exports::export(Arc::new(log.practice.clone()), &unknown).is_none());
 }
 
 #[test]

@@ -19,7 +19,7 @@ use utoipa::IntoParams;
 
 use super::extract::{parse_time, Caller, Query};
 use super::guard::disclose;
-use super::reports::{form_for, not_found, parse_focus, with_practice_at, Form};
+use super::reports::{form_for, not_found, parse_focus, snapshot_at, Form};
 use super::{AppState, Problem};
 use crate::exports::{encode, Encoding};
 
@@ -85,20 +85,16 @@ async fn export(
         Form::Full => exports::Form::Full,
         Form::Reporter => exports::Form::Reporter,
     };
-    let k = state.reporting.reporter_min_count;
-    let export = with_practice_at(&state, as_of, query.min_position, |practice, as_of| {
-        let request = ExportRequest {
-            kind,
-            form,
-            purpose,
-            scope,
-            as_of,
-            k,
-        };
-        exports::export(practice, &request)
-    })
-    .await?
-    .ok_or_else(|| not_found("group"))?;
+    let (practice, as_of) = snapshot_at(&state, as_of, query.min_position).await?;
+    let request = ExportRequest {
+        kind,
+        form,
+        purpose,
+        scope,
+        as_of,
+        k: state.reporting.reporter_min_count,
+    };
+    let export = exports::export(practice, &request).ok_or_else(|| not_found("group"))?;
     let disclosed = export.client_ids.clone();
     let headers = [
         (

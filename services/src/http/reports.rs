@@ -6,6 +6,8 @@
 //! one exists, see [`crate::as_of`]), so they are computed from history, not from
 //! anything that could have been changed since.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{AppendHeaders, IntoResponse, Response};
@@ -93,7 +95,7 @@ async fn with_practice<T>(
     with_practice_at(state, query.as_of()?, query.min_position, report).await
 }
 
-/// [`with_practice`] for a time and position already parsed (exports share it).
+/// [`with_practice`] for a time and position already parsed.
 pub(super) async fn with_practice_at<T>(
     state: &AppState,
     as_of: Option<DateTime<Utc>>,
@@ -103,15 +105,8 @@ pub(super) async fn with_practice_at<T>(
     if let Some(as_of) = as_of {
         // A fold costs memory and seconds: a bounded number at once, the rest 503.
         let _slot = state.as_of_limit.try_enter()?;
-        let unavailable = |error: ProjectionError| {
-            tracing::error!(error = %crate::errors::ErrorChain(&error), "folding the log for an as_of report");
-            Problem::unavailable()
-        };
         let mut report = Some(report);
-        if let Some(position) = as_of::live_position_as_of(&state.reports, &state.store, as_of)
-            .await
-            .map_err(unavailable)?
-        {
+        if let Some(position) = live_position_as_of(state, as_of).await? {
             // Unless the live state moved on since it was checked.
             let answer = state.reports.read(|p| {
                 (p.position == position)
@@ -122,42 +117,91 @@ pub(super) async fn with_practice_at<T>(
                 return Ok(answer);
             }
         }
-        let practice = as_of::practice_as_of(&state.store, state.reporting.alert_rules, as_of)
-            .await
-            .map_err(unavailable)?;
+        let practice = fold_to(state, as_of).await?;
         let report = report.ok_or_else(Problem::unavailable)?;
         return Ok(report(&practice, as_of));
     }
-    if let Some(position) = min_position {
-        if position < 0 {
-            return Err(Problem::bad_request("min_position", "must be 0 or more"));
-        }
-        // A position the log has not reached is no write of the caller's: waiting
-        // cannot help, so it is refused rather than answered 503.
-        if state.reports.position() < position {
-            let head = state.store.head_position().await?;
-            if position > head {
-                return Err(Problem::field(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "min_position",
-                    format!("is beyond the log's last position, {head}"),
-                ));
+    wait_for_position(state, min_position).await?;
+    Ok(state.reports.read(|practice| report(practice, Utc::now())))
+}
+
+/// The practice [`with_practice_at`] reads, as a snapshot that stays put while an
+/// export streams its rows from it (see [`crate::projector::LiveReports`]), and the
+/// time it stands at.
+pub(super) async fn snapshot_at(
+    state: &AppState,
+    as_of: Option<DateTime<Utc>>,
+    min_position: Option<i64>,
+) -> Result<(Arc<Practice>, DateTime<Utc>), Problem> {
+    if let Some(as_of) = as_of {
+        let _slot = state.as_of_limit.try_enter()?;
+        if let Some(position) = live_position_as_of(state, as_of).await? {
+            let live = state.reports.snapshot();
+            if live.position == position {
+                return Ok((live, as_of));
             }
         }
-        let wait = state.reporting.read_wait_max;
-        if !state.reports.caught_up(position, wait).await {
+        return Ok((Arc::new(fold_to(state, as_of).await?), as_of));
+    }
+    wait_for_position(state, min_position).await?;
+    Ok((state.reports.snapshot(), Utc::now()))
+}
+
+fn as_of_unavailable(error: ProjectionError) -> Problem {
+    tracing::error!(error = %crate::errors::ErrorChain(&error), "folding the log for an as_of report");
+    Problem::unavailable()
+}
+
+/// The live state's position if it is the log as of `as_of`.
+async fn live_position_as_of(
+    state: &AppState,
+    as_of: DateTime<Utc>,
+) -> Result<Option<i64>, Problem> {
+    as_of::live_position_as_of(&state.reports, &state.store, as_of)
+        .await
+        .map_err(as_of_unavailable)
+}
+
+/// The practice folded from the log up to `as_of`.
+async fn fold_to(state: &AppState, as_of: DateTime<Utc>) -> Result<Practice, Problem> {
+    as_of::practice_as_of(&state.store, state.reporting.alert_rules, as_of)
+        .await
+        .map_err(as_of_unavailable)
+}
+
+/// Waits (bounded) until the live state has applied `min_position`.
+async fn wait_for_position(state: &AppState, min_position: Option<i64>) -> Result<(), Problem> {
+    let Some(position) = min_position else {
+        return Ok(());
+    };
+    if position < 0 {
+        return Err(Problem::bad_request("min_position", "must be 0 or more"));
+    }
+    // A position the log has not reached is no write of the caller's: waiting
+    // cannot help, so it is refused rather than answered 503.
+    if state.reports.position() < position {
+        let head = state.store.head_position().await?;
+        if position > head {
             return Err(Problem::field(
-                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::UNPROCESSABLE_ENTITY,
                 "min_position",
-                format!(
-                    "reports have reached position {} of {position}; try again shortly",
-                    state.reports.position()
-                ),
-            )
-            .retry_after(1));
+                format!("is beyond the log's last position, {head}"),
+            ));
         }
     }
-    Ok(state.reports.read(|practice| report(practice, Utc::now())))
+    let wait = state.reporting.read_wait_max;
+    if !state.reports.caught_up(position, wait).await {
+        return Err(Problem::field(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "min_position",
+            format!(
+                "reports have reached position {} of {position}; try again shortly",
+                state.reports.position()
+            ),
+        )
+        .retry_after(1));
+    }
+    Ok(())
 }
 
 /// A report on one group, in the caller's form; `None` from `report` is a 404.

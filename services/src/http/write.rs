@@ -141,6 +141,7 @@ impl Writer {
             IdempotencyRequest {
                 key: scoped_key(&principal.actor_id, key),
                 request_hash: hasher.finalize().to_vec(),
+                found_absent: false,
             }
         });
         CommandContext {

@@ -25,7 +25,7 @@ use super::rows::{plan, Planned, Row};
 use crate::auth::{Principal, Role};
 use crate::commands::{CommandContext, CommandError, IdempotencyRequest, Repository, Step};
 use crate::http::AppState;
-use crate::store::KeyAction;
+use crate::store::{KeyAction, StoredResponse};
 
 /// A physical line longer than this ends the file's import: a file without line
 /// breaks (or a runaway quote) must not be read into memory whole.
@@ -33,6 +33,9 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// Rows queued per worker (bounded, so memory stays flat whatever the file's size).
 const WORKER_QUEUE: usize = 1024;
+
+/// Rows a worker takes from its queue at once and looks up in one query.
+const LOOKUP_BATCH: usize = 256;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -273,11 +276,25 @@ async fn import_file(
         senders.push(tx);
         let (shared, outcomes_tx) = (shared.clone(), outcomes_tx.clone());
         tasks.push(tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
-                let line = job.line;
-                let outcome = run_job(&shared, job).await;
-                if outcomes_tx.send((line, outcome)).await.is_err() {
-                    break;
+            let mut jobs = Vec::with_capacity(LOOKUP_BATCH);
+            while rx.recv_many(&mut jobs, LOOKUP_BATCH).await > 0 {
+                let mut stored = match stored_answers(&shared, &jobs).await {
+                    Ok(stored) => stored,
+                    Err(error) => {
+                        let line = jobs.first().map_or(0, |job| job.line);
+                        let _ = outcomes_tx.send((line, Outcome::Fatal(error))).await;
+                        break;
+                    }
+                };
+                for job in jobs.drain(..) {
+                    let line = job.line;
+                    let earlier = stored
+                        .as_mut()
+                        .map(|stored| earlier_answer(stored, &job.key));
+                    let outcome = run_job(&shared, job, earlier).await;
+                    if outcomes_tx.send((line, outcome)).await.is_err() {
+                        return;
+                    }
                 }
             }
         }));
@@ -545,7 +562,61 @@ impl<R: Read> Read for LineLimit<R> {
     }
 }
 
-async fn run_job(shared: &Shared, job: Job) -> Outcome {
+/// What an earlier import stored for a row's key, as far as the worker's batched
+/// lookup knows.
+enum Earlier {
+    Stored(StoredResponse),
+    Nothing,
+    /// The key came twice in one batch: its first row may have stored it since.
+    Unknown,
+}
+
+/// The answers stored for a batch of jobs' keys, one query; `None` in a dry run,
+/// which looks each row up itself.
+async fn stored_answers(
+    shared: &Shared,
+    jobs: &[Job],
+) -> Result<Option<HashMap<String, Option<StoredResponse>>>, String> {
+    if shared.dry_run.is_some() {
+        return Ok(None);
+    }
+    let keys: Vec<String> = jobs.iter().map(|job| job.key.clone()).collect();
+    let mut stored = shared
+        .state
+        .store
+        .find_responses(&keys)
+        .await
+        .map_err(|e| crate::errors::ErrorChain(&e).to_string())?;
+    Ok(Some(
+        keys.into_iter()
+            .map(|key| {
+                let found = stored.remove(&key);
+                (key, found)
+            })
+            .collect(),
+    ))
+}
+
+/// Takes the batch's answer for `key`: a second row with the same key in the batch
+/// is `Unknown`, as its first row may store the key before it runs.
+fn earlier_answer(stored: &mut HashMap<String, Option<StoredResponse>>, key: &str) -> Earlier {
+    match stored.get_mut(key) {
+        Some(found) => {
+            let earlier = match found.take() {
+                Some(answer) => Earlier::Stored(answer),
+                None => Earlier::Nothing,
+            };
+            // What the next row with this key will find.
+            stored.remove(key);
+            earlier
+        }
+        None => Earlier::Unknown,
+    }
+}
+
+/// Runs one row; `earlier` is the batch lookup's answer for its key (`None` in a
+/// dry run).
+async fn run_job(shared: &Shared, job: Job, earlier: Option<Earlier>) -> Outcome {
     let refusal = |column: Option<String>, reason: String| {
         Outcome::Refused(Refusal {
             file: shared.file.clone(),
@@ -561,6 +632,13 @@ async fn run_job(shared: &Shared, job: Job) -> Outcome {
             Err(error) => return Outcome::Fatal(error),
         }
     }
+    if let Some(Earlier::Stored(stored)) = &earlier {
+        return if stored.request_hash == job.request_hash {
+            Outcome::Already
+        } else {
+            refusal(None, DUPLICATE.into())
+        };
+    }
     let mut ctx = CommandContext {
         principal: shared.principal.clone(),
         correlation_id: Uuid::new_v4(),
@@ -568,6 +646,7 @@ async fn run_job(shared: &Shared, job: Job) -> Outcome {
         idempotency: Some(IdempotencyRequest {
             key: job.key.clone(),
             request_hash: job.request_hash.clone(),
+            found_absent: matches!(earlier, Some(Earlier::Nothing)),
         }),
         if_match: None,
         key_action: None,

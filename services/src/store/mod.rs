@@ -20,6 +20,7 @@ pub mod cqrs;
 mod postgres;
 mod sqlite;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -542,6 +543,15 @@ impl Store {
 
     pub async fn find_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError> {
         dispatch!(self, s => s.find_response(key).await)
+    }
+
+    /// The answers stored for any of `keys`, in one query (the import looks its rows'
+    /// keys up a batch at a time).
+    pub async fn find_responses(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, StoredResponse>, StoreError> {
+        dispatch!(self, s => s.find_responses(keys).await)
     }
 
     pub async fn client_key(&self, client_id: &str) -> Result<ClientKey, StoreError> {

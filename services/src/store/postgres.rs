@@ -56,6 +56,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         20,
         include_str!("migrations/postgres/0020_fast_path_for_live_clients.sql"),
     ),
+    (
+        21,
+        include_str!("migrations/postgres/0021_fast_path_for_idempotency_records.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -398,6 +402,30 @@ impl PgStore {
             status: status as u16,
             body,
         }))
+    }
+
+    pub async fn find_responses(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, StoredResponse>, StoreError> {
+        let rows: Vec<(String, Vec<u8>, i32, Value)> = sqlx::query_as(
+            "SELECT key, request_hash, status, response FROM idempotency_keys
+             WHERE key = ANY ($1)",
+        )
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, request_hash, status, body)| {
+                let stored = StoredResponse {
+                    request_hash,
+                    status: status as u16,
+                    body,
+                };
+                (key, stored)
+            })
+            .collect())
     }
 
     pub async fn client_key(&self, client_id: &str) -> Result<ClientKey, StoreError> {
@@ -869,13 +897,18 @@ async fn append_batch<'e>(
     let mut a = AppendColumns::default();
     let mut e = EventColumns::default();
     let mut streams = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
     let mut simple = true;
     let recorded_at = to_micros(Utc::now());
     for append in batch {
         a.push(append);
-        // 'require' is checked set-based on the fast path; the other key actions
-        // and idempotency records need the per-command loop.
-        simple &= append.idempotency.is_none()
+        // 'require' and idempotency records are handled set-based on the fast path
+        // (a key twice in one batch is the loop's: the second is answered by the
+        // first); the other key actions need the per-command loop.
+        simple &= append
+            .idempotency
+            .as_ref()
+            .is_none_or(|idem| keys.insert(idem.key.as_str()))
             && matches!(
                 append.key_action,
                 None | Some(KeyAction::RequireLive { .. })

@@ -412,6 +412,32 @@ impl SqliteStore {
         find_response(&mut conn, key).await
     }
 
+    pub async fn find_responses(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, StoredResponse>, StoreError> {
+        let keys = serde_json::to_string(keys).map_err(|e| corrupt("idempotency keys", e))?;
+        let rows: Vec<(String, Vec<u8>, i64, String)> = sqlx::query_as(
+            "SELECT key, request_hash, status, response FROM idempotency_keys
+             WHERE key IN (SELECT value FROM json_each(?))",
+        )
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(key, request_hash, status, body)| {
+                let body =
+                    serde_json::from_str(&body).map_err(|e| corrupt("idempotency response", e))?;
+                let stored = StoredResponse {
+                    request_hash,
+                    status: status as u16,
+                    body,
+                };
+                Ok((key, stored))
+            })
+            .collect()
+    }
+
     pub async fn client_key(&self, client_id: &str) -> Result<ClientKey, StoreError> {
         let row: Option<(Option<Vec<u8>>,)> =
             sqlx::query_as("SELECT wrapped_key FROM client_keys WHERE client_id = ?")
