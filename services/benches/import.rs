@@ -4,7 +4,8 @@
 //! CLI runs it; then the same files again (every row found already imported).
 //!
 //! `./scripts/bench --bench import`; `CIRCLE_BENCH_IMPORT_GROUPS` sets the size
-//! (default 300 groups, 201,300 rows).
+//! (default 300 groups, 201,300 rows), `CIRCLE_BENCH_IMPORT_WORKERS` the rows in flight
+//! at once (default 64, as the CLI).
 
 use std::time::Instant;
 
@@ -58,7 +59,12 @@ async fn main() {
         shape.members,
         shape.weeks
     );
-    for (round, workers) in [("first import", 64), ("the same files again", 64)] {
+    // `CIRCLE_BENCH_IMPORT_WORKERS` (default 64): how many rows are in flight at once.
+    let workers = std::env::var("CIRCLE_BENCH_IMPORT_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    for (round, workers) in [("first import", workers), ("the same files again", workers)] {
         let options = Options {
             workers,
             progress: false,
