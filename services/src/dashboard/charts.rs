@@ -10,7 +10,7 @@ use std::fmt::Write;
 use chrono::NaiveDate;
 use circle_events::instruments::{Direction, InstrumentDefinition};
 
-const WIDTH: f64 = 640.0;
+const WIDTH: f64 = 560.0;
 const HEIGHT: f64 = 260.0;
 const LEFT: f64 = 44.0;
 const RIGHT: f64 = 120.0;

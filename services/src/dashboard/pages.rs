@@ -444,6 +444,7 @@ fn group_view(
         section.card {
             h2 { "Attendance" }
             p.muted { "Latest " (grid.len()) " sessions. Unrecorded marks count as no-shows; a blank cell is a date the client was not a member; a small \"c\" marks a corrected mark (its title says what it replaced)." }
+            p.muted.phone-only { "On a narrow screen: the latest six sessions." }
             (attendance_grid(group, &members, grid))
         }
         section.card {
@@ -451,16 +452,16 @@ fn group_view(
             @if outcomes.is_empty() { p.muted { "No member has two scores on an outcome measure yet." } }
             @for report in &outcomes {
                 h3 { (report.instrument) }
-                table {
-                    thead { tr { th { "Member" } th.num { "Baseline" } th.num { "Latest" } th.num { "Change" } th { "Classification" } } }
+                table.stack {
+                    thead { tr { th scope="col" { "Member" } th.num scope="col" { "Baseline" } th.num scope="col" { "Latest" } th.num scope="col" { "Change" } th scope="col" { "Classification" } } }
                     tbody {
                         @for row in report.clients.iter().flatten() {
                             @let class = serde_label(&row.classification);
                             tr {
-                                td { a href={ "/app/clients/" (row.client_id) } { (row.client_id) } }
-                                td.num { (row.baseline) } td.num { (row.latest) }
-                                td.num { (signed(row.change)) }
-                                td { span class={ "chip cls-" (class) } { (class.replace('_', " ")) } }
+                                td data-label="Member" { a href={ "/app/clients/" (row.client_id) } { (row.client_id) } }
+                                td.num data-label="Baseline" { (row.baseline) } td.num data-label="Latest" { (row.latest) }
+                                td.num data-label="Change" { (signed(row.change)) }
+                                td data-label="Classification" { span class={ "chip cls-" (class) } { (class.replace('_', " ")) } }
                             }
                         }
                     }
@@ -479,14 +480,15 @@ fn group_view(
         section.card {
             h2 { "Alerts" }
             @if alerts.is_empty() { p.muted { "No alerts." } }
-            table {
+            table.stack {
+                thead { tr { th scope="col" { "Alert" } th scope="col" { "Member" } th scope="col" { "Why" } th scope="col" { "When it happened" } } }
                 tbody {
                     @for alert in alerts.iter().rev().take(30) {
                         tr {
-                            td { span class={ "chip need-" (alert_class(alert.kind)) } { (serde_label(&alert.kind).replace('_', " ")) } }
-                            td { a href={ "/app/clients/" (alert.client_id) } { (alert.client_id) } }
-                            td { (alert.detail) }
-                            td { (alert_date(alert)) }
+                            td data-label="Alert" { span class={ "chip need-" (alert_class(alert.kind)) } { (serde_label(&alert.kind).replace('_', " ")) } }
+                            td data-label="Member" { a href={ "/app/clients/" (alert.client_id) } { (alert.client_id) } }
+                            td data-label="Why" { (alert.detail) }
+                            td data-label="When" { (alert_date(alert)) }
                         }
                     }
                 }
@@ -856,11 +858,13 @@ fn member_view(
         section.card {
             h2 { "Alert history" }
             @if alerts.is_empty() { p.muted { "No alerts." } }
-            table { tbody { @for alert in alerts.iter().rev() {
+            table.stack {
+                thead { tr { th scope="col" { "Alert" } th scope="col" { "Why" } th scope="col" { "When it happened" } } }
+                tbody { @for alert in alerts.iter().rev() {
                 tr {
-                    td { span class={ "chip need-" (alert_class(alert.kind)) } { (serde_label(&alert.kind).replace('_', " ")) } }
-                    td { (alert.detail) }
-                    td { (alert_date(alert)) }
+                    td data-label="Alert" { span class={ "chip need-" (alert_class(alert.kind)) } { (serde_label(&alert.kind).replace('_', " ")) } }
+                    td data-label="Why" { (alert.detail) }
+                    td data-label="When" { (alert_date(alert)) }
                 }
             } } }
         }
