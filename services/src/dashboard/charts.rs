@@ -13,7 +13,7 @@ use circle_events::instruments::{Direction, InstrumentDefinition};
 const WIDTH: f64 = 560.0;
 const HEIGHT: f64 = 260.0;
 const LEFT: f64 = 44.0;
-const RIGHT: f64 = 120.0;
+const RIGHT: f64 = 130.0;
 const TOP: f64 = 22.0;
 const BOTTOM: f64 = 40.0;
 
