@@ -200,8 +200,8 @@ fn without(group: &GroupRecord, clients: &BTreeSet<&str>) -> GroupRecord {
         // Marks stay: a session is held when anyone was marked (leaving a client out
         // must not unhold it for the others), and reports count members' marks only.
         sessions: sessions.clone(),
-        measures: per_instrument_without(measures, &kept),
-        items: per_instrument_without(items, &kept),
+        measures: per_instrument_without(measures, kept),
+        items: per_instrument_without(items, kept),
         absence_alerted: absence_alerted
             .iter()
             .filter(|c| kept(c))

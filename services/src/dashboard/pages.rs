@@ -302,14 +302,15 @@ fn today_view(
             section.card aria-labelledby={ "g-" (group_id) } {
                 h2 #{ "g-" (group_id) } { a href={ "/app/groups/" (group_id) } { (group.name) } }
                 p.muted { (next_session(group, now)) " · " (rows.len()) " members" }
-                @if rows.is_empty() { p.muted { "No current members." } }
-                table.stack {
-                    thead { tr { th { "Member" } th { "Needs" } th { "Why" } th { "When" } } }
-                    tbody {
-                        @for row in rows {
-                            tr {
-                                td data-label="Member" { a href={ "/app/clients/" (row.client_id) } { (row.client_id) } }
-                                (need_cells(viewer, group_id, row))
+                @if rows.is_empty() { p.muted { "No current members." } } @else {
+                    table.stack {
+                        thead { tr { th { "Member" } th { "Needs" } th { "Why" } th { "When" } } }
+                        tbody {
+                            @for row in rows {
+                                tr {
+                                    td data-label="Member" { a href={ "/app/clients/" (row.client_id) } { (row.client_id) } }
+                                    (need_cells(viewer, group_id, row))
+                                }
                             }
                         }
                     }
