@@ -166,9 +166,21 @@ async fn practice(app: &TestApp) {
     ok(app, "/api/v1/groups/grp-a/sessions/s2/feedback", phq9).await;
 }
 
+/// The routes the access log records as having shown `client_id`.
+async fn access_routes(app: &TestApp, client_id: &str) -> Vec<String> {
+    let path = format!("/api/v1/audit/access?client_id={client_id}");
+    let log = app.get(&path, &app.admin).await;
+    log.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["route"].as_str().map(String::from))
+        .collect()
+}
+
 /// The member rows of the Today page, in order, with the rule each shows.
 fn today_rows(html: &str) -> Vec<String> {
-    html.split("<tr><td><a href=\"/app/clients/")
+    html.split("<tr><td data-label=\"Member\"><a href=\"/app/clients/")
         .skip(1)
         .map(|row| {
             let id = &row[..row.find('"').unwrap()];
@@ -228,21 +240,13 @@ async fn a_clinician_signs_in_and_sees_their_members_by_need_and_nothing_of_othe
     }
 
     // The pages that showed members are in the access log, as the JSON reads are.
-    let log = app
-        .get("/api/v1/audit/access?client_id=c-risk", &app.admin)
-        .await;
-    let routes: Vec<&str> = log.body["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["route"].as_str())
-        .collect();
+    let routes = access_routes(&app, "c-risk").await;
     for route in [
         "GET /app",
         "GET /app/groups/{group_id}",
         "GET /app/clients/{client_id}",
     ] {
-        assert!(routes.contains(&route), "{route} in {routes:?}");
+        assert!(routes.iter().any(|r| r == route), "{route} in {routes:?}");
     }
 }
 
@@ -576,6 +580,22 @@ async fn a_reporter_gets_the_aggregate_practice_and_an_auditor_reads_without_for
     assert!(!member.html.contains("Ada L."));
     let audit = browser.get("/app/audit?as_of=2099-01-01").await;
     assert_eq!(audit.status, StatusCode::OK, "{}", audit.html);
+    assert!(audit.html.contains("action=\"/app/audit/history\""));
+
+    // A group's and a member's history, read-only, personal data sealed, logged.
+    let history = browser.get("/app/audit/history?group_id=grp-a").await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.html);
+    assert!(history.html.contains("MemberJoined") && history.html.contains("c-named"));
+    assert!(!history.html.contains("<form method=\"post\""), "read-only");
+    let client = browser.get("/app/audit/history?client_id=c-named").await;
+    assert_eq!(client.status, StatusCode::OK, "{}", client.html);
+    assert!(client.html.contains("ClientRegistered"), "{}", client.html);
+    assert!(client.html.contains("sealed") && !client.html.contains("Ada L."));
+    let routes = access_routes(&app, "c-named").await;
+    assert!(
+        routes.iter().any(|r| r == "GET /app/audit/history"),
+        "{routes:?}"
+    );
     let admin = app.admin.clone();
     let mut browser = Browser::sign_in(&app, &admin).await;
     assert!(browser
@@ -583,4 +603,49 @@ async fn a_reporter_gets_the_aggregate_practice_and_an_auditor_reads_without_for
         .await
         .html
         .contains("Ada L."));
+}
+
+#[tokio::test]
+async fn a_corrected_mark_shows_as_a_correction_with_what_it_replaced() {
+    let app = spawn_app().await;
+    practice(&app).await;
+    let records = json!({"records": [{"client_id": "c-absent", "status": "excused"}]});
+    ok(&app, "/api/v1/groups/grp-a/sessions/s1/attendance", records).await;
+    let admin = app.admin.clone();
+    let mut browser = Browser::sign_in(&app, &admin).await;
+    let group = browser.get("/app/groups/grp-a").await;
+    assert_eq!(group.status, StatusCode::OK);
+    assert!(
+        group
+            .html
+            .contains("excused, corrected: recorded earlier as no-show"),
+        "{}",
+        group.html
+    );
+    assert!(group.html.contains("class=\"corrected\""));
+}
+
+#[tokio::test]
+async fn an_admin_pages_through_many_groups_with_the_most_urgent_members_first() {
+    let app = spawn_app().await;
+    practice(&app).await;
+    for i in 0..24 {
+        let group = json!({"group_id": format!("grp-x{i:02}"), "name": format!("Extra {i:02}"),
+            "focus": "anxiety", "format": "open", "facilitators": ["dr-x"]});
+        ok(&app, "/api/v1/groups", group).await;
+    }
+    let admin = app.admin.clone();
+    let mut browser = Browser::sign_in(&app, &admin).await;
+    let first = browser.get("/app").await;
+    assert_eq!(first.status, StatusCode::OK);
+    // Across the practice, the urgent rows first; then the neediest group.
+    let urgent = &first.html[first.html.find("Needs someone now").expect("urgent list")..];
+    assert!(urgent.find("c-risk").unwrap() < urgent.find("c-absent").unwrap());
+    assert!(first.html.find("Group of dr-a").unwrap() < first.html.find("Extra 00").unwrap());
+    assert!(first.html.contains("href=\"/app?page=2\""));
+    assert!(!first.html.contains("Extra 23"), "20 groups a page");
+    let second = browser.get("/app?page=2").await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert!(second.html.contains("Extra 23") && !second.html.contains("Extra 00<"));
+    assert!(second.html.contains("aria-current=\"page\">2<"));
 }

@@ -16,11 +16,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use circle_events::instruments::{Catalogue, Direction, InstrumentDefinition};
+use circle_events::instruments::{Catalogue, InstrumentDefinition};
 use serde::Serialize;
 
 use crate::outcomes::{classify, Classification};
-use crate::practice::{AlertKind, GroupRecord, Practice, RecordedScore};
+use crate::practice::{alliance_concern, AlertKind, GroupRecord, Practice, RecordedScore};
 
 /// The rules in the order they rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -78,7 +78,7 @@ impl<'a> Triage<'a> {
             if !reviewed {
                 risk.insert(
                     (alert.group_id.as_str(), alert.client_id.as_str()),
-                    (alert.raised_at, alert.detail.as_str()),
+                    (alert.occurred_at.to_utc(), alert.detail.as_str()),
                 );
             }
         }
@@ -185,24 +185,9 @@ fn alliance(group: &GroupRecord, client_id: &str) -> Option<Need> {
         client_id,
         NeedKind::Alliance,
         |definition, scores| {
-            let is_alliance = definition.reliable_change.is_none()
-                && definition.direction == Direction::HigherIsBetter;
-            let latest = scores.last().filter(|_| is_alliance)?;
-            let instrument = &definition.instrument;
-            if definition.is_clinical(latest.total) == Some(true) {
-                return Some(format!(
-                    "{instrument} {} is below the cutoff {}",
-                    latest.total,
-                    definition.clinical_cutoff.unwrap_or_default()
-                ));
-            }
-            let previous = scores.len().checked_sub(2).map(|i| &scores[i])?;
-            (latest.total < previous.total).then(|| {
-                format!(
-                    "{instrument} fell from {} to {}",
-                    previous.total, latest.total
-                )
-            })
+            let (latest, earlier) = scores.split_last()?;
+            let previous = earlier.last().map(|p| p.total);
+            alliance_concern(definition, previous, latest.total).map(|c| c.describe(definition))
         },
     )
 }

@@ -10,7 +10,7 @@
 //!   when any group whose data it includes carries it ([`sensitivity`]).
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use circle_events::client::ConsentScope;
 use circle_events::group::Sensitivity;
@@ -146,6 +146,24 @@ fn clients_in(group: &GroupRecord) -> impl Iterator<Item = &str> {
         .map(String::as_str)
 }
 
+/// instrument → client → facts, with only the kept clients.
+fn per_instrument_without<T: Clone>(
+    by_instrument: &BTreeMap<String, BTreeMap<String, T>>,
+    kept: impl Fn(&String) -> bool,
+) -> BTreeMap<String, BTreeMap<String, T>> {
+    by_instrument
+        .iter()
+        .map(|(instrument, by_client)| {
+            let by_client = by_client
+                .iter()
+                .filter(|(c, _)| kept(c))
+                .map(|(c, facts)| (c.clone(), facts.clone()))
+                .collect();
+            (instrument.clone(), by_client)
+        })
+        .collect()
+}
+
 /// The group without anything about `clients`. Every field is named, so a new one
 /// cannot be forgotten here.
 fn without(group: &GroupRecord, clients: &BTreeSet<&str>) -> GroupRecord {
@@ -157,6 +175,7 @@ fn without(group: &GroupRecord, clients: &BTreeSet<&str>) -> GroupRecord {
         members,
         sessions,
         measures,
+        items,
         absence_alerted,
         goals,
         stall_alerted,
@@ -181,17 +200,8 @@ fn without(group: &GroupRecord, clients: &BTreeSet<&str>) -> GroupRecord {
         // Marks stay: a session is held when anyone was marked (leaving a client out
         // must not unhold it for the others), and reports count members' marks only.
         sessions: sessions.clone(),
-        measures: measures
-            .iter()
-            .map(|(instrument, by_client)| {
-                let by_client = by_client
-                    .iter()
-                    .filter(|(c, _)| kept(c))
-                    .map(|(c, scores)| (c.clone(), scores.clone()))
-                    .collect();
-                (instrument.clone(), by_client)
-            })
-            .collect(),
+        measures: per_instrument_without(measures, kept),
+        items: per_instrument_without(items, kept),
         absence_alerted: absence_alerted
             .iter()
             .filter(|c| kept(c))

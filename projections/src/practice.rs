@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use circle_events::client::{ClientEvent, ConsentScope};
 use circle_events::group::{AttendanceStatus, Focus, GroupEvent, Measure};
-use circle_events::instruments::{Catalogue, Direction, Score};
+use circle_events::instruments::{Catalogue, Direction, InstrumentDefinition, Score};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::goals::{GoalCheckIn, GoalRecord, STALLED_AFTER};
@@ -76,6 +76,10 @@ pub struct Alert {
     /// When the event that raised it was recorded.
     #[serde(with = "stored_time::utc")]
     pub raised_at: DateTime<Utc>,
+    /// When what raised it happened: the measure's administration or the session's
+    /// start (a back-filled or imported event is recorded long after).
+    #[serde(with = "stored_time::fixed")]
+    pub occurred_at: DateTime<FixedOffset>,
     pub position: i64,
     pub detail: String,
 }
@@ -89,6 +93,10 @@ pub struct SessionRecord {
     pub starts_at: DateTime<FixedOffset>,
     pub cancelled: bool,
     pub marks: BTreeMap<String, AttendanceStatus>,
+    /// Members whose mark was corrected: the marks it replaced, earliest first (a
+    /// correction shows as one, never as an overwrite).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub corrected: BTreeMap<String, Vec<AttendanceStatus>>,
 }
 
 impl SessionRecord {
@@ -128,6 +136,61 @@ impl<'de> Deserialize<'de> for RecordedScore {
             total,
             reference_version,
         })
+    }
+}
+
+/// How many of a member's latest administrations per instrument keep their items.
+pub const LATEST_ITEM_SCORES: usize = 6;
+
+/// One administration's item scores (the dashboard's item table).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ItemScores {
+    #[serde(with = "stored_time::fixed")]
+    pub administered_at: DateTime<FixedOffset>,
+    pub items: Vec<Score>,
+}
+
+/// A member's item scores on one instrument: the first administration and the
+/// latest [`LATEST_ITEM_SCORES`], so that showing which items moved reads no stream.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ItemHistory {
+    pub first: Option<ItemScores>,
+    /// In time order; equal times keep the order recorded.
+    pub latest: Vec<ItemScores>,
+}
+
+impl ItemHistory {
+    /// Adds an administration at its place in time (back-filled ones too).
+    pub fn add(&mut self, scores: ItemScores) {
+        self.keep_if_first(&scores);
+        let at = self
+            .latest
+            .partition_point(|s| s.administered_at <= scores.administered_at);
+        self.latest.insert(at, scores);
+        if self.latest.len() > LATEST_ITEM_SCORES {
+            self.latest.remove(0);
+        }
+    }
+
+    fn keep_if_first(&mut self, scores: &ItemScores) {
+        let earlier = |first: &ItemScores| scores.administered_at < first.administered_at;
+        if self.first.as_ref().is_none_or(earlier) {
+            self.first = Some(scores.clone());
+        }
+    }
+
+    /// Several groups' histories of one member as one (a member may be in several).
+    pub fn merged<'a>(histories: impl IntoIterator<Item = &'a ItemHistory>) -> ItemHistory {
+        let mut merged = ItemHistory::default();
+        for history in histories {
+            for scores in &history.latest {
+                merged.add(scores.clone());
+            }
+            if let Some(first) = &history.first {
+                merged.keep_if_first(first);
+            }
+        }
+        merged
     }
 }
 
@@ -212,6 +275,9 @@ pub struct GroupRecord {
     pub sessions: BTreeMap<String, SessionRecord>,
     /// instrument → client → totals in the order recorded.
     pub measures: BTreeMap<String, BTreeMap<String, Vec<RecordedScore>>>,
+    /// instrument → client → the first and latest administrations' items.
+    #[serde(default)]
+    pub items: BTreeMap<String, BTreeMap<String, ItemHistory>>,
     /// Members whose current absence streak has already raised an alert.
     pub absence_alerted: BTreeSet<String>,
     /// Members' goals by goal id (no titles).
@@ -277,6 +343,13 @@ impl GroupRecord {
             .get(instrument)
             .and_then(|by_client| by_client.get(client_id))
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// A member's first and latest items on an instrument in this group.
+    pub fn item_history(&self, instrument: &str, client_id: &str) -> Option<&ItemHistory> {
+        self.items
+            .get(instrument)
+            .and_then(|by_client| by_client.get(client_id))
     }
 }
 
@@ -349,6 +422,15 @@ impl Practice {
         let rules = self.rules;
         let group_id = &fact.aggregate_id;
         let group = self.groups.entry(group_id.clone()).or_default();
+        let occurred_at = match event {
+            GroupEvent::AttendanceRecorded { session_id, .. }
+            | GroupEvent::AttendanceCorrected { session_id, .. } => {
+                group.sessions.get(session_id).map(|s| s.starts_at)
+            }
+            GroupEvent::FeedbackRecorded { measure, .. } => Some(measure.administered_at),
+            _ => None,
+        }
+        .unwrap_or_else(|| fact.recorded_at.fixed_offset());
         let mut raised = Vec::new();
         let mut raise = |kind, client_id: &str, detail: String| {
             raised.push(Alert {
@@ -356,6 +438,7 @@ impl Practice {
                 group_id: group_id.clone(),
                 client_id: client_id.to_string(),
                 raised_at: fact.recorded_at,
+                occurred_at,
                 position: fact.position,
                 detail,
             })
@@ -411,6 +494,7 @@ impl Practice {
                         starts_at: *starts_at,
                         cancelled: false,
                         marks: BTreeMap::new(),
+                        corrected: BTreeMap::new(),
                     },
                 );
             }
@@ -431,6 +515,13 @@ impl Practice {
                 ..
             } => {
                 if let Some(session) = group.sessions.get_mut(session_id) {
+                    if let GroupEvent::AttendanceCorrected {
+                        previous_status, ..
+                    } = event
+                    {
+                        let earlier = session.corrected.entry(client_id.clone()).or_default();
+                        earlier.push(*previous_status);
+                    }
                     session.marks.insert(client_id.clone(), *status);
                 }
                 // Once per streak, on the recorded absence that makes it long enough.
@@ -483,6 +574,16 @@ impl Practice {
                         reference_version: measure.reference_version.clone(),
                     },
                 );
+                group
+                    .items
+                    .entry(measure.instrument.clone())
+                    .or_default()
+                    .entry(client_id.clone())
+                    .or_default()
+                    .add(ItemScores {
+                        administered_at: measure.administered_at,
+                        items: measure.items.clone(),
+                    });
                 measure_alerts(
                     measure,
                     previous.as_ref(),
@@ -546,6 +647,51 @@ impl Practice {
     }
 }
 
+/// Why an alliance score is a concern (the alliance rule of DOMAIN.md, in one place:
+/// alerts, the caseload and the dashboard's grid all ask it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AllianceConcern {
+    /// The total is below the instrument's cutoff.
+    BelowCutoff { total: Score, cutoff: Score },
+    /// The total fell since the member's previous one.
+    Fell { from: Score, to: Score },
+}
+
+impl AllianceConcern {
+    pub fn describe(self, definition: &InstrumentDefinition) -> String {
+        let instrument = &definition.instrument;
+        match self {
+            AllianceConcern::BelowCutoff { total, cutoff } => {
+                format!("{instrument} total {total} is below {cutoff}")
+            }
+            AllianceConcern::Fell { from, to } => {
+                format!("{instrument} total fell from {from} to {to}")
+            }
+        }
+    }
+}
+
+/// Whether an alliance scale's `total` is a concern, given the member's `previous`
+/// total on it: below the cutoff, or else any fall since the previous. `None` for an
+/// instrument that is not an alliance scale.
+pub fn alliance_concern(
+    definition: &InstrumentDefinition,
+    previous: Option<Score>,
+    total: Score,
+) -> Option<AllianceConcern> {
+    let is_alliance_scale =
+        definition.reliable_change.is_none() && definition.direction == Direction::HigherIsBetter;
+    if !is_alliance_scale {
+        return None;
+    }
+    if definition.is_clinical(total) == Some(true) {
+        let cutoff = definition.clinical_cutoff.unwrap_or_default();
+        return Some(AllianceConcern::BelowCutoff { total, cutoff });
+    }
+    let from = previous.filter(|p| total < *p)?;
+    Some(AllianceConcern::Fell { from, to: total })
+}
+
 /// Alerts a new measure raises: risk items, alliance below cutoff or falling, and
 /// reliable deterioration since baseline (raised when it first appears).
 fn measure_alerts(
@@ -571,28 +717,8 @@ fn measure_alerts(
             ),
         );
     }
-    let is_alliance_scale =
-        definition.reliable_change.is_none() && definition.direction == Direction::HigherIsBetter;
-    if is_alliance_scale {
-        if definition.is_clinical(measure.total) == Some(true) {
-            raise(
-                AlertKind::Alliance,
-                format!(
-                    "{} total {} is below {}",
-                    measure.instrument,
-                    measure.total,
-                    definition.clinical_cutoff.unwrap_or_default()
-                ),
-            );
-        } else if let Some(previous) = previous.filter(|p| measure.total < p.total) {
-            raise(
-                AlertKind::Alliance,
-                format!(
-                    "{} total fell from {} to {}",
-                    measure.instrument, previous.total, measure.total
-                ),
-            );
-        }
+    if let Some(concern) = alliance_concern(definition, previous.map(|p| p.total), measure.total) {
+        raise(AlertKind::Alliance, concern.describe(definition));
     }
     if let (Some(baseline), Some(previous)) = (baseline, previous) {
         let was = classify(definition, baseline.total, previous.total);

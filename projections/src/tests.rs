@@ -625,7 +625,8 @@ fn the_caseload_puts_risk_first_until_reviewed_then_deterioration_alliance_absen
     let risk = Triage::new(&log.practice).group("g1", today).unwrap()[0].clone();
     let need = risk.need.unwrap();
     assert_eq!(need.detail, "PHQ-9 item 9 scored 1; not yet reviewed");
-    assert_eq!(need.at, now());
+    // When the questionnaire was taken, not when it was recorded.
+    assert_eq!(need.at, at("2026-01-06T18:00:00Z").to_utc());
 
     // When a clinician reviews it, it leaves the top; a new risk item brings it back.
     log.group(
@@ -654,4 +655,125 @@ fn the_caseload_puts_risk_first_until_reviewed_then_deterioration_alliance_absen
     let rows = order(&log);
     assert_eq!(rows[0], ("a-risk".to_string(), Some(NeedKind::Risk)));
     assert!(!rows.iter().any(|(id, _)| id == "e-fine"));
+}
+
+#[test]
+fn a_member_keeps_the_first_and_latest_items_per_instrument_in_time_order() {
+    use crate::practice::LATEST_ITEM_SCORES;
+    let mut log = Log::new();
+    log.created("g1", Focus::Depression);
+    log.joined("g1", "c1", "2026-01-01");
+    // Eight weekly PHQ-9s, the second one back-filled last.
+    for week in [1, 3, 4, 5, 6, 7, 8, 2] {
+        let when = format!("2026-01-{:02}T18:00:00Z", week * 3);
+        log.measure("g1", "c1", "PHQ-9", phq9(week, 0), &when);
+    }
+    log.measure(
+        "g1",
+        "c2",
+        "GAD-7",
+        vec![Score::whole(1); 7],
+        "2026-01-05T18:00:00Z",
+    );
+
+    let group = &log.practice.groups["g1"];
+    let history = group.item_history("PHQ-9", "c1").unwrap();
+    let first = history.first.as_ref().unwrap();
+    assert_eq!(first.administered_at, at("2026-01-03T18:00:00Z"));
+    assert_eq!(first.items, phq9(1, 0));
+    let latest: Vec<_> = history
+        .latest
+        .iter()
+        .map(|s| s.administered_at.format("%d").to_string())
+        .collect();
+    assert_eq!(latest.len(), LATEST_ITEM_SCORES);
+    assert_eq!(latest, ["09", "12", "15", "18", "21", "24"]);
+    assert_eq!(history.latest.last().unwrap().items, phq9(8, 0));
+    // Never another member's items.
+    assert!(group.item_history("PHQ-9", "c2").is_none());
+    assert!(group.item_history("GAD-7", "c2").is_some());
+}
+
+#[test]
+fn a_member_in_two_groups_has_one_item_history() {
+    use crate::practice::ItemHistory;
+    let mut log = Log::new();
+    log.created("g1", Focus::Depression);
+    log.created("g2", Focus::Anxiety);
+    log.measure("g1", "c1", "PHQ-9", phq9(9, 0), "2026-01-06T18:00:00Z");
+    log.measure("g2", "c1", "PHQ-9", phq9(4, 0), "2026-02-06T18:00:00Z");
+    let groups = &log.practice.groups;
+    let merged =
+        ItemHistory::merged(["g1", "g2"].map(|g| groups[g].item_history("PHQ-9", "c1").unwrap()));
+    assert_eq!(merged.first.unwrap().items, phq9(9, 0));
+    assert_eq!(merged.latest.len(), 2);
+    assert_eq!(merged.latest[1].items, phq9(4, 0));
+}
+
+#[test]
+fn a_corrected_mark_keeps_what_it_replaced() {
+    let mut log = attendance_log();
+    let session = log.practice.groups["g1"].held_sessions()[0].0.clone();
+    let client = log.practice.groups["g1"].sessions[&session]
+        .marks
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let was = log.practice.groups["g1"].sessions[&session].marks[&client];
+    log.group(
+        "g1",
+        GroupEvent::AttendanceCorrected {
+            session_id: session.clone(),
+            client_id: client.clone(),
+            status: AttendanceStatus::Excused,
+            previous_status: was,
+            corrects_sequence: 3,
+        },
+    );
+    let record = &log.practice.groups["g1"].sessions[&session];
+    assert_eq!(record.marks[&client], AttendanceStatus::Excused);
+    assert_eq!(record.corrected[&client], vec![was]);
+    let stored = serde_json::to_value(&log.practice).unwrap();
+    let back: Practice = serde_json::from_value(stored).unwrap();
+    assert_eq!(back, log.practice);
+}
+
+#[test]
+fn an_alert_says_when_its_event_happened_not_only_when_it_was_recorded() {
+    let mut log = Log::new();
+    log.created("g1", Focus::Depression);
+    log.measure("g1", "c1", "PHQ-9", phq9(6, 1), "2026-01-06T18:00:00+01:00");
+    let alert = &log.practice.alerts[0];
+    assert_eq!(alert.kind, AlertKind::Risk);
+    assert_eq!(alert.raised_at, now());
+    assert_eq!(alert.occurred_at, at("2026-01-06T18:00:00+01:00"));
+}
+
+#[test]
+fn the_alliance_rule_flags_a_total_below_the_cutoff_or_else_a_fall() {
+    use crate::practice::{alliance_concern, AllianceConcern};
+    use circle_events::instruments::Catalogue;
+    let catalogue = Catalogue::builtin();
+    let srs = catalogue.current("SRS").unwrap();
+    let phq9 = catalogue.current("PHQ-9").unwrap();
+    let s = Score::from_tenths;
+    assert_eq!(alliance_concern(srs, None, s(380)), None);
+    assert_eq!(alliance_concern(srs, Some(s(370)), s(380)), None);
+    assert_eq!(
+        alliance_concern(srs, Some(s(380)), s(372)),
+        Some(AllianceConcern::Fell {
+            from: s(380),
+            to: s(372)
+        })
+    );
+    assert_eq!(
+        alliance_concern(srs, Some(s(380)), s(320)),
+        Some(AllianceConcern::BelowCutoff {
+            total: s(320),
+            cutoff: s(360)
+        })
+    );
+    // Not an alliance scale: never an alliance concern.
+    assert_eq!(alliance_concern(phq9, Some(s(100)), s(50)), None);
 }

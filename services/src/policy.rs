@@ -419,6 +419,7 @@ pub const ROUTES: &[(&str, &str, Action)] = &[
     ("GET", "/app/events", Action::ReadReport),
     ("GET", "/app/practice", Action::ReadReport),
     ("GET", "/app/audit", Action::ReadAuditTrail),
+    ("GET", "/app/audit/history", Action::ReadHistory),
     ("GET", "/app/clients/{client_id}", Action::ReadClient),
     ("GET", "/app/groups/{group_id}", Action::ReadGroup),
     (

@@ -138,7 +138,9 @@ pub async fn fold(
 /// and its times (measures, sessions, alerts) as numbers.
 /// 3: the state records each client's consent decisions.
 /// 4: groups record their name, facilitators, closure and risk reviews (the dashboard).
-pub const CHECKPOINT_FORMAT: u32 = 4;
+/// 5: groups record each member's first and latest items per instrument and the marks
+/// corrections replaced; alerts record when their event occurred (the dashboard).
+pub const CHECKPOINT_FORMAT: u32 = 5;
 
 /// The settings a projection's state depends on. A checkpoint records their digest;
 /// when they change, the state is rebuilt from position 0 with the new ones.
@@ -642,7 +644,7 @@ mod tests {
         let practice = Practice::new(AlertRules::default());
         let text = write_checkpoint(&practice, "d1g3st").unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["format"], 4);
+        assert_eq!(value["format"], 5);
         assert_eq!(value["settings"], "d1g3st");
         assert_eq!(value["state"]["position"], 0);
         assert_eq!(value["state"]["rules"]["consecutive_absences"], 2);

@@ -496,6 +496,13 @@ def forbidden_and_admin(run, page, base, args, live_tabs):
     page.get_by_role("link", name="Audit").click()
     page.wait_for_url(f"{base}/app/audit")
     check_page(run, page, "audit")
+    # A group's history from the Audit page: read-only, personal data sealed.
+    page.locator("#history-group").select_option(GROUP)
+    page.get_by_role("button", name="Show history").click()
+    page.wait_for_url(f"{base}/app/audit/history?**")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("history")
+    run.check(page.locator("table.history tbody tr").count() > 0, "the group's history lists its events")
+    check_page(run, page, "history")
 
 
 def without_javascript(run, context, base, args):

@@ -10,10 +10,10 @@ use std::fmt::Write;
 use chrono::NaiveDate;
 use circle_events::instruments::{Direction, InstrumentDefinition};
 
-const WIDTH: f64 = 640.0;
+const WIDTH: f64 = 560.0;
 const HEIGHT: f64 = 260.0;
 const LEFT: f64 = 44.0;
-const RIGHT: f64 = 120.0;
+const RIGHT: f64 = 150.0;
 const TOP: f64 = 22.0;
 const BOTTOM: f64 = 40.0;
 
@@ -150,7 +150,7 @@ pub fn trajectory_svg(t: &Trajectory) -> String {
             svg,
             r#"<line class="cutoff" x1="{LEFT}" y1="{cy:.1}" x2="{:.1}" y2="{cy:.1}"/><text class="cutoff-label" x="{:.1}" y="{:.1}">cutoff {cutoff}</text>"#,
             LEFT + plot_width(),
-            LEFT + plot_width() - 60.0,
+            LEFT + plot_width() - 4.0,
             cy - 3.0
         );
     }

@@ -544,7 +544,7 @@ fn attendance_markup(
         @if let Some(errors) = errors { (errors.summary()) }
         form method="post" action={ "/app/groups/" (group_id) "/sessions/" (session_id) "/attendance" } {
             (csrf(viewer)) (idempotency())
-            table {
+            table.marks {
                 thead { tr { th { "Member" } @for status in STATUSES { th { (status_label(status)) } } th { "Recorded" } } }
                 tbody { @for (client_id, recorded) in &members {
                     tr {

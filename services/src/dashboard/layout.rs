@@ -15,7 +15,7 @@ const HTMX: &str = include_str!("../../assets/htmx-2.0.11.min.js");
 const HTMX_SSE: &str = include_str!("../../assets/htmx-ext-sse-2.2.4.min.js");
 const STYLESHEET: &str = include_str!("../../assets/circle.css");
 /// Bumped with the stylesheet, so its long cache never serves a stale copy.
-const STYLESHEET_NAME: &str = "circle-1.css";
+const STYLESHEET_NAME: &str = "circle-2.css";
 /// The page icon: a ring, in the stylesheet's link blue.
 const ICON: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><circle cx="16" cy="16" r="11" fill="none" stroke="#1f5fa8" stroke-width="6"/></svg>"##;
 const ICON_NAME: &str = "circle-icon-1.svg";

@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/app/events", get(live::events))
         .route("/app/practice", get(pages::practice))
         .route("/app/audit", get(pages::audit))
+        .route("/app/audit/history", get(pages::history))
         .route("/app/clients/{client_id}", get(pages::member))
         .route("/app/groups/{group_id}", get(pages::group))
         .route("/app/groups/{group_id}/sessions", post(forms::schedule))

@@ -12,7 +12,9 @@ use circle_events::group::AttendanceStatus;
 use circle_events::ids::{ClientId, GroupId};
 use circle_events::instruments::{Catalogue, Score};
 use circle_projections::caseload::{MemberNeed, NeedKind, Triage};
-use circle_projections::practice::{GroupRecord, Practice};
+use circle_projections::practice::{
+    alliance_concern, AllianceConcern, GroupRecord, ItemHistory, Practice,
+};
 use circle_projections::reports::{self, RetentionReport, RetentionScope};
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -172,13 +174,31 @@ pub(super) async fn sign_out(headers: HeaderMap) -> Response {
 
 // ---- Today ----
 
+/// Groups one Today page shows (an admin sees every group of the practice).
+const GROUPS_PER_PAGE: usize = 20;
+/// Rows the practice-wide "needs you now" list shows beyond its risk items (every
+/// unreviewed risk item is always listed).
+const URGENT_ROWS: usize = 25;
+
+#[derive(Deserialize, Default)]
+pub(super) struct TodayPage {
+    page: Option<usize>,
+}
+
 /// "Who needs me now?": the caller's groups with their next session, and each
-/// group's members by need.
-pub(super) async fn today(State(state): State<AppState>, viewer: Viewer) -> Response {
+/// group's members by need. Groups are paged, the most urgent first; when there is
+/// more than one page, the members who need someone now, from every group, come
+/// first.
+pub(super) async fn today(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(page_asked): Query<TodayPage>,
+) -> Response {
     let now = Utc::now();
+    let page = page_asked.page.unwrap_or(1).max(1);
     let (body, shown) = state
         .reports
-        .read(|practice| today_view(practice, &viewer, now));
+        .read(|practice| today_view(practice, &viewer, now, page));
     let frame = Frame {
         viewer: Some(&viewer),
         title: "Today",
@@ -187,48 +207,109 @@ pub(super) async fn today(State(state): State<AppState>, viewer: Viewer) -> Resp
     html_page(frame, body, shown)
 }
 
-fn today_view(practice: &Practice, viewer: &Viewer, now: DateTime<Utc>) -> (Markup, Vec<String>) {
+/// The order needs rank in: the rule's rank, then the most recent first.
+fn by_need(a: &MemberNeed, b: &MemberNeed) -> std::cmp::Ordering {
+    match (&a.need, &b.need) {
+        (Some(x), Some(y)) => x.kind.cmp(&y.kind).then(y.at.cmp(&x.at)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    }
+}
+
+fn today_view(
+    practice: &Practice,
+    viewer: &Viewer,
+    now: DateTime<Utc>,
+    page: usize,
+) -> (Markup, Vec<String>) {
     let triage = Triage::new(practice);
     let today = now.date_naive();
-    let groups: Vec<(&String, &GroupRecord, Vec<MemberNeed>)> = practice
+    let mut groups: Vec<(&String, &GroupRecord, Vec<MemberNeed>)> = practice
         .groups
         .iter()
         .filter(|(_, g)| g.closed_on.is_none() && may_read(&viewer.caller, g))
         .filter_map(|(id, g)| Some((id, g, triage.group(id, today)?)))
         .collect();
-    let shown = groups
+    // The group whose neediest member ranks first comes first (rows are sorted).
+    groups.sort_by(|a, b| {
+        let neediest = |rows: &[MemberNeed]| rows.first().cloned();
+        match (neediest(&a.2), neediest(&b.2)) {
+            (Some(x), Some(y)) => by_need(&x, &y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        }
+        .then(a.1.name.cmp(&b.1.name))
+        .then(a.0.cmp(b.0))
+    });
+    let pages = groups.len().div_ceil(GROUPS_PER_PAGE).max(1);
+    let page = page.min(pages);
+    let mut urgent: Vec<(&String, &GroupRecord, &MemberNeed)> = Vec::new();
+    if pages > 1 {
+        urgent = groups
+            .iter()
+            .flat_map(|(id, g, rows)| {
+                rows.iter()
+                    .filter(|r| r.need.is_some())
+                    .map(move |r| (*id, *g, r))
+            })
+            .collect();
+        urgent.sort_by(|a, b| by_need(a.2, b.2).then(a.2.client_id.cmp(&b.2.client_id)));
+        let risks = urgent
+            .iter()
+            .filter(|(_, _, r)| r.need.as_ref().is_some_and(|n| n.kind == NeedKind::Risk))
+            .count();
+        urgent.truncate(risks + URGENT_ROWS);
+    }
+    let with_a_need: usize = groups
+        .iter()
+        .map(|(_, _, rows)| rows.iter().filter(|r| r.need.is_some()).count())
+        .sum();
+    let on_page = &groups[((page - 1) * GROUPS_PER_PAGE).min(groups.len())
+        ..(page * GROUPS_PER_PAGE).min(groups.len())];
+    let shown = on_page
         .iter()
         .flat_map(|(_, _, rows)| rows.iter().map(|r| r.client_id.clone()))
+        .chain(urgent.iter().map(|(_, _, r)| r.client_id.clone()))
         .collect();
     let body = html! {
         h1 { "Today" }
         @if groups.is_empty() { p.notice { "You facilitate no open groups." } }
-        @for (group_id, group, rows) in &groups {
+        @if !urgent.is_empty() {
+            section.card aria-labelledby="urgent" {
+                h2 #urgent { "Needs someone now" }
+                p.muted {
+                    "Across all " (groups.len()) " groups, by the caseload rule: every unreviewed risk item, then the "
+                    (URGENT_ROWS) " most pressing others (" (with_a_need) " members have a rule fired in all)."
+                }
+                table.stack {
+                    thead { tr { th { "Member" } th { "Group" } th { "Needs" } th { "Why" } th { "When" } } }
+                    tbody {
+                        @for (group_id, group, row) in &urgent {
+                            tr {
+                                td data-label="Member" { a href={ "/app/clients/" (row.client_id) } { (row.client_id) } }
+                                td data-label="Group" { a href={ "/app/groups/" (group_id) } { (group.name) } }
+                                (need_cells(viewer, group_id, row))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if pages > 1 { (page_links(page, pages, "Groups, page by page")) }
+        @for (group_id, group, rows) in on_page {
             section.card aria-labelledby={ "g-" (group_id) } {
                 h2 #{ "g-" (group_id) } { a href={ "/app/groups/" (group_id) } { (group.name) } }
                 p.muted { (next_session(group, now)) " · " (rows.len()) " members" }
-                @if rows.is_empty() { p.muted { "No current members." } }
-                table {
-                    thead { tr { th { "Member" } th { "Needs" } th { "Why" } th { "When" } } }
-                    tbody {
-                        @for row in rows {
-                            tr {
-                                td { a href={ "/app/clients/" (row.client_id) } { (row.client_id) } }
-                                @match &row.need {
-                                    Some(need) => {
-                                        td {
-                                            span class={ "chip need-" (kind_class(need.kind)) } { (need.kind.label()) }
-                                            @if need.kind == NeedKind::Risk && viewer.caller.0.role != Role::Auditor {
-                                                " " (super::forms::review_button(viewer, group_id, &row.client_id))
-                                            }
-                                        }
-                                        td { (need.detail) }
-                                        td { time datetime=(need.at.to_rfc3339()) { (need.at.format("%Y-%m-%d")) } }
-                                    }
-                                    None => {
-                                        td { span.chip.need-none { "No rule fired" } }
-                                        td.muted { "—" } td.muted { "—" }
-                                    }
+                @if rows.is_empty() { p.muted { "No current members." } } @else {
+                    table.stack {
+                        thead { tr { th { "Member" } th { "Needs" } th { "Why" } th { "When" } } }
+                        tbody {
+                            @for row in rows {
+                                tr {
+                                    td data-label="Member" { a href={ "/app/clients/" (row.client_id) } { (row.client_id) } }
+                                    (need_cells(viewer, group_id, row))
                                 }
                             }
                         }
@@ -236,8 +317,46 @@ fn today_view(practice: &Practice, viewer: &Viewer, now: DateTime<Utc>) -> (Mark
                 }
             }
         }
+        @if pages > 1 { (page_links(page, pages, "Groups, more pages")) }
     };
     (body, shown)
+}
+
+/// A Today row's need: the rule that fired (with the review button for a risk item),
+/// why, and when.
+fn need_cells(viewer: &Viewer, group_id: &str, row: &MemberNeed) -> Markup {
+    html! {
+        @match &row.need {
+            Some(need) => {
+                td data-label="Needs" {
+                    span class={ "chip need-" (kind_class(need.kind)) } { (need.kind.label()) }
+                    @if need.kind == NeedKind::Risk && viewer.caller.0.role != Role::Auditor {
+                        " " (super::forms::review_button(viewer, group_id, &row.client_id))
+                    }
+                }
+                td data-label="Why" { (need.detail) }
+                td data-label="When" { time datetime=(need.at.to_rfc3339()) { (need.at.format("%Y-%m-%d")) } }
+            }
+            None => {
+                td data-label="Needs" { span.chip.need-none { "No rule fired" } }
+                td.muted data-label="Why" { "—" } td.muted data-label="When" { "—" }
+            }
+        }
+    }
+}
+
+/// Plain links to each page of groups (no script needed).
+fn page_links(page: usize, pages: usize, label: &str) -> Markup {
+    html! {
+        nav.pages aria-label=(label) {
+            @if page > 1 { a href={ "/app?page=" (page - 1) } rel="prev" { "← Previous" } " " }
+            @for n in 1..=pages {
+                @if n == page { span aria-current="page" { (n) } } @else { a href={ "/app?page=" (n) } { (n) } }
+                " "
+            }
+            @if page < pages { a href={ "/app?page=" (page + 1) } rel="next" { "Next →" } }
+        }
+    }
 }
 
 fn kind_class(kind: circle_projections::caseload::NeedKind) -> &'static str {
@@ -325,7 +444,8 @@ fn group_view(
         }
         section.card {
             h2 { "Attendance" }
-            p.muted { "Latest " (grid.len()) " sessions. Unrecorded marks count as no-shows; a blank cell is a date the client was not a member." }
+            p.muted { "Latest " (grid.len()) " sessions. Unrecorded marks count as no-shows; a blank cell is a date the client was not a member; a small \"c\" marks a corrected mark (its title says what it replaced)." }
+            p.muted.phone-only { "On a narrow screen: the latest six sessions." }
             (attendance_grid(group, &members, grid))
         }
         section.card {
@@ -333,16 +453,16 @@ fn group_view(
             @if outcomes.is_empty() { p.muted { "No member has two scores on an outcome measure yet." } }
             @for report in &outcomes {
                 h3 { (report.instrument) }
-                table {
-                    thead { tr { th { "Member" } th.num { "Baseline" } th.num { "Latest" } th.num { "Change" } th { "Classification" } } }
+                table.stack {
+                    thead { tr { th scope="col" { "Member" } th.num scope="col" { "Baseline" } th.num scope="col" { "Latest" } th.num scope="col" { "Change" } th scope="col" { "Classification" } } }
                     tbody {
                         @for row in report.clients.iter().flatten() {
                             @let class = serde_label(&row.classification);
                             tr {
-                                td { a href={ "/app/clients/" (row.client_id) } { (row.client_id) } }
-                                td.num { (row.baseline) } td.num { (row.latest) }
-                                td.num { (signed(row.change)) }
-                                td { span class={ "chip cls-" (class) } { (class.replace('_', " ")) } }
+                                td data-label="Member" { a href={ "/app/clients/" (row.client_id) } { (row.client_id) } }
+                                td.num data-label="Baseline" { (row.baseline) } td.num data-label="Latest" { (row.latest) }
+                                td.num data-label="Change" { (signed(row.change)) }
+                                td data-label="Classification" { span class={ "chip cls-" (class) } { (class.replace('_', " ")) } }
                             }
                         }
                     }
@@ -351,7 +471,7 @@ fn group_view(
         }
         section.card {
             h2 { "Alliance per session" }
-            p.muted { "SRS/GSRS totals; a fall since the member's previous session, or a total below the cutoff, is flagged in words." }
+            p.muted { "SRS/GSRS totals; a total below the cutoff, or else a fall since the member's previous one, is flagged in words (the rule the alerts use)." }
             (alliance_grid(group, &members, grid))
         }
         section.card {
@@ -361,14 +481,15 @@ fn group_view(
         section.card {
             h2 { "Alerts" }
             @if alerts.is_empty() { p.muted { "No alerts." } }
-            table {
+            table.stack {
+                thead { tr { th scope="col" { "Alert" } th scope="col" { "Member" } th scope="col" { "Why" } th scope="col" { "When it happened" } } }
                 tbody {
                     @for alert in alerts.iter().rev().take(30) {
                         tr {
-                            td { span class={ "chip need-" (alert_class(alert.kind)) } { (serde_label(&alert.kind).replace('_', " ")) } }
-                            td { a href={ "/app/clients/" (alert.client_id) } { (alert.client_id) } }
-                            td { (alert.detail) }
-                            td { (alert.raised_at.format("%Y-%m-%d")) }
+                            td data-label="Alert" { span class={ "chip need-" (alert_class(alert.kind)) } { (serde_label(&alert.kind).replace('_', " ")) } }
+                            td data-label="Member" { a href={ "/app/clients/" (alert.client_id) } { (alert.client_id) } }
+                            td data-label="Why" { (alert.detail) }
+                            td data-label="When" { (alert_date(alert)) }
                         }
                     }
                 }
@@ -454,9 +575,26 @@ fn attendance_cell(
             None => ("outside", "", "not recorded yet".to_string()),
         }
     };
+    // A correction shows as one: the mark now, "corrected", and what it replaced.
+    let earlier = session
+        .corrected
+        .get(client_id)
+        .filter(|_| !session.cancelled);
+    let title = match earlier {
+        Some(earlier) => {
+            let earlier: Vec<&str> = earlier.iter().map(|s| status_label(*s)).collect();
+            format!(
+                "{title}, corrected: recorded earlier as {}",
+                earlier.join(", then ")
+            )
+        }
+        None => title,
+    };
     html! {
         td class={ "att-" (class) } title=(title) {
-            (text) span.skip { (title) }
+            (text)
+            @if earlier.is_some() { sup.corrected aria-hidden="true" { "c" } }
+            span.skip { (title) }
         }
     }
 }
@@ -516,12 +654,15 @@ fn alliance_grid(
                                         @match at {
                                             Some(i) => {
                                                 @let value = scores[i].total;
-                                                @let below = catalogue.current(instrument).and_then(|d| d.is_clinical(value)) == Some(true);
-                                                @let fell = i > 0 && value < scores[i - 1].total;
+                                                @let previous = i.checked_sub(1).map(|p| scores[p].total);
+                                                @let concern = catalogue.current(instrument).and_then(|d| alliance_concern(d, previous, value));
                                                 td {
                                                     (value)
-                                                    @if fell { br; span.drop { "▼ drop" } }
-                                                    @if below { br; span.drop { "below cutoff" } }
+                                                    @match concern {
+                                                        Some(AllianceConcern::Fell { from, .. }) => { br; span.drop title={ "fell from " (from) } { "▼ drop" } }
+                                                        Some(AllianceConcern::BelowCutoff { cutoff, .. }) => { br; span.drop title={ "below " (cutoff) } { "below cutoff" } }
+                                                        None => {}
+                                                    }
                                                 }
                                             }
                                             None => td.muted { "" }
@@ -586,10 +727,9 @@ pub(super) async fn member(
     let (erased, personal) =
         crate::http::clients::personal_data(&state, &client, client_id, view, false).await?;
     let name = personal.and_then(|p| p.display_name);
-    let measures = item_history(&state, client_id).await?;
     let body = state.reports.read(|p| {
         let body = member_view(p, client_id, name.as_deref(), erased, view, &viewer);
-        html! { (body) (item_tables(&measures)) }
+        html! { (body) (item_tables(p, client_id)) }
     });
     let frame = Frame {
         viewer: Some(&viewer),
@@ -599,55 +739,24 @@ pub(super) async fn member(
     Ok(html_page(frame, body, vec![client_id.to_string()]))
 }
 
-/// The member's questionnaires with their items, from the streams of their groups
-/// (the live projection keeps totals only): only this member's events are decoded.
-async fn item_history(
-    state: &AppState,
-    client_id: &str,
-) -> Result<Vec<circle_events::group::Measure>, Problem> {
-    use circle_events::group::{Group, GroupEvent};
-    use cqrs_es::Aggregate;
-    let groups: Vec<String> = state.reports.read(|p| {
-        p.groups
-            .iter()
-            .filter(|(_, g)| g.members.contains_key(client_id))
-            .map(|(id, _)| id.clone())
-            .collect()
-    });
-    let mut measures = Vec::new();
-    for group_id in groups {
-        for event in state.store.load_stream(Group::TYPE, &group_id, 0).await? {
-            let theirs = event.event_type == "FeedbackRecorded"
-                && event.payload.get("client_id").and_then(|c| c.as_str()) == Some(client_id);
-            if !theirs {
-                continue;
-            }
-            let decoded = circle_events::upcast::decode::<GroupEvent>(
-                &event.event_type,
-                event.event_version,
-                event.payload,
-            );
-            if let Ok(GroupEvent::FeedbackRecorded { measure, .. }) = decoded {
-                measures.push(measure);
-            }
-        }
-    }
-    measures.sort_by_key(|m| m.administered_at);
-    Ok(measures)
-}
-
-/// Administrations an item table shows: the latest ones.
-const ITEM_COLUMNS: usize = 6;
-
 /// Per outcome instrument, each item's score at the latest administrations, and how
-/// far it moved from the first (in words: better or worse, by how much).
-fn item_tables(measures: &[circle_events::group::Measure]) -> Markup {
+/// far it moved from the first (in words: better or worse, by how much). Read from
+/// the projection, which keeps each member's first and latest items.
+fn item_tables(practice: &Practice, client_id: &str) -> Markup {
     let catalogue = Catalogue::builtin();
+    let history = |instrument: &str| {
+        ItemHistory::merged(
+            practice
+                .groups
+                .values()
+                .filter_map(|g| g.item_history(instrument, client_id)),
+        )
+    };
     html! {
         @for instrument in OUTCOME_INSTRUMENTS {
-            @let taken: Vec<_> = measures.iter().filter(|m| m.instrument == instrument).collect();
-            @if let (Some(definition), Some(first), Some(latest)) = (catalogue.current(instrument), taken.first(), taken.last()) {
-                @let shown = &taken[taken.len().saturating_sub(ITEM_COLUMNS)..];
+            @let history = history(instrument);
+            @if let (Some(definition), Some(first), Some(latest)) = (catalogue.current(instrument), history.first.as_ref(), history.latest.last()) {
+                @let shown = &history.latest;
                 section.card {
                     h2 { (instrument) " items" }
                     table.grid {
@@ -750,11 +859,13 @@ fn member_view(
         section.card {
             h2 { "Alert history" }
             @if alerts.is_empty() { p.muted { "No alerts." } }
-            table { tbody { @for alert in alerts.iter().rev() {
+            table.stack {
+                thead { tr { th scope="col" { "Alert" } th scope="col" { "Why" } th scope="col" { "When it happened" } } }
+                tbody { @for alert in alerts.iter().rev() {
                 tr {
-                    td { span class={ "chip need-" (alert_class(alert.kind)) } { (serde_label(&alert.kind).replace('_', " ")) } }
-                    td { (alert.detail) }
-                    td { (alert.raised_at.format("%Y-%m-%d")) }
+                    td data-label="Alert" { span class={ "chip need-" (alert_class(alert.kind)) } { (serde_label(&alert.kind).replace('_', " ")) } }
+                    td data-label="Why" { (alert.detail) }
+                    td data-label="When" { (alert_date(alert)) }
                 }
             } } }
         }
@@ -820,32 +931,23 @@ fn practice_view(practice: &Practice, view: View, k: u32, now: DateTime<Utc>) ->
         use circle_projections::reports::ReporterForm;
         retention = retention.for_reporters(k);
     }
-    let mut by_group = Vec::new();
-    let mut by_focus: std::collections::BTreeMap<String, Counts> = Default::default();
-    let mut by_facilitator: std::collections::BTreeMap<String, Counts> = Default::default();
+    // Every outcome measure (one with a reliable-change value) some member took.
+    let catalogue = Catalogue::builtin();
+    let instruments: std::collections::BTreeSet<&str> = practice
+        .groups
+        .values()
+        .flat_map(|g| g.measures.keys())
+        .filter(|i| {
+            catalogue
+                .current(i)
+                .is_some_and(|d| d.reliable_change.is_some())
+        })
+        .map(String::as_str)
+        .collect();
+    let mut attendance = Vec::new();
     for (group_id, group) in &practice.groups {
-        let mut counts = Counts::default();
-        for instrument in ["PHQ-9", "GAD-7"] {
-            if let Some(report) = reports::outcomes(practice, group_id, instrument, now) {
-                let s = &report.summary;
-                counts.people += s.clients_with_two_or_more.unwrap_or(0);
-                counts.recovered += s.recovered.unwrap_or(0);
-                counts.improved += s.improved.unwrap_or(0);
-                counts.unchanged += s.unchanged.unwrap_or(0);
-                counts.deteriorated += s.deteriorated.unwrap_or(0);
-            }
-        }
-        let attendance =
-            reports::attendance(practice, group_id, now).and_then(|a| a.attendance_rate);
-        let focus = group.focus.map_or("", focus_label).to_string();
-        add(by_focus.entry(focus).or_default(), &counts);
-        for facilitator in &group.facilitators {
-            add(
-                by_facilitator.entry(facilitator.clone()).or_default(),
-                &counts,
-            );
-        }
-        by_group.push((group.name.clone(), counts, attendance));
+        let rate = reports::attendance(practice, group_id, now).and_then(|a| a.attendance_rate);
+        attendance.push((group.name.clone(), rate));
     }
     let shown = |n: u32, people: u32| -> String {
         if aggregate && !reports::shown_to_reporters(people, k) {
@@ -854,20 +956,60 @@ fn practice_view(practice: &Practice, view: View, k: u32, now: DateTime<Utc>) ->
             n.to_string()
         }
     };
-    let table = |title: &str, rows: Vec<(String, &Counts, Option<f64>)>| {
+    let table = |title: &str, first: &str, rows: Vec<(String, &Counts)>| {
         html! {
-            h3 { (title) }
-            table {
-                thead { tr { th { "" } th.num { "Measured twice" } th.num { "Recovered" } th.num { "Improved" } th.num { "Unchanged" } th.num { "Deteriorated" } @if title == "By group" { th.num { "Attendance" } } } }
-                tbody { @for (name, c, attendance) in rows {
+            h4 { (title) }
+            table.stack {
+                thead { tr { th scope="col" { (first) } th.num scope="col" { "Measured twice" } th.num scope="col" { "Recovered" } th.num scope="col" { "Improved" } th.num scope="col" { "Unchanged" } th.num scope="col" { "Deteriorated" } } }
+                tbody { @for (name, c) in rows {
                     tr {
-                        td { (name) }
-                        td.num { (shown(c.people, c.people)) }
-                        td.num { (shown(c.recovered, c.people)) } td.num { (shown(c.improved, c.people)) }
-                        td.num { (shown(c.unchanged, c.people)) } td.num { (shown(c.deteriorated, c.people)) }
-                        @if title == "By group" { td.num { (rate(attendance)) } }
+                        td data-label=(first) { (name) }
+                        td.num data-label="Measured twice" { (shown(c.people, c.people)) }
+                        td.num data-label="Recovered" { (shown(c.recovered, c.people)) }
+                        td.num data-label="Improved" { (shown(c.improved, c.people)) }
+                        td.num data-label="Unchanged" { (shown(c.unchanged, c.people)) }
+                        td.num data-label="Deteriorated" { (shown(c.deteriorated, c.people)) }
                     }
                 } }
+            }
+        }
+    };
+    let by_instrument = |instrument: &str| {
+        let mut by_group = Vec::new();
+        let mut by_focus: std::collections::BTreeMap<String, Counts> = Default::default();
+        let mut by_facilitator: std::collections::BTreeMap<String, Counts> = Default::default();
+        for (group_id, group) in &practice.groups {
+            let Some(report) = reports::outcomes(practice, group_id, instrument, now) else {
+                continue;
+            };
+            let s = &report.summary;
+            let counts = Counts {
+                people: s.clients_with_two_or_more.unwrap_or(0),
+                recovered: s.recovered.unwrap_or(0),
+                improved: s.improved.unwrap_or(0),
+                unchanged: s.unchanged.unwrap_or(0),
+                deteriorated: s.deteriorated.unwrap_or(0),
+            };
+            if counts.people == 0 {
+                continue;
+            }
+            let focus = group.focus.map_or("", focus_label).to_string();
+            add(by_focus.entry(focus).or_default(), &counts);
+            for facilitator in &group.facilitators {
+                add(
+                    by_facilitator.entry(facilitator.clone()).or_default(),
+                    &counts,
+                );
+            }
+            by_group.push((group.name.clone(), counts));
+        }
+        html! {
+            h3 { (instrument) }
+            (table("By focus", "Focus", by_focus.iter().map(|(n, c)| (n.clone(), c)).collect()))
+            (table("By facilitator", "Facilitator", by_facilitator.iter().map(|(n, c)| (n.clone(), c)).collect()))
+            details {
+                summary { "By group (" (by_group.len()) " groups)" }
+                (table("By group", "Group", by_group.iter().map(|(n, c)| (n.clone(), c)).collect()))
             }
         }
     };
@@ -879,11 +1021,22 @@ fn practice_view(practice: &Practice, view: View, k: u32, now: DateTime<Utc>) ->
             (retention_block(&retention))
         }
         section.card {
-            h2 { "Outcomes on PHQ-9 and GAD-7" }
-            p.muted { "Reliable and clinically significant change from each member's first to latest score." }
-            (table("By group", by_group.iter().map(|(n, c, a)| (n.clone(), c, *a)).collect()))
-            (table("By focus", by_focus.iter().map(|(n, c)| (n.replace('_', " "), c, None)).collect()))
-            (table("By facilitator", by_facilitator.iter().map(|(n, c)| (n.clone(), c, None)).collect()))
+            h2 { "Outcomes on every measure taken" }
+            p.muted { "Reliable and clinically significant change from each member's first to latest score, per measure: " (instruments.iter().copied().collect::<Vec<_>>().join(", ")) "." }
+            @if instruments.is_empty() { p.muted { "No outcome measure recorded yet." } }
+            @for instrument in &instruments { (by_instrument(instrument)) }
+        }
+        section.card {
+            h2 { "Attendance by group" }
+            details {
+                summary { "Attendance rates (" (attendance.len()) " groups)" }
+                table.stack {
+                    thead { tr { th scope="col" { "Group" } th.num scope="col" { "Attendance" } } }
+                    tbody { @for (name, rate_) in &attendance {
+                        tr { td data-label="Group" { (name) } td.num data-label="Attendance" { (rate(*rate_)) } }
+                    } }
+                }
+            }
         }
     }
 }
@@ -924,6 +1077,12 @@ pub(super) async fn audit(
         }
         None => None,
     };
+    let groups: Vec<(String, String)> = state.reports.read(|p| {
+        p.groups
+            .iter()
+            .map(|(id, g)| (id.clone(), g.name.clone()))
+            .collect()
+    });
     let body = html! {
         h1 { "Audit" }
         p { "The log holds " (head) " events. Personal data stays sealed here." }
@@ -937,6 +1096,20 @@ pub(super) async fn audit(
             @if let Some((day, report)) = &figures {
                 h3 { "As of " (day) }
                 (retention_block(report))
+            }
+        }
+        section.card {
+            h2 { "A group's or a member's history" }
+            p.muted { "Every event of the stream in order: who recorded it, when it happened and when it was recorded, and what a correction replaced. Personal data stays sealed." }
+            form method="get" action="/app/audit/history" {
+                label for="history-group" { "Group" }
+                select #history-group name="group_id" {
+                    option value="" { "— choose a group —" }
+                    @for (id, name) in &groups { option value=(id) { (name) " (" (id) ")" } }
+                }
+                " " label for="history-client" { "or member (client id)" }
+                input #history-client type="text" name="client_id" autocomplete="off";
+                " " button type="submit" { "Show history" }
             }
         }
         section.card {
@@ -956,7 +1129,148 @@ pub(super) async fn audit(
     Ok(page(frame, body).into_response())
 }
 
+#[derive(Deserialize)]
+pub(super) struct HistoryAsked {
+    group_id: Option<String>,
+    client_id: Option<String>,
+    after: Option<i64>,
+}
+
+/// Events of the history page.
+const HISTORY_PAGE: i64 = 200;
+
+/// A group's or a member's history for the auditor: the stream's events read by the
+/// history API's own query (personal data sealed), access-logged like every page
+/// that names clients.
+pub(super) async fn history(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(asked): Query<HistoryAsked>,
+) -> Result<Response, Problem> {
+    use crate::http::history::{read_client_history, read_group_history, HistoryQuery};
+    let query = HistoryQuery {
+        after: asked.after,
+        limit: Some(HISTORY_PAGE),
+    };
+    let nonempty = |id: &Option<String>| {
+        id.as_deref()
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(String::from)
+    };
+    let (title, link, (history, disclosed)) =
+        match (nonempty(&asked.group_id), nonempty(&asked.client_id)) {
+            (Some(group_id), _) => {
+                let id = GroupId::try_from(group_id.clone())
+                    .map_err(|_| Problem::bad_request("group_id", "is not a group id"))?;
+                let link = format!("/app/audit/history?group_id={group_id}");
+                (
+                    format!("Group {group_id}: history"),
+                    link,
+                    read_group_history(&state, &viewer.caller, &id, &query).await?,
+                )
+            }
+            (None, Some(client_id)) => {
+                let id = ClientId::try_from(client_id.clone())
+                    .map_err(|_| Problem::bad_request("client_id", "is not a client id"))?;
+                let link = format!("/app/audit/history?client_id={client_id}");
+                (
+                    format!("Member {client_id}: history"),
+                    link,
+                    read_client_history(&state, &viewer.caller, &id, &query).await?,
+                )
+            }
+            (None, None) => {
+                return Err(Problem::bad_request(
+                    "group_id",
+                    "choose a group or give a client id",
+                ))
+            }
+        };
+    let body = html! {
+        h1 { (title) }
+        p.muted { "Read-only. Personal data stays sealed: a sealed field shows as “sealed”. " a href="/app/audit" { "Back to Audit" } }
+        table.stack.history {
+            thead { tr {
+                th scope="col" { "Position" } th scope="col" { "#" } th scope="col" { "Event" }
+                th scope="col" { "Happened" } th scope="col" { "Recorded" } th scope="col" { "By" }
+                th scope="col" { "Facts" } th scope="col" { "Corrects" }
+            } }
+            tbody { @for e in &history.events {
+                tr {
+                    td data-label="Position" { (e.position) }
+                    td data-label="#" { (e.sequence) }
+                    td data-label="Event" { (e.event_type) " v" (e.event_version) }
+                    td data-label="Happened" { time datetime=(e.occurred_at.to_rfc3339()) { (e.occurred_at.format("%Y-%m-%d %H:%M")) } }
+                    td data-label="Recorded" { time datetime=(e.recorded_at.to_rfc3339()) { (e.recorded_at.format("%Y-%m-%d %H:%M")) } }
+                    td data-label="By" { (e.actor.role) " " (e.actor.id) }
+                    td data-label="Facts" { (payload_facts(&e.payload)) }
+                    td data-label="Corrects" {
+                        @if let Some(c) = &e.corrects {
+                            "event #" (c.sequence)
+                            @if let Some(at) = c.position { " (position " (at) ")" }
+                        } @else { span.muted { "—" } }
+                    }
+                }
+            } }
+        }
+        @if let Some(next) = history.next_after {
+            p { a href={ (link) "&after=" (next) } { "Later events →" } }
+        }
+    };
+    let frame = Frame {
+        viewer: Some(&viewer),
+        title: &title,
+        live: false,
+    };
+    Ok(html_page(frame, body, disclosed))
+}
+
+/// An event's payload as `field: value` pairs; a sealed field says so, never its
+/// ciphertext (which is no use to a reader, and not theirs to keep).
+fn payload_facts(payload: &serde_json::Value) -> Markup {
+    use serde_json::Value;
+    fn text(value: &Value) -> String {
+        match value {
+            Value::Object(o) if o.contains_key("sealed") => "sealed".to_string(),
+            Value::String(s) => s.clone(),
+            Value::Object(o) => o
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", text(v)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Value::Array(a) => format!("[{}]", a.iter().map(text).collect::<Vec<_>>().join(", ")),
+            other => other.to_string(),
+        }
+    }
+    // Stored as `{"EventType": {fields}}`: the fields are what matter.
+    let fields = match payload {
+        Value::Object(o) if o.len() == 1 => o.values().next().unwrap_or(payload),
+        _ => payload,
+    };
+    html! {
+        @match fields {
+            Value::Object(o) => { ul.facts { @for (k, v) in o { li { span.muted { (k) ": " } (text(v)) } } } }
+            other => { (text(other)) }
+        }
+    }
+}
+
 // ---- small views ----
+
+/// When an alert's event happened (a questionnaire's or session's date), with when
+/// it was recorded in the title when that was another day.
+fn alert_date(alert: &circle_projections::practice::Alert) -> Markup {
+    let happened = alert.occurred_at.date_naive();
+    let recorded = alert.raised_at.date_naive();
+    html! {
+        @if happened == recorded {
+            time datetime=(alert.occurred_at.to_rfc3339()) { (happened) }
+        } @else {
+            time datetime=(alert.occurred_at.to_rfc3339()) title={ "recorded " (recorded) } { (happened) }
+        }
+    }
+}
 
 fn serde_label<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value)

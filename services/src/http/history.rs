@@ -29,14 +29,14 @@ use crate::policy::Action;
 pub(super) const MAX_LIMIT: i64 = 10_000;
 const DEFAULT_LIMIT: i64 = 1_000;
 
-#[derive(Deserialize, IntoParams)]
+#[derive(Deserialize, IntoParams, Default)]
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// The stream's events with a log position above this (default 0): the previous
     /// page's `next_after`.
-    after: Option<i64>,
+    pub(crate) after: Option<i64>,
     /// Most events in a page (1 to 10000, default 1000).
-    limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
 }
 
 impl HistoryQuery {
@@ -59,55 +59,55 @@ impl HistoryQuery {
 /// Who recorded an event.
 #[derive(Serialize, ToSchema)]
 pub struct Actor {
-    id: String,
-    role: String,
+    pub(crate) id: String,
+    pub(crate) role: String,
 }
 
 /// The earlier event of the same stream an event supersedes.
 #[derive(Serialize, ToSchema)]
 pub struct Corrects {
-    sequence: i64,
+    pub(crate) sequence: i64,
     /// Its log position (`null` only if the log no longer holds it, which the
     /// chain check would report).
-    position: Option<i64>,
+    pub(crate) position: Option<i64>,
 }
 
 /// One event of the stream, as recorded.
 #[derive(Serialize, ToSchema)]
 pub struct HistoryEntry {
-    position: i64,
+    pub(crate) position: i64,
     /// The event's number within its stream (1, 2, …).
-    sequence: i64,
+    pub(crate) sequence: i64,
     #[schema(value_type = String)]
-    event_id: uuid::Uuid,
-    event_type: String,
-    event_version: u32,
-    actor: Actor,
+    pub(crate) event_id: uuid::Uuid,
+    pub(crate) event_type: String,
+    pub(crate) event_version: u32,
+    pub(crate) actor: Actor,
     /// When the server recorded it (RFC 3339, microseconds, UTC).
-    recorded_at: DateTime<Utc>,
+    pub(crate) recorded_at: DateTime<Utc>,
     /// When it happened in the domain.
-    occurred_at: DateTime<Utc>,
+    pub(crate) occurred_at: DateTime<Utc>,
     #[schema(value_type = String)]
-    correlation_id: uuid::Uuid,
+    pub(crate) correlation_id: uuid::Uuid,
     #[schema(value_type = Option<String>)]
-    causation_id: Option<uuid::Uuid>,
+    pub(crate) causation_id: Option<uuid::Uuid>,
     /// The payload as stored; personal data in it is sealed (AES-256-GCM).
     #[schema(value_type = Object)]
-    payload: Value,
+    pub(crate) payload: Value,
     /// The event's chain hash (lowercase hex): find it in `/api/v1/audit/events`.
-    hash: String,
+    pub(crate) hash: String,
     /// For a correction, the event it supersedes.
-    corrects: Option<Corrects>,
+    pub(crate) corrects: Option<Corrects>,
 }
 
 /// A page of one stream's history; `next_after` is the `after` of the next page,
 /// absent at the end.
 #[derive(Serialize, ToSchema)]
 pub struct HistoryPage {
-    aggregate_type: String,
-    aggregate_id: String,
-    events: Vec<HistoryEntry>,
-    next_after: Option<i64>,
+    pub(crate) aggregate_type: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) events: Vec<HistoryEntry>,
+    pub(crate) next_after: Option<i64>,
 }
 
 fn entry(event: AuditEvent, corrects: Option<Corrects>) -> Result<HistoryEntry, Problem> {
@@ -227,12 +227,24 @@ pub async fn group_history(
     Ids(group_id): Ids<GroupId>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Response, Problem> {
-    authorize_group(&state, &caller, Action::ReadHistory, group_id.as_str()).await?;
-    let history = page(&state, Group::TYPE, group_id.as_str(), &query).await?;
-    // Who joined, attended, was measured: every client the page names.
+    let (history, disclosed) = read_group_history(&state, &caller, &group_id, &query).await?;
+    Ok(disclose(Json(history), disclosed))
+}
+
+/// A page of a group's history if the caller may read it, with the clients it names
+/// (who joined, attended, was measured) for the access log. The API and the
+/// dashboard's auditor view both read it here.
+pub(crate) async fn read_group_history(
+    state: &AppState,
+    caller: &Caller,
+    group_id: &GroupId,
+    query: &HistoryQuery,
+) -> Result<(HistoryPage, Vec<String>), Problem> {
+    authorize_group(state, caller, Action::ReadHistory, group_id.as_str()).await?;
+    let history = page(state, Group::TYPE, group_id.as_str(), query).await?;
     let payloads = Value::Array(history.events.iter().map(|e| e.payload.clone()).collect());
     let disclosed = client_ids_in(&payloads);
-    Ok(disclose(Json(history), disclosed))
+    Ok((history, disclosed))
 }
 
 #[utoipa::path(get, path = "/api/v1/clients/{client_id}/history",
@@ -248,10 +260,21 @@ pub async fn client_history(
     Ids(client_id): Ids<ClientId>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Response, Problem> {
-    authorize_client(&state, &caller, Action::ReadHistory, client_id.as_str()).await?;
-    let history = page(&state, Client::TYPE, client_id.as_str(), &query).await?;
-    let disclosed = vec![client_id.to_string()];
+    let (history, disclosed) = read_client_history(&state, &caller, &client_id, &query).await?;
     Ok(disclose(Json(history), disclosed))
+}
+
+/// A page of a client's own stream if the caller may read it, with the client for
+/// the access log (the API and the dashboard's auditor view).
+pub(crate) async fn read_client_history(
+    state: &AppState,
+    caller: &Caller,
+    client_id: &ClientId,
+    query: &HistoryQuery,
+) -> Result<(HistoryPage, Vec<String>), Problem> {
+    authorize_client(state, caller, Action::ReadHistory, client_id.as_str()).await?;
+    let history = page(state, Client::TYPE, client_id.as_str(), query).await?;
+    Ok((history, vec![client_id.to_string()]))
 }
 
 /// The time an `as_of` read asks about, checked against the log: a time the

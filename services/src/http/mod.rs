@@ -15,7 +15,7 @@ mod fhir;
 mod goals;
 pub(crate) mod groups;
 pub(crate) mod guard;
-mod history;
+pub(crate) mod history;
 pub mod openapi;
 mod problem;
 mod reports;
