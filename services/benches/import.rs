@@ -5,7 +5,7 @@
 //!
 //! `./scripts/bench --bench import`; `CIRCLE_BENCH_IMPORT_GROUPS` sets the size
 //! (default 300 groups, 201,300 rows), `CIRCLE_BENCH_IMPORT_WORKERS` the rows in flight
-//! at once (default 64, as the CLI).
+//! at once (default 256, as the CLI).
 
 use std::time::Instant;
 
@@ -63,7 +63,7 @@ async fn main() {
     let workers = std::env::var("CIRCLE_BENCH_IMPORT_WORKERS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
+        .unwrap_or(256);
     for (round, workers) in [("first import", workers), ("the same files again", workers)] {
         let options = Options {
             workers,

@@ -73,7 +73,7 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         max_errors: u64,
         /// Aggregates written at once.
-        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: u16,
         #[command(flatten)]
         store: StoreArgs,

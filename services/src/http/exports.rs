@@ -85,16 +85,24 @@ async fn export(
         Form::Full => exports::Form::Full,
         Form::Reporter => exports::Form::Reporter,
     };
-    let (practice, as_of) = snapshot_at(&state, as_of, query.min_position).await?;
+    let snapshot = snapshot_at(&state, as_of, query.min_position).await?;
     let request = ExportRequest {
         kind,
         form,
         purpose,
         scope,
-        as_of,
+        as_of: snapshot.as_of,
         k: state.reporting.reporter_min_count,
     };
-    let export = exports::export(practice, &request).ok_or_else(|| not_found("group"))?;
+    let practice = snapshot.practice;
+    // The first pass walks every row in scope: off the runtime's threads.
+    let export = tokio::task::spawn_blocking(move || exports::export(practice, &request))
+        .await
+        .map_err(|error| {
+            tracing::error!(error = %error, "computing an export");
+            Problem::unavailable()
+        })?
+        .ok_or_else(|| not_found("group"))?;
     let disclosed = export.client_ids.clone();
     let headers = [
         (
@@ -123,9 +131,13 @@ async fn export(
             }),
         ),
     ];
+    let slot = snapshot.slot;
     let body = Body::from_stream(futures_util::StreamExt::map(
         encode(export, encoding),
-        Ok::<_, std::convert::Infallible>,
+        move |chunk| {
+            let _held_until_the_body_ends = &slot;
+            Ok::<_, std::convert::Infallible>(chunk)
+        },
     ));
     // Every export is recorded, the clients its rows name with it (none in the
     // reporter form).

@@ -19,6 +19,7 @@ use circle_projections::consent::{self, sensitivity_in, SENSITIVITY_HEADER};
 use circle_projections::practice::{Alert, Practice};
 use circle_projections::reports::{self, ReporterForm, RetentionScope};
 use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedSemaphorePermit;
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{parse_time, Caller, Query};
@@ -126,25 +127,47 @@ pub(super) async fn with_practice_at<T>(
 }
 
 /// The practice [`with_practice_at`] reads, as a snapshot that stays put while an
-/// export streams its rows from it (see [`crate::projector::LiveReports`]), and the
-/// time it stands at.
+/// export streams its rows from it (see [`crate::projector::LiveReports`]).
+pub(super) struct PracticeSnapshot {
+    pub practice: Arc<Practice>,
+    /// The time the snapshot stands at.
+    pub as_of: DateTime<Utc>,
+    /// For an `as_of` snapshot, its fold slot: whoever streams from the snapshot
+    /// holds it until the stream ends, so a slow reader's folded state still counts
+    /// against `as_of_max_concurrent`.
+    pub slot: Option<OwnedSemaphorePermit>,
+}
+
 pub(super) async fn snapshot_at(
     state: &AppState,
     as_of: Option<DateTime<Utc>>,
     min_position: Option<i64>,
-) -> Result<(Arc<Practice>, DateTime<Utc>), Problem> {
+) -> Result<PracticeSnapshot, Problem> {
     if let Some(as_of) = as_of {
-        let _slot = state.as_of_limit.try_enter()?;
+        let slot = Some(state.as_of_limit.try_enter()?);
         if let Some(position) = live_position_as_of(state, as_of).await? {
             let live = state.reports.snapshot();
             if live.position == position {
-                return Ok((live, as_of));
+                return Ok(PracticeSnapshot {
+                    practice: live,
+                    as_of,
+                    slot,
+                });
             }
         }
-        return Ok((Arc::new(fold_to(state, as_of).await?), as_of));
+        let practice = Arc::new(fold_to(state, as_of).await?);
+        return Ok(PracticeSnapshot {
+            practice,
+            as_of,
+            slot,
+        });
     }
     wait_for_position(state, min_position).await?;
-    Ok((state.reports.snapshot(), Utc::now()))
+    Ok(PracticeSnapshot {
+        practice: state.reports.snapshot(),
+        as_of: Utc::now(),
+        slot: None,
+    })
 }
 
 fn as_of_unavailable(error: ProjectionError) -> Problem {

@@ -54,7 +54,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             dry_run: false,
-            workers: 64,
+            workers: 256,
             max_errors: 1000,
             progress: true,
         }
