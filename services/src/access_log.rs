@@ -199,6 +199,15 @@ pub fn parse_purpose(value: Option<&[u8]>) -> Result<Option<String>, &'static st
 /// The same rule, for the API description.
 pub const PURPOSE_PATTERN: &str = "^[ -~]*$";
 
+impl crate::supervisor::Worker for AccessLogWorker {
+    fn run(
+        &mut self,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
+        AccessLogWorker::run(self, stop)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

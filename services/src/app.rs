@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessLog;
@@ -308,31 +307,17 @@ impl Application {
             settings.append_batch_max,
             committed,
         );
-        let worker = Arc::new(Mutex::new(worker));
-        supervisor.spawn(
+        supervisor.spawn_worker(
             "appender",
             Stage::Writers,
             OnExit::StopProcess,
             true,
-            move |stop| {
-                let worker = worker.clone();
-                async move { worker.lock().await.run(stop).await }
-            },
+            worker,
         );
 
         let access_log = if settings.access_log {
             let (access_log, worker) = AccessLog::new(store.clone());
-            let worker = Arc::new(Mutex::new(worker));
-            supervisor.spawn(
-                "access-log",
-                Stage::Writers,
-                OnExit::Restart,
-                true,
-                move |stop| {
-                    let worker = worker.clone();
-                    async move { worker.lock().await.run(stop).await }
-                },
-            );
+            supervisor.spawn_worker("access-log", Stage::Writers, OnExit::Restart, true, worker);
             access_log
         } else {
             tracing::warn!("the access log is off: reads of client data are not recorded");
@@ -340,16 +325,12 @@ impl Application {
         };
 
         let (auth, worker) = Authenticator::new(store.clone());
-        let worker = Arc::new(Mutex::new(worker));
-        supervisor.spawn(
+        supervisor.spawn_worker(
             "token-lookups",
             Stage::Writers,
             OnExit::Restart,
             true,
-            move |stop| {
-                let worker = worker.clone();
-                async move { worker.lock().await.run(stop).await }
-            },
+            worker,
         );
 
         let (campaign, leadership) = Campaign::new(

@@ -198,3 +198,12 @@ impl AppendWorker {
         outcome
     }
 }
+
+impl crate::supervisor::Worker for AppendWorker {
+    fn run(
+        &mut self,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
+        AppendWorker::run(self, stop)
+    }
+}

@@ -206,3 +206,12 @@ impl TokenLookupWorker {
         Ok(())
     }
 }
+
+impl crate::supervisor::Worker for TokenLookupWorker {
+    fn run(
+        &mut self,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
+        TokenLookupWorker::run(self, stop)
+    }
+}

@@ -116,6 +116,23 @@ impl Supervisor {
         self.fatal.clone()
     }
 
+    /// [`Supervisor::spawn`] for a task whose state outlives its restarts (a queue's
+    /// receiving end): the same worker runs again after each restart.
+    pub fn spawn_worker<W: Worker>(
+        &mut self,
+        name: &'static str,
+        stage: Stage,
+        on_exit: OnExit,
+        required: bool,
+        worker: W,
+    ) {
+        let worker = Arc::new(tokio::sync::Mutex::new(worker));
+        self.spawn(name, stage, on_exit, required, move |stop| {
+            let worker = worker.clone();
+            async move { worker.lock().await.run(stop).await }
+        });
+    }
+
     /// Supervises `start(stop)`: runs it in a span named after the task, restarts it or
     /// stops the process when it ends unasked, and ends it when `stage` is stopped.
     pub fn spawn<F, Fut>(
@@ -215,4 +232,11 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// A supervised task's state that survives its restarts; see
+/// [`Supervisor::spawn_worker`].
+pub trait Worker: Send + 'static {
+    /// Works until `stop`, then finishes what is queued and returns.
+    fn run(&mut self, stop: CancellationToken) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
