@@ -103,25 +103,12 @@ pub(super) async fn with_practice_at<T>(
     min_position: Option<i64>,
     report: impl FnOnce(&Practice, DateTime<Utc>) -> T,
 ) -> Result<T, Problem> {
-    if let Some(as_of) = as_of {
-        // A fold costs memory and seconds: a bounded number at once, the rest 503.
-        let _slot = state.as_of_limit.try_enter()?;
-        let mut report = Some(report);
-        if let Some(position) = live_position_as_of(state, as_of).await? {
-            // Unless the live state moved on since it was checked.
-            let answer = state.reports.read(|p| {
-                (p.position == position)
-                    .then(|| report.take().map(|report| report(p, as_of)))
-                    .flatten()
-            });
-            if let Some(answer) = answer {
-                return Ok(answer);
-            }
-        }
-        let practice = fold_to(state, as_of).await?;
-        let report = report.ok_or_else(Problem::unavailable)?;
-        return Ok(report(&practice, as_of));
+    if as_of.is_some() {
+        let snapshot = snapshot_at(state, as_of, min_position).await?;
+        return Ok(report(&snapshot.practice, snapshot.as_of));
     }
+    // Live reads run under the read lock rather than on a snapshot, so a report
+    // never makes the projector copy the practice.
     wait_for_position(state, min_position).await?;
     Ok(state.reports.read(|practice| report(practice, Utc::now())))
 }
@@ -144,9 +131,11 @@ pub(super) async fn snapshot_at(
     min_position: Option<i64>,
 ) -> Result<PracticeSnapshot, Problem> {
     if let Some(as_of) = as_of {
+        // A fold costs memory and seconds: a bounded number at once, the rest 503.
         let slot = Some(state.as_of_limit.try_enter()?);
         if let Some(position) = live_position_as_of(state, as_of).await? {
             let live = state.reports.snapshot();
+            // Unless the live state moved on since it was checked.
             if live.position == position {
                 return Ok(PracticeSnapshot {
                     practice: live,
