@@ -163,7 +163,11 @@ async fn practice(app: &TestApp) {
     }
     let phq9 =
         json!({"client_id": "c-risk", "instrument": "PHQ-9", "items": [1, 1, 1, 1, 1, 1, 1, 1, 2]});
-    ok(app, "/api/v1/groups/grp-a/sessions/s2/feedback", phq9).await;
+    let last = ok(app, "/api/v1/groups/grp-a/sessions/s2/feedback", phq9).await;
+    // Pages read the projection; the practice is set once it holds the last write.
+    let path = format!("/api/v1/reports/attendance?group_id=grp-a&min_position={last}");
+    let caught_up = app.get(&path, &app.admin).await;
+    assert_eq!(caught_up.status, StatusCode::OK, "{:?}", caught_up.body);
 }
 
 /// The routes the access log records as having shown `client_id`.
