@@ -27,6 +27,7 @@ fn append(id: &str, expected_version: u64, events: u64) -> Append {
             .collect(),
         idempotency: None,
         key_action: None,
+        chained: false,
     }
 }
 

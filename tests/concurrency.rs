@@ -4,8 +4,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{NaiveDate, Utc};
 use circle_events::client::ConsentScope;
+use circle_events::group::GroupCommand;
+use circle_services::auth::{Principal, Role};
+use circle_services::commands::{CommandContext, Link, Step};
 use circle_services::store::{Append, AppendResult, EventMetadata, NewEvent, Store};
 use circle_tests::{spawn_app, spawn_app_on, spawn_app_with, TestApp};
 use futures_util::StreamExt;
@@ -174,6 +177,105 @@ async fn cached_state_equals_a_full_replay() {
             "each event applied once"
         );
     }
+}
+
+/// Joins of `clients` to g1 as links of one chain, as `circle import` runs a group's rows.
+fn join_links(clients: &[&str]) -> Vec<Link<GroupCommand>> {
+    let ctx = CommandContext {
+        principal: Principal {
+            role: Role::Admin,
+            clinician_id: None,
+            actor_id: "import:memberships.csv".into(),
+            token_id: "none".into(),
+        },
+        correlation_id: Uuid::new_v4(),
+        occurred_at: None,
+        idempotency: None,
+        if_match: None,
+        key_action: None,
+    };
+    clients
+        .iter()
+        .map(|client_id| Link {
+            steps: vec![Step {
+                command: GroupCommand::JoinGroup {
+                    client_id: client_id.to_string(),
+                    joined_on: NaiveDate::from_ymd_opt(2026, 1, 6).unwrap(),
+                },
+                occurred_at: None,
+            }],
+            ctx: ctx.clone(),
+        })
+        .collect()
+}
+
+/// A chain is decided on the instance's cached state in one go. When another
+/// instance wrote first, the chain's appends are refused and its links run again
+/// alone on the state the log really holds: capacity is kept.
+#[tokio::test]
+async fn a_chain_decided_on_a_stale_cache_runs_again_on_the_true_state() {
+    let first = spawn_app().await;
+    group_and_clients(&first, 12).await;
+    let second = spawn_app_on(&first.database_url).await;
+    // Given the first instance has g1 cached empty, and the second fills nine places,
+    assert_eq!(first.state.groups.load("g1").await.unwrap().version, 1);
+    for n in 0..9 {
+        let join = json!({"client_id": format!("c{n}"), "joined_on": "2026-01-06"});
+        let answer = second
+            .post("/api/v1/groups/g1/members", &second.admin, join)
+            .await;
+        assert!(answer.status.is_success(), "{:?}", answer.body);
+    }
+    // when the first runs three joins, a refused one among them, as one chain,
+    let state = &first.state;
+    let results = state
+        .commands
+        .execute_chain(
+            &state.groups,
+            "g1",
+            join_links(&["c9", "c0", "c10"]),
+            |_| true,
+        )
+        .await;
+    // then c9 takes the last place, c0 is already a member and c10 finds it full.
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    let refusals = [&results[1], &results[2]].map(|result| format!("{result:?}"));
+    assert!(refusals[0].contains("AlreadyMember"), "{results:?}");
+    assert!(refusals[1].contains("AtCapacity"), "{results:?}");
+    let joined = member_joined_events(&state.store).await;
+    assert_eq!(joined.len(), 10, "{joined:?}");
+    let cached = state.groups.load("g1").await.unwrap();
+    assert_eq!(cached, state.groups.replay("g1").await.unwrap());
+}
+
+/// A chain on a fresh cache: every link is decided on the state the ones before it
+/// leave, a refused link leaves it as it was, and one wait for the store serves all.
+#[tokio::test]
+async fn a_chains_links_see_the_links_before_them_and_a_refusal_changes_nothing() {
+    let app = spawn_app().await;
+    group_and_clients(&app, 3).await;
+    let state = &app.state;
+    let results = state
+        .commands
+        .execute_chain(
+            &state.groups,
+            "g1",
+            join_links(&["c0", "c0", "c1", "nobody", "c2"]),
+            |_| true,
+        )
+        .await;
+    let accepted: Vec<bool> = results.iter().map(Result::is_ok).collect();
+    assert_eq!(accepted, [true, false, true, true, true], "{results:?}");
+    let versions: Vec<i64> = results
+        .iter()
+        .flatten()
+        .map(|receipt| receipt.body["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [2, 3, 4, 5]);
+    assert_eq!(
+        member_joined_events(&state.store).await,
+        ["c0", "c1", "nobody", "c2"]
+    );
 }
 
 /// A Circle that keeps at most `capacity` aggregates of each type in memory.
@@ -397,6 +499,7 @@ async fn a_reader_following_the_log_sees_every_event_once_in_order() {
                             events: (0..count).map(|i| new_event(writer, written + i)).collect(),
                             idempotency: None,
                             key_action: None,
+                            chained: false,
                         }
                     })
                     .collect();

@@ -73,6 +73,7 @@ async fn fill(store: &Store) {
                         .collect(),
                     idempotency: None,
                     key_action: None,
+                    chained: false,
                 }])
                 .await
                 .unwrap();

@@ -36,6 +36,7 @@ fn append(id: &str, expected_version: u64, events: u32) -> Append {
         events: (0..events).map(event).collect(),
         idempotency: None,
         key_action: None,
+        chained: false,
     }
 }
 
@@ -206,6 +207,84 @@ async fn keyed_appends_on_many_streams_store_their_answers_together(store: Store
     assert!(matches!(results[0], AppendResult::Committed { .. }));
     assert!(matches!(results[1], AppendResult::AlreadyAnswered(_)));
     assert_eq!(store.head_position().await.unwrap(), 5);
+}
+
+/// `circle import` sends an aggregate's rows as a chain: appends to one stream, each
+/// expecting the version the one before leaves, each with its own key.
+async fn a_chain_of_appends_to_one_stream_commits_in_order_and_stops_at_its_first_failure(
+    store: Store,
+) {
+    let link = |id: &str, expected, events| {
+        let mut a = append(id, expected, events);
+        a.chained = true;
+        a
+    };
+    let keyed = |mut a: Append, key: &str| {
+        a.idempotency = Some(IdempotencyRecord {
+            key: key.into(),
+            request_hash: vec![9],
+            status: 200,
+            response_id: key.into(),
+        });
+        a
+    };
+    // Given a chain on g1 with another stream between its links,
+    let results = store
+        .commit_batch(&[
+            keyed(append("g1", 0, 2), "a"),
+            keyed(link("g1", 2, 1), "b"),
+            append("g2", 0, 1),
+            keyed(link("g1", 3, 1), "c"),
+        ])
+        .await
+        .unwrap();
+    // then every link commits, in order, and each key answers its own link.
+    let committed = |version, last_position| AppendResult::Committed {
+        version,
+        last_position,
+    };
+    assert_eq!(
+        results,
+        [
+            committed(2, 2),
+            committed(3, 3),
+            committed(1, 4),
+            committed(4, 5)
+        ]
+    );
+    let keys = ["a", "b", "c"].map(String::from);
+    let stored = store.find_responses(&keys).await.unwrap();
+    assert_eq!(
+        stored["b"].body,
+        json!({"id": "b", "version": 3, "position": 3})
+    );
+    assert_eq!(
+        stored["c"].body,
+        json!({"id": "c", "version": 4, "position": 5})
+    );
+
+    // Given a chain whose first link is stale: the next link expects the version the
+    // stream really has, but was decided on the first link's state, so it conflicts.
+    let results = store
+        .commit_batch(&[append("g2", 0, 1), link("g2", 1, 1), append("g3", 0, 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        results[..2],
+        [
+            AppendResult::Conflict { actual_version: 1 },
+            AppendResult::Conflict { actual_version: 1 }
+        ]
+    );
+    assert_eq!(results[2], committed(1, 6));
+    // And a link whose key is already answered stops its chain too.
+    let results = store
+        .commit_batch(&[keyed(append("g1", 4, 1), "a"), keyed(link("g1", 5, 1), "d")])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], AppendResult::AlreadyAnswered(_)));
+    assert_eq!(results[1], AppendResult::Conflict { actual_version: 4 });
+    assert_eq!(store.head_position().await.unwrap(), 6);
 }
 
 async fn client_keys_are_stored_and_destroyed_with_their_events(store: Store) {
@@ -607,6 +686,7 @@ circle_tests::on_both_backends!(
     a_stale_expected_version_conflicts_without_failing_the_batch,
     an_idempotency_key_answers_the_same_and_appends_once,
     keyed_appends_on_many_streams_store_their_answers_together,
+    a_chain_of_appends_to_one_stream_commits_in_order_and_stops_at_its_first_failure,
     client_keys_are_stored_and_destroyed_with_their_events,
     an_append_naming_an_erased_client_is_refused_even_in_its_erasures_batch,
     stock_cqrs_es_runs_on_the_store,

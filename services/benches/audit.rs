@@ -80,6 +80,7 @@ async fn appends_per_second(store: &Store, writers: usize, round: usize) -> f64 
                         events: vec![event(done as usize)],
                         idempotency: None,
                         key_action: None,
+                        chained: false,
                     };
                     if appender.append(append).await.is_ok() {
                         done += 1;
@@ -240,6 +241,7 @@ async fn fill(store: &Store) {
                     events: (0..10).map(event).collect(),
                     idempotency: None,
                     key_action: None,
+                    chained: false,
                 }
             })
             .collect();

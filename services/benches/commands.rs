@@ -169,6 +169,7 @@ impl Circle {
                     events: chunk,
                     idempotency: None,
                     key_action: None,
+                    chained: false,
                 }])
                 .await
                 .expect("prefill");

@@ -92,6 +92,7 @@ async fn rebuild(base: &str) {
                         .collect(),
                     idempotency: None,
                     key_action: None,
+                    chained: false,
                 }])
                 .await
                 .expect("load");

@@ -24,8 +24,14 @@ use crate::store::{Append, AppendResult, Store, StoreError};
 /// Scheduler turns without a new arrival before a batch is sent.
 const GATHER_TURNS: u32 = 8;
 
-type Reply = oneshot::Sender<Result<AppendResult, SharedStoreError>>;
-type Queued = (Append, Reply);
+type Outcome = Result<AppendResult, SharedStoreError>;
+type Reply = oneshot::Sender<Vec<Outcome>>;
+/// A chain of appends (usually one), committed in order and answered together.
+type Queued = (Vec<Append>, Reply);
+
+fn stopped() -> SharedStoreError {
+    SharedStoreError(Arc::new(StoreError::Stopped))
+}
 
 /// A store failure seen by every append it failed.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -79,14 +85,26 @@ impl Appender {
     }
 
     /// Queues an append and waits for its transaction to commit (or fail).
-    pub async fn append(&self, append: Append) -> Result<AppendResult, SharedStoreError> {
+    pub async fn append(&self, append: Append) -> Outcome {
+        let mut outcomes = self.append_chain(vec![append]).await;
+        outcomes.pop().unwrap_or_else(|| Err(stopped()))
+    }
+
+    /// Queues appends to be committed in this order, usually in one transaction, and
+    /// waits for them: one outcome each. An append to a stream that follows one of
+    /// that stream's that did not commit is a conflict (the store's rule), so a chain
+    /// of appends each decided on the state the one before leaves stops at its first
+    /// failure.
+    pub async fn append_chain(&self, appends: Vec<Append>) -> Vec<Outcome> {
+        let count = appends.len();
         let (reply, answer) = oneshot::channel();
-        let stopped = || SharedStoreError(Arc::new(StoreError::Stopped));
-        self.queue
-            .send((append, reply))
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let answered = match self.queue.send((appends, reply)).await {
+            Ok(()) => answer.await.ok(),
+            Err(_) => None,
+        };
+        answered
+            .filter(|outcomes| outcomes.len() == count)
+            .unwrap_or_else(|| (0..count).map(|_| Err(stopped())).collect())
     }
 }
 
@@ -136,7 +154,12 @@ impl AppendWorker {
     pub async fn run(&mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut queued = Vec::with_capacity(self.max_batch);
         while gather(&mut self.incoming, &stop, self.max_batch, &mut queued).await {
-            let (appends, replies): (Vec<Append>, Vec<Reply>) = queued.drain(..).unzip();
+            let mut appends = Vec::with_capacity(queued.len());
+            let mut replies = Vec::with_capacity(queued.len());
+            for (chain, reply) in queued.drain(..) {
+                replies.push((reply, chain.len()));
+                appends.extend(chain);
+            }
             self.metrics.appender_queue_depth(self.incoming.len());
             let outcomes = self.commit(&appends).await;
             let newest = outcomes
@@ -155,8 +178,9 @@ impl AppendWorker {
             {
                 self.disk_full.store(true, Ordering::Relaxed);
             }
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(outcome);
+            let mut outcomes = outcomes.into_iter();
+            for (reply, count) in replies {
+                let _ = reply.send(outcomes.by_ref().take(count).collect());
             }
         }
         Ok(())
@@ -164,7 +188,7 @@ impl AppendWorker {
 
     /// One result per append: the batch in one transaction, or, if that fails, each
     /// append alone so that one append's error is only its own.
-    async fn commit(&self, appends: &[Append]) -> Vec<Result<AppendResult, SharedStoreError>> {
+    async fn commit(&self, appends: &[Append]) -> Vec<Outcome> {
         match self.commit_timed(appends).await {
             Ok(results) => return results.into_iter().map(Ok).collect(),
             // Logged where it is answered (HTTP), with its cause chain.

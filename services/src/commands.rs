@@ -107,6 +107,9 @@ pub struct IdempotencyRequest {
     pub found_absent: bool,
 }
 
+/// A command's answer, or why it has none.
+type Answered<E> = Result<Receipt, CommandError<E>>;
+
 /// Each step's events with the step's domain time, in order.
 type Decided<E> = Vec<(Vec<E>, Option<DateTime<Utc>>)>;
 
@@ -292,7 +295,17 @@ impl CommandService {
         let outcome = self
             .execute_inner(repository, aggregate_id, steps, ctx, allowed)
             .await;
-        let label = match &outcome {
+        self.observe(name, &outcome, started);
+        outcome
+    }
+
+    fn observe<E: std::error::Error>(
+        &self,
+        name: &str,
+        outcome: &Result<Receipt, CommandError<E>>,
+        started: std::time::Instant,
+    ) {
+        let label = match outcome {
             Ok(_) => "accepted",
             Err(CommandError::Rejected(_) | CommandError::ClientErased { .. }) => "rejected",
             Err(CommandError::Forbidden) => "forbidden",
@@ -303,7 +316,169 @@ impl CommandService {
             Err(CommandError::Store(_) | CommandError::Load(_)) => "error",
         };
         self.metrics.observe_command(name, label, started.elapsed());
-        outcome
+    }
+
+    /// Runs independent changes on one aggregate in order, each decided on the state
+    /// the ones before it leave, each with its own answer and idempotency record, as
+    /// [`execute_steps`](Self::execute_steps) would one after another, but with one
+    /// wait for the store instead of one per change: their appends are queued together
+    /// as a chain. A refused change leaves the state to the next as it was. When an
+    /// append does not commit (another process wrote first, a key was answered
+    /// meanwhile), that change and every one after it run again alone, as the
+    /// store also refuses the chain's later links. `circle import` runs an
+    /// aggregate's queued rows this way.
+    #[tracing::instrument(name = "command_chain", skip_all, fields(aggregate = A::TYPE, aggregate_id = %aggregate_id, links = links.len()))]
+    pub async fn execute_chain<A>(
+        &self,
+        repository: &Repository<A>,
+        aggregate_id: &str,
+        links: Vec<Link<A::Command>>,
+        allowed: impl Fn(&A) -> bool,
+    ) -> Vec<Result<Receipt, CommandError<A::Error>>>
+    where
+        A: Aggregate<Services = ()> + Clone,
+        A::Command: Command + Clone,
+    {
+        let mut results: Vec<Option<Answered<A::Error>>> = links.iter().map(|_| None).collect();
+        let started = std::time::Instant::now();
+        let alone_from = self
+            .run_chain(repository, aggregate_id, &links, &allowed, &mut results)
+            .await;
+        let mut answers = Vec::with_capacity(links.len());
+        for (index, (link, result)) in links.into_iter().zip(results).enumerate() {
+            answers.push(match result {
+                Some(outcome) if index < alone_from => {
+                    let name = link.steps.first().map_or("none", |s| s.command.name());
+                    self.observe(name, &outcome, started);
+                    outcome
+                }
+                _ => {
+                    self.execute_steps(repository, aggregate_id, link.steps, &link.ctx, &allowed)
+                        .await
+                }
+            });
+        }
+        answers
+    }
+
+    /// The chain under the aggregate's lock: settles `results` before the index it
+    /// returns; the links from there on must run alone.
+    async fn run_chain<A>(
+        &self,
+        repository: &Repository<A>,
+        aggregate_id: &str,
+        links: &[Link<A::Command>],
+        allowed: &impl Fn(&A) -> bool,
+        results: &mut [Option<Answered<A::Error>>],
+    ) -> usize
+    where
+        A: Aggregate<Services = ()> + Clone,
+        A::Command: Command + Clone,
+    {
+        // A caller's expected version is checked against the log by the lone path.
+        if links.iter().any(|link| link.ctx.if_match.is_some()) {
+            return 0;
+        }
+        let slot = repository.slot(aggregate_id);
+        let mut cached = slot.lock().await;
+        if cached.is_none()
+            && repository
+                .catch_up(aggregate_id, &mut cached)
+                .await
+                .is_err()
+        {
+            // Each link meets the failure on its own and answers it.
+            return 0;
+        }
+        let Some(mut state) = cached.clone() else {
+            return 0;
+        };
+        let mut appends = Vec::new();
+        // Each appended link's index, the state after it and its answer.
+        let mut appended = Vec::new();
+        for (index, link) in links.iter().enumerate() {
+            let Some(first) = link.steps.first() else {
+                results[index] = Some(Err(CommandError::Contended));
+                continue;
+            };
+            let answer = Answer::of(&first.command, aggregate_id);
+            if !allowed(&state.aggregate) {
+                results[index] = Some(Err(CommandError::Forbidden));
+                continue;
+            }
+            if let Some(idem) = link.ctx.idempotency.as_ref().filter(|i| !i.found_absent) {
+                match self.store.find_response(&idem.key).await {
+                    Ok(Some(stored)) => {
+                        results[index] = Some(replay_answer(
+                            idem,
+                            stored.request_hash,
+                            stored.status,
+                            stored.body,
+                        ));
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        results[index] = Some(Err(LoadError::Store(error).into()));
+                        continue;
+                    }
+                }
+            }
+            let mut next = state.aggregate.clone();
+            let decided = match decide(&mut next, &link.steps).await {
+                Ok(decided) => decided,
+                Err(error) => {
+                    results[index] = Some(Err(CommandError::Rejected(error)));
+                    continue;
+                }
+            };
+            let count = event_count(&decided);
+            if count == 0 {
+                // Nothing to write; the position is the last one committed before the chain.
+                results[index] = Some(Ok(Receipt {
+                    status: 200,
+                    body: write_response(&answer.id, state.version, state.last_position),
+                }));
+                continue;
+            }
+            let mut append =
+                self.append_for::<A>(aggregate_id, state.version, decided, &link.ctx, &answer);
+            append.chained = !appends.is_empty();
+            appends.push(append);
+            state = Cached {
+                aggregate: next,
+                version: state.version + count,
+                last_position: state.last_position,
+            };
+            appended.push((index, state.clone(), answer));
+        }
+        let outcomes = self.appender.append_chain(appends).await;
+        for ((index, after, answer), outcome) in appended.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(AppendResult::Committed {
+                    version,
+                    last_position,
+                }) => {
+                    *cached = Some(Cached {
+                        aggregate: after.aggregate,
+                        version,
+                        last_position,
+                    });
+                    results[index] = Some(Ok(Receipt {
+                        status: answer.status,
+                        body: write_response(&answer.id, version, last_position),
+                    }));
+                }
+                // Decided on a state that is not the stream's: this link and all after
+                // it (whose outcomes depended on it) run again alone.
+                _ => {
+                    // The cache holds the last committed state; the lone path catches it up.
+                    results[index..].iter_mut().for_each(|r| *r = None);
+                    return index;
+                }
+            }
+        }
+        links.len()
     }
 
     async fn execute_inner<A>(
@@ -367,15 +542,10 @@ impl CommandService {
                 return Err(CommandError::Forbidden);
             }
             let mut next = current.aggregate;
-            let mut decided = Vec::with_capacity(steps.len());
-            for step in &steps {
-                let sink = EventSink::default();
-                next.handle(step.command.clone(), &(), &sink)
-                    .await
-                    .map_err(CommandError::Rejected)?;
-                decided.push((sink.collect().await, step.occurred_at));
-            }
-            let count: u64 = decided.iter().map(|(events, _)| events.len() as u64).sum();
+            let decided = decide(&mut next, &steps)
+                .await
+                .map_err(CommandError::Rejected)?;
+            let count = event_count(&decided);
             if count == 0 {
                 return Ok(Receipt {
                     status: 200,
@@ -450,8 +620,37 @@ impl CommandService {
                 response_id: answer.id.clone(),
             }),
             key_action: ctx.key_action.clone(),
+            chained: false,
         }
     }
+}
+
+/// One change of a chain: its commands and context, as for [`CommandService::execute_steps`].
+#[derive(Clone, Debug)]
+pub struct Link<C> {
+    pub steps: Vec<Step<C>>,
+    pub ctx: CommandContext,
+}
+
+/// Decides `steps` in order on `aggregate`, which each step advances.
+async fn decide<A: Aggregate<Services = ()>>(
+    aggregate: &mut A,
+    steps: &[Step<A::Command>],
+) -> Result<Decided<A::Event>, A::Error>
+where
+    A::Command: Clone,
+{
+    let mut decided = Vec::with_capacity(steps.len());
+    for step in steps {
+        let sink = EventSink::default();
+        aggregate.handle(step.command.clone(), &(), &sink).await?;
+        decided.push((sink.collect().await, step.occurred_at));
+    }
+    Ok(decided)
+}
+
+fn event_count<E>(decided: &Decided<E>) -> u64 {
+    decided.iter().map(|(events, _)| events.len() as u64).sum()
 }
 
 fn replay_answer<E: std::error::Error>(

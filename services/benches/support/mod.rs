@@ -47,6 +47,7 @@ pub fn append<E: cqrs_es::DomainEvent>(
             .collect(),
         idempotency: None,
         key_action: None,
+        chained: false,
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use circle_events::client::{Client, ClientCommand};
-use circle_events::group::Group;
+use circle_events::group::{Group, GroupCommand};
 use circle_events::{Rejection, RejectionKind};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::layout::{Header, Kind};
 use super::rows::{plan, Planned, Row};
 use crate::auth::{Principal, Role};
-use crate::commands::{CommandContext, CommandError, IdempotencyRequest, Repository, Step};
+use crate::commands::{CommandContext, CommandError, IdempotencyRequest, Link, Repository, Step};
 use crate::http::AppState;
 use crate::store::{KeyAction, StoredResponse};
 
@@ -286,12 +286,7 @@ async fn import_file(
                         break;
                     }
                 };
-                for job in jobs.drain(..) {
-                    let line = job.line;
-                    let earlier = stored
-                        .as_mut()
-                        .map(|stored| earlier_answer(stored, &job.key));
-                    let outcome = run_job(&shared, job, earlier).await;
+                for (line, outcome) in run_batch(&shared, jobs.drain(..), stored.as_mut()).await {
                     if outcomes_tx.send((line, outcome)).await.is_err() {
                         return;
                     }
@@ -614,32 +609,71 @@ fn earlier_answer(stored: &mut HashMap<String, Option<StoredResponse>>, key: &st
     }
 }
 
-/// Runs one row; `earlier` is the batch lookup's answer for its key (`None` in a
-/// dry run).
-async fn run_job(shared: &Shared, job: Job, earlier: Option<Earlier>) -> Outcome {
-    let refusal = |column: Option<String>, reason: String| {
-        Outcome::Refused(Refusal {
-            file: shared.file.clone(),
-            line: job.line,
-            column,
-            reason,
-        })
-    };
+/// Runs a worker's batch of rows; the outcomes come back in the batch's order. Each
+/// group's rows run as one chain (decided in file order, each with its own
+/// idempotency record, one wait for the store for all of them: an aggregate's rows
+/// would otherwise take one commit each); other rows run one at a time. `stored` is
+/// the batch lookup's answers (`None` in a dry run).
+async fn run_batch(
+    shared: &Shared,
+    jobs: impl Iterator<Item = Job>,
+    mut stored: Option<&mut HashMap<String, Option<StoredResponse>>>,
+) -> Vec<(u64, Outcome)> {
+    let mut outcomes: Vec<(u64, Option<Outcome>)> = Vec::new();
+    // Each group's links with the batch index of their rows, groups in order of arrival.
+    let mut chains: Vec<(String, Vec<(usize, GroupLink)>)> = Vec::new();
+    let mut chain_of: HashMap<String, usize> = HashMap::new();
+    let mut clients = HashMap::new();
+    for job in jobs {
+        let index = outcomes.len();
+        outcomes.push((job.line, None));
+        let earlier = stored
+            .as_mut()
+            .map(|stored| earlier_answer(stored, &job.key));
+        let outcome = if shared.dry_run.is_some() || !matches!(job.planned, Planned::Group { .. }) {
+            run_job(shared, job, earlier).await
+        } else {
+            match group_link(shared, job, earlier, &mut clients).await {
+                Ok((group_id, link)) => {
+                    let chain = *chain_of.entry(group_id.clone()).or_insert_with(|| {
+                        chains.push((group_id, Vec::new()));
+                        chains.len() - 1
+                    });
+                    chains[chain].1.push((index, link));
+                    continue;
+                }
+                Err(outcome) => outcome,
+            }
+        };
+        outcomes[index].1 = Some(outcome);
+    }
     let state = &shared.state;
-    if let Some(dry) = &shared.dry_run {
-        match dry_check(shared, dry, &job).await {
-            Ok(outcome) => return outcome,
-            Err(error) => return Outcome::Fatal(error),
+    for (group_id, links) in chains {
+        let (indices, links): (Vec<usize>, Vec<_>) = links.into_iter().unzip();
+        let results = state
+            .commands
+            .execute_chain(&state.groups, &group_id, links, |_| true)
+            .await;
+        for (index, result) in indices.into_iter().zip(results) {
+            let line = outcomes[index].0;
+            let row = receipt_or_refusal(result, "group_id");
+            outcomes[index].1 = Some(row_outcome(shared, line, row));
         }
     }
-    if let Some(Earlier::Stored(stored)) = &earlier {
-        return if stored.request_hash == job.request_hash {
-            Outcome::Already
-        } else {
-            refusal(None, DUPLICATE.into())
-        };
-    }
-    let mut ctx = CommandContext {
+    outcomes
+        .into_iter()
+        .map(|(line, outcome)| {
+            let unanswered = || Outcome::Fatal(format!("line {line} was not run"));
+            (line, outcome.unwrap_or_else(unanswered))
+        })
+        .collect()
+}
+
+type GroupLink = Link<GroupCommand>;
+
+/// The command context of an imported row.
+fn row_context(shared: &Shared, job: &Job, earlier: &Option<Earlier>) -> CommandContext {
+    CommandContext {
         principal: shared.principal.clone(),
         correlation_id: Uuid::new_v4(),
         occurred_at: None,
@@ -650,42 +684,110 @@ async fn run_job(shared: &Shared, job: Job, earlier: Option<Earlier>) -> Outcome
         }),
         if_match: None,
         key_action: None,
+    }
+}
+
+fn refusal_at(shared: &Shared, line: u64, column: Option<String>, reason: String) -> Outcome {
+    Outcome::Refused(Refusal {
+        file: shared.file.clone(),
+        line,
+        column,
+        reason,
+    })
+}
+
+/// A row found among an earlier import's answers: the same row again, or another
+/// row reusing its key.
+fn earlier_outcome(shared: &Shared, job: &Job, stored: &StoredResponse) -> Outcome {
+    if stored.request_hash == job.request_hash {
+        Outcome::Already
+    } else {
+        refusal_at(shared, job.line, None, DUPLICATE.into())
+    }
+}
+
+/// A group row as a link of its group's chain, or its outcome when it need not (or
+/// may not) run. `clients` holds this batch's answers about the clients rows bring in.
+async fn group_link(
+    shared: &Shared,
+    job: Job,
+    earlier: Option<Earlier>,
+    clients: &mut HashMap<String, Option<String>>,
+) -> Result<(String, GroupLink), Outcome> {
+    if let Some(Earlier::Stored(stored)) = &earlier {
+        return Err(earlier_outcome(shared, &job, stored));
+    }
+    let mut ctx = row_context(shared, &job, &earlier);
+    let Planned::Group {
+        group_id,
+        steps,
+        requires_client,
+    } = job.planned
+    else {
+        return Err(Outcome::Fatal(format!(
+            "line {}: not a group row",
+            job.line
+        )));
     };
+    if let Some(client_id) = requires_client {
+        let refused = match clients.get(&client_id) {
+            Some(known) => known.clone(),
+            None => {
+                let found = live_client(shared, &client_id)
+                    .await
+                    .map_err(Outcome::Fatal)?;
+                clients.insert(client_id, found.clone());
+                found
+            }
+        };
+        if let Some(reason) = refused {
+            // A row imported before the client's erasure is not refused now.
+            return Err(match shared.state.store.find_response(&job.key).await {
+                Ok(Some(stored)) if stored.request_hash == job.request_hash => Outcome::Already,
+                Ok(_) => refusal_at(shared, job.line, Some("client_id".into()), reason),
+                Err(error) => Outcome::Fatal(crate::errors::ErrorChain(&error).to_string()),
+            });
+        }
+    }
+    let named: Vec<String> = steps
+        .iter()
+        .flat_map(|s| s.command.clients_named())
+        .map(String::from)
+        .collect();
+    if !named.is_empty() {
+        ctx.key_action = Some(KeyAction::RequireLive { client_ids: named });
+    }
+    Ok((group_id, Link { steps, ctx }))
+}
+
+/// Runs one row that is not a group's (or any row, in a dry run); `earlier` is the
+/// batch lookup's answer for its key (`None` in a dry run).
+async fn run_job(shared: &Shared, job: Job, earlier: Option<Earlier>) -> Outcome {
+    let state = &shared.state;
+    if let Some(dry) = &shared.dry_run {
+        match dry_check(shared, dry, &job).await {
+            Ok(outcome) => return outcome,
+            Err(error) => return Outcome::Fatal(error),
+        }
+    }
+    if let Some(Earlier::Stored(stored)) = &earlier {
+        return earlier_outcome(shared, &job, stored);
+    }
+    let mut ctx = row_context(shared, &job, &earlier);
+    let line = job.line;
     let receipt = match job.planned {
-        Planned::Group {
-            group_id,
-            steps,
-            requires_client,
-        } => {
-            if let Some(client_id) = requires_client {
-                match live_client(shared, &client_id).await {
-                    Ok(None) => {}
-                    // A row imported before the client's erasure is not refused now.
-                    Ok(Some(reason)) => match shared.state.store.find_response(&job.key).await {
-                        Ok(Some(stored)) if stored.request_hash == job.request_hash => {
-                            return Outcome::Already
-                        }
-                        Ok(_) => return refusal(Some("client_id".into()), reason),
-                        Err(error) => {
-                            return Outcome::Fatal(crate::errors::ErrorChain(&error).to_string())
-                        }
-                    },
-                    Err(error) => return Outcome::Fatal(error),
+        Planned::Group { .. } => {
+            let mut clients = HashMap::new();
+            return match group_link(shared, job, earlier, &mut clients).await {
+                Ok((group_id, link)) => {
+                    let result = state
+                        .commands
+                        .execute_steps(&state.groups, &group_id, link.steps, &link.ctx, |_| true)
+                        .await;
+                    row_outcome(shared, line, receipt_or_refusal(result, "group_id"))
                 }
-            }
-            let named: Vec<String> = steps
-                .iter()
-                .flat_map(|s| s.command.clients_named())
-                .map(String::from)
-                .collect();
-            if !named.is_empty() {
-                ctx.key_action = Some(KeyAction::RequireLive { client_ids: named });
-            }
-            let result = state
-                .commands
-                .execute_steps(&state.groups, &group_id, steps, &ctx, |_| true)
-                .await;
-            receipt_or_refusal(result, "group_id")
+                Err(outcome) => outcome,
+            };
         }
         Planned::Register {
             client_id,
@@ -729,10 +831,14 @@ async fn run_job(shared: &Shared, job: Job, earlier: Option<Earlier>) -> Outcome
             receipt_or_refusal(result, "client_id")
         }
     };
-    match receipt {
+    row_outcome(shared, line, receipt)
+}
+
+fn row_outcome(shared: &Shared, line: u64, row: RowResult) -> Outcome {
+    match row {
         Ok(position) if position <= shared.head_at_start => Outcome::Already,
         Ok(_) => Outcome::Written,
-        Err(Ok((column, reason))) => refusal(column, reason),
+        Err(Ok((column, reason))) => refusal_at(shared, line, column, reason),
         Err(Err(fatal)) => Outcome::Fatal(fatal),
     }
 }

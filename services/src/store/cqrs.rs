@@ -135,6 +135,7 @@ impl<A: Aggregate> EventStore<A> for CqrsStore<A> {
             events: new_events,
             idempotency: None,
             key_action: None,
+            chained: false,
         };
         let results = self.store.commit_batch(&[append]).await.map_err(boxed)?;
         match results.first() {

@@ -166,6 +166,10 @@ pub struct Append {
     pub events: Vec<NewEvent>,
     pub idempotency: Option<IdempotencyRecord>,
     pub key_action: Option<KeyAction>,
+    /// Decided on the state the batch's previous append to this stream leaves (a
+    /// link of a chain, see [`crate::appender::Appender::append_chain`]): refused as
+    /// a conflict unless that append commits, whatever the stream's version.
+    pub chained: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -367,6 +371,7 @@ fn token_append(token_id: &str, version: u64, event: NewEvent) -> Append {
         events: vec![event],
         idempotency: None,
         key_action: None,
+        chained: false,
     }
 }
 

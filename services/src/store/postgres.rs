@@ -60,6 +60,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         21,
         include_str!("migrations/postgres/0021_fast_path_for_idempotency_records.sql"),
     ),
+    (
+        22,
+        include_str!("migrations/postgres/0022_chained_appends_on_the_fast_path.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -782,6 +786,7 @@ struct AppendColumns {
     key_action: Vec<Option<&'static str>>,
     key_client: Vec<Option<String>>,
     key_wrapped: Vec<Option<Vec<u8>>>,
+    chained: Vec<bool>,
 }
 
 impl AppendColumns {
@@ -790,6 +795,7 @@ impl AppendColumns {
         self.aggregate_id.push(append.aggregate_id.clone());
         self.expected.push(append.expected_version as i64);
         self.count.push(append.events.len() as i32);
+        self.chained.push(append.chained);
         let idem = append.idempotency.as_ref();
         self.idem_key.push(idem.map(|i| i.key.clone()));
         self.idem_hash.push(idem.map(|i| i.request_hash.clone()));
@@ -896,7 +902,8 @@ async fn append_batch<'e>(
 ) -> Result<Vec<AppendResult>, StoreError> {
     let mut a = AppendColumns::default();
     let mut e = EventColumns::default();
-    let mut streams = std::collections::HashSet::new();
+    // Each stream's version after the batch's appends to it so far.
+    let mut streams = std::collections::HashMap::new();
     let mut keys = std::collections::HashSet::new();
     let mut simple = true;
     let recorded_at = to_micros(Utc::now());
@@ -904,7 +911,12 @@ async fn append_batch<'e>(
         a.push(append);
         // 'require' and idempotency records are handled set-based on the fast path
         // (a key twice in one batch is the loop's: the second is answered by the
-        // first); the other key actions need the per-command loop.
+        // first); the other key actions need the per-command loop. A stream may come
+        // again only as a chain: each append expecting the version the last one left.
+        let after = append.expected_version + append.events.len() as u64;
+        let chained = streams
+            .insert((append.aggregate_type, append.aggregate_id.as_str()), after)
+            .is_none_or(|before| append.chained && before == append.expected_version);
         simple &= append
             .idempotency
             .as_ref()
@@ -913,7 +925,7 @@ async fn append_batch<'e>(
                 append.key_action,
                 None | Some(KeyAction::RequireLive { .. })
             )
-            && streams.insert((append.aggregate_type, append.aggregate_id.as_str()));
+            && chained;
         for (offset, event) in append.events.iter().enumerate() {
             e.push(
                 append,
@@ -926,7 +938,7 @@ async fn append_batch<'e>(
     let rows: Vec<AppendRow> = sqlx::query_as(
         "SELECT outcome, stream_version, last_position, answer_hash, answer_status, answer_body
          FROM circle_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
+             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)",
     )
     .bind(&a.aggregate_type)
     .bind(&a.aggregate_id)
@@ -954,6 +966,7 @@ async fn append_batch<'e>(
     .bind(&e.tail)
     .bind(simple)
     .bind(recorded_at)
+    .bind(&a.chained)
     .fetch_all(executor)
     .await?;
     if rows.len() != batch.len() {

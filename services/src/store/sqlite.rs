@@ -1097,34 +1097,44 @@ fn plan_batch(
     let mut answered: HashMap<&str, StoredResponse> = HashMap::new();
     let mut results = Vec::with_capacity(batch.len());
     let mut accepted = Vec::new();
+    // Streams with an append that did not commit: a later append to one of them (a
+    // chain's next link) was decided on a state that never was, so it conflicts.
+    let mut broken = std::collections::HashSet::new();
     let mut position = head;
     for (index, append) in batch.iter().enumerate() {
-        if let Some(idem) = &append.idempotency {
-            let previous = answered
-                .get(idem.key.as_str())
-                .cloned()
-                .or_else(|| stored_response(&idem.key));
-            if let Some(previous) = previous {
-                results.push(AppendResult::AlreadyAnswered(previous));
-                continue;
-            }
-        }
-        if let Some(KeyAction::RequireLive { client_ids }) = &append.key_action {
-            if let Some(client_id) = client_ids.iter().find(|c| erased.contains(*c)) {
-                results.push(AppendResult::ClientErased {
-                    client_id: client_id.clone(),
-                });
-                continue;
-            }
-        }
         let stream = (append.aggregate_type, append.aggregate_id.as_str());
         let current = *versions
             .entry(stream)
             .or_insert_with(|| version_of(stream.0, stream.1));
-        if current != append.expected_version {
-            results.push(AppendResult::Conflict {
-                actual_version: current,
-            });
+        let conflict = AppendResult::Conflict {
+            actual_version: current,
+        };
+        let refused = if append.chained && broken.contains(&stream) {
+            Some(conflict)
+        } else if let Some(previous) = append.idempotency.as_ref().and_then(|idem| {
+            answered
+                .get(idem.key.as_str())
+                .cloned()
+                .or_else(|| stored_response(&idem.key))
+        }) {
+            Some(AppendResult::AlreadyAnswered(previous))
+        } else if let Some(client_id) = match &append.key_action {
+            Some(KeyAction::RequireLive { client_ids }) => {
+                client_ids.iter().find(|c| erased.contains(*c))
+            }
+            _ => None,
+        } {
+            Some(AppendResult::ClientErased {
+                client_id: client_id.clone(),
+            })
+        } else if current != append.expected_version {
+            Some(conflict)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            broken.insert(stream);
+            results.push(refused);
             continue;
         }
         let count = append.events.len() as i64;
