@@ -270,3 +270,38 @@ async fn bad_export_requests_are_refused_naming_the_parameter() {
         assert_eq!(app.get(&path, &dr_b).await.status, StatusCode::FORBIDDEN);
     }
 }
+
+/// Each streaming export may hold the practice as it stood when it began: a bounded
+/// number at once, the rest told to come back, and nothing recorded for them.
+#[tokio::test]
+async fn exports_beyond_the_bound_are_told_to_come_back_later() {
+    let app = circle_tests::spawn_app_with(&circle_tests::fresh_schema_url().await, |s| {
+        s.exports_max_concurrent = 1
+    })
+    .await;
+    let head = practice(&app).await;
+    let path = format!("/api/v1/exports/outcomes.csv?group_id=grp-x&min_position={head}");
+    // Given one export streaming (its slot held, as a slow reader's is),
+    let streaming = app.state.export_limit.try_enter().unwrap();
+    // when another asks, it is told to come back,
+    let refused = raw(&app, &path, &app.admin).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 exports are streaming already"),
+        "{problem}"
+    );
+    // and once the first ends, it gets its rows.
+    drop(streaming);
+    let answered = raw(&app, &path, &app.admin).await;
+    assert_eq!(answered.status(), StatusCode::OK);
+    assert!(answered.text().await.unwrap().lines().count() > 6);
+}

@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessLog;
 use crate::appender::Appender;
-use crate::as_of::AsOfLimit;
 use crate::audit::note::Signer;
 use crate::audit::tree::{CheckpointPolicy, Checkpointer};
 use crate::auth::{Authenticator, Role};
@@ -24,6 +23,7 @@ use crate::leader::Campaign;
 use crate::metrics::Metrics;
 use crate::projector::{self, ProjectionSettings};
 use crate::publisher::{self, NatsSettings};
+use crate::slots::Slots;
 use crate::store::Store;
 use crate::supervisor::{OnExit, Stage, Supervisor};
 use crate::tokens;
@@ -486,7 +486,11 @@ impl Application {
             vault,
             metrics,
             health: supervisor.health(),
-            as_of_limit: AsOfLimit::new(settings.as_of_max_concurrent),
+            as_of_limit: Slots::new(
+                settings.as_of_max_concurrent,
+                "as_of reports are being computed",
+            ),
+            export_limit: Slots::new(settings.exports_max_concurrent, "exports are streaming"),
             limits: Limits::new(
                 settings.max_concurrent_requests,
                 Duration::from_millis(settings.request_timeout_ms),

@@ -1,8 +1,8 @@
 //! `as_of` reports at scale: they fold the log up to a past time, which at millions
 //! of events is the most expensive read Circle serves.
 //!
-//! - [`AsOfLimit`] bounds how many such folds run at once; the rest are told to come
-//!   back (503 with `Retry-After`) instead of queueing on two cores.
+//! - [`crate::slots::Slots`] bound how many such folds run at once; the rest are told
+//!   to come back (503 with `Retry-After`) instead of queueing on two cores.
 //! - Snapshots: the projector keeps the fold of every event up to a position, every
 //!   N events ([`Snapshots`]), with the latest `recorded_at` among them (the state's
 //!   own `max_recorded_at`). [`practice_as_of`]
@@ -22,42 +22,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use circle_projections::practice::{AlertRules, Practice};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::projector::{self, LiveReports, ProjectionError};
 use crate::store::{LogRange, Snapshot, Store, Stretch};
 
 const PAGE: i64 = 10_000;
-
-/// At most so many `as_of` folds at once.
-#[derive(Clone)]
-pub struct AsOfLimit {
-    permits: Arc<Semaphore>,
-    max: usize,
-}
-
-/// Every `as_of` fold slot is taken.
-#[derive(Debug, thiserror::Error)]
-#[error("{0} as_of reports are already being computed; try again shortly")]
-pub struct Saturated(pub usize);
-
-impl AsOfLimit {
-    pub fn new(max_concurrent: usize) -> AsOfLimit {
-        let max = max_concurrent.max(1);
-        AsOfLimit {
-            permits: Arc::new(Semaphore::new(max)),
-            max,
-        }
-    }
-
-    /// A slot for one fold, held until the permit is dropped; never waits.
-    pub fn try_enter(&self) -> Result<OwnedSemaphorePermit, Saturated> {
-        self.permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Saturated(self.max))
-    }
-}
 
 /// The practice as the log stood at `as_of`, from the newest usable snapshot.
 pub async fn practice_as_of(
@@ -226,20 +195,6 @@ fn restore(snapshot: &Snapshot, rules: AlertRules) -> Option<Practice> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn folds_beyond_the_limit_are_refused_until_one_ends() {
-        let limit = AsOfLimit::new(2);
-        let first = limit.try_enter().unwrap();
-        let _second = limit.try_enter().unwrap();
-        let refused = limit.try_enter().unwrap_err();
-        assert_eq!(
-            refused.to_string(),
-            "2 as_of reports are already being computed; try again shortly"
-        );
-        drop(first);
-        assert!(limit.try_enter().is_ok());
-    }
 
     fn at(position: i64, seconds: i64) -> Practice {
         Practice {

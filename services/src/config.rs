@@ -37,6 +37,8 @@ pub struct Settings {
     pub read_wait_max_ms: u64,
     /// `as_of` reports computed at once; more are answered 503 with Retry-After.
     pub as_of_max_concurrent: usize,
+    /// Exports (CSV, NDJSON) streaming at once; more are answered 503 with Retry-After.
+    pub exports_max_concurrent: usize,
     /// A snapshot of the reports fold is kept every this many events, so `as_of`
     /// reports need not fold the log from the start.
     pub as_of_snapshot_every_events: i64,

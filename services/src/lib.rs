@@ -31,6 +31,7 @@ pub mod policy;
 pub mod projector;
 pub mod publisher;
 pub mod secret;
+pub mod slots;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;

@@ -85,6 +85,9 @@ async fn export(
         Form::Full => exports::Form::Full,
         Form::Reporter => exports::Form::Reporter,
     };
+    // Taken before the snapshot, held until the body ends: a slow reader's snapshot
+    // counts against the bound.
+    let export_slot = state.export_limit.try_enter()?;
     let snapshot = snapshot_at(&state, as_of, query.min_position).await?;
     let request = ExportRequest {
         kind,
@@ -131,11 +134,11 @@ async fn export(
             }),
         ),
     ];
-    let slot = snapshot.slot;
+    let slots = (snapshot.slot, export_slot);
     let body = Body::from_stream(futures_util::StreamExt::map(
         encode(export, encoding),
         move |chunk| {
-            let _held_until_the_body_ends = &slot;
+            let _held_until_the_body_ends = &slots;
             Ok::<_, std::convert::Infallible>(chunk)
         },
     ));

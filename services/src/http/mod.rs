@@ -72,7 +72,10 @@ pub struct Services {
     pub metrics: Metrics,
     pub health: Health,
     pub limits: Limits,
-    pub as_of_limit: crate::as_of::AsOfLimit,
+    pub as_of_limit: crate::slots::Slots,
+    /// Exports streaming at once: each may hold a copy of the practice while it
+    /// streams (a snapshot the projector must copy around if it moves on).
+    pub export_limit: crate::slots::Slots,
     /// The checkpoint verifier key (signed-note form), when checkpoints are signed.
     pub audit_key: Option<String>,
     /// FHIR Bulk Data export jobs of this instance.

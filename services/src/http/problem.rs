@@ -163,8 +163,8 @@ impl From<LoadError> for Problem {
     }
 }
 
-impl From<crate::as_of::Saturated> for Problem {
-    fn from(error: crate::as_of::Saturated) -> Problem {
+impl From<crate::slots::Saturated> for Problem {
+    fn from(error: crate::slots::Saturated) -> Problem {
         Problem::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).retry_after(1)
     }
 }
