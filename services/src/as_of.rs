@@ -18,8 +18,6 @@
 //! Snapshots are a cache: one that cannot be read, or was made under other alert
 //! rules, is ignored and the fold starts from position 0.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use circle_projections::practice::{AlertRules, Practice};
 
