@@ -486,8 +486,10 @@ async fn a_postgresql_restart_under_load_answers_503_naming_the_cause_and_recove
         .await
         .unwrap();
     assert_eq!(ready.status(), 503);
+    // The store's ping has a 1 s deadline, well inside the pool's 5 s wait for a
+    // connection; the rest is slack for a machine busy with the whole suite.
     assert!(
-        asked.elapsed() < Duration::from_millis(1500),
+        asked.elapsed() < Duration::from_millis(2500),
         "readyz took {:?}",
         asked.elapsed()
     );
