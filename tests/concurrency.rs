@@ -8,7 +8,7 @@ use chrono::{NaiveDate, Utc};
 use circle_events::client::ConsentScope;
 use circle_events::group::GroupCommand;
 use circle_services::auth::{Principal, Role};
-use circle_services::commands::{CommandContext, Link, Step};
+use circle_services::commands::{CommandContext, CommandError, IdempotencyRequest, Link, Step};
 use circle_services::store::{Append, AppendResult, EventMetadata, NewEvent, Store};
 use circle_tests::{spawn_app, spawn_app_on, spawn_app_with, TestApp};
 use futures_util::StreamExt;
@@ -276,6 +276,34 @@ async fn a_chains_links_see_the_links_before_them_and_a_refusal_changes_nothing(
         member_joined_events(&state.store).await,
         ["c0", "c1", "nobody", "c2"]
     );
+}
+
+/// Two links with one idempotency key (two equal import rows): the second is answered
+/// by the first once it has committed, as the key's reuse, not decided on the state
+/// the first leaves (where the same join would be "already a member").
+#[tokio::test]
+async fn a_second_link_with_the_same_key_is_answered_by_the_first() {
+    let app = spawn_app().await;
+    group_and_clients(&app, 1).await;
+    let state = &app.state;
+    let mut links = join_links(&["c0", "c0"]);
+    for (link, hash) in links.iter_mut().zip([1u8, 2]) {
+        link.ctx.idempotency = Some(IdempotencyRequest {
+            key: "import:memberships:same".into(),
+            request_hash: vec![hash],
+            found_absent: false,
+        });
+    }
+    let results = state
+        .commands
+        .execute_chain(&state.groups, "g1", links, |_| true)
+        .await;
+    assert!(results[0].is_ok(), "{results:?}");
+    assert!(
+        matches!(results[1], Err(CommandError::IdempotencyKeyReused)),
+        "{results:?}"
+    );
+    assert_eq!(member_joined_events(&state.store).await, ["c0"]);
 }
 
 /// A Circle that keeps at most `capacity` aggregates of each type in memory.

@@ -239,6 +239,22 @@ const CASES: &[Case] = &[
         says: "attendance.csv:2: 5 fields where the header has 4",
         written: 0,
     },
+    // A group's rows run as one chain: the second of two equal rows in it is still
+    // the duplicate, not a mark that changes nothing or a second join.
+    Case {
+        name: "duplicate attendance row",
+        file: "attendance.csv",
+        text: "group_id,session_id,client_id,status\ngrp-anxiety-mon,anx-w4,cli-001,excused\ngrp-anxiety-mon,anx-w4,cli-001,excused\n",
+        says: "attendance.csv:3: duplicate row",
+        written: 1,
+    },
+    Case {
+        name: "duplicate membership row",
+        file: "memberships.csv",
+        text: "group_id,client_id,joined_on\ngrp-anxiety-mon,cli-005,2024-02-12\ngrp-anxiety-mon,cli-005,2024-02-12\n",
+        says: "memberships.csv:3: duplicate row",
+        written: 1,
+    },
 ];
 
 #[tokio::test]

@@ -698,6 +698,39 @@ circle_tests::on_both_backends!(
     a_read_up_to_a_time_and_position_filters_in_the_store,
 );
 
+/// During a rolling update, instances of the previous release still call the append
+/// function without the chained flags (26 arguments): that form stays, as the new
+/// one with no append chained.
+#[tokio::test]
+async fn postgres_keeps_the_previous_releases_append_form() {
+    use sqlx::Connection;
+    let url = circle_tests::fresh_schema_url().await;
+    let store = Store::postgres(&url, 2).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let forms: Vec<i16> = sqlx::query_scalar(
+        "SELECT pronargs FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE proname = 'circle_append_batch' AND nspname = current_schema()
+         ORDER BY pronargs",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(forms, [26, 27]);
+    let answered: Vec<(String,)> = sqlx::query_as(
+        "SELECT outcome FROM circle_append_batch(
+            '{}'::text[], '{}'::text[], '{}'::bigint[], '{}'::int[], '{}'::text[],
+            '{}'::bytea[], '{}'::int[], '{}'::text[], '{}'::text[], '{}'::text[],
+            '{}'::bytea[], '{}'::uuid[], '{}'::text[], '{}'::int[], '{}'::text[],
+            '{}'::timestamptz[], '{}'::text[], '{}'::text[], '{}'::uuid[], '{}'::uuid[],
+            '{}'::text[], '{}'::text[], '{}'::bigint[], '{}'::bytea[], true, now())",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(answered.is_empty());
+    assert_eq!(store.head_position().await.unwrap(), 0);
+}
+
 /// Events written before the chain existed, straight into a schema at migration 5.
 #[tokio::test]
 async fn postgres_chains_events_written_before_the_chain_on_migration() {

@@ -151,7 +151,9 @@ async fn serve(base: &str, access_log: bool) -> Arc<Client> {
         },
     )
     .expect("settings");
-    settings.log = "warn".into();
+    // `CIRCLE_BENCH_LOG` (default warn), e.g. "warn,circle_services::projector=debug"
+    // for the checkpoint saves beside the load.
+    settings.log = std::env::var("CIRCLE_BENCH_LOG").unwrap_or_else(|_| "warn".into());
     settings.access_log = access_log;
     let app = Application::build(&settings).await.expect("build Circle");
     let address = app.local_addr().expect("address");

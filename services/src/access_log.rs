@@ -90,7 +90,7 @@ impl AccessLogWorker {
     /// Commits until `stop`; then refuses new entries, commits those queued, returns.
     pub async fn run(&mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut queued = Vec::with_capacity(MAX_BATCH);
-        while gather(&mut self.incoming, &stop, MAX_BATCH, &mut queued).await {
+        while gather(&mut self.incoming, &stop, MAX_BATCH, &mut queued, |_| 1).await {
             let (batch, replies): (Vec<NewAccess>, Vec<Reply>) = queued.drain(..).unzip();
             let outcome = self.store.append_access(&batch).await.map_err(|error| {
                 tracing::warn!(error = %ErrorChain(&error), entries = batch.len(), "the access log could not be written");

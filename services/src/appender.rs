@@ -57,7 +57,8 @@ pub struct AppendWorker {
 
 impl Appender {
     /// The queue and the task that empties it. `max_batch` bounds one transaction's
-    /// appends; `committed` carries the newest committed position (projections wait
+    /// appends (a chain is never split, so the one that crosses it ends the batch);
+    /// `committed` carries the newest committed position (projections wait
     /// on it).
     pub fn new(
         store: Store,
@@ -111,14 +112,16 @@ impl Appender {
 /// Waits for the next queued item, then gathers into `batch` what else is queued,
 /// giving senders that are about to submit a few scheduler turns as long as that
 /// keeps bringing more (without this, writers settle into two half-size alternating
-/// batches), up to `max`. On `stop` the queue refuses new items and what is already
+/// batches), until the items' `weight` reaches `max` (an item is never split, so the
+/// last may go past it). On `stop` the queue refuses new items and what is already
 /// queued still arrives; `false` once it is closed and empty. Shared by the appender
-/// and the access log's writer.
+/// (weighing a chain by its appends), the access log's writer and the token lookups.
 pub(crate) async fn gather<T>(
     incoming: &mut mpsc::Receiver<T>,
     stop: &CancellationToken,
     max: usize,
     batch: &mut Vec<T>,
+    weight: impl Fn(&T) -> usize,
 ) -> bool {
     let first = loop {
         tokio::select! {
@@ -131,11 +134,13 @@ pub(crate) async fn gather<T>(
     let Some(first) = first else {
         return false;
     };
+    let mut weighed = weight(&first);
     batch.push(first);
     let mut idle_turns = 0;
-    while batch.len() < max && idle_turns < GATHER_TURNS {
+    while weighed < max && idle_turns < GATHER_TURNS {
         match incoming.try_recv() {
             Ok(item) => {
+                weighed += weight(&item);
                 batch.push(item);
                 idle_turns = 0;
             }
@@ -153,7 +158,15 @@ impl AppendWorker {
     /// queued, and returns. Nothing acknowledged is left behind.
     pub async fn run(&mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut queued = Vec::with_capacity(self.max_batch);
-        while gather(&mut self.incoming, &stop, self.max_batch, &mut queued).await {
+        while gather(
+            &mut self.incoming,
+            &stop,
+            self.max_batch,
+            &mut queued,
+            |(chain, _)| chain.len(),
+        )
+        .await
+        {
             let mut appends = Vec::with_capacity(queued.len());
             let mut replies = Vec::with_capacity(queued.len());
             for (chain, reply) in queued.drain(..) {
@@ -200,16 +213,31 @@ impl AppendWorker {
             }
         }
         let mut outcomes = Vec::with_capacity(appends.len());
+        // Alone, a chain's link no longer sees its predecessor's outcome in the same
+        // call: the store's rule (a chained append after one of its stream's that did
+        // not commit is a conflict) is kept here.
+        let mut broken = std::collections::HashSet::new();
         for append in appends {
-            let outcome = self.commit_timed(std::slice::from_ref(append)).await;
-            outcomes.push(match outcome {
+            let stream = (append.aggregate_type, append.aggregate_id.as_str());
+            if append.chained && broken.contains(&stream) {
+                // The stream's version is not read: the caller reads the log.
+                outcomes.push(Ok(AppendResult::Conflict {
+                    actual_version: append.expected_version,
+                }));
+                continue;
+            }
+            let outcome = match self.commit_timed(std::slice::from_ref(append)).await {
                 Ok(mut results) => results.pop().ok_or_else(|| {
                     SharedStoreError(Arc::new(StoreError::Corrupt(
                         "no result for an append".into(),
                     )))
                 }),
                 Err(error) => Err(SharedStoreError(Arc::new(error))),
-            });
+            };
+            if !matches!(outcome, Ok(AppendResult::Committed { .. })) {
+                broken.insert(stream);
+            }
+            outcomes.push(outcome);
         }
         outcomes
     }

@@ -182,7 +182,7 @@ impl TokenLookupWorker {
     /// of a round trip per request instead of one.
     pub async fn run(&mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut queued = Vec::with_capacity(MAX_LOOKUPS);
-        while gather(&mut self.incoming, &stop, MAX_LOOKUPS, &mut queued).await {
+        while gather(&mut self.incoming, &stop, MAX_LOOKUPS, &mut queued, |_| 1).await {
             let mut hashes: Vec<String> = queued.iter().map(|(hash, _)| hash.clone()).collect();
             hashes.sort_unstable();
             hashes.dedup();

@@ -393,9 +393,17 @@ impl CommandService {
         let Some(mut state) = cached.clone() else {
             return 0;
         };
+        let before_chain = state.last_position;
         let mut appends = Vec::new();
-        // Each appended link's index, the state after it and its answer.
+        // Each appended link's index and answer, in order.
         let mut appended = Vec::new();
+        // Links that write nothing: index, answer, version, and how many appended
+        // links come before them (their position is the last of those).
+        let mut unwritten = Vec::new();
+        // The keys this chain stores: a link whose key is among them is a second row
+        // for the same key, answered by the first once that has committed.
+        let mut keys = std::collections::HashSet::new();
+        let mut alone_from = links.len();
         for (index, link) in links.iter().enumerate() {
             let Some(first) = link.steps.first() else {
                 results[index] = Some(Err(CommandError::Contended));
@@ -405,6 +413,12 @@ impl CommandService {
             if !allowed(&state.aggregate) {
                 results[index] = Some(Err(CommandError::Forbidden));
                 continue;
+            }
+            if let Some(idem) = link.ctx.idempotency.as_ref() {
+                if keys.contains(idem.key.as_str()) {
+                    alone_from = index;
+                    break;
+                }
             }
             if let Some(idem) = link.ctx.idempotency.as_ref().filter(|i| !i.found_absent) {
                 match self.store.find_response(&idem.key).await {
@@ -434,51 +448,81 @@ impl CommandService {
             };
             let count = event_count(&decided);
             if count == 0 {
-                // Nothing to write; the position is the last one committed before the chain.
-                results[index] = Some(Ok(Receipt {
-                    status: 200,
-                    body: write_response(&answer.id, state.version, state.last_position),
-                }));
+                unwritten.push((index, answer, state.version, appended.len()));
                 continue;
+            }
+            if let Some(idem) = link.ctx.idempotency.as_ref() {
+                keys.insert(idem.key.as_str());
             }
             let mut append =
                 self.append_for::<A>(aggregate_id, state.version, decided, &link.ctx, &answer);
             append.chained = !appends.is_empty();
             appends.push(append);
-            state = Cached {
-                aggregate: next,
-                version: state.version + count,
-                last_position: state.last_position,
-            };
-            appended.push((index, state.clone(), answer));
+            state.aggregate = next;
+            state.version += count;
+            appended.push((index, answer));
         }
-        let outcomes = self.appender.append_chain(appends).await;
-        for ((index, after, answer), outcome) in appended.into_iter().zip(outcomes) {
-            match outcome {
-                Ok(AppendResult::Committed {
-                    version,
-                    last_position,
-                }) => {
-                    *cached = Some(Cached {
-                        aggregate: after.aggregate,
+        if !appends.is_empty() {
+            let outcomes = self.appender.append_chain(appends).await;
+            let count = appended.len();
+            // Each committed link's last position, in order.
+            let mut positions = Vec::with_capacity(count);
+            for ((index, answer), outcome) in appended.into_iter().zip(outcomes) {
+                match outcome {
+                    Ok(AppendResult::Committed {
                         version,
                         last_position,
-                    });
-                    results[index] = Some(Ok(Receipt {
-                        status: answer.status,
-                        body: write_response(&answer.id, version, last_position),
-                    }));
-                }
-                // Decided on a state that is not the stream's: this link and all after
-                // it (whose outcomes depended on it) run again alone.
-                _ => {
-                    // The cache holds the last committed state; the lone path catches it up.
-                    results[index..].iter_mut().for_each(|r| *r = None);
-                    return index;
+                    }) => {
+                        positions.push(last_position);
+                        results[index] = Some(Ok(Receipt {
+                            status: answer.status,
+                            body: write_response(&answer.id, version, last_position),
+                        }));
+                    }
+                    // Decided on a state that is not the stream's: this link and all
+                    // after it (whose outcomes depended on it) run again alone.
+                    _ => {
+                        alone_from = alone_from.min(index);
+                        break;
+                    }
                 }
             }
+            *cached = if positions.len() == count {
+                Some(Cached {
+                    aggregate: state.aggregate,
+                    version: state.version,
+                    last_position: positions.last().copied().unwrap_or(before_chain),
+                })
+            } else if positions.is_empty() {
+                // Nothing committed: the state before the chain still holds (or is
+                // caught up by the lone path).
+                cached.take()
+            } else {
+                // Part committed: the state after it was not kept; read it again.
+                None
+            };
+            for (index, answer, version, before) in unwritten {
+                if index < alone_from {
+                    let position = before
+                        .checked_sub(1)
+                        .and_then(|last| positions.get(last).copied())
+                        .unwrap_or(before_chain);
+                    results[index] = Some(Ok(Receipt {
+                        status: 200,
+                        body: write_response(&answer.id, version, position),
+                    }));
+                }
+            }
+        } else {
+            for (index, answer, version, _) in unwritten {
+                results[index] = Some(Ok(Receipt {
+                    status: 200,
+                    body: write_response(&answer.id, version, before_chain),
+                }));
+            }
         }
-        links.len()
+        results[alone_from..].iter_mut().for_each(|r| *r = None);
+        alone_from
     }
 
     async fn execute_inner<A>(

@@ -120,7 +120,7 @@ impl Metrics {
         )?;
         let appender_queue = IntGauge::new(
             "circle_appender_queue_depth",
-            "Appends waiting for the next group commit",
+            "Changes waiting for the next group commit (a command's append, or an import's chain of them)",
         )?;
         let leader = IntGauge::new(
             "circle_leader",

@@ -36,6 +36,12 @@ const PAGE: i64 = 10_000;
 /// a rebuild's time. A restart re-folds at most that many.
 const SAVE_EVERY_EVENTS: i64 = 100_000;
 const SAVE_EVERY: Duration = Duration::from_secs(2);
+/// A live checkpoint takes at most about 1/SAVE_DUTY of the time: after a save that
+/// took `d`, the next waits at least `SAVE_DUTY × d` (and [`SAVE_EVERY`]). The
+/// checkpoint is the whole state, so its cost grows with the practice; at a fixed
+/// interval it would take an ever larger share of the cores (and of the database's
+/// WAL) from the commands beside it.
+const SAVE_DUTY: u32 = 20;
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
@@ -355,6 +361,7 @@ impl Follower {
     pub async fn run(mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut saved_position = self.live.position();
         let mut saved_at = Instant::now();
+        let mut save_took = Duration::ZERO;
         let mut last_recorded_at: Option<DateTime<Utc>> = None;
         let mut rebuild = self
             .live
@@ -396,10 +403,19 @@ impl Follower {
                     let due = position - saved_position >= SAVE_EVERY_EVENTS
                         || (!catching_up
                             && position > saved_position
-                            && saved_at.elapsed() >= SAVE_EVERY);
-                    if due && rebuild.is_none() && self.save().await {
-                        saved_position = position;
-                        saved_at = Instant::now();
+                            && saved_at.elapsed() >= SAVE_EVERY.max(save_took * SAVE_DUTY));
+                    if due && rebuild.is_none() {
+                        let started = Instant::now();
+                        if self.save().await {
+                            saved_position = position;
+                            saved_at = Instant::now();
+                            save_took = started.elapsed();
+                            tracing::debug!(
+                                position,
+                                took_ms = save_took.as_millis() as u64,
+                                "checkpoint saved"
+                            );
+                        }
                     }
                     if position == saved_position && self.leadership.fence().is_some() {
                         self.metrics.checkpoint_saved(REPORTS);

@@ -85,10 +85,9 @@ async fn export(
         Form::Full => exports::Form::Full,
         Form::Reporter => exports::Form::Reporter,
     };
-    // Taken before the snapshot, held until the body ends: a slow reader's snapshot
-    // counts against the bound.
-    let export_slot = state.export_limit.try_enter()?;
     let snapshot = snapshot_at(&state, as_of, query.min_position).await?;
+    // Held until the body ends: a slow reader's snapshot counts against the bound.
+    let export_slot = state.export_limit.try_enter()?;
     let request = ExportRequest {
         kind,
         form,

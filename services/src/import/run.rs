@@ -1,8 +1,10 @@
 //! Running an import: files in the layout's order, rows streamed (never a whole
 //! file in memory), each row sent through the command path as the command it stands
-//! for. Rows for one aggregate run in file order on one worker; different aggregates
-//! run on many workers at once and meet in the appender, which commits them together
-//! (the same group commit that gives the API its throughput).
+//! for. Rows for one aggregate run in file order on one worker; a worker's queued
+//! rows for one group run as one chain (one commit for all of them, see
+//! [`CommandService::execute_chain`](crate::commands::CommandService::execute_chain)).
+//! Different aggregates run on many workers at once and meet in the appender, which
+//! commits them together (the same group commit that gives the API its throughput).
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read};
@@ -760,8 +762,9 @@ async fn group_link(
     Ok((group_id, Link { steps, ctx }))
 }
 
-/// Runs one row that is not a group's (or any row, in a dry run); `earlier` is the
-/// batch lookup's answer for its key (`None` in a dry run).
+/// Runs one row on its own: a client's row, or any row in a dry run (`run_batch`
+/// chains a group's rows); `earlier` is the batch lookup's answer for its key (`None`
+/// in a dry run).
 async fn run_job(shared: &Shared, job: Job, earlier: Option<Earlier>) -> Outcome {
     let state = &shared.state;
     if let Some(dry) = &shared.dry_run {

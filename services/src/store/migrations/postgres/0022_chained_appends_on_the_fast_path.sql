@@ -6,11 +6,8 @@
 -- ones chain exactly. A link is marked (a_chained): in the per-command loop, a link
 -- after an append of its stream that did not commit is a conflict whatever the
 -- stream's version, as it was decided on a state that never was. Unmarked appends
--- to one stream stay independent, as before.
-DROP FUNCTION circle_append_batch(
-    text[], text[], bigint[], int[], text[], bytea[], int[], text[], text[], text[],
-    bytea[], uuid[], text[], int[], text[], timestamptz[], text[], text[], uuid[],
-    uuid[], text[], text[], bigint[], bytea[], boolean, timestamptz);
+-- to one stream stay independent, as before. The 26-argument form stays (end of
+-- file) for instances of the previous release during a rolling update.
 CREATE OR REPLACE FUNCTION circle_append_batch(
     a_type text[], a_id text[], a_expected bigint[], a_count int[],
     a_idem_key text[], a_idem_hash bytea[], a_idem_status int[], a_response_id text[],
@@ -102,8 +99,10 @@ BEGIN
         answer_hash := NULL; answer_status := NULL; answer_body := NULL;
         IF a_chained[i] AND (a_type[i] || '/' || a_id[i]) = ANY (broken) THEN
             outcome := 'conflict';
-            SELECT coalesce(max(e.sequence), 0) INTO stream_version FROM events e
-            WHERE e.aggregate_type = a_type[i] AND e.aggregate_id = a_id[i];
+            SELECT e.sequence INTO stream_version FROM events e
+            WHERE e.aggregate_type = a_type[i] AND e.aggregate_id = a_id[i]
+            ORDER BY e.sequence DESC LIMIT 1;
+            stream_version := coalesce(stream_version, 0);
             RETURN NEXT;
             first_event := first_event + n;
             CONTINUE;
@@ -186,3 +185,23 @@ BEGIN
     END LOOP;
     UPDATE log_head SET position = head, hash = prev WHERE id = 1;
 END $$;
+
+-- The previous release's form: the same append with no link chained.
+CREATE OR REPLACE FUNCTION circle_append_batch(
+    a_type text[], a_id text[], a_expected bigint[], a_count int[],
+    a_idem_key text[], a_idem_hash bytea[], a_idem_status int[], a_response_id text[],
+    a_key_action text[], a_key_client text[], a_key_wrapped bytea[],
+    e_id uuid[], e_type text[], e_version int[], e_payload text[], e_occurred timestamptz[],
+    e_actor text[], e_role text[], e_correlation uuid[], e_causation uuid[],
+    e_aggregate_type text[], e_aggregate_id text[], e_sequence bigint[], e_tail bytea[],
+    p_simple boolean, p_recorded_at timestamptz)
+RETURNS TABLE (outcome text, stream_version bigint, last_position bigint,
+               answer_hash bytea, answer_status int, answer_body jsonb)
+LANGUAGE sql AS $$
+    SELECT * FROM circle_append_batch(
+        a_type, a_id, a_expected, a_count, a_idem_key, a_idem_hash, a_idem_status,
+        a_response_id, a_key_action, a_key_client, a_key_wrapped, e_id, e_type,
+        e_version, e_payload, e_occurred, e_actor, e_role, e_correlation, e_causation,
+        e_aggregate_type, e_aggregate_id, e_sequence, e_tail, p_simple, p_recorded_at,
+        array_fill(false, ARRAY[coalesce(array_length(a_type, 1), 0)]))
+$$;
