@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
 use circle_events::client::ConsentScope;
-use circle_events::group::GroupCommand;
+use circle_events::group::{AttendanceMark, AttendanceStatus, GroupCommand};
 use circle_services::auth::{Principal, Role};
 use circle_services::commands::{CommandContext, CommandError, IdempotencyRequest, Link, Step};
 use circle_services::store::{Append, AppendResult, EventMetadata, NewEvent, Store};
@@ -304,6 +304,53 @@ async fn a_second_link_with_the_same_key_is_answered_by_the_first() {
         "{results:?}"
     );
     assert_eq!(member_joined_events(&state.store).await, ["c0"]);
+}
+
+/// A link that writes nothing (a mark already recorded) answers the version and the
+/// position of the last link committed before it, as it would alone after it.
+#[tokio::test]
+async fn a_link_that_writes_nothing_answers_the_position_before_it() {
+    let app = spawn_app().await;
+    group_and_clients(&app, 1).await;
+    let state = &app.state;
+    let mut links = join_links(&["c0"]);
+    let step = |command| Link {
+        steps: vec![Step {
+            command,
+            occurred_at: None,
+        }],
+        ctx: links[0].ctx.clone(),
+    };
+    let mark = || GroupCommand::RecordAttendance {
+        session_id: "s1".into(),
+        records: vec![AttendanceMark {
+            client_id: "c0".into(),
+            status: AttendanceStatus::Present,
+        }],
+    };
+    let schedule = GroupCommand::ScheduleSession {
+        session_id: "s1".into(),
+        starts_at: "2026-01-13T18:00:00+00:00".parse().unwrap(),
+        duration_minutes: 90,
+    };
+    links.extend([step(schedule), step(mark()), step(mark())]);
+    let results = state
+        .commands
+        .execute_chain(&state.groups, "g1", links, |_| true)
+        .await;
+    let answers: Vec<(i64, i64)> = results
+        .iter()
+        .map(|result| {
+            let body = &result.as_ref().expect("accepted").body;
+            (
+                body["version"].as_i64().unwrap(),
+                body["position"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let (marked_version, marked_at) = answers[2];
+    assert_eq!(answers[3], (marked_version, marked_at), "{answers:?}");
+    assert_eq!(state.store.head_position().await.unwrap(), marked_at);
 }
 
 /// A Circle that keeps at most `capacity` aggregates of each type in memory.
