@@ -302,7 +302,7 @@ impl CommandService {
     fn observe<E: std::error::Error>(
         &self,
         name: &str,
-        outcome: &Result<Receipt, CommandError<E>>,
+        outcome: &Answered<E>,
         started: std::time::Instant,
     ) {
         let label = match outcome {
@@ -334,7 +334,7 @@ impl CommandService {
         aggregate_id: &str,
         links: Vec<Link<A::Command>>,
         allowed: impl Fn(&A) -> bool,
-    ) -> Vec<Result<Receipt, CommandError<A::Error>>>
+    ) -> Vec<Answered<A::Error>>
     where
         A: Aggregate<Services = ()> + Clone,
         A::Command: Command + Clone,
@@ -462,11 +462,11 @@ impl CommandService {
             state.version += count;
             appended.push((index, answer));
         }
+        // Each committed link's last position, in order.
+        let mut positions = Vec::with_capacity(appended.len());
         if !appends.is_empty() {
             let outcomes = self.appender.append_chain(appends).await;
             let count = appended.len();
-            // Each committed link's last position, in order.
-            let mut positions = Vec::with_capacity(count);
             for ((index, answer), outcome) in appended.into_iter().zip(outcomes) {
                 match outcome {
                     Ok(AppendResult::Committed {
@@ -501,23 +501,16 @@ impl CommandService {
                 // Part committed: the state after it was not kept; read it again.
                 None
             };
-            for (index, answer, version, before) in unwritten {
-                if index < alone_from {
-                    let position = before
-                        .checked_sub(1)
-                        .and_then(|last| positions.get(last).copied())
-                        .unwrap_or(before_chain);
-                    results[index] = Some(Ok(Receipt {
-                        status: 200,
-                        body: write_response(&answer.id, version, position),
-                    }));
-                }
-            }
-        } else {
-            for (index, answer, version, _) in unwritten {
+        }
+        for (index, answer, version, before) in unwritten {
+            if index < alone_from {
+                let position = before
+                    .checked_sub(1)
+                    .and_then(|last| positions.get(last).copied())
+                    .unwrap_or(before_chain);
                 results[index] = Some(Ok(Receipt {
                     status: 200,
-                    body: write_response(&answer.id, version, before_chain),
+                    body: write_response(&answer.id, version, position),
                 }));
             }
         }
