@@ -262,6 +262,8 @@ impl PgStore {
         let rows: Vec<(i64, Vec<u8>)> =
             sqlx::query_as("SELECT position, hash FROM events WHERE position = ANY($1)")
                 .bind(positions)
+                // Planned for these values each time (see `find_responses`).
+                .persistent(false)
                 .fetch_all(&self.pool)
                 .await?;
         rows.into_iter().map(stored_hash).collect()
@@ -417,6 +419,10 @@ impl PgStore {
              WHERE key = ANY ($1)",
         )
         .bind(keys)
+        // Not a prepared statement: PostgreSQL would keep the generic plan it made
+        // when the table was small (a sequential scan) on that connection while the
+        // table grows; `circle import` read the whole table once per 256 rows.
+        .persistent(false)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
