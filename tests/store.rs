@@ -40,6 +40,17 @@ fn append(id: &str, expected_version: u64, events: u32) -> Append {
     }
 }
 
+/// `a` with an idempotency record for `key`, answering `response_id`.
+fn with_key(mut a: Append, key: &str, response_id: &str) -> Append {
+    a.idempotency = Some(IdempotencyRecord {
+        key: key.into(),
+        request_hash: vec![9],
+        status: 200,
+        response_id: response_id.into(),
+    });
+    a
+}
+
 async fn appends_are_read_back_in_order_with_their_metadata(store: Store) {
     let first = append("g1", 0, 3);
     let results = store
@@ -166,16 +177,7 @@ async fn an_idempotency_key_answers_the_same_and_appends_once(store: Store) {
 }
 
 async fn keyed_appends_on_many_streams_store_their_answers_together(store: Store) {
-    let keyed = |id: &str, key: &str, events| {
-        let mut a = append(id, 0, events);
-        a.idempotency = Some(IdempotencyRecord {
-            key: key.into(),
-            request_hash: vec![9],
-            status: 200,
-            response_id: id.into(),
-        });
-        a
-    };
+    let keyed = |id: &str, key: &str, events| with_key(append(id, 0, events), key, id);
     // Every key new, each stream once: on PostgreSQL the set-based path.
     let results = store
         .commit_batch(&[keyed("g1", "a", 2), keyed("g2", "b", 1), append("g3", 0, 1)])
@@ -219,15 +221,7 @@ async fn a_chain_of_appends_to_one_stream_commits_in_order_and_stops_at_its_firs
         a.chained = true;
         a
     };
-    let keyed = |mut a: Append, key: &str| {
-        a.idempotency = Some(IdempotencyRecord {
-            key: key.into(),
-            request_hash: vec![9],
-            status: 200,
-            response_id: key.into(),
-        });
-        a
-    };
+    let keyed = |a: Append, key: &str| with_key(a, key, key);
     // Given a chain on g1 with another stream between its links,
     let results = store
         .commit_batch(&[

@@ -649,17 +649,14 @@ async fn run_batch(
         };
         outcomes[index].1 = Some(outcome);
     }
-    let state = &shared.state;
     for (group_id, links) in chains {
         let (indices, links): (Vec<usize>, Vec<_>) = links.into_iter().unzip();
-        let results = state
-            .commands
-            .execute_chain(&state.groups, &group_id, links, |_| true)
-            .await;
-        for (index, result) in indices.into_iter().zip(results) {
-            let line = outcomes[index].0;
-            let row = receipt_or_refusal(result, "group_id");
-            outcomes[index].1 = Some(row_outcome(shared, line, row));
+        let lines = indices.iter().map(|&index| outcomes[index].0).collect();
+        for (index, outcome) in indices
+            .into_iter()
+            .zip(run_group_rows(shared, &group_id, lines, links).await)
+        {
+            outcomes[index].1 = Some(outcome);
         }
     }
     outcomes
@@ -672,6 +669,26 @@ async fn run_batch(
 }
 
 type GroupLink = Link<GroupCommand>;
+
+/// One group's rows (their lines and links, in file order) as one chain; an outcome
+/// per row.
+async fn run_group_rows(
+    shared: &Shared,
+    group_id: &str,
+    lines: Vec<u64>,
+    links: Vec<GroupLink>,
+) -> Vec<Outcome> {
+    let state = &shared.state;
+    let results = state
+        .commands
+        .execute_chain(&state.groups, group_id, links, |_| true)
+        .await;
+    lines
+        .into_iter()
+        .zip(results)
+        .map(|(line, result)| row_outcome(shared, line, receipt_or_refusal(result, "group_id")))
+        .collect()
+}
 
 /// The command context of an imported row.
 fn row_context(shared: &Shared, job: &Job, earlier: &Option<Earlier>) -> CommandContext {
@@ -782,13 +799,10 @@ async fn run_job(shared: &Shared, job: Job, earlier: Option<Earlier>) -> Outcome
         Planned::Group { .. } => {
             let mut clients = HashMap::new();
             return match group_link(shared, job, earlier, &mut clients).await {
-                Ok((group_id, link)) => {
-                    let result = state
-                        .commands
-                        .execute_steps(&state.groups, &group_id, link.steps, &link.ctx, |_| true)
-                        .await;
-                    row_outcome(shared, line, receipt_or_refusal(result, "group_id"))
-                }
+                Ok((group_id, link)) => run_group_rows(shared, &group_id, vec![line], vec![link])
+                    .await
+                    .pop()
+                    .unwrap_or_else(|| Outcome::Fatal(format!("line {line} was not run"))),
                 Err(outcome) => outcome,
             };
         }
