@@ -64,6 +64,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         22,
         include_str!("migrations/postgres/0022_chained_appends_on_the_fast_path.sql"),
     ),
+    (
+        23,
+        include_str!("migrations/postgres/0023_erased_clients_index.sql"),
+    ),
 ];
 
 #[derive(Clone)]
