@@ -28,6 +28,7 @@ fn append(id: &str, expected_version: u64, events: u64) -> Append {
         idempotency: None,
         key_action: None,
         chained: false,
+        token_hash: None,
     }
 }
 

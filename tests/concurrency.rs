@@ -193,6 +193,7 @@ fn join_links(clients: &[&str]) -> Vec<Link<GroupCommand>> {
         idempotency: None,
         if_match: None,
         key_action: None,
+        check_token: None,
     };
     clients
         .iter()
@@ -575,6 +576,7 @@ async fn a_reader_following_the_log_sees_every_event_once_in_order() {
                             idempotency: None,
                             key_action: None,
                             chained: false,
+                            token_hash: None,
                         }
                     })
                     .collect();

@@ -74,6 +74,7 @@ async fn fill(store: &Store) {
                     idempotency: None,
                     key_action: None,
                     chained: false,
+                    token_hash: None,
                 }])
                 .await
                 .unwrap();

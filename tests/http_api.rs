@@ -536,6 +536,7 @@ async fn a_clinician_outside_the_clients_groups_is_refused() {
         idempotency: None,
         if_match: None,
         key_action: None,
+        check_token: None,
     };
     let removal = GroupCommand::RemoveFacilitator {
         clinician_id: "dr_a".into(),

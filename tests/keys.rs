@@ -286,6 +286,75 @@ async fn no_request_after_a_revocation_commits_succeeds() {
     assert!(before > 0 && after > 0, "{before} before, {after} after");
 }
 
+/// A write goes in on a token its instance read live before, and the commit checks
+/// the token instead of one more read: once the revocation has answered, on another
+/// instance, that token writes nothing, and every other answer it gets (a refused
+/// body, a replayed key) is the plain 401.
+#[tokio::test]
+async fn a_revoked_token_writes_nothing_on_an_instance_that_knew_it_live() {
+    let first = spawn_app().await;
+    let second = spawn_app_on(&first.database_url).await;
+    let (token, token_id) = issue(&first, json!({"role": "admin"})).await;
+    let keyed = [("Idempotency-Key", "register-c2")];
+    let register = |client: &str| json!({"client_id": client});
+    // Twice before the revocation: the first read, then what it knows.
+    for (client, headers) in [("c1", &[][..]), ("c2", &keyed[..])] {
+        let answer = second
+            .send(
+                reqwest::Method::POST,
+                "/api/v1/clients",
+                Some(&token),
+                headers,
+                Some(&register(client)),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+    }
+    assert_eq!(
+        revoke(&first, &first.admin, &token_id).await.status,
+        StatusCode::OK
+    );
+    let head = second.head().await;
+    let refused = [
+        (register("c3"), &[][..]),
+        (
+            json!({"client_id": "c4", "birth_year": "not a year"}),
+            &[][..],
+        ),
+        (register("c2"), &keyed[..]),
+        (json!({"client_id": "c1"}), &[][..]),
+    ];
+    for (body, headers) in refused {
+        let answer = second
+            .send(
+                reqwest::Method::POST,
+                "/api/v1/clients",
+                Some(&token),
+                headers,
+                Some(&body),
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNAUTHORIZED,
+            "{body}: {:?}",
+            answer.body
+        );
+        assert_eq!(
+            answer.body["detail"],
+            circle_services::http::Problem::unauthorized().detail,
+            "{body}"
+        );
+    }
+    let group = json!({"group_id": "g1", "name": "G", "focus": "anxiety", "format": "open",
+                       "capacity": 8, "facilitators": ["dr_a"]});
+    assert_eq!(
+        second.post("/api/v1/groups", &token, group).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(second.head().await, head, "nothing was written");
+}
+
 #[tokio::test]
 async fn tokens_are_managed_by_admins_only_and_checked() {
     let app = spawn_app().await;

@@ -37,6 +37,7 @@ fn append(id: &str, expected_version: u64, events: u32) -> Append {
         idempotency: None,
         key_action: None,
         chained: false,
+        token_hash: None,
     }
 }
 
@@ -279,6 +280,75 @@ async fn a_chain_of_appends_to_one_stream_commits_in_order_and_stops_at_its_firs
     assert!(matches!(results[0], AppendResult::AlreadyAnswered(_)));
     assert_eq!(results[1], AppendResult::Conflict { actual_version: 4 });
     assert_eq!(store.head_position().await.unwrap(), 6);
+}
+
+/// An append carrying its caller's token commits only while the token is live; a
+/// revoked or unknown token's append is refused before its idempotency record is
+/// consulted, and its batch-mates commit.
+async fn an_append_commits_only_while_its_callers_token_is_live(store: Store) {
+    use circle_services::auth::{hash_token, Role};
+    use circle_services::tokens::{issue, revoke, Grant};
+    let grant = Grant {
+        role: Role::Admin,
+        clinician_id: None,
+        label: String::new(),
+        expires_at: None,
+    };
+    let by = || EventMetadata::system("test", "admin");
+    let (live, _) = issue(&store, &grant, by()).await.unwrap();
+    let (revoked, record) = issue(&store, &grant, by()).await.unwrap();
+    let with_token = |mut a: Append, token: &str| {
+        a.token_hash = Some(hash_token(token));
+        a
+    };
+    // Before its revocation the token writes, and its key stores an answer.
+    let first = store
+        .commit_batch(&[with_key(
+            with_token(append("g1", 0, 1), &revoked),
+            "k1",
+            "g1",
+        )])
+        .await
+        .unwrap();
+    assert!(matches!(first[0], AppendResult::Committed { .. }));
+    revoke(&store, &record.token_id, by()).await.unwrap();
+    let head = store.head_position().await.unwrap();
+    let results = store
+        .commit_batch(&[
+            with_token(append("g2", 0, 1), &live),
+            with_token(append("g3", 0, 1), &revoked),
+            with_key(with_token(append("g1", 0, 1), &revoked), "k1", "g1"),
+            with_token(append("g4", 0, 1), "never-issued"),
+            append("g5", 0, 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![
+            AppendResult::Committed {
+                version: 1,
+                last_position: head + 1
+            },
+            AppendResult::TokenNotLive,
+            AppendResult::TokenNotLive,
+            AppendResult::TokenNotLive,
+            AppendResult::Committed {
+                version: 1,
+                last_position: head + 2
+            },
+        ]
+    );
+    assert!(store
+        .load_stream("group", "g3", 0)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .load_stream("group", "g4", 0)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn client_keys_are_stored_and_destroyed_with_their_events(store: Store) {
@@ -682,6 +752,7 @@ circle_tests::on_both_backends!(
     keyed_appends_on_many_streams_store_their_answers_together,
     a_chain_of_appends_to_one_stream_commits_in_order_and_stops_at_its_first_failure,
     client_keys_are_stored_and_destroyed_with_their_events,
+    an_append_commits_only_while_its_callers_token_is_live,
     an_append_naming_an_erased_client_is_refused_even_in_its_erasures_batch,
     stock_cqrs_es_runs_on_the_store,
     a_checkpoint_keeps_state_and_position_together,
@@ -692,9 +763,9 @@ circle_tests::on_both_backends!(
     a_read_up_to_a_time_and_position_filters_in_the_store,
 );
 
-/// During a rolling update, instances of the previous release still call the append
-/// function without the chained flags (26 arguments): that form stays, as the new
-/// one with no append chained.
+/// During a rolling update, instances of earlier releases still call the append
+/// function without the chained flags (26 arguments) or without the callers' tokens
+/// (27): those forms stay, as the new one with nothing chained and no token checked.
 #[tokio::test]
 async fn postgres_keeps_the_previous_releases_append_form() {
     use sqlx::Connection;
@@ -709,7 +780,7 @@ async fn postgres_keeps_the_previous_releases_append_form() {
     .fetch_all(&mut conn)
     .await
     .unwrap();
-    assert_eq!(forms, [26, 27]);
+    assert_eq!(forms, [26, 27, 28]);
     let answered: Vec<(String,)> = sqlx::query_as(
         "SELECT outcome FROM circle_append_batch(
             '{}'::text[], '{}'::text[], '{}'::bigint[], '{}'::int[], '{}'::text[],
@@ -722,7 +793,21 @@ async fn postgres_keeps_the_previous_releases_append_form() {
     .await
     .unwrap();
     assert!(answered.is_empty());
-    assert_eq!(store.head_position().await.unwrap(), 0);
+    // The form before the callers' tokens (27 arguments) writes too.
+    let committed: Vec<(String,)> = sqlx::query_as(
+        "SELECT outcome FROM circle_append_batch(
+            '{group}'::text[], '{g1}'::text[], '{0}'::bigint[], '{1}'::int[], '{NULL}'::text[],
+            '{NULL}'::bytea[], '{NULL}'::int[], '{NULL}'::text[], '{NULL}'::text[], '{NULL}'::text[],
+            '{NULL}'::bytea[], ARRAY[gen_random_uuid()], '{SessionCancelled}'::text[], '{1}'::int[],
+            '{\"{}\"}'::text[], ARRAY[now()], '{dr_a}'::text[], '{clinician}'::text[],
+            ARRAY[gen_random_uuid()], '{NULL}'::uuid[], '{group}'::text[], '{g1}'::text[],
+            '{1}'::bigint[], ARRAY['\\x00'::bytea], true, now(), '{false}'::boolean[])",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(committed, [("committed".to_string(),)]);
+    assert_eq!(store.head_position().await.unwrap(), 1);
 }
 
 /// Events written before the chain existed, straight into a schema at migration 5.

@@ -81,6 +81,7 @@ async fn appends_per_second(store: &Store, writers: usize, round: usize) -> f64 
                         idempotency: None,
                         key_action: None,
                         chained: false,
+                        token_hash: None,
                     };
                     if appender.append(append).await.is_ok() {
                         done += 1;
@@ -242,6 +243,7 @@ async fn fill(store: &Store) {
                     idempotency: None,
                     key_action: None,
                     chained: false,
+                    token_hash: None,
                 }
             })
             .collect();

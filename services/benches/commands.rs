@@ -146,6 +146,7 @@ impl Circle {
             idempotency: None,
             if_match: None,
             key_action: None,
+            check_token: None,
         };
         self.commands
             .execute(&self.groups, group, command, &ctx, |_| true)
@@ -170,6 +171,7 @@ impl Circle {
                     idempotency: None,
                     key_action: None,
                     chained: false,
+                    token_hash: None,
                 }])
                 .await
                 .expect("prefill");

@@ -93,6 +93,7 @@ async fn rebuild(base: &str) {
                     idempotency: None,
                     key_action: None,
                     chained: false,
+                    token_hash: None,
                 }])
                 .await
                 .expect("load");
@@ -135,6 +136,7 @@ fn context() -> CommandContext {
         idempotency: None,
         if_match: None,
         key_action: None,
+        check_token: None,
     }
 }
 

@@ -76,11 +76,31 @@ pub fn hash_token(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How a caller's token was found live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// Read from the store for this request.
+    Read,
+    /// Known from an earlier read. The commit that acts on it checks that it is
+    /// still live ([`crate::store::Append::token_hash`]); any other answer must read
+    /// it again ([`Authenticator::still_live`]) before it leaves.
+    AtCommit { token_hash: String },
+}
+
 /// Resolves bearer tokens and answers which clients a clinician may see.
 pub struct Authenticator {
     lookups: mpsc::Sender<(String, LookupReply)>,
     care_teams: CareTeamIndex,
+    /// Tokens found live by an earlier read, by hash. What they hold (role,
+    /// clinician, id, expiry) never changes; only a revocation can end one, and that
+    /// is asked again where it matters ([`Liveness::AtCommit`]). Unknown and refused
+    /// tokens are never kept, so a caller cannot fill this with guesses.
+    known: std::sync::Mutex<HashMap<String, StoredToken>>,
 }
+
+/// Most tokens [`Authenticator`] keeps known; when full it starts again empty (a
+/// practice has tens of tokens, not thousands).
+const MAX_KNOWN: usize = 4_096;
 
 type LookupReply = oneshot::Sender<Result<Option<StoredToken>, SharedStoreError>>;
 
@@ -101,6 +121,7 @@ impl Authenticator {
         let authenticator = Authenticator {
             lookups,
             care_teams: CareTeamIndex::new(store.clone()),
+            known: std::sync::Mutex::new(HashMap::new()),
         };
         (authenticator, TokenLookupWorker { incoming, store })
     }
@@ -147,32 +168,89 @@ impl Authenticator {
     /// token are all `None`, so a caller cannot tell them apart.
     pub async fn principal(&self, token: &str) -> Result<Option<Principal>, SharedStoreError> {
         let hash = hash_token(token);
+        Ok(self
+            .read(&hash)
+            .await?
+            .and_then(|stored| principal_of(&hash, stored)))
+    }
+
+    /// The caller a token stands for, for a request whose every effect is a commit
+    /// that checks the token ([`crate::policy::commits_only`]): a token read live
+    /// before is not read again here ([`Liveness::AtCommit`]); the commit checks it,
+    /// and the guard reads it before any other answer leaves. That saves the write
+    /// path a round trip while keeping the promise of [`Self::principal`]: no write
+    /// sent after a revocation commits.
+    pub async fn caller_for_commit(
+        &self,
+        token: &str,
+    ) -> Result<Option<(Principal, Liveness)>, SharedStoreError> {
+        let hash = hash_token(token);
+        let known = self.known().get(&hash).cloned();
+        Ok(match known {
+            Some(stored) => principal_of(&hash, stored)
+                .map(|principal| (principal, Liveness::AtCommit { token_hash: hash })),
+            None => self
+                .read(&hash)
+                .await?
+                .and_then(|stored| principal_of(&hash, stored))
+                .map(|principal| (principal, Liveness::Read)),
+        })
+    }
+
+    /// Whether the token with this hash is live now, read from the store.
+    pub async fn still_live(&self, token_hash: &str) -> Result<bool, SharedStoreError> {
+        Ok(self
+            .read(token_hash)
+            .await?
+            .is_some_and(|stored| stored.is_live(Utc::now())))
+    }
+
+    /// Reads a token's row (through [`TokenLookupWorker`]) and keeps what a live one
+    /// holds for [`Self::caller_for_commit`]; a token found not live is forgotten.
+    async fn read(&self, hash: &str) -> Result<Option<StoredToken>, SharedStoreError> {
         let stopped = || SharedStoreError(Arc::new(StoreError::Stopped));
         let (reply, answer) = oneshot::channel();
         self.lookups
-            .send((hash.clone(), reply))
+            .send((hash.to_string(), reply))
             .await
             .map_err(|_| stopped())?;
-        let Some(stored) = answer.await.map_err(|_| stopped())?? else {
-            return Ok(None);
-        };
-        if !stored.is_live(Utc::now()) {
-            return Ok(None);
+        let stored = answer.await.map_err(|_| stopped())??;
+        let mut known = self.known();
+        match &stored {
+            Some(token) if token.is_live(Utc::now()) => {
+                if known.len() >= MAX_KNOWN && !known.contains_key(hash) {
+                    known.clear();
+                }
+                known.insert(hash.to_string(), token.clone());
+            }
+            _ => {
+                known.remove(hash);
+            }
         }
-        let Some(role) = Role::parse(&stored.role) else {
-            return Ok(None);
-        };
-        let actor_id = stored
-            .clinician_id
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", role.as_str(), &hash[..12]));
-        Ok(Some(Principal {
-            role,
-            clinician_id: stored.clinician_id,
-            actor_id,
-            token_id: stored.token_id,
-        }))
+        Ok(stored)
     }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, StoredToken>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The principal of a stored token, if it is live now and its role is known.
+fn principal_of(hash: &str, stored: StoredToken) -> Option<Principal> {
+    if !stored.is_live(Utc::now()) {
+        return None;
+    }
+    let role = Role::parse(&stored.role)?;
+    let actor_id = stored
+        .clinician_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", role.as_str(), &hash[..12]));
+    Some(Principal {
+        role,
+        clinician_id: stored.clinician_id,
+        actor_id,
+        token_id: stored.token_id,
+    })
 }
 
 impl TokenLookupWorker {

@@ -49,6 +49,9 @@ pub enum CommandError<E: std::error::Error> {
     /// A client the command names was erased before it could commit.
     #[error("this client's data has been erased")]
     ClientErased { client_id: String },
+    /// The caller's token was revoked (or expired) before the command could commit.
+    #[error("the caller's token is no longer valid")]
+    TokenNotLive,
     #[error(transparent)]
     Store(#[from] SharedStoreError),
     #[error(transparent)]
@@ -78,6 +81,9 @@ pub struct CommandContext {
     pub idempotency: Option<IdempotencyRequest>,
     pub if_match: Option<u64>,
     pub key_action: Option<KeyAction>,
+    /// The SHA-256 of the caller's token, for the commit to check that it is still
+    /// live ([`Append::token_hash`]); `None` when it was read for this request.
+    pub check_token: Option<String>,
 }
 
 /// How a command's success is answered, from the command itself: the `id` reported
@@ -125,6 +131,9 @@ pub struct Step<C> {
 pub struct Receipt {
     pub status: u16,
     pub body: Value,
+    /// The commit that made this answer found the caller's token live
+    /// ([`CommandContext::check_token`]): nothing more need be read before it leaves.
+    pub token_checked: bool,
 }
 
 /// Aggregate state at a known stream version.
@@ -308,7 +317,7 @@ impl CommandService {
         let label = match outcome {
             Ok(_) => "accepted",
             Err(CommandError::Rejected(_) | CommandError::ClientErased { .. }) => "rejected",
-            Err(CommandError::Forbidden) => "forbidden",
+            Err(CommandError::Forbidden | CommandError::TokenNotLive) => "forbidden",
             Err(CommandError::VersionMismatch { .. } | CommandError::IdempotencyKeyReused) => {
                 "conflict"
             }
@@ -477,6 +486,7 @@ impl CommandService {
                         results[index] = Some(Ok(Receipt {
                             status: answer.status,
                             body: write_response(&answer.id, version, last_position),
+                            token_checked: false,
                         }));
                     }
                     // Decided on a state that is not the stream's: this link and all
@@ -511,6 +521,7 @@ impl CommandService {
                 results[index] = Some(Ok(Receipt {
                     status: 200,
                     body: write_response(&answer.id, version, position),
+                    token_checked: false,
                 }));
             }
         }
@@ -587,6 +598,7 @@ impl CommandService {
                 return Ok(Receipt {
                     status: 200,
                     body: write_response(&answer.id, current.version, current.last_position),
+                    token_checked: false,
                 });
             }
             let append = self.append_for::<A>(aggregate_id, current.version, decided, ctx, &answer);
@@ -604,6 +616,7 @@ impl CommandService {
                     return Ok(Receipt {
                         status: answer.status,
                         body: write_response(&answer.id, version, last_position),
+                        token_checked: ctx.check_token.is_some(),
                     });
                 }
                 AppendResult::Conflict { .. } => {
@@ -616,6 +629,7 @@ impl CommandService {
                 AppendResult::ClientErased { client_id } => {
                     return Err(CommandError::ClientErased { client_id });
                 }
+                AppendResult::TokenNotLive => return Err(CommandError::TokenNotLive),
             }
         }
         Err(CommandError::Contended)
@@ -658,6 +672,7 @@ impl CommandService {
             }),
             key_action: ctx.key_action.clone(),
             chained: false,
+            token_hash: ctx.check_token.clone(),
         }
     }
 }
@@ -697,7 +712,11 @@ fn replay_answer<E: std::error::Error>(
     body: Value,
 ) -> Result<Receipt, CommandError<E>> {
     if stored_hash == idem.request_hash {
-        Ok(Receipt { status, body })
+        Ok(Receipt {
+            status,
+            body,
+            token_checked: false,
+        })
     } else {
         Err(CommandError::IdempotencyKeyReused)
     }

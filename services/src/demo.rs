@@ -143,6 +143,7 @@ fn context(at: DateTime<Utc>, key: Option<KeyAction>) -> CommandContext {
         idempotency: None,
         if_match: None,
         key_action: key,
+        check_token: None,
     }
 }
 

@@ -255,6 +255,23 @@ pub fn is_public(action: Action) -> bool {
     matches!(action, Action::ReadDescription | Action::OpenDashboard)
 }
 
+/// Actions whose every effect is a command committed through the write skeleton
+/// (`http::write`), each commit checking the caller's token in its own transaction.
+/// Only for these may a request go in on a token read live before
+/// ([`crate::auth::Liveness::AtCommit`]): nothing they do happens outside such a
+/// commit. Token management, exports and reads are not among them.
+pub fn commits_only(action: Action) -> bool {
+    matches!(
+        action,
+        Action::CreateGroup
+            | Action::WriteGroup
+            | Action::JoinGroup
+            | Action::RegisterClient
+            | Action::WriteClient
+            | Action::EraseClient
+    )
+}
+
 /// Every route under `/api/v1` and `/app` (the dashboard) and the action it asks
 /// for: `(method, path template, action)`. A route the router serves without an
 /// entry here is refused.

@@ -48,6 +48,7 @@ pub fn append<E: cqrs_es::DomainEvent>(
         idempotency: None,
         key_action: None,
         chained: false,
+        token_hash: None,
     }
 }
 

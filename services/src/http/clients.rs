@@ -152,6 +152,7 @@ async fn end_memberships(
         idempotency: None,
         if_match: None,
         key_action: None,
+        check_token: writer.caller.token_to_check(),
     };
     for group_id in state.auth.groups_of_client(client_id).await? {
         let group = state.groups.load(&group_id).await?.aggregate;

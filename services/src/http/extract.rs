@@ -16,12 +16,12 @@ use uuid::Uuid;
 
 use super::problem::Problem;
 use super::AppState;
-use crate::auth::Principal;
+use crate::auth::{Liveness, Principal};
 
-/// The authenticated caller: put in the request by the router's guard, which
-/// authenticates every route that needs a token.
+/// The authenticated caller, and how its token was found live: put in the request
+/// by the router's guard, which authenticates every route that needs a token.
 #[derive(Clone)]
-pub struct Caller(pub Principal);
+pub struct Caller(pub Principal, pub Liveness);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
@@ -37,19 +37,43 @@ impl FromRequestParts<AppState> for Caller {
 impl Caller {
     /// The principal of the request's bearer token (401 without a known one).
     pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Problem> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(Problem::unauthorized)?;
-        match state.auth.principal(token).await? {
-            Some(principal) => Ok(Caller(principal)),
+        match state.auth.principal(bearer(parts)?).await? {
+            Some(principal) => Ok(Caller(principal, Liveness::Read)),
             None => Err(Problem::unauthorized()),
         }
     }
+
+    /// [`Caller::authenticate`] for a request whose every effect is a commit that
+    /// checks the token ([`crate::auth::Authenticator::caller_for_commit`]).
+    pub async fn authenticate_for_commit(
+        parts: &Parts,
+        state: &AppState,
+    ) -> Result<Caller, Problem> {
+        match state.auth.caller_for_commit(bearer(parts)?).await? {
+            Some((principal, liveness)) => Ok(Caller(principal, liveness)),
+            None => Err(Problem::unauthorized()),
+        }
+    }
+
+    /// The token hash a commit is to check (see [`Liveness::AtCommit`]).
+    pub fn token_to_check(&self) -> Option<String> {
+        match &self.1 {
+            Liveness::Read => None,
+            Liveness::AtCommit { token_hash } => Some(token_hash.clone()),
+        }
+    }
+}
+
+/// The bearer token of a request (401 without one).
+fn bearer(parts: &Parts) -> Result<&str, Problem> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(Problem::unauthorized)
 }
 
 /// Optional headers every write takes.

@@ -23,7 +23,7 @@ use serde_json::Value;
 use super::extract::Caller;
 use super::{AppState, Problem};
 use crate::access_log::{self, AccessEntry};
-use crate::auth::Role;
+use crate::auth::{Liveness, Role};
 use crate::policy::{self, Action, Denial, Entry, Resource, View};
 
 impl From<Denial> for Problem {
@@ -68,7 +68,12 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
             .and_then(|v| uuid::Uuid::parse_str(v.trim()).ok())
             .unwrap_or_else(uuid::Uuid::new_v4),
     };
-    let caller = match Caller::authenticate(&parts, &state).await {
+    let authenticated = if policy::commits_only(action) {
+        Caller::authenticate_for_commit(&parts, &state).await
+    } else {
+        Caller::authenticate(&parts, &state).await
+    };
+    let caller = match authenticated {
         Ok(caller) => caller,
         Err(problem) => return record.answer(&state, problem.into_response()).await,
     };
@@ -84,10 +89,35 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
             .answer(&state, Problem::from(denial).into_response())
             .await;
     }
+    let liveness = caller.1.clone();
     parts.extensions.insert(caller);
     let response = next.run(Request::from_parts(parts, body)).await;
+    let response = confirm_token(&state, &liveness, response).await;
     record.answer(&state, response).await
 }
+
+/// A caller let in on a token read live before ([`Liveness::AtCommit`]) gets an
+/// answer only once the token is known live now: from the commit that made the
+/// answer ([`TokenChecked`]), or else read here. A token revoked meanwhile gets the
+/// 401 every refused token gets, not what its request would have been told (a
+/// validation error, a replayed answer, a refusal that names a record).
+async fn confirm_token(state: &AppState, liveness: &Liveness, response: Response) -> Response {
+    let Liveness::AtCommit { token_hash } = liveness else {
+        return response;
+    };
+    if response.extensions().get::<TokenChecked>().is_some() {
+        return response;
+    }
+    match state.auth.still_live(token_hash).await {
+        Ok(true) => response,
+        Ok(false) => Problem::unauthorized().into_response(),
+        Err(error) => Problem::from(error).into_response(),
+    }
+}
+
+/// Marks an answer made by a commit that found the caller's token live.
+#[derive(Clone, Copy)]
+pub(crate) struct TokenChecked;
 
 /// The header a caller states their purpose in; recorded with what they see.
 pub(super) const PURPOSE: &str = "Circle-Purpose";

@@ -186,6 +186,8 @@ impl<E: Rejection> From<CommandError<E>> for Problem {
         match error {
             CommandError::Rejected(rejection) => Problem::from_rejection(&rejection),
             CommandError::Forbidden => Problem::forbidden("this caller may not change this record"),
+            // The same answer as any refused token: whether it ever existed stays unsaid.
+            CommandError::TokenNotLive => Problem::unauthorized(),
             e @ CommandError::VersionMismatch { .. } => {
                 Problem::field(StatusCode::CONFLICT, "If-Match", e.to_string())
             }

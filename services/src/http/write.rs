@@ -21,7 +21,9 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::extract::{Caller, Ids, JsonBody, PathIds, WriteHeaders};
-use super::guard::{allow, authorize_client, authorize_group, client_known, group_facilitated};
+use super::guard::{
+    allow, authorize_client, authorize_group, client_known, group_facilitated, TokenChecked,
+};
 use super::{AppState, Problem, Services};
 use crate::commands::{CommandContext, IdempotencyRequest, Receipt, Repository};
 use crate::policy::{Action, Resource};
@@ -100,7 +102,11 @@ impl Writer {
     ) -> Result<Response, Problem> {
         let receipt = self.execute(state, id, command).await?;
         let status = StatusCode::from_u16(receipt.status).unwrap_or(StatusCode::OK);
-        Ok((status, Json(receipt.body)).into_response())
+        let mut response = (status, Json(receipt.body)).into_response();
+        if receipt.token_checked {
+            response.extensions_mut().insert(TokenChecked);
+        }
+        Ok(response)
     }
 
     /// [`Writer::run`], answering the receipt itself.
@@ -151,6 +157,7 @@ impl Writer {
             idempotency,
             if_match: self.headers.if_match,
             key_action: self.key_action.clone(),
+            check_token: self.caller.token_to_check(),
         }
     }
 }

@@ -703,6 +703,7 @@ fn row_context(shared: &Shared, job: &Job, earlier: &Option<Earlier>) -> Command
         }),
         if_match: None,
         key_action: None,
+        check_token: None,
     }
 }
 
@@ -882,9 +883,11 @@ fn receipt_or_refusal<E: Rejection>(
             None,
             "too many concurrent changes to this record; run the import again".into(),
         ))),
-        Err(error @ (CommandError::Forbidden | CommandError::VersionMismatch { .. })) => {
-            Err(Ok((None, error.to_string())))
-        }
+        Err(
+            error @ (CommandError::Forbidden
+            | CommandError::VersionMismatch { .. }
+            | CommandError::TokenNotLive),
+        ) => Err(Ok((None, error.to_string()))),
         Err(error @ (CommandError::Store(_) | CommandError::Load(_))) => {
             Err(Err(crate::errors::ErrorChain(&error).to_string()))
         }

@@ -136,6 +136,7 @@ impl<A: Aggregate> EventStore<A> for CqrsStore<A> {
             idempotency: None,
             key_action: None,
             chained: false,
+            token_hash: None,
         };
         let results = self.store.commit_batch(&[append]).await.map_err(boxed)?;
         match results.first() {

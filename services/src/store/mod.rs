@@ -170,6 +170,11 @@ pub struct Append {
     /// link of a chain, see [`crate::appender::Appender::append_chain`]): refused as
     /// a conflict unless that append commits, whatever the stream's version.
     pub chained: bool,
+    /// The SHA-256 of the caller's token when the commit is to check that it is still
+    /// live (not revoked, not expired): the caller's role and clinician were known
+    /// from an earlier read (see [`crate::auth::Authenticator::caller`]). `None`: not
+    /// checked here (the token was read for this request, or Circle itself writes).
+    pub token_hash: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -188,6 +193,8 @@ pub enum AppendResult {
     ClientErased {
         client_id: String,
     },
+    /// The caller's token ([`Append::token_hash`]) is no longer live.
+    TokenNotLive,
 }
 
 /// An event as the log holds it.
@@ -372,6 +379,7 @@ fn token_append(token_id: &str, version: u64, event: NewEvent) -> Append {
         idempotency: None,
         key_action: None,
         chained: false,
+        token_hash: None,
     }
 }
 

@@ -68,6 +68,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         23,
         include_str!("migrations/postgres/0023_erased_clients_index.sql"),
     ),
+    (
+        24,
+        include_str!("migrations/postgres/0024_the_callers_token_checked_in_the_commit.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -797,6 +801,7 @@ struct AppendColumns {
     key_client: Vec<Option<String>>,
     key_wrapped: Vec<Option<Vec<u8>>>,
     chained: Vec<bool>,
+    token: Vec<Option<String>>,
 }
 
 impl AppendColumns {
@@ -806,6 +811,7 @@ impl AppendColumns {
         self.expected.push(append.expected_version as i64);
         self.count.push(append.events.len() as i32);
         self.chained.push(append.chained);
+        self.token.push(append.token_hash.clone());
         let idem = append.idempotency.as_ref();
         self.idem_key.push(idem.map(|i| i.key.clone()));
         self.idem_hash.push(idem.map(|i| i.request_hash.clone()));
@@ -948,7 +954,7 @@ async fn append_batch<'e>(
     let rows: Vec<AppendRow> = sqlx::query_as(
         "SELECT outcome, stream_version, last_position, answer_hash, answer_status, answer_body
          FROM circle_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)",
+             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)",
     )
     .bind(&a.aggregate_type)
     .bind(&a.aggregate_id)
@@ -977,6 +983,7 @@ async fn append_batch<'e>(
     .bind(simple)
     .bind(recorded_at)
     .bind(&a.chained)
+    .bind(&a.token)
     .fetch_all(executor)
     .await?;
     if rows.len() != batch.len() {
@@ -1046,6 +1053,7 @@ fn append_result(row: AppendRow) -> Result<AppendResult, StoreError> {
         (outcome, _, _, _, _, Some(Value::String(client_id))) if outcome == "erased" => {
             Ok(AppendResult::ClientErased { client_id })
         }
+        (outcome, ..) if outcome == "unauthenticated" => Ok(AppendResult::TokenNotLive),
         (outcome, ..) => Err(StoreError::Corrupt(format!(
             "append function answered {outcome:?}"
         ))),

@@ -834,6 +834,27 @@ async fn append_batch(
             }
         }
     }
+    // Tokens the commit is to check ([`Append::token_hash`]) that are no longer live.
+    let mut dead_tokens = std::collections::HashSet::new();
+    let now = Utc::now();
+    for hash in batch.iter().filter_map(|a| a.token_hash.as_ref()) {
+        if dead_tokens.contains(hash) {
+            continue;
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?"
+        ))
+        .bind(hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let live = match row {
+            Some(row) => stored_token(&row)?.is_live(now),
+            None => false,
+        };
+        if !live {
+            dead_tokens.insert(hash.clone());
+        }
+    }
     let plan = plan_batch(
         batch,
         head,
@@ -845,6 +866,7 @@ async fn append_batch(
         },
         |key| responses.get(key).cloned(),
         erased,
+        &dead_tokens,
     );
     let recorded = to_micros(Utc::now());
     let recorded_at = timestamp(&recorded);
@@ -1091,6 +1113,8 @@ fn plan_batch(
     mut stored_response: impl FnMut(&str) -> Option<StoredResponse>,
     // Clients erased before the batch; erasures accepted in it are added in order.
     mut erased: std::collections::HashSet<String>,
+    // Callers' tokens found not live ([`Append::token_hash`]).
+    dead_tokens: &std::collections::HashSet<String>,
 ) -> BatchPlan {
     use std::collections::HashMap;
     let mut versions: HashMap<(&str, &str), u64> = HashMap::new();
@@ -1109,7 +1133,14 @@ fn plan_batch(
         let conflict = AppendResult::Conflict {
             actual_version: current,
         };
-        let refused = if append.chained && broken.contains(&stream) {
+        // The token first: a revoked caller is not told what its key answered.
+        let refused = if append
+            .token_hash
+            .as_ref()
+            .is_some_and(|hash| dead_tokens.contains(hash))
+        {
+            Some(AppendResult::TokenNotLive)
+        } else if append.chained && broken.contains(&stream) {
             Some(conflict)
         } else if let Some(previous) = append.idempotency.as_ref().and_then(|idem| {
             answered
