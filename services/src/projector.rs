@@ -43,6 +43,14 @@ const SAVE_EVERY: Duration = Duration::from_secs(2);
 /// WAL) from the commands beside it.
 const SAVE_DUTY: u32 = 20;
 const IDLE_POLL: Duration = Duration::from_millis(250);
+/// Under a steady stream of commits the projector reads at most this often: each
+/// read then takes in several group commits instead of one, and the reads cost the
+/// database a round trip each. A report waiting on `min_position` waits at most this
+/// much longer.
+const LIVE_PAUSE: Duration = Duration::from_millis(10);
+/// The lag metrics ask the database for its head at most this often (a gauge
+/// scraped every few seconds; per step it was a round trip per group commit).
+const OBSERVE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -363,6 +371,7 @@ impl Follower {
         let mut saved_at = Instant::now();
         let mut save_took = Duration::ZERO;
         let mut last_recorded_at: Option<DateTime<Utc>> = None;
+        let mut observed_at: Option<Instant> = None;
         let mut rebuild = self
             .live
             .rebuilding()
@@ -420,8 +429,16 @@ impl Follower {
                     if position == saved_position && self.leadership.fence().is_some() {
                         self.metrics.checkpoint_saved(REPORTS);
                     }
-                    self.observe(position, last_recorded_at).await;
-                    if applied == 0 && rebuild.is_none() {
+                    if observed_at.is_none_or(|at| at.elapsed() >= OBSERVE_EVERY) {
+                        self.observe(position, last_recorded_at).await;
+                        observed_at = Some(Instant::now());
+                    }
+                    if applied > 0 && !catching_up && rebuild.is_none() {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = tokio::time::sleep(LIVE_PAUSE) => {}
+                        }
+                    } else if applied == 0 && rebuild.is_none() {
                         tokio::select! {
                             _ = stop.cancelled() => {}
                             changed = self.committed.changed() => {
