@@ -121,10 +121,16 @@ impl<'a> Browser<'a> {
     }
 }
 
+/// Writes as the admin and returns once the projection holds the write (pages read
+/// the projection, which follows the log a moment behind).
 async fn ok(app: &TestApp, path: &str, body: Value) -> i64 {
     let answer = app.post(path, &app.admin, body).await;
     assert!(answer.status.is_success(), "{path}: {:?}", answer.body);
-    answer.position()
+    let position = answer.position();
+    let seen = format!("/api/v1/alerts?min_position={position}");
+    let caught_up = app.get(&seen, &app.admin).await;
+    assert_eq!(caught_up.status, StatusCode::OK, "{:?}", caught_up.body);
+    position
 }
 
 /// Dr A's group with three members, two held sessions and an upcoming one; member
@@ -163,11 +169,7 @@ async fn practice(app: &TestApp) {
     }
     let phq9 =
         json!({"client_id": "c-risk", "instrument": "PHQ-9", "items": [1, 1, 1, 1, 1, 1, 1, 1, 2]});
-    let last = ok(app, "/api/v1/groups/grp-a/sessions/s2/feedback", phq9).await;
-    // Pages read the projection; the practice is set once it holds the last write.
-    let path = format!("/api/v1/reports/attendance?group_id=grp-a&min_position={last}");
-    let caught_up = app.get(&path, &app.admin).await;
-    assert_eq!(caught_up.status, StatusCode::OK, "{:?}", caught_up.body);
+    ok(app, "/api/v1/groups/grp-a/sessions/s2/feedback", phq9).await;
 }
 
 /// The routes the access log records as having shown `client_id`.

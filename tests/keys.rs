@@ -288,71 +288,93 @@ async fn no_request_after_a_revocation_commits_succeeds() {
 
 /// A write goes in on a token its instance read live before, and the commit checks
 /// the token instead of one more read: once the revocation has answered, on another
-/// instance, that token writes nothing, and every other answer it gets (a refused
-/// body, a replayed key) is the plain 401.
+/// instance, that token writes nothing, and every other answer it would have had (a
+/// refused body, a replayed key, a domain refusal, a refused header) is the plain
+/// 401. Each case has its own token, known live on `second` until its revocation.
 #[tokio::test]
 async fn a_revoked_token_writes_nothing_on_an_instance_that_knew_it_live() {
     let first = spawn_app().await;
     let second = spawn_app_on(&first.database_url).await;
-    let (token, token_id) = issue(&first, json!({"role": "admin"})).await;
-    let keyed = [("Idempotency-Key", "register-c2")];
-    let register = |client: &str| json!({"client_id": client});
-    // Twice before the revocation: the first read, then what it knows.
-    for (client, headers) in [("c1", &[][..]), ("c2", &keyed[..])] {
-        let answer = second
-            .send(
-                reqwest::Method::POST,
-                "/api/v1/clients",
-                Some(&token),
-                headers,
-                Some(&register(client)),
-            )
-            .await;
-        assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
-    }
-    assert_eq!(
-        revoke(&first, &first.admin, &token_id).await.status,
-        StatusCode::OK
-    );
-    let head = second.head().await;
-    let refused = [
-        (register("c3"), &[][..]),
+    let post = |token: &str, path: &str, headers: Vec<(&'static str, String)>, body: Value| {
+        let (second, token, path) = (&second, token.to_string(), path.to_string());
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            second
+                .send(Method::POST, &path, Some(&token), &headers, Some(&body))
+                .await
+        }
+    };
+    let key = |k: &str| vec![("Idempotency-Key", k.to_string())];
+    let group = |id: &str| {
+        json!({"group_id": id, "name": "G", "focus": "anxiety", "format": "open",
+               "capacity": 8, "facilitators": ["dr_a"]})
+    };
+    let cases: Vec<(&str, &str, Vec<(&'static str, String)>, Value)> = vec![
+        // Decided and refused by the commit: registration (per-append loop) and a new
+        // group (PostgreSQL's set-based fast path).
         (
-            json!({"client_id": "c4", "birth_year": "not a year"}),
-            &[][..],
+            "registration",
+            "/api/v1/clients",
+            vec![],
+            json!({"client_id": "c-new"}),
         ),
-        (register("c2"), &keyed[..]),
-        (json!({"client_id": "c1"}), &[][..]),
+        ("new group", "/api/v1/groups", vec![], group("g-new")),
+        // Never reaching a commit: the guard reads the token before answering.
+        (
+            "bad body",
+            "/api/v1/clients",
+            vec![],
+            json!({"client_id": "c-x", "birth_year": "x"}),
+        ),
+        (
+            "replayed key",
+            "/api/v1/clients",
+            key("k-before"),
+            json!({"client_id": "c-before-0"}),
+        ),
+        (
+            "domain refusal",
+            "/api/v1/clients",
+            vec![],
+            json!({"client_id": "c-before-0"}),
+        ),
+        (
+            "bad purpose",
+            "/api/v1/clients",
+            vec![("Circle-Purpose", "p".repeat(201))],
+            json!({"client_id": "c-y"}),
+        ),
     ];
-    for (body, headers) in refused {
-        let answer = second
-            .send(
-                reqwest::Method::POST,
-                "/api/v1/clients",
-                Some(&token),
-                headers,
-                Some(&body),
-            )
-            .await;
+    for (n, (case, path, headers, body)) in cases.into_iter().enumerate() {
+        let (token, token_id) = issue(&first, json!({"role": "admin"})).await;
+        // Known live on `second`: it wrote there (the first case's key with it).
+        let before = json!({"client_id": format!("c-before-{n}")});
+        let headers_before = if n == 0 { key("k-before") } else { vec![] };
+        let known = post(&token, "/api/v1/clients", headers_before, before).await;
+        assert_eq!(
+            known.status,
+            StatusCode::CREATED,
+            "{case}: {:?}",
+            known.body
+        );
+        let revoked = revoke(&first, &first.admin, &token_id).await;
+        assert_eq!(revoked.status, StatusCode::OK);
+        let head = second.head().await;
+        let answer = post(&token, path, headers, body).await;
         assert_eq!(
             answer.status,
             StatusCode::UNAUTHORIZED,
-            "{body}: {:?}",
+            "{case}: {:?}",
             answer.body
         );
         assert_eq!(
             answer.body["detail"],
             circle_services::http::Problem::unauthorized().detail,
-            "{body}"
+            "{case}"
         );
+        assert_eq!(second.head().await, head, "{case}: nothing was written");
     }
-    let group = json!({"group_id": "g1", "name": "G", "focus": "anxiety", "format": "open",
-                       "capacity": 8, "facilitators": ["dr_a"]});
-    assert_eq!(
-        second.post("/api/v1/groups", &token, group).await.status,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(second.head().await, head, "nothing was written");
 }
 
 #[tokio::test]

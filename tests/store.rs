@@ -349,6 +349,24 @@ async fn an_append_commits_only_while_its_callers_token_is_live(store: Store) {
         .await
         .unwrap()
         .is_empty());
+    // A batch PostgreSQL would take on its set-based fast path (no key, no key action).
+    let plain = store
+        .commit_batch(&[
+            with_token(append("g6", 0, 1), &revoked),
+            with_token(append("g7", 0, 1), &live),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(plain[0], AppendResult::TokenNotLive);
+    assert!(matches!(
+        plain[1],
+        AppendResult::Committed { version: 1, .. }
+    ));
+    assert!(store
+        .load_stream("group", "g6", 0)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn client_keys_are_stored_and_destroyed_with_their_events(store: Store) {

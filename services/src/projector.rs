@@ -43,11 +43,6 @@ const SAVE_EVERY: Duration = Duration::from_secs(2);
 /// WAL) from the commands beside it.
 const SAVE_DUTY: u32 = 20;
 const IDLE_POLL: Duration = Duration::from_millis(250);
-/// Under a steady stream of commits the projector reads at most this often: each
-/// read then takes in several group commits instead of one, and the reads cost the
-/// database a round trip each. A report waiting on `min_position` waits at most this
-/// much longer.
-const LIVE_PAUSE: Duration = Duration::from_millis(10);
 /// The lag metrics ask the database for its head at most this often (a gauge
 /// scraped every few seconds; per step it was a round trip per group commit).
 const OBSERVE_EVERY: Duration = Duration::from_secs(1);
@@ -433,12 +428,7 @@ impl Follower {
                         self.observe(position, last_recorded_at).await;
                         observed_at = Some(Instant::now());
                     }
-                    if applied > 0 && !catching_up && rebuild.is_none() {
-                        tokio::select! {
-                            _ = stop.cancelled() => {}
-                            _ = tokio::time::sleep(LIVE_PAUSE) => {}
-                        }
-                    } else if applied == 0 && rebuild.is_none() {
+                    if applied == 0 && rebuild.is_none() {
                         tokio::select! {
                             _ = stop.cancelled() => {}
                             changed = self.committed.changed() => {

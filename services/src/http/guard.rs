@@ -82,12 +82,15 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
     let purpose = parts.headers.get(PURPOSE).map(|v| v.as_bytes());
     record.purpose = match access_log::parse_purpose(purpose) {
         Ok(purpose) => purpose,
-        Err(message) => return Problem::bad_request(PURPOSE, message).into_response(),
+        Err(message) => {
+            let refused = Problem::bad_request(PURPOSE, message).into_response();
+            return confirm_token(&state, &caller.1, refused).await;
+        }
     };
     if let Err(denial) = policy::role_may(caller.0.role, action) {
-        return record
-            .answer(&state, Problem::from(denial).into_response())
-            .await;
+        let refused = Problem::from(denial).into_response();
+        let refused = confirm_token(&state, &caller.1, refused).await;
+        return record.answer(&state, refused).await;
     }
     let liveness = caller.1.clone();
     parts.extensions.insert(caller);

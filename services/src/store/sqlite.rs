@@ -834,11 +834,13 @@ async fn append_batch(
             }
         }
     }
-    // Tokens the commit is to check ([`Append::token_hash`]) that are no longer live.
+    // Tokens the commit is to check ([`Append::token_hash`]), each read once: those
+    // no longer live.
     let mut dead_tokens = std::collections::HashSet::new();
+    let mut read_tokens = std::collections::HashSet::new();
     let now = Utc::now();
     for hash in batch.iter().filter_map(|a| a.token_hash.as_ref()) {
-        if dead_tokens.contains(hash) {
+        if !read_tokens.insert(hash) {
             continue;
         }
         let row = sqlx::query(&format!(
