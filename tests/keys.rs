@@ -286,6 +286,9 @@ async fn no_request_after_a_revocation_commits_succeeds() {
     assert!(before > 0 && after > 0, "{before} before, {after} after");
 }
 
+/// Extra request headers, as (name, value).
+type Headers = Vec<(&'static str, String)>;
+
 /// A write goes in on a token its instance read live before, and the commit checks
 /// the token instead of one more read: once the revocation has answered, on another
 /// instance, that token writes nothing, and every other answer it would have had (a
@@ -295,7 +298,7 @@ async fn no_request_after_a_revocation_commits_succeeds() {
 async fn a_revoked_token_writes_nothing_on_an_instance_that_knew_it_live() {
     let first = spawn_app().await;
     let second = spawn_app_on(&first.database_url).await;
-    let post = |token: &str, path: &str, headers: Vec<(&'static str, String)>, body: Value| {
+    let post = |token: &str, path: &str, headers: Headers, body: Value| {
         let (second, token, path) = (&second, token.to_string(), path.to_string());
         async move {
             let headers: Vec<(&str, &str)> =
@@ -310,7 +313,7 @@ async fn a_revoked_token_writes_nothing_on_an_instance_that_knew_it_live() {
         json!({"group_id": id, "name": "G", "focus": "anxiety", "format": "open",
                "capacity": 8, "facilitators": ["dr_a"]})
     };
-    let cases: Vec<(&str, &str, Vec<(&'static str, String)>, Value)> = vec![
+    let cases: Vec<(&str, &str, Headers, Value)> = vec![
         // Decided and refused by the commit: registration (per-append loop) and a new
         // group (PostgreSQL's set-based fast path).
         (
