@@ -169,9 +169,6 @@ async fn serve(base: &str, access_log: bool) -> Arc<Client> {
         },
     )
     .expect("settings");
-    // `CIRCLE_BENCH_LOG` (default warn), e.g. "warn,circle_services::projector=debug"
-    // for the checkpoint saves beside the load.
-    settings.log = std::env::var("CIRCLE_BENCH_LOG").unwrap_or_else(|_| "warn".into());
     settings.access_log = access_log;
     let app = Application::build(&settings).await.expect("build Circle");
     let address = app.local_addr().expect("address");
@@ -277,6 +274,13 @@ async fn main() {
         eprintln!("CIRCLE_BENCH_DATABASE_URL is not set: run scripts/bench");
         return;
     };
+    // As `circle serve` runs by default (`log = "info"`): every request and command
+    // in its span. `CIRCLE_BENCH_LOG` overrides it, e.g.
+    // "info,circle_services::projector=debug" for the checkpoint saves beside the load.
+    let log = std::env::var("CIRCLE_BENCH_LOG").unwrap_or_else(|_| "info".into());
+    let _telemetry =
+        circle_services::telemetry::init(&log, circle_services::config::LogFormat::Text, None)
+            .expect("telemetry");
     let run_for = Duration::from_secs(
         std::env::var("CIRCLE_BENCH_HTTP_SECS")
             .ok()
