@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{NaiveDate, Utc};
 use circle_events::client::ConsentScope;
 use circle_events::group::{AttendanceMark, AttendanceStatus, GroupCommand};
-use circle_services::auth::{Principal, Role};
+use circle_services::auth::Principal;
 use circle_services::commands::{CommandContext, CommandError, IdempotencyRequest, Link, Step};
 use circle_services::store::{Append, AppendResult, EventMetadata, NewEvent, Store};
 use circle_tests::{spawn_app, spawn_app_on, spawn_app_with, TestApp};
@@ -181,20 +181,7 @@ async fn cached_state_equals_a_full_replay() {
 
 /// Joins of `clients` to g1 as links of one chain, as `circle import` runs a group's rows.
 fn join_links(clients: &[&str]) -> Vec<Link<GroupCommand>> {
-    let ctx = CommandContext {
-        principal: Principal {
-            role: Role::Admin,
-            clinician_id: None,
-            actor_id: "import:memberships.csv".into(),
-            token_id: "none".into(),
-        },
-        correlation_id: Uuid::new_v4(),
-        occurred_at: None,
-        idempotency: None,
-        if_match: None,
-        key_action: None,
-        check_token: None,
-    };
+    let ctx = CommandContext::new(Principal::system("import:memberships.csv"));
     clients
         .iter()
         .map(|client_id| Link {

@@ -524,20 +524,7 @@ async fn a_clinician_outside_the_clients_groups_is_refused() {
         .await;
     assert_eq!(assigned.status, StatusCode::OK);
     // Removal has no route yet; it goes through the command path as a route would.
-    let ctx = CommandContext {
-        principal: Principal {
-            role: Role::Admin,
-            clinician_id: None,
-            actor_id: "admin-test".into(),
-            token_id: "none".into(),
-        },
-        correlation_id: uuid::Uuid::new_v4(),
-        occurred_at: None,
-        idempotency: None,
-        if_match: None,
-        key_action: None,
-        check_token: None,
-    };
+    let ctx = CommandContext::new(Principal::system("admin-test"));
     let removal = GroupCommand::RemoveFacilitator {
         clinician_id: "dr_a".into(),
     };

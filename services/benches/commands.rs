@@ -18,14 +18,13 @@ use chrono::{DateTime, FixedOffset, NaiveDate};
 use circle_events::group::{Focus, Format, Group, GroupCommand, GroupEvent, Measure};
 use circle_events::instruments::Score;
 use circle_services::appender::Appender;
-use circle_services::auth::{Principal, Role};
+use circle_services::auth::Principal;
 use circle_services::commands::{CommandContext, CommandService, Repository};
 use circle_services::metrics::Metrics;
 use circle_services::store::{Append, EventMetadata, NewEvent, Store};
 use cqrs_es::{CqrsFramework, DomainEvent};
 use postgres_es::PostgresEventRepository;
 use sqlx::postgres::PgPoolOptions;
-use uuid::Uuid;
 
 mod support;
 
@@ -134,20 +133,7 @@ impl Circle {
     }
 
     async fn execute(&self, group: &str, command: GroupCommand) -> bool {
-        let ctx = CommandContext {
-            principal: Principal {
-                role: Role::Admin,
-                clinician_id: None,
-                actor_id: "bench".into(),
-                token_id: "none".into(),
-            },
-            correlation_id: Uuid::new_v4(),
-            occurred_at: None,
-            idempotency: None,
-            if_match: None,
-            key_action: None,
-            check_token: None,
-        };
+        let ctx = CommandContext::new(Principal::system("bench"));
         self.commands
             .execute(&self.groups, group, command, &ctx, |_| true)
             .await

@@ -15,7 +15,7 @@ use circle_events::group::{Focus, Format, GroupCommand, GroupEvent, Measure};
 use circle_events::instruments::Score;
 use circle_projections::practice::{AlertRules, Practice};
 use circle_services::app::Application;
-use circle_services::auth::{Principal, Role};
+use circle_services::auth::Principal;
 use circle_services::commands::CommandContext;
 use circle_services::config::{Overrides, Settings};
 use circle_services::crypto::Vault;
@@ -124,20 +124,7 @@ async fn rebuild(base: &str) {
 type Waiting = BTreeMap<String, VecDeque<(i64, Instant)>>;
 
 fn context() -> CommandContext {
-    CommandContext {
-        principal: Principal {
-            role: Role::Admin,
-            clinician_id: None,
-            actor_id: "bench".into(),
-            token_id: "none".into(),
-        },
-        correlation_id: Uuid::new_v4(),
-        occurred_at: None,
-        idempotency: None,
-        if_match: None,
-        key_action: None,
-        check_token: None,
-    }
+    CommandContext::new(Principal::system("bench"))
 }
 
 async fn latency(base: &str, nats: &str) {

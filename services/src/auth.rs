@@ -76,6 +76,19 @@ pub fn hash_token(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+impl Principal {
+    /// Circle acting as itself (the demo seeder, an import, a benchmark): an admin
+    /// with no token, recorded on events as `actor_id`.
+    pub fn system(actor_id: impl Into<String>) -> Principal {
+        Principal {
+            role: Role::Admin,
+            clinician_id: None,
+            actor_id: actor_id.into(),
+            token_id: "none".into(),
+        }
+    }
+}
+
 /// How a caller's token was found live.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Liveness {

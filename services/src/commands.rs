@@ -86,6 +86,22 @@ pub struct CommandContext {
     pub check_token: Option<String>,
 }
 
+impl CommandContext {
+    /// `principal`'s command with a fresh correlation id and nothing else: no
+    /// back-dating, idempotency record, version check, key action or token to check.
+    pub fn new(principal: Principal) -> CommandContext {
+        CommandContext {
+            principal,
+            correlation_id: Uuid::new_v4(),
+            occurred_at: None,
+            idempotency: None,
+            if_match: None,
+            key_action: None,
+            check_token: None,
+        }
+    }
+}
+
 /// How a command's success is answered, from the command itself: the `id` reported
 /// back (the record it created or wrote to, else the aggregate) and the HTTP status,
 /// remembered for idempotent replays.

@@ -15,7 +15,6 @@ use circle_events::group::{
 };
 use circle_events::instruments::Score;
 use circle_events::Command;
-use uuid::Uuid;
 
 use crate::auth::{Principal, Role};
 use crate::commands::{CommandContext, CommandError};
@@ -132,18 +131,9 @@ enum Course {
 
 fn context(at: DateTime<Utc>, key: Option<KeyAction>) -> CommandContext {
     CommandContext {
-        principal: Principal {
-            role: Role::Admin,
-            clinician_id: None,
-            actor_id: "demo-seeder".into(),
-            token_id: "none".into(),
-        },
-        correlation_id: Uuid::new_v4(),
         occurred_at: Some(at),
-        idempotency: None,
-        if_match: None,
         key_action: key,
-        check_token: None,
+        ..CommandContext::new(Principal::system("demo-seeder"))
     }
 }
 

@@ -152,13 +152,9 @@ async fn end_memberships(
 ) -> Result<(), Problem> {
     let today = Utc::now().date_naive();
     let ctx = CommandContext {
-        principal: writer.caller.0.clone(),
         correlation_id: writer.headers.correlation_id,
-        occurred_at: None,
-        idempotency: None,
-        if_match: None,
-        key_action: None,
         check_token: writer.caller.token_to_check(),
+        ..CommandContext::new(writer.caller.0.clone())
     };
     for group_id in state.auth.groups_of_client(client_id).await? {
         let group = state.groups.load(&group_id).await?.aggregate;

@@ -20,11 +20,10 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 use super::layout::{Header, Kind};
 use super::rows::{plan, Planned, Row};
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 use crate::commands::{CommandContext, CommandError, IdempotencyRequest, Link, Repository, Step};
 use crate::http::AppState;
 use crate::store::{KeyAction, StoredResponse};
@@ -228,12 +227,7 @@ pub async fn import(state: &AppState, path: &Path, options: &Options) -> anyhow:
             state: state.clone(),
             dry_run: dry_run.clone(),
             head_at_start: state.store.head_position().await?,
-            principal: Principal {
-                role: Role::Admin,
-                clinician_id: None,
-                actor_id: format!("import:{name}"),
-                token_id: "none".into(),
-            },
+            principal: Principal::system(format!("import:{name}")),
             file: name.clone(),
         });
         let file_summary = import_file(shared, kind, &file, options, printed.clone()).await?;
@@ -693,17 +687,12 @@ async fn run_group_rows(
 /// The command context of an imported row.
 fn row_context(shared: &Shared, job: &Job, earlier: &Option<Earlier>) -> CommandContext {
     CommandContext {
-        principal: shared.principal.clone(),
-        correlation_id: Uuid::new_v4(),
-        occurred_at: None,
         idempotency: Some(IdempotencyRequest {
             key: job.key.clone(),
             request_hash: job.request_hash.clone(),
             found_absent: matches!(earlier, Some(Earlier::Nothing)),
         }),
-        if_match: None,
-        key_action: None,
-        check_token: None,
+        ..CommandContext::new(shared.principal.clone())
     }
 }
 

@@ -594,14 +594,8 @@ impl SqliteStore {
         let mut connection = self.pool.acquire().await?;
         let mut found = Vec::with_capacity(token_hashes.len());
         for hash in token_hashes {
-            let row = sqlx::query(&format!(
-                "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?"
-            ))
-            .bind(hash)
-            .fetch_optional(&mut *connection)
-            .await?;
-            if let Some(row) = row {
-                found.push((hash.clone(), stored_token(&row)?));
+            if let Some(token) = find_token(&mut connection, hash).await? {
+                found.push((hash.clone(), token));
             }
         }
         Ok(found)
@@ -778,6 +772,20 @@ impl SqliteStore {
 }
 
 /// Appends a batch inside a write transaction the caller holds (and commits).
+/// A stored token by the SHA-256 of its secret.
+async fn find_token(
+    connection: &mut sqlx::SqliteConnection,
+    hash: &str,
+) -> Result<Option<StoredToken>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?"
+    ))
+    .bind(hash)
+    .fetch_optional(&mut *connection)
+    .await?;
+    row.as_ref().map(stored_token).transpose()
+}
+
 async fn append_batch(
     tx: &mut sqlx::SqliteConnection,
     batch: &[Append],
@@ -843,16 +851,9 @@ async fn append_batch(
         if !read_tokens.insert(hash) {
             continue;
         }
-        let row = sqlx::query(&format!(
-            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?"
-        ))
-        .bind(hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let live = match row {
-            Some(row) => stored_token(&row)?.is_live(now),
-            None => false,
-        };
+        let live = find_token(&mut *tx, hash)
+            .await?
+            .is_some_and(|token| token.is_live(now));
         if !live {
             dead_tokens.insert(hash.clone());
         }
