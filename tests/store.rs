@@ -109,6 +109,43 @@ async fn appends_are_read_back_in_order_with_their_metadata(store: Store) {
     );
 }
 
+/// The appender hands a commit's events to its projector instead of the projector
+/// reading them back: they must be exactly what a read of the log returns, for the
+/// appends that committed and for no other.
+async fn a_commit_returns_its_events_exactly_as_the_log_holds_them(store: Store) {
+    store.commit_batch(&[append("g1", 0, 2)]).await.unwrap();
+    let batch = [
+        append("g2", 0, 2),
+        append("g1", 0, 1), // stale: not committed
+        append("g3", 0, 1),
+    ];
+    let commit = store.commit(&batch).await.unwrap();
+    assert_eq!(
+        commit.results[1],
+        AppendResult::Conflict { actual_version: 2 }
+    );
+    assert_eq!(
+        commit.events,
+        store.read_raw(2, 100).await.unwrap(),
+        "the committed events, as read back"
+    );
+    assert_eq!(
+        commit
+            .events
+            .iter()
+            .map(|e| (e.position, e.aggregate_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(3, "g2"), (4, "g2"), (5, "g3")]
+    );
+    // The fast path (a batch of plain appends) too.
+    let commit = store
+        .commit(&[append("g4", 0, 1), append("g5", 0, 3)])
+        .await
+        .unwrap();
+    assert_eq!(commit.events, store.read_raw(5, 100).await.unwrap());
+    assert_eq!(commit.events.len(), 4);
+}
+
 async fn a_stale_expected_version_conflicts_without_failing_the_batch(store: Store) {
     store.commit_batch(&[append("g1", 0, 2)]).await.unwrap();
     let results = store
@@ -765,6 +802,7 @@ async fn every_append_is_chained_in_the_transaction_that_positions_it(store: Sto
 
 circle_tests::on_both_backends!(
     appends_are_read_back_in_order_with_their_metadata,
+    a_commit_returns_its_events_exactly_as_the_log_holds_them,
     a_stale_expected_version_conflicts_without_failing_the_batch,
     an_idempotency_key_answers_the_same_and_appends_once,
     keyed_appends_on_many_streams_store_their_answers_together,

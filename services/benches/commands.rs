@@ -119,8 +119,9 @@ impl Circle {
         }
     }
 
-    /// Mean appends per committed transaction, from Circle's own metrics.
-    fn mean_batch(&self) -> f64 {
+    /// Appends, group commits and seconds spent committing so far, from Circle's own
+    /// metrics.
+    fn commit_totals(&self) -> [f64; 3] {
         let text = self.metrics.render();
         let value = |name: &str| {
             text.lines()
@@ -128,8 +129,11 @@ impl Circle {
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        value("circle_store_append_batch_size_sum ")
-            / value("circle_store_append_batch_size_count ").max(1.0)
+        [
+            value("circle_store_append_batch_size_sum "),
+            value("circle_store_append_batch_size_count "),
+            value("circle_store_append_duration_seconds_sum "),
+        ]
     }
 
     async fn execute(&self, group: &str, command: GroupCommand) -> bool {
@@ -364,11 +368,14 @@ async fn main() {
         setup_pool(circle.as_ref(), "g").await;
         let stock = Arc::new(Stock::open(&fresh_schema(&base, "stock").await).await);
         setup_pool(stock.as_ref(), "g").await;
+        let before = circle.commit_totals();
         let ours = throughput(circle.clone(), "g", writers).await;
+        let after = circle.commit_totals();
+        let commits = (after[1] - before[1]).max(1.0);
         let theirs = throughput(stock.clone(), "g", writers).await;
         let recorded = count_feedback_events(&circle.store).await;
         println!(
-            "{writers:>8} {:>14.0} {:>14.0} {:>7.2}x {:>12} {:>12}   (circle: {} accepted, {recorded} recorded, {} lost, {:.1} commands per commit)",
+            "{writers:>8} {:>14.0} {:>14.0} {:>7.2}x {:>12} {:>12}   (circle: {} accepted, {recorded} recorded, {} lost, {:.1} commands per commit, {:.2} ms each)",
             ours.per_second,
             theirs.per_second,
             ours.per_second / theirs.per_second,
@@ -376,7 +383,8 @@ async fn main() {
             theirs.failed,
             ours.ok,
             ours.ok.abs_diff(recorded),
-            circle.mean_batch(),
+            (after[0] - before[0]) / commits,
+            (after[2] - before[2]) / commits * 1e3,
         );
     }
 

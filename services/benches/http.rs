@@ -1,7 +1,8 @@
 //! The HTTP path beside the engine: commands/s and latency through `POST
 //! /api/v1/groups/{id}/sessions/{s}/feedback` with 8 and 32 keep-alive connections,
 //! each request a new event, on a Circle served in-process (the client shares the
-//! machine's cores, as in the figures).
+//! machine's cores, as in the figures). Each writer holds one bare HTTP/1.1
+//! keep-alive connection (hyper), as a load balancer would.
 //!
 //! Then the access log's cost: p50/p99 of `GET /api/v1/clients/{id}` under 32
 //! concurrent readers, on two Circles in one run, one with the access log on and one
@@ -46,6 +47,26 @@ impl Client {
             .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
     }
 
+    /// Appends, group commits and seconds spent committing so far, from Circle's own
+    /// metrics.
+    async fn commits(&self) -> (f64, f64, f64) {
+        let text = match self.http.get(format!("{}/metrics", self.base)).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (
+            value("circle_store_append_batch_size_sum "),
+            value("circle_store_append_batch_size_count "),
+            value("circle_store_append_duration_seconds_sum "),
+        )
+    }
+
     async fn setup(&self) {
         for g in 0..GROUPS {
             let group = format!("g{g}");
@@ -79,43 +100,93 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// One writer's keep-alive connection: a bare HTTP/1.1 client, as a load balancer
+/// holds one in front of Circle. reqwest's pool, URL handling and header maps cost
+/// the shared cores as much again as the server's own HTTP layer (a profile of
+/// this benchmark: its writers and their connections took about a quarter of the
+/// process), so the writers use hyper directly and the cores go to the server.
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    authorization: hyper::header::HeaderValue,
+    host: hyper::header::HeaderValue,
+}
+
+impl Connection {
+    async fn open(client: &Client) -> Connection {
+        let address = client.base.trim_start_matches("http://").to_string();
+        let stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect to Circle");
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("HTTP/1.1 handshake");
+        tokio::spawn(connection);
+        Connection {
+            sender,
+            authorization: format!("Bearer {}", client.admin)
+                .parse()
+                .expect("a token is a header value"),
+            host: address.parse().expect("an address is a header value"),
+        }
+    }
+
+    /// POSTs `body` to `path` and reads the whole answer: whether it was a 2xx.
+    async fn post(&mut self, path: &str, body: bytes::Bytes) -> bool {
+        use http_body_util::BodyExt;
+        use hyper::header;
+        let request = hyper::Request::post(path)
+            .header(header::HOST, self.host.clone())
+            .header(header::AUTHORIZATION, self.authorization.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(body))
+            .expect("a prepared request");
+        if self.sender.ready().await.is_err() {
+            return false;
+        }
+        match self.sender.send_request(request).await {
+            Ok(response) => {
+                let ok = response.status().is_success();
+                ok && response.into_body().collect().await.is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// One point: `connections` writers for `run_for`; prints rate, p50/p99/max and the
 /// rate in each 10-second window. Each request is a new feedback event; the client
-/// prepares its URLs and bodies before the clock starts, so that the shared cores
+/// prepares its paths and bodies before the clock starts, so that the shared cores
 /// go to the server rather than to building the same requests again.
 async fn run(client: Arc<Client>, connections: usize, run_for: Duration) {
-    let requests: Arc<Vec<(reqwest::Url, bytes::Bytes)>> = Arc::new(
+    let requests: Arc<Vec<(String, bytes::Bytes)>> = Arc::new(
         (0..GROUPS * MEMBERS)
             .map(|n| {
                 let group = n % GROUPS;
-                let url = format!("{}/api/v1/groups/g{group}/sessions/s1/feedback", client.base);
+                let path = format!("/api/v1/groups/g{group}/sessions/s1/feedback");
                 let body = json!({"client_id": format!("g{group}c{}", n % MEMBERS), "instrument": "SRS",
                                   "items": [9.0, 9.0, 9.5, 9.0]});
-                (url.parse().expect("URL"), body.to_string().into())
+                (path, body.to_string().into())
             })
             .collect(),
     );
+    let mut opened = Vec::new();
+    for _ in 0..connections {
+        opened.push(Connection::open(&client).await);
+    }
+    let commits_before = client.commits().await;
     let started = Instant::now();
     let mut writers = Vec::new();
-    for w in 0..connections {
-        let (client, requests) = (client.clone(), requests.clone());
+    for (w, mut connection) in opened.into_iter().enumerate() {
+        let requests = requests.clone();
         writers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut n = w;
             while started.elapsed() < run_for {
-                let (url, body) = &requests[n % requests.len()];
+                let (path, body) = &requests[n % requests.len()];
                 let sent = Instant::now();
-                let status = client
-                    .http
-                    .post(url.clone())
-                    .bearer_auth(&client.admin)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .map(|r| r.status())
-                    .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE);
-                samples.push((sent - started, sent.elapsed(), status.is_success()));
+                let ok = connection.post(path, body.clone()).await;
+                samples.push((sent - started, sent.elapsed(), ok));
                 n += connections;
             }
             samples
@@ -126,6 +197,11 @@ async fn run(client: Arc<Client>, connections: usize, run_for: Duration) {
         samples.extend(writer.await.expect("writer"));
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let commits_after = client.commits().await;
+    let commits = (commits_after.1 - commits_before.1).max(1.0);
+    let per_commit = (commits_after.0 - commits_before.0) / commits;
+    let commit_ms = (commits_after.2 - commits_before.2) / commits * 1e3;
+    let between_ms = elapsed / commits * 1e3 - commit_ms;
     let ok = samples.iter().filter(|s| s.2).count();
     let mut latencies: Vec<Duration> = samples.iter().map(|s| s.1).collect();
     latencies.sort();
@@ -140,7 +216,7 @@ async fn run(client: Arc<Client>, connections: usize, run_for: Duration) {
         })
         .collect();
     println!(
-        "  {connections:>2} connections: {:>6.0} commands/s ({ok} of {} answered 2xx), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; per 10 s: {}",
+        "  {connections:>2} connections: {:>6.0} commands/s ({ok} of {} answered 2xx), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {per_commit:.1} appends per commit ({commit_ms:.2} ms each, {between_ms:.2} ms between); per 10 s: {}",
         ok as f64 / elapsed,
         samples.len(),
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,

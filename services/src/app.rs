@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessLog;
-use crate::appender::Appender;
+use crate::appender::{Appender, CommitFeed};
 use crate::audit::note::Signer;
 use crate::audit::tree::{CheckpointPolicy, Checkpointer};
 use crate::auth::{Authenticator, Role};
@@ -301,12 +301,14 @@ impl Application {
         let mut supervisor = Supervisor::new(metrics.clone());
         let (committed, committed_positions) = tokio::sync::watch::channel(0);
 
+        let feed = CommitFeed::default();
         let (appender, worker) = Appender::new(
             store.clone(),
             metrics.clone(),
             settings.append_batch_max,
             committed,
         );
+        let worker = worker.feeding(feed.clone());
         supervisor.spawn_worker(
             "appender",
             Stage::Writers,
@@ -360,6 +362,7 @@ impl Application {
             settings.projection(),
             metrics.clone(),
             committed_positions.clone(),
+            feed,
             leadership.clone(),
             settings.as_of_snapshot_every_events,
         )

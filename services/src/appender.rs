@@ -10,8 +10,9 @@
 //! appends is committed again on its own, so the error reaches only the append that
 //! caused it (and every append, if the store itself is down).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::errors::ErrorChain;
 use crate::metrics::Metrics;
-use crate::store::{Append, AppendResult, Store, StoreError};
+use crate::store::{Append, AppendResult, RawEvent, Store, StoreError};
 
 /// Scheduler turns without a new arrival before a batch is sent.
 const GATHER_TURNS: u32 = 8;
@@ -53,6 +54,51 @@ pub struct AppendWorker {
     committed: watch::Sender<i64>,
     /// Set when a commit failed for want of disk, cleared by the next that succeeds.
     disk_full: Arc<AtomicBool>,
+    /// Where this instance's committed events go for its projector, when it has one.
+    feed: Option<CommitFeed>,
+}
+
+/// Events this instance's appender committed, in log order, for its projector to
+/// fold without reading them back from the store (one query and one decode of every
+/// row less per group commit). Only a gap-free run right after the projection's
+/// position is taken from here; anything else (another instance's commits, a token's
+/// event committed beside the appender, events dropped from a full feed) is read
+/// from the log as before, so the feed never changes what is folded, only from where.
+#[derive(Clone, Default)]
+pub struct CommitFeed(Arc<Mutex<VecDeque<RawEvent>>>);
+
+/// Events the feed holds at most; past it the oldest are dropped (a projector that
+/// stalled reads them from the log instead).
+const FEED_MAX: usize = 20_000;
+
+impl CommitFeed {
+    fn extend(&self, events: Vec<RawEvent>) {
+        let mut feed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        feed.extend(events);
+        let over = feed.len().saturating_sub(FEED_MAX);
+        feed.drain(..over);
+    }
+
+    /// The events right after `position`, gap-free, at most `limit` of them; `None`
+    /// when the next event is not here and must be read from the log. Events at or
+    /// before `position` are dropped.
+    pub fn after(&self, position: i64, limit: usize) -> Option<Vec<RawEvent>> {
+        let mut feed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        while feed.front().is_some_and(|e| e.position <= position) {
+            feed.pop_front();
+        }
+        let mut next = position + 1;
+        let run = feed
+            .iter()
+            .take(limit)
+            .take_while(|e| {
+                let follows = e.position == next;
+                next += 1;
+                follows
+            })
+            .count();
+        (run > 0).then(|| feed.drain(..run).collect())
+    }
 }
 
 impl Appender {
@@ -75,6 +121,7 @@ impl Appender {
             max_batch,
             committed,
             disk_full: disk_full.clone(),
+            feed: None,
         };
         (Appender { queue, disk_full }, worker)
     }
@@ -154,6 +201,13 @@ pub(crate) async fn gather<T>(
 }
 
 impl AppendWorker {
+    /// Hands every committed event to `feed` (this instance's projector), before
+    /// the committed position is announced.
+    pub fn feeding(mut self, feed: CommitFeed) -> AppendWorker {
+        self.feed = Some(feed);
+        self
+    }
+
     /// Commits until `stop`; then refuses new appends, commits those already
     /// queued, and returns. Nothing acknowledged is left behind.
     pub async fn run(&mut self, stop: CancellationToken) -> anyhow::Result<()> {
@@ -244,7 +298,12 @@ impl AppendWorker {
 
     async fn commit_timed(&self, appends: &[Append]) -> Result<Vec<AppendResult>, StoreError> {
         let started = Instant::now();
-        let outcome = self.store.commit_batch(appends).await;
+        let outcome = self.store.commit(appends).await.map(|commit| {
+            if let Some(feed) = &self.feed {
+                feed.extend(commit.events);
+            }
+            commit.results
+        });
         self.metrics
             .observe_batch(appends, outcome.as_ref().ok(), started.elapsed());
         outcome
@@ -257,5 +316,54 @@ impl crate::supervisor::Worker for AppendWorker {
         stop: CancellationToken,
     ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
         AppendWorker::run(self, stop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(position: i64) -> RawEvent {
+        RawEvent {
+            position,
+            recorded_at: chrono::Utc::now(),
+            aggregate_type: "group".into(),
+            aggregate_id: "g1".into(),
+            event_type: "SessionCancelled".into(),
+            event_version: 1,
+            payload: "{}".into(),
+        }
+    }
+
+    fn positions(events: Option<Vec<RawEvent>>) -> Option<Vec<i64>> {
+        events.map(|events| events.iter().map(|e| e.position).collect())
+    }
+
+    #[test]
+    fn the_feed_gives_only_a_gap_free_run_right_after_the_position() {
+        let feed = CommitFeed::default();
+        feed.extend((3..=5).chain(7..=8).map(raw).collect());
+        // Position 2 is another instance's: read from the log.
+        assert_eq!(positions(feed.after(1, 100)), None);
+        assert_eq!(positions(feed.after(2, 100)), Some(vec![3, 4, 5]));
+        // 6 is missing: the log again, and 7 and 8 stay for after it.
+        assert_eq!(positions(feed.after(5, 100)), None);
+        assert_eq!(positions(feed.after(6, 1)), Some(vec![7]));
+        assert_eq!(positions(feed.after(7, 100)), Some(vec![8]));
+        assert_eq!(positions(feed.after(8, 100)), None);
+    }
+
+    #[test]
+    fn the_feed_drops_what_the_projection_has_and_holds_a_bounded_number() {
+        let feed = CommitFeed::default();
+        feed.extend((1..=5).map(raw).collect());
+        // The projection read past them from the log meanwhile.
+        assert_eq!(positions(feed.after(4, 100)), Some(vec![5]));
+        feed.extend((6..=(FEED_MAX as i64 + 10)).map(raw).collect());
+        // The oldest were dropped: the projector at 5 must read the log.
+        assert_eq!(positions(feed.after(5, 100)), None);
+        let kept = positions(feed.after(15, FEED_MAX)).unwrap();
+        assert_eq!(kept.len(), FEED_MAX - 5);
+        assert_eq!(kept.first(), Some(&16));
     }
 }

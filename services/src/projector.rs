@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::appender::CommitFeed;
 use crate::as_of;
 use crate::errors::ErrorChain;
 use crate::leader::Leadership;
@@ -295,6 +296,7 @@ pub async fn start(
     settings: ProjectionSettings,
     metrics: Metrics,
     committed: watch::Receiver<i64>,
+    feed: CommitFeed,
     leadership: Leadership,
     snapshot_every: i64,
 ) -> Result<(Arc<LiveReports>, Follower), ProjectionError> {
@@ -335,6 +337,7 @@ pub async fn start(
         live: live.clone(),
         metrics,
         committed,
+        feed,
         leadership,
         settings,
         digest,
@@ -351,6 +354,8 @@ pub struct Follower {
     live: Arc<LiveReports>,
     metrics: Metrics,
     committed: watch::Receiver<i64>,
+    /// This instance's own commits, folded without reading them back.
+    feed: CommitFeed,
     leadership: Leadership,
     settings: ProjectionSettings,
     digest: String,
@@ -380,8 +385,10 @@ impl Follower {
                 // Only the leader keeps snapshots, and only of the current settings' state.
                 let leading = self.leadership.fence().is_some();
                 let keep = leading && rebuild.is_none();
+                // Marked seen before the feed is read: a commit after this wakes us again.
+                self.committed.borrow_and_update();
                 let applied = step(
-                    &self.store,
+                    (&self.store, &self.feed),
                     &self.live,
                     &mut last_recorded_at,
                     (&mut self.snapshots, keep),
@@ -401,7 +408,10 @@ impl Follower {
             .instrument(tracing::debug_span!("projector.step", projection = REPORTS))
             .await;
             match step {
-                Ok(applied) => {
+                Ok(Applied {
+                    events: applied,
+                    fed,
+                }) => {
                     let position = self.live.position();
                     let catching_up = applied as i64 >= PAGE;
                     let due = position - saved_position >= SAVE_EVERY_EVENTS
@@ -428,7 +438,10 @@ impl Follower {
                         self.observe(position, last_recorded_at).await;
                         observed_at = Some(Instant::now());
                     }
-                    if applied == 0 && rebuild.is_none() {
+                    // After a page of this instance's own commits, wait for the next
+                    // rather than ask the log at once: another instance's events show
+                    // as a gap before our next commit, or are read on the idle poll.
+                    if (applied == 0 || (fed && !catching_up)) && rebuild.is_none() {
                         tokio::select! {
                             _ = stop.cancelled() => {}
                             changed = self.committed.changed() => {
@@ -453,12 +466,13 @@ impl Follower {
         // Stopping: everything the appender drained is in the log; take it in and save.
         let keep = self.leadership.fence().is_some() && rebuild.is_none();
         while step(
-            &self.store,
+            (&self.store, &self.feed),
             &self.live,
             &mut last_recorded_at,
             (&mut self.snapshots, keep),
         )
         .await?
+        .events
             > 0
         {}
         if rebuild.is_none() && self.live.position() > saved_position {
@@ -528,17 +542,31 @@ impl Follower {
     }
 }
 
+/// What one step applied: how many events, and whether they came from the
+/// [`CommitFeed`] rather than the log.
+struct Applied {
+    events: usize,
+    fed: bool,
+}
+
 /// Applies one page of new events, keeping the snapshots that fall due when told
-/// to; returns how many.
+/// to. The page is this instance's own commits when they follow the position
+/// without a gap, else read from the log.
 async fn step(
-    store: &Store,
+    (store, feed): (&Store, &CommitFeed),
     live: &LiveReports,
     last_recorded_at: &mut Option<DateTime<Utc>>,
     snapshots: (&mut as_of::Snapshots, bool),
-) -> Result<usize, ProjectionError> {
-    let facts = read_facts(store, live.position()).await?;
+) -> Result<Applied, ProjectionError> {
+    let (facts, fed) = match feed.after(live.position(), PAGE as usize) {
+        Some(page) => (
+            page.into_iter().map(fact).collect::<Result<Vec<_>, _>>()?,
+            true,
+        ),
+        None => (read_facts(store, live.position()).await?, false),
+    };
     let Some(last) = facts.last() else {
-        return Ok(0);
+        return Ok(Applied { events: 0, fed });
     };
     let (position, recorded_at) = (last.position, last.recorded_at);
     let due = {
@@ -548,7 +576,10 @@ async fn step(
     *last_recorded_at = Some(recorded_at);
     live.position.send_replace(position);
     save_snapshots(store, due?).await?;
-    Ok(facts.len())
+    Ok(Applied {
+        events: facts.len(),
+        fed,
+    })
 }
 
 /// Applies one page of the log beyond `practice.position`; returns how many.

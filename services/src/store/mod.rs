@@ -271,6 +271,14 @@ fn tree_head((size, root, note): (i64, Vec<u8>, String)) -> Result<TreeHead, Sto
     Ok(TreeHead { size, root, note })
 }
 
+/// What one transaction of appends did: a result per append, and the events of those
+/// that committed, in log order, exactly as [`Store::read_raw`] returns them.
+#[derive(Debug)]
+pub struct Commit {
+    pub results: Vec<AppendResult>,
+    pub events: Vec<RawEvent>,
+}
+
 /// An event for projections: only what they read, the payload as stored text.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RawEvent {
@@ -439,7 +447,13 @@ impl Store {
     /// Appends a batch of independent appends in one transaction. Each gets its own
     /// result; a conflict in one does not fail the others.
     pub async fn commit_batch(&self, batch: &[Append]) -> Result<Vec<AppendResult>, StoreError> {
-        dispatch!(self, s => s.commit_batch(batch).await)
+        self.commit(batch).await.map(|commit| commit.results)
+    }
+
+    /// [`commit_batch`](Self::commit_batch), with the events it committed as the log
+    /// now holds them (the appender hands them to this instance's projector).
+    pub async fn commit(&self, batch: &[Append]) -> Result<Commit, StoreError> {
+        dispatch!(self, s => s.commit(batch).await)
     }
 
     /// One aggregate's events with `sequence > after_sequence`, in order.

@@ -142,7 +142,7 @@ impl PgStore {
 
     /// One round trip: `circle_append_batch` (migration 0002) locks the head, checks
     /// and inserts every append server-side, and the statement commits on its own.
-    pub async fn commit_batch(&self, batch: &[Append]) -> Result<Vec<AppendResult>, StoreError> {
+    pub async fn commit(&self, batch: &[Append]) -> Result<Commit, StoreError> {
         append_batch(&self.pool, batch).await
     }
 
@@ -915,7 +915,7 @@ type AppendRow = (
 async fn append_batch<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     batch: &[Append],
-) -> Result<Vec<AppendResult>, StoreError> {
+) -> Result<Commit, StoreError> {
     let mut a = AppendColumns::default();
     let mut e = EventColumns::default();
     // Each stream's version after the batch's appends to it so far.
@@ -993,7 +993,32 @@ async fn append_batch<'e>(
             batch.len()
         )));
     }
-    rows.into_iter().map(append_result).collect()
+    let results = rows
+        .into_iter()
+        .map(append_result)
+        .collect::<Result<Vec<_>, _>>()?;
+    // The committed appends' events, their columns moved out as bound: what the log
+    // now holds at those positions.
+    let mut events = Vec::new();
+    let mut first = 0;
+    for (append, result) in batch.iter().zip(&results) {
+        let count = append.events.len();
+        if let AppendResult::Committed { last_position, .. } = result {
+            for (offset, j) in (first..first + count).enumerate() {
+                events.push(RawEvent {
+                    position: last_position - count as i64 + 1 + offset as i64,
+                    recorded_at,
+                    aggregate_type: append.aggregate_type.to_string(),
+                    aggregate_id: append.aggregate_id.clone(),
+                    event_type: std::mem::take(&mut e.event_type[j]),
+                    event_version: e.event_version[j] as u32,
+                    payload: std::mem::take(&mut e.payload[j]),
+                });
+            }
+        }
+        first += count;
+    }
+    Ok(Commit { results, events })
 }
 
 /// Appends a token's event in the transaction that changed its row, at the next
@@ -1012,8 +1037,8 @@ async fn append_token_event(
     .fetch_one(&mut *tx)
     .await?;
     let append = token_append(token_id, version as u64, event);
-    let results = append_batch(&mut *tx, std::slice::from_ref(&append)).await?;
-    expect_committed(results)
+    let commit = append_batch(&mut *tx, std::slice::from_ref(&append)).await?;
+    expect_committed(commit.results)
 }
 
 const TOKEN_COLUMNS: &str =

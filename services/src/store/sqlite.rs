@@ -156,12 +156,12 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn commit_batch(&self, batch: &[Append]) -> Result<Vec<AppendResult>, StoreError> {
+    pub async fn commit(&self, batch: &[Append]) -> Result<Commit, StoreError> {
         // IMMEDIATE takes the write lock up front instead of failing to upgrade later.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let results = append_batch(&mut tx, batch).await?;
+        let commit = append_batch(&mut tx, batch).await?;
         tx.commit().await?;
-        Ok(results)
+        Ok(commit)
     }
 
     pub async fn load_stream(
@@ -789,7 +789,7 @@ async fn find_token(
 async fn append_batch(
     tx: &mut sqlx::SqliteConnection,
     batch: &[Append],
-) -> Result<Vec<AppendResult>, StoreError> {
+) -> Result<Commit, StoreError> {
     let last: Option<(i64, Vec<u8>)> =
         sqlx::query_as("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
             .fetch_optional(&mut *tx)
@@ -873,6 +873,7 @@ async fn append_batch(
     );
     let recorded = to_micros(Utc::now());
     let recorded_at = timestamp(&recorded);
+    let mut events = Vec::new();
     for &(index, first_position, first_sequence) in &plan.accepted {
         let append = &batch[index];
         for (offset, event) in append.events.iter().enumerate() {
@@ -898,6 +899,15 @@ async fn append_batch(
                 causation_id: meta.causation_id,
             });
             previous = chain::chain(&previous, position, &tail);
+            events.push(RawEvent {
+                position,
+                recorded_at: recorded,
+                aggregate_type: append.aggregate_type.to_string(),
+                aggregate_id: append.aggregate_id.clone(),
+                event_type: event.event_type.clone(),
+                event_version: event.event_version,
+                payload: payload.clone(),
+            });
             sqlx::query(
                 "INSERT INTO events (position, event_id, aggregate_type, aggregate_id,
                     sequence, event_type, event_version, payload, occurred_at, recorded_at,
@@ -970,7 +980,10 @@ async fn append_batch(
             Some(KeyAction::RequireLive { .. }) | None => {}
         }
     }
-    Ok(plan.results)
+    Ok(Commit {
+        results: plan.results,
+        events,
+    })
 }
 
 /// See the PostgreSQL store: the token's event, in the transaction of its row change
@@ -989,8 +1002,8 @@ async fn append_token_event(
     .fetch_one(&mut *tx)
     .await?;
     let append = token_append(token_id, version as u64, event);
-    let results = append_batch(tx, std::slice::from_ref(&append)).await?;
-    expect_committed(results)
+    let commit = append_batch(tx, std::slice::from_ref(&append)).await?;
+    expect_committed(commit.results)
 }
 
 const TOKEN_COLUMNS: &str =
