@@ -50,15 +50,20 @@ impl Client {
     /// Appends, group commits and seconds spent committing so far, from Circle's own
     /// metrics.
     async fn commits(&self) -> (f64, f64, f64) {
-        let text = match self.http.get(format!("{}/metrics", self.base)).send().await {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics text");
         let value = |name: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
+                .unwrap_or_else(|| panic!("{name}is not in /metrics"))
         };
         (
             value("circle_store_append_batch_size_sum "),
@@ -114,16 +119,8 @@ struct Connection {
 impl Connection {
     async fn open(client: &Client) -> Connection {
         let address = client.base.trim_start_matches("http://").to_string();
-        let stream = tokio::net::TcpStream::connect(&address)
-            .await
-            .expect("connect to Circle");
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .expect("HTTP/1.1 handshake");
-        tokio::spawn(connection);
         Connection {
-            sender,
+            sender: Connection::handshake(&address).await,
             authorization: format!("Bearer {}", client.admin)
                 .parse()
                 .expect("a token is a header value"),
@@ -131,7 +128,22 @@ impl Connection {
         }
     }
 
-    /// POSTs `body` to `path` and reads the whole answer: whether it was a 2xx.
+    async fn handshake(
+        address: &str,
+    ) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>> {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect to Circle");
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("HTTP/1.1 handshake");
+        tokio::spawn(connection);
+        sender
+    }
+
+    /// POSTs `body` to `path` and reads the whole answer, whatever its status:
+    /// whether it was a 2xx. A connection the server closed is opened again.
     async fn post(&mut self, path: &str, body: bytes::Bytes) -> bool {
         use http_body_util::BodyExt;
         use hyper::header;
@@ -141,16 +153,17 @@ impl Connection {
             .header(header::CONTENT_TYPE, "application/json")
             .body(http_body_util::Full::new(body))
             .expect("a prepared request");
-        if self.sender.ready().await.is_err() {
+        let answered = match self.sender.ready().await {
+            Ok(()) => self.sender.send_request(request).await.ok(),
+            Err(_) => None,
+        };
+        let Some(response) = answered else {
+            let address = self.host.to_str().expect("an address").to_string();
+            self.sender = Connection::handshake(&address).await;
             return false;
-        }
-        match self.sender.send_request(request).await {
-            Ok(response) => {
-                let ok = response.status().is_success();
-                ok && response.into_body().collect().await.is_ok()
-            }
-            Err(_) => false,
-        }
+        };
+        let ok = response.status().is_success();
+        response.into_body().collect().await.is_ok() && ok
     }
 }
 
@@ -203,7 +216,8 @@ async fn run(client: Arc<Client>, connections: usize, run_for: Duration) {
     let commit_ms = (commits_after.2 - commits_before.2) / commits * 1e3;
     let between_ms = elapsed / commits * 1e3 - commit_ms;
     let ok = samples.iter().filter(|s| s.2).count();
-    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.1).collect();
+    // Latencies of the answered writes only: a refusal is counted, not timed.
+    let mut latencies: Vec<Duration> = samples.iter().filter(|s| s.2).map(|s| s.1).collect();
     latencies.sort();
     let windows: Vec<String> = (0..(run_for.as_secs() / WINDOW.as_secs()).max(1))
         .map(|i| {

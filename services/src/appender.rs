@@ -65,30 +65,52 @@ pub struct AppendWorker {
 /// event committed beside the appender, events dropped from a full feed) is read
 /// from the log as before, so the feed never changes what is folded, only from where.
 #[derive(Clone, Default)]
-pub struct CommitFeed(Arc<Mutex<VecDeque<RawEvent>>>);
+pub struct CommitFeed(Arc<Mutex<Fed>>);
 
-/// Events the feed holds at most; past it the oldest are dropped (a projector that
-/// stalled reads them from the log instead).
+/// The feed's events and the bytes of their payloads.
+#[derive(Default)]
+struct Fed {
+    events: VecDeque<RawEvent>,
+    bytes: usize,
+}
+
+impl Fed {
+    fn pop_front(&mut self) {
+        if let Some(event) = self.events.pop_front() {
+            self.bytes -= event.payload.len();
+        }
+    }
+}
+
+/// Events the feed holds at most, and their payloads' bytes at most; past either the
+/// oldest are dropped (a projector that stalled or is catching up reads them from
+/// the log instead).
 const FEED_MAX: usize = 20_000;
+const FEED_MAX_BYTES: usize = 16 << 20;
 
 impl CommitFeed {
     fn extend(&self, events: Vec<RawEvent>) {
-        let mut feed = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        feed.extend(events);
-        let over = feed.len().saturating_sub(FEED_MAX);
-        feed.drain(..over);
+        let mut fed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for event in events {
+            fed.bytes += event.payload.len();
+            fed.events.push_back(event);
+        }
+        while fed.events.len() > FEED_MAX || fed.bytes > FEED_MAX_BYTES {
+            fed.pop_front();
+        }
     }
 
     /// The events right after `position`, gap-free, at most `limit` of them; `None`
     /// when the next event is not here and must be read from the log. Events at or
     /// before `position` are dropped.
     pub fn after(&self, position: i64, limit: usize) -> Option<Vec<RawEvent>> {
-        let mut feed = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        while feed.front().is_some_and(|e| e.position <= position) {
-            feed.pop_front();
+        let mut fed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        while fed.events.front().is_some_and(|e| e.position <= position) {
+            fed.pop_front();
         }
         let mut next = position + 1;
-        let run = feed
+        let run = fed
+            .events
             .iter()
             .take(limit)
             .take_while(|e| {
@@ -97,7 +119,12 @@ impl CommitFeed {
                 follows
             })
             .count();
-        (run > 0).then(|| feed.drain(..run).collect())
+        if run == 0 {
+            return None;
+        }
+        let taken: Vec<RawEvent> = fed.events.drain(..run).collect();
+        fed.bytes -= taken.iter().map(|e| e.payload.len()).sum::<usize>();
+        Some(taken)
     }
 }
 
@@ -365,5 +392,16 @@ mod tests {
         let kept = positions(feed.after(15, FEED_MAX)).unwrap();
         assert_eq!(kept.len(), FEED_MAX - 5);
         assert_eq!(kept.first(), Some(&16));
+
+        // Large payloads: bounded by their bytes too.
+        let big = |position| RawEvent {
+            payload: "x".repeat(1 << 20),
+            ..raw(position)
+        };
+        let start = FEED_MAX as i64 + 11;
+        feed.extend((start..start + 40).map(big).collect());
+        let kept = positions(feed.after(start + 40 - 17, 100)).unwrap();
+        assert_eq!(kept.len(), 16, "16 MiB of 1 MiB payloads");
+        assert_eq!(feed.0.lock().unwrap().bytes, 0);
     }
 }

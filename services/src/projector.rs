@@ -380,13 +380,15 @@ impl Follower {
         let every = self.snapshots.every();
         self.snapshots = as_of::Snapshots::new(every, self.live.position());
         let mut fresh_snapshots = as_of::Snapshots::new(every, 0);
+        // The newest position this instance's appender had announced at the last step.
+        let mut announced = 0;
         while !stop.is_cancelled() {
             let step = async {
                 // Only the leader keeps snapshots, and only of the current settings' state.
                 let leading = self.leadership.fence().is_some();
                 let keep = leading && rebuild.is_none();
                 // Marked seen before the feed is read: a commit after this wakes us again.
-                self.committed.borrow_and_update();
+                announced = *self.committed.borrow_and_update();
                 let applied = step(
                     (&self.store, &self.feed),
                     &self.live,
@@ -408,11 +410,10 @@ impl Follower {
             .instrument(tracing::debug_span!("projector.step", projection = REPORTS))
             .await;
             match step {
-                Ok(Applied {
-                    events: applied,
-                    fed,
-                }) => {
+                Ok(step) => {
                     let position = self.live.position();
+                    let waits = step.waits(position, announced);
+                    let applied = step.events;
                     let catching_up = applied as i64 >= PAGE;
                     let due = position - saved_position >= SAVE_EVERY_EVENTS
                         || (!catching_up
@@ -438,10 +439,7 @@ impl Follower {
                         self.observe(position, last_recorded_at).await;
                         observed_at = Some(Instant::now());
                     }
-                    // After a page of this instance's own commits, wait for the next
-                    // rather than ask the log at once: another instance's events show
-                    // as a gap before our next commit, or are read on the idle poll.
-                    if (applied == 0 || (fed && !catching_up)) && rebuild.is_none() {
+                    if waits && rebuild.is_none() {
                         tokio::select! {
                             _ = stop.cancelled() => {}
                             changed = self.committed.changed() => {
@@ -544,9 +542,24 @@ impl Follower {
 
 /// What one step applied: how many events, and whether they came from the
 /// [`CommitFeed`] rather than the log.
+#[derive(Debug)]
 struct Applied {
     events: usize,
     fed: bool,
+}
+
+impl Applied {
+    /// Whether the follower, now at `position`, waits for the next commit (or the idle
+    /// poll) before its next step, `announced` being the newest position this
+    /// instance's appender had announced when the step began. It waits when the log
+    /// had nothing new, or after a page of its own commits that reached everything
+    /// announced: it does not ask the log again at once, since another instance's
+    /// events show as a gap before this instance's next commit (or are read on the
+    /// idle poll). A fed page that stopped short of `announced` stopped at a gap
+    /// (another instance's event, or a token's): the next step reads the log at once.
+    fn waits(&self, position: i64, announced: i64) -> bool {
+        self.events == 0 || (self.fed && (self.events as i64) < PAGE && position >= announced)
+    }
 }
 
 /// Applies one page of new events, keeping the snapshots that fall due when told
@@ -691,6 +704,21 @@ mod tests {
         let (why, old) = read_checkpoint(&bare, &digest).unwrap_err();
         assert!(why.contains("no format version"), "{why}");
         assert!(old.is_some());
+    }
+
+    #[test]
+    fn after_its_own_commits_the_follower_waits_only_once_it_has_all_it_was_told_of() {
+        let fed = |events| Applied { events, fed: true };
+        let read = |events| Applied { events, fed: false };
+        // Nothing new: wait for the next commit.
+        assert!(read(0).waits(10, 10));
+        // Its own commits, up to what the appender announced: wait.
+        assert!(fed(3).waits(10, 10));
+        // Its own 6 of [6, 8] (7 is another instance's): read the log at once.
+        assert!(!fed(1).waits(6, 8));
+        // A page read from the log, or a full page: step again at once.
+        assert!(!read(3).waits(10, 10));
+        assert!(!fed(PAGE as usize).waits(10, 10));
     }
 
     #[test]
