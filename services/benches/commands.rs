@@ -122,18 +122,7 @@ impl Circle {
     /// Appends, group commits and seconds spent committing so far, from Circle's own
     /// metrics.
     fn commit_totals(&self) -> [f64; 3] {
-        let text = self.metrics.render();
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        [
-            value("circle_store_append_batch_size_sum "),
-            value("circle_store_append_batch_size_count "),
-            value("circle_store_append_duration_seconds_sum "),
-        ]
+        support::commit_totals(&self.metrics.render())
     }
 
     async fn execute(&self, group: &str, command: GroupCommand) -> bool {

@@ -49,7 +49,7 @@ impl Client {
 
     /// Appends, group commits and seconds spent committing so far, from Circle's own
     /// metrics.
-    async fn commits(&self) -> (f64, f64, f64) {
+    async fn commits(&self) -> [f64; 3] {
         let text = self
             .http
             .get(format!("{}/metrics", self.base))
@@ -59,17 +59,7 @@ impl Client {
             .text()
             .await
             .expect("the metrics text");
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or_else(|| panic!("{name}is not in /metrics"))
-        };
-        (
-            value("circle_store_append_batch_size_sum "),
-            value("circle_store_append_batch_size_count "),
-            value("circle_store_append_duration_seconds_sum "),
-        )
+        support::commit_totals(&text)
     }
 
     async fn setup(&self) {
@@ -211,9 +201,9 @@ async fn run(client: Arc<Client>, connections: usize, run_for: Duration) {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let commits_after = client.commits().await;
-    let commits = (commits_after.1 - commits_before.1).max(1.0);
-    let per_commit = (commits_after.0 - commits_before.0) / commits;
-    let commit_ms = (commits_after.2 - commits_before.2) / commits * 1e3;
+    let commits = (commits_after[1] - commits_before[1]).max(1.0);
+    let per_commit = (commits_after[0] - commits_before[0]) / commits;
+    let commit_ms = (commits_after[2] - commits_before[2]) / commits * 1e3;
     let between_ms = elapsed / commits * 1e3 - commit_ms;
     let ok = samples.iter().filter(|s| s.2).count();
     // Latencies of the answered writes only: a refusal is counted, not timed.

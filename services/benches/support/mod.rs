@@ -20,6 +20,24 @@ pub async fn fresh_schema(base: &str, prefix: &str) -> (String, String) {
     )
 }
 
+/// Group commits so far, read from a Circle's metrics text: `[appends, commits,
+/// seconds spent committing]`.
+#[allow(dead_code)] // only the command-path benchmarks read it
+pub fn commit_totals(metrics: &str) -> [f64; 3] {
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name}is not in the metrics"))
+    };
+    [
+        value("circle_store_append_batch_size_sum "),
+        value("circle_store_append_batch_size_count "),
+        value("circle_store_append_duration_seconds_sum "),
+    ]
+}
+
 #[allow(dead_code)] // not every benchmark drops what it made
 pub async fn drop_schema(base: &str, schema: &str) {
     if let Ok(mut conn) = sqlx::PgConnection::connect(base).await {
