@@ -413,8 +413,7 @@ impl Follower {
                 Ok(step) => {
                     let position = self.live.position();
                     let waits = step.waits(position, announced);
-                    let applied = step.events;
-                    let catching_up = applied as i64 >= PAGE;
+                    let catching_up = step.full_page();
                     let due = position - saved_position >= SAVE_EVERY_EVENTS
                         || (!catching_up
                             && position > saved_position
@@ -558,7 +557,12 @@ impl Applied {
     /// idle poll). A fed page that stopped short of `announced` stopped at a gap
     /// (another instance's event, or a token's): the next step reads the log at once.
     fn waits(&self, position: i64, announced: i64) -> bool {
-        self.events == 0 || (self.fed && (self.events as i64) < PAGE && position >= announced)
+        self.events == 0 || (self.fed && !self.full_page() && position >= announced)
+    }
+
+    /// A whole page: the follower is catching up, and more is likely waiting.
+    fn full_page(&self) -> bool {
+        self.events as i64 >= PAGE
     }
 }
 

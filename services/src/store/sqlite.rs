@@ -771,7 +771,6 @@ impl SqliteStore {
     }
 }
 
-/// Appends a batch inside a write transaction the caller holds (and commits).
 /// A stored token by the SHA-256 of its secret.
 async fn find_token(
     connection: &mut sqlx::SqliteConnection,
@@ -786,6 +785,7 @@ async fn find_token(
     row.as_ref().map(stored_token).transpose()
 }
 
+/// Appends a batch inside a write transaction the caller holds (and commits).
 async fn append_batch(
     tx: &mut sqlx::SqliteConnection,
     batch: &[Append],
