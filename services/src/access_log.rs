@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::appender::gather;
+use crate::appender::{gather, Expected};
 use crate::auth::Principal;
 use crate::errors::ErrorChain;
 use crate::store::access::NewAccess;
@@ -90,7 +90,16 @@ impl AccessLogWorker {
     /// Commits until `stop`; then refuses new entries, commits those queued, returns.
     pub async fn run(&mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut queued = Vec::with_capacity(MAX_BATCH);
-        while gather(&mut self.incoming, &stop, MAX_BATCH, &mut queued, |_| 1).await {
+        while gather(
+            &mut self.incoming,
+            &stop,
+            MAX_BATCH,
+            Expected::NONE,
+            &mut queued,
+            |_| 1,
+        )
+        .await
+        {
             let (batch, replies): (Vec<NewAccess>, Vec<Reply>) = queued.drain(..).unzip();
             let outcome = self.store.append_access(&batch).await.map_err(|error| {
                 tracing::warn!(error = %ErrorChain(&error), entries = batch.len(), "the access log could not be written");

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,27 @@ use crate::store::{Append, AppendResult, RawEvent, Store, StoreError};
 
 /// Scheduler turns without a new arrival before a batch is sent.
 const GATHER_TURNS: u32 = 8;
+/// How long a batch still waits for the writers it expects (see [`gather`]) after
+/// the last arrival. Writers answered by the last commit come back within tens of
+/// microseconds of each other; a pause this long means the rest are not coming.
+const LINGER: Duration = Duration::from_micros(500);
+
+/// The senders a [`gather`] waits for: `items` in all, as long as each arrives
+/// within `linger` of the one before.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Expected {
+    pub items: usize,
+    pub linger: Duration,
+}
+
+impl Expected {
+    /// No one in particular: the batch holds what is queued and what arrives within
+    /// a few scheduler turns.
+    pub const NONE: Expected = Expected {
+        items: 0,
+        linger: Duration::ZERO,
+    };
+}
 
 type Outcome = Result<AppendResult, SharedStoreError>;
 type Reply = oneshot::Sender<Vec<Outcome>>;
@@ -187,13 +208,18 @@ impl Appender {
 /// giving senders that are about to submit a few scheduler turns as long as that
 /// keeps bringing more (without this, writers settle into two half-size alternating
 /// batches), until the items' `weight` reaches `max` (an item is never split, so the
-/// last may go past it). On `stop` the queue refuses new items and what is already
-/// queued still arrives; `false` once it is closed and empty. Shared by the appender
-/// (weighing a chain by its appends), the access log's writer and the token lookups.
+/// last may go past it). While the batch holds fewer than the `expected` items it
+/// keeps waiting as long as arrivals are less than its `linger` apart: the appender expects
+/// back the writers its last commit answered, and a writer that misses the batch by
+/// a few hundred microseconds waits a whole commit for the next one. On `stop` the
+/// queue refuses new items and what is already queued still arrives; `false` once
+/// it is closed and empty. Shared by the appender (weighing a chain by its appends),
+/// the access log's writer and the token lookups (which expect nothing).
 pub(crate) async fn gather<T>(
     incoming: &mut mpsc::Receiver<T>,
     stop: &CancellationToken,
     max: usize,
+    expected: Expected,
     batch: &mut Vec<T>,
     weight: impl Fn(&T) -> usize,
 ) -> bool {
@@ -211,12 +237,18 @@ pub(crate) async fn gather<T>(
     let mut weighed = weight(&first);
     batch.push(first);
     let mut idle_turns = 0;
-    while weighed < max && idle_turns < GATHER_TURNS {
+    let mut last_arrival = Instant::now();
+    let waiting = |batch: &Vec<T>, idle_turns, last_arrival: Instant| {
+        idle_turns < GATHER_TURNS
+            || (batch.len() < expected.items && last_arrival.elapsed() < expected.linger)
+    };
+    while weighed < max && waiting(batch, idle_turns, last_arrival) {
         match incoming.try_recv() {
             Ok(item) => {
                 weighed += weight(&item);
                 batch.push(item);
                 idle_turns = 0;
+                last_arrival = Instant::now();
             }
             Err(_) => {
                 idle_turns += 1;
@@ -239,10 +271,13 @@ impl AppendWorker {
     /// queued, and returns. Nothing acknowledged is left behind.
     pub async fn run(&mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut queued = Vec::with_capacity(self.max_batch);
+        // The writers the last commit answered, and those that queued while it ran.
+        let mut expected = Expected::NONE;
         while gather(
             &mut self.incoming,
             &stop,
             self.max_batch,
+            expected,
             &mut queued,
             |(chain, _)| chain.len(),
         )
@@ -272,6 +307,10 @@ impl AppendWorker {
             {
                 self.disk_full.store(true, Ordering::Relaxed);
             }
+            expected = Expected {
+                items: replies.len() + self.incoming.len(),
+                linger: LINGER,
+            };
             let mut outcomes = outcomes.into_iter();
             for (reply, count) in replies {
                 let _ = reply.send(outcomes.by_ref().take(count).collect());
@@ -349,6 +388,69 @@ impl crate::supervisor::Worker for AppendWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sends `items` to `queue` from another thread, `apart` from each other.
+    fn send_later(
+        queue: mpsc::Sender<u32>,
+        items: std::ops::Range<u32>,
+        apart: Duration,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            for item in items {
+                std::thread::sleep(apart);
+                queue.blocking_send(item).expect("the gatherer is waiting");
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_batch_waits_for_the_writers_it_expects_while_they_keep_coming() {
+        let stop = CancellationToken::new();
+        // Given one writer queued and two more a moment behind it,
+        let (queue, mut incoming) = mpsc::channel(8);
+        queue.send(0).await.unwrap();
+        let late = send_later(queue.clone(), 1..3, Duration::from_millis(20));
+        // when the batch expects three writers, each within 200 ms of the last,
+        let expected = Expected {
+            items: 3,
+            linger: Duration::from_millis(200),
+        };
+        let mut batch = Vec::new();
+        assert!(gather(&mut incoming, &stop, 32, expected, &mut batch, |_| 1).await);
+        // then it carries all three.
+        assert_eq!(batch, vec![0, 1, 2]);
+        late.join().unwrap();
+
+        // Expecting no one, the batch leaves with what is queued: a writer a moment
+        // behind goes in the next one.
+        queue.send(3).await.unwrap();
+        let late = send_later(queue.clone(), 4..5, Duration::from_millis(20));
+        let mut batch = Vec::new();
+        assert!(gather(&mut incoming, &stop, 32, Expected::NONE, &mut batch, |_| 1).await);
+        assert_eq!(batch, vec![3]);
+        late.join().unwrap();
+        let mut batch = Vec::new();
+        assert!(gather(&mut incoming, &stop, 32, Expected::NONE, &mut batch, |_| 1).await);
+        assert_eq!(batch, vec![4]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_waiting_for_a_writer_that_does_not_come() {
+        let stop = CancellationToken::new();
+        let (queue, mut incoming) = mpsc::channel(8);
+        queue.send(0).await.unwrap();
+        let expected = Expected {
+            items: 3,
+            linger: Duration::from_millis(30),
+        };
+        let started = Instant::now();
+        let mut batch = Vec::new();
+        assert!(gather(&mut incoming, &stop, 32, expected, &mut batch, |_| 1).await);
+        assert_eq!(batch, vec![0]);
+        let waited = started.elapsed();
+        assert!(waited >= expected.linger, "waited {waited:?}");
+        assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    }
 
     fn raw(position: i64) -> RawEvent {
         RawEvent {

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::appender::{gather, SharedStoreError};
+use crate::appender::{gather, Expected, SharedStoreError};
 use crate::care_teams::CareTeamIndex;
 use crate::commands::LoadError;
 use crate::errors::ErrorChain;
@@ -273,7 +273,16 @@ impl TokenLookupWorker {
     /// of a round trip per request instead of one.
     pub async fn run(&mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut queued = Vec::with_capacity(MAX_LOOKUPS);
-        while gather(&mut self.incoming, &stop, MAX_LOOKUPS, &mut queued, |_| 1).await {
+        while gather(
+            &mut self.incoming,
+            &stop,
+            MAX_LOOKUPS,
+            Expected::NONE,
+            &mut queued,
+            |_| 1,
+        )
+        .await
+        {
             let mut hashes: Vec<String> = queued.iter().map(|(hash, _)| hash.clone()).collect();
             hashes.sort_unstable();
             hashes.dedup();
