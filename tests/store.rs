@@ -404,6 +404,23 @@ async fn an_append_commits_only_while_its_callers_token_is_live(store: Store) {
         .await
         .unwrap()
         .is_empty());
+    // One token on every append of a fast-path batch, and one append with none: each
+    // distinct token is looked up once, and all of them commit.
+    let shared = store
+        .commit_batch(&[
+            with_token(append("g8", 0, 1), &live),
+            append("g9", 0, 1),
+            with_token(append("g10", 0, 1), &live),
+            with_token(append("g11", 0, 1), &live),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        shared
+            .iter()
+            .all(|r| matches!(r, AppendResult::Committed { version: 1, .. })),
+        "{shared:?}"
+    );
 }
 
 async fn client_keys_are_stored_and_destroyed_with_their_events(store: Store) {

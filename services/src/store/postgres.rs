@@ -72,6 +72,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         24,
         include_str!("migrations/postgres/0024_the_callers_token_checked_in_the_commit.sql"),
     ),
+    (
+        25,
+        include_str!("migrations/postgres/0025_each_token_checked_once.sql"),
+    ),
 ];
 
 #[derive(Clone)]
