@@ -106,8 +106,11 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
+fn main() {
+    support::run(bench());
+}
+
+async fn bench() {
     let Ok(base) = std::env::var("CIRCLE_BENCH_DATABASE_URL") else {
         eprintln!("set CIRCLE_BENCH_DATABASE_URL (scripts/bench does) to run the audit benchmark");
         return;

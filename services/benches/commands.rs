@@ -337,8 +337,11 @@ async fn count_feedback_events(store: &Store) -> u64 {
     count
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
+fn main() {
+    support::run(bench());
+}
+
+async fn bench() {
     // `cargo bench` passes --bench; this harness takes no options.
     let Ok(base) = std::env::var("CIRCLE_BENCH_DATABASE_URL") else {
         eprintln!(

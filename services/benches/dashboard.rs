@@ -116,8 +116,11 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    support::run(bench());
+}
+
+async fn bench() {
     let base = std::env::var("CIRCLE_BENCH_DATABASE_URL")
         .expect("CIRCLE_BENCH_DATABASE_URL (scripts/bench sets it)");
     let (url, schema) = support::fresh_schema(&base, "bench_dashboard").await;

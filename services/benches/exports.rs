@@ -80,8 +80,11 @@ fn group_events(g: usize) -> Vec<GroupEvent> {
     events
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    support::run(bench());
+}
+
+async fn bench() {
     let base = std::env::var("CIRCLE_BENCH_DATABASE_URL")
         .expect("CIRCLE_BENCH_DATABASE_URL (scripts/bench sets it)");
     let (url, schema) = support::fresh_schema(&base, "bench_exports").await;

@@ -348,8 +348,11 @@ async fn access_log_overhead(base: &str) {
     );
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    support::run(bench());
+}
+
+async fn bench() {
     let Ok(base) = std::env::var("CIRCLE_BENCH_DATABASE_URL") else {
         eprintln!("CIRCLE_BENCH_DATABASE_URL is not set: run scripts/bench");
         return;

@@ -17,8 +17,11 @@ use circle_services::import::{import, Options};
 
 mod support;
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    support::run(bench());
+}
+
+async fn bench() {
     let Ok(base) = std::env::var("CIRCLE_BENCH_DATABASE_URL") else {
         eprintln!("CIRCLE_BENCH_DATABASE_URL is not set: run scripts/bench");
         return;

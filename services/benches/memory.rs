@@ -107,8 +107,11 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    support::run(bench());
+}
+
+async fn bench() {
     let base = std::env::var("CIRCLE_BENCH_DATABASE_URL")
         .expect("CIRCLE_BENCH_DATABASE_URL (scripts/bench sets it)");
     let (url, schema) = support::fresh_schema(&base, "bench_memory").await;

@@ -269,8 +269,11 @@ async fn latency(base: &str, nats: &str) {
     support::drop_schema(base, &schema).await;
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
+fn main() {
+    support::run(bench());
+}
+
+async fn bench() {
     let (Ok(base), Ok(nats)) = (
         std::env::var("CIRCLE_BENCH_DATABASE_URL"),
         std::env::var("CIRCLE_BENCH_NATS_URL"),

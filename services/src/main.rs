@@ -288,7 +288,7 @@ impl ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    circle_services::alloc::limit_arenas();
+    circle_services::alloc::configure();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -132,3 +132,14 @@ pub fn weekly_group(
     events.truncate(count);
     events
 }
+
+/// Runs a benchmark as `circle serve` runs: the allocator configured first (see
+/// `circle_services::alloc`), then a multi-threaded runtime.
+pub fn run<F: std::future::Future>(bench: F) -> F::Output {
+    circle_services::alloc::configure();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(bench)
+}
