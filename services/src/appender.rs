@@ -28,13 +28,19 @@ const GATHER_TURNS: u32 = 8;
 /// the last arrival. Writers answered by the last commit come back within tens of
 /// microseconds of each other; a pause this long means the rest are not coming.
 const LINGER: Duration = Duration::from_micros(500);
+/// The longest a batch waits for expected writers in all, however steadily they
+/// trickle in: under a steady trickle of unrelated writers the linger alone would
+/// keep a batch open indefinitely. The expected ones return within about a
+/// millisecond of each other on two cores.
+const LINGER_AT_MOST: Duration = Duration::from_millis(2);
 
 /// The senders a [`gather`] waits for: `items` in all, as long as each arrives
-/// within `linger` of the one before.
+/// within `linger` of the one before and within `at_most` of the first.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Expected {
     pub items: usize,
     pub linger: Duration,
+    pub at_most: Duration,
 }
 
 impl Expected {
@@ -43,6 +49,7 @@ impl Expected {
     pub const NONE: Expected = Expected {
         items: 0,
         linger: Duration::ZERO,
+        at_most: Duration::ZERO,
     };
 }
 
@@ -209,9 +216,12 @@ impl Appender {
 /// keeps bringing more (without this, writers settle into two half-size alternating
 /// batches), until the items' `weight` reaches `max` (an item is never split, so the
 /// last may go past it). While the batch holds fewer than the `expected` items it
-/// keeps waiting as long as arrivals are less than its `linger` apart: the appender expects
-/// back the writers its last commit answered, and a writer that misses the batch by
-/// a few hundred microseconds waits a whole commit for the next one. On `stop` the
+/// keeps waiting as long as arrivals are less than its `linger` apart and the first is
+/// less than `at_most` ago: the appender expects back the writers its last commit
+/// answered, and a writer that misses the batch by a few hundred microseconds waits
+/// a whole commit for the next one. The waiting yields to the scheduler in a loop, so
+/// it keeps a core busy (for at most `at_most`) rather than sleeping: a timer's
+/// granularity is coarser than the gaps it waits out. On `stop` the
 /// queue refuses new items and what is already queued still arrives; `false` once
 /// it is closed and empty. Shared by the appender (weighing a chain by its appends),
 /// the access log's writer and the token lookups (which expect nothing).
@@ -237,10 +247,13 @@ pub(crate) async fn gather<T>(
     let mut weighed = weight(&first);
     batch.push(first);
     let mut idle_turns = 0;
-    let mut last_arrival = Instant::now();
+    let first_arrival = Instant::now();
+    let mut last_arrival = first_arrival;
     let waiting = |batch: &Vec<T>, idle_turns, last_arrival: Instant| {
         idle_turns < GATHER_TURNS
-            || (batch.len() < expected.items && last_arrival.elapsed() < expected.linger)
+            || (batch.len() < expected.items
+                && last_arrival.elapsed() < expected.linger
+                && first_arrival.elapsed() < expected.at_most)
     };
     while weighed < max && waiting(batch, idle_turns, last_arrival) {
         match incoming.try_recv() {
@@ -250,7 +263,9 @@ pub(crate) async fn gather<T>(
                 idle_turns = 0;
                 last_arrival = Instant::now();
             }
-            Err(_) => {
+            // Every sender is gone: nothing more can arrive.
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
                 idle_turns += 1;
                 tokio::task::yield_now().await;
             }
@@ -310,6 +325,7 @@ impl AppendWorker {
             expected = Expected {
                 items: replies.len() + self.incoming.len(),
                 linger: LINGER,
+                at_most: LINGER_AT_MOST,
             };
             let mut outcomes = outcomes.into_iter();
             for (reply, count) in replies {
@@ -403,52 +419,100 @@ mod tests {
         })
     }
 
+    /// One gather, failing the test rather than hanging it if the gather never ends.
+    async fn gather_one(
+        incoming: &mut mpsc::Receiver<u32>,
+        expected: Expected,
+    ) -> (Vec<u32>, Duration) {
+        let started = Instant::now();
+        let mut batch = Vec::new();
+        let stop = CancellationToken::new();
+        let gathered = tokio::time::timeout(
+            Duration::from_secs(10),
+            gather(incoming, &stop, 32, expected, &mut batch, |_| 1),
+        )
+        .await
+        .expect("the gather ends");
+        assert!(gathered);
+        (batch, started.elapsed())
+    }
+
     #[tokio::test]
     async fn a_batch_waits_for_the_writers_it_expects_while_they_keep_coming() {
-        let stop = CancellationToken::new();
-        // Given one writer queued and two more a moment behind it,
+        // Given one writer queued and two more following 100 ms apart, longer in all
+        // than the linger,
         let (queue, mut incoming) = mpsc::channel(8);
         queue.send(0).await.unwrap();
-        let late = send_later(queue.clone(), 1..3, Duration::from_millis(20));
-        // when the batch expects three writers, each within 200 ms of the last,
+        let late = send_later(queue.clone(), 1..3, Duration::from_millis(100));
+        // when the batch expects three writers, each within 250 ms of the last,
         let expected = Expected {
             items: 3,
-            linger: Duration::from_millis(200),
+            linger: Duration::from_millis(250),
+            at_most: Duration::from_secs(5),
         };
-        let mut batch = Vec::new();
-        assert!(gather(&mut incoming, &stop, 32, expected, &mut batch, |_| 1).await);
         // then it carries all three.
+        let (batch, _) = gather_one(&mut incoming, expected).await;
         assert_eq!(batch, vec![0, 1, 2]);
         late.join().unwrap();
 
         // Expecting no one, the batch leaves with what is queued: a writer a moment
         // behind goes in the next one.
         queue.send(3).await.unwrap();
-        let late = send_later(queue.clone(), 4..5, Duration::from_millis(20));
-        let mut batch = Vec::new();
-        assert!(gather(&mut incoming, &stop, 32, Expected::NONE, &mut batch, |_| 1).await);
+        let late = send_later(queue.clone(), 4..5, Duration::from_millis(50));
+        let (batch, _) = gather_one(&mut incoming, Expected::NONE).await;
         assert_eq!(batch, vec![3]);
         late.join().unwrap();
-        let mut batch = Vec::new();
-        assert!(gather(&mut incoming, &stop, 32, Expected::NONE, &mut batch, |_| 1).await);
+        let (batch, _) = gather_one(&mut incoming, Expected::NONE).await;
         assert_eq!(batch, vec![4]);
     }
 
     #[tokio::test]
     async fn a_batch_stops_waiting_for_a_writer_that_does_not_come() {
-        let stop = CancellationToken::new();
         let (queue, mut incoming) = mpsc::channel(8);
         queue.send(0).await.unwrap();
         let expected = Expected {
             items: 3,
             linger: Duration::from_millis(30),
+            at_most: Duration::from_secs(5),
         };
-        let started = Instant::now();
-        let mut batch = Vec::new();
-        assert!(gather(&mut incoming, &stop, 32, expected, &mut batch, |_| 1).await);
+        let (batch, waited) = gather_one(&mut incoming, expected).await;
         assert_eq!(batch, vec![0]);
-        let waited = started.elapsed();
         assert!(waited >= expected.linger, "waited {waited:?}");
+        assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_waiting_once_its_first_writer_has_waited_long_enough() {
+        // Given writers arriving steadily 200 ms apart, each within the linger,
+        let (queue, mut incoming) = mpsc::channel(8);
+        queue.send(0).await.unwrap();
+        let late = send_later(queue.clone(), 1..4, Duration::from_millis(200));
+        // when the batch may keep its first writer waiting at most 300 ms,
+        let expected = Expected {
+            items: 4,
+            linger: Duration::from_millis(500),
+            at_most: Duration::from_millis(300),
+        };
+        // then it leaves with the writers that came in time; the rest go next.
+        let (batch, _) = gather_one(&mut incoming, expected).await;
+        assert_eq!(batch, vec![0, 1]);
+        late.join().unwrap();
+        let (batch, _) = gather_one(&mut incoming, Expected::NONE).await;
+        assert_eq!(batch, vec![2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_waiting_when_every_writer_is_gone() {
+        let (queue, mut incoming) = mpsc::channel(8);
+        queue.send(0).await.unwrap();
+        drop(queue);
+        let expected = Expected {
+            items: 3,
+            linger: Duration::from_secs(60),
+            at_most: Duration::from_secs(60),
+        };
+        let (batch, waited) = gather_one(&mut incoming, expected).await;
+        assert_eq!(batch, vec![0]);
         assert!(waited < Duration::from_secs(5), "waited {waited:?}");
     }
 

@@ -288,11 +288,7 @@ impl ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    circle_services::alloc::configure();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    circle_services::alloc::run(run())?
 }
 
 async fn run() -> anyhow::Result<()> {

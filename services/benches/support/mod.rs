@@ -133,13 +133,7 @@ pub fn weekly_group(
     events
 }
 
-/// Runs a benchmark as `circle serve` runs: the allocator configured first (see
-/// `circle_services::alloc`), then a multi-threaded runtime.
+/// Runs a benchmark as `circle serve` runs (see `circle_services::alloc::run`).
 pub fn run<F: std::future::Future>(bench: F) -> F::Output {
-    circle_services::alloc::configure();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-        .block_on(bench)
+    circle_services::alloc::run(bench).expect("a runtime")
 }
