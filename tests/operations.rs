@@ -834,3 +834,15 @@ async fn a_restart_under_other_alert_rules_rebuilds_the_reports_and_switches_ove
     let log = third.log_text();
     assert!(!log.contains("rebuilding the reports"), "{log}");
 }
+
+/// A log written to a file or a pipe (systemd, a container runtime, a shipper) is
+/// plain text: colour codes are for a terminal only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_written_to_a_file_carries_no_terminal_colour_codes() {
+    let data_dir = fresh_data_dir().to_string_lossy().to_string();
+    let circle = CircleProcess::serve(&[("CIRCLE_DATA_DIR", data_dir.as_str())]);
+    circle.wait_ready(Duration::from_secs(20)).await;
+    let log = circle.log_text();
+    assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log:?}");
+    assert!(log.contains(" INFO "), "{log}");
+}
