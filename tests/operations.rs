@@ -364,6 +364,12 @@ struct PrivatePostgres {
 
 impl PrivatePostgres {
     fn start() -> PrivatePostgres {
+        let postgres = PrivatePostgres::init();
+        postgres.start_server();
+        postgres
+    }
+
+    fn init() -> PrivatePostgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL binaries (scripts/test installs postgresql)")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -379,8 +385,98 @@ impl PrivatePostgres {
         };
         postgres.chown();
         postgres.run("initdb", &["-A", "trust", "-U", "postgres", "-D"]);
-        postgres.start_server();
         postgres
+    }
+
+    /// A cluster that accepts TLS connections only (`hostssl`), with a certificate for
+    /// 127.0.0.1 signed by a throwaway authority whose certificate is returned.
+    fn start_tls_only() -> (PrivatePostgres, std::path::PathBuf) {
+        let postgres = PrivatePostgres::init();
+        let authority = postgres.data.join("authority.crt");
+        let openssl = |args: &[&str]| {
+            let output = std::process::Command::new("openssl")
+                .current_dir(&postgres.data)
+                .args(args)
+                .output()
+                .expect("openssl (a dependency of Debian's postgresql)");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let quiet_key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &[
+                    "req",
+                    "-x509",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=circle test authority",
+                ][..],
+                &quiet_key,
+                &["-keyout", "authority.key", "-out", "authority.crt"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req", "-subj", "/CN=127.0.0.1"][..],
+                &quiet_key,
+                &["-keyout", "server.key", "-out", "server.csr"],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            postgres.data.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            "server.csr",
+            "-CA",
+            "authority.crt",
+            "-CAkey",
+            "authority.key",
+            "-CAcreateserial",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ]);
+        std::fs::write(
+            postgres.data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        std::fs::write(
+            postgres.data.join("postgresql.auto.conf"),
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .unwrap();
+        // The server refuses a key others can read; the test reads the authority's
+        // certificate from a copy of its own.
+        let key = postgres.data.join("server.key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let copy = fresh_data_dir().join("authority.crt");
+        std::fs::copy(&authority, &copy).unwrap();
+        postgres.chown();
+        postgres.start_server();
+        (postgres, copy)
     }
 
     fn url(&self) -> String {
@@ -833,6 +929,61 @@ async fn a_restart_under_other_alert_rules_rebuilds_the_reports_and_switches_ove
     assert_eq!(practice.attendance_alerts(&third.base, position).await, 0);
     let log = third.log_text();
     assert!(!log.contains("rebuilding the reports"), "{log}");
+}
+
+/// A database reached over the network needs TLS with the server's certificate
+/// checked: `sslmode=verify-full` with the practice's own authority in `sslrootcert`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circle_reaches_a_postgresql_that_accepts_only_tls_and_checks_its_certificate() {
+    let (postgres, authority) = PrivatePostgres::start_tls_only();
+    let name = format!("circle-{}", Uuid::new_v4().simple());
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}&application_name={name}",
+        postgres.url(),
+        authority.display()
+    );
+    let practice = Arc::new(Practiced::new());
+    let circle = CircleProcess::serve(&practice.env(&url));
+    circle.wait_ready(Duration::from_secs(20)).await;
+    practice.create_group(&circle.base, "g0").await;
+
+    let store = Store::postgres(&url, 1).await.unwrap();
+    let Store::Postgres(pg) = &store else {
+        unreachable!("a PostgreSQL URL opens a PostgreSQL store")
+    };
+    let (connections, encrypted): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE s.ssl) \
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.application_name = $1 AND a.pid <> pg_backend_pid()",
+    )
+    .bind(&name)
+    .fetch_one(pg.pool())
+    .await
+    .unwrap();
+    assert!(connections > 0, "circle holds no connection named {name}");
+    assert_eq!(encrypted, connections, "every connection of circle is TLS");
+
+    // A certificate Circle cannot trace to a root it was given is refused: without
+    // `sslrootcert`, the throwaway authority is unknown, and the log says so.
+    // (rustls: "invalid peer certificate: UnknownIssuer".)
+    let untrusted = format!("{}?sslmode=verify-full", postgres.url());
+    let refused = CircleProcess::serve(&practice.env(&untrusted));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !refused.log_text().contains("invalid peer certificate") {
+        assert!(
+            Instant::now() < deadline,
+            "no log line names the certificate:\n{}",
+            refused.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = practice
+        .http
+        .get(format!("{}/readyz", refused.base))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    assert_ne!(ready.ok(), Some(200), "ready on an untrusted certificate");
 }
 
 /// A log written to a file or a pipe (systemd, a container runtime, a shipper) is
