@@ -405,7 +405,7 @@ impl PrivatePostgres {
                 String::from_utf8_lossy(&output.stderr)
             );
         };
-        let quiet_key = [
+        let new_p256_key = [
             "-newkey",
             "ec",
             "-pkeyopt",
@@ -422,7 +422,7 @@ impl PrivatePostgres {
                     "-subj",
                     "/CN=circle test authority",
                 ][..],
-                &quiet_key,
+                &new_p256_key,
                 &["-keyout", "authority.key", "-out", "authority.crt"],
             ]
             .concat(),
@@ -430,7 +430,7 @@ impl PrivatePostgres {
         openssl(
             &[
                 &["req", "-subj", "/CN=127.0.0.1"][..],
-                &quiet_key,
+                &new_p256_key,
                 &["-keyout", "server.key", "-out", "server.csr"],
             ]
             .concat(),
