@@ -467,16 +467,13 @@ impl PrivatePostgres {
             "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
         )
         .unwrap();
-        // The server refuses a key others can read; the test reads the authority's
-        // certificate from a copy of its own.
+        // The server refuses a key others can read.
         let key = postgres.data.join("server.key");
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
-        let copy = fresh_data_dir().join("authority.crt");
-        std::fs::copy(&authority, &copy).unwrap();
         postgres.chown();
         postgres.start_server();
-        (postgres, copy)
+        (postgres, authority)
     }
 
     fn url(&self) -> String {
