@@ -908,6 +908,48 @@ async fn postgres_keeps_the_previous_releases_append_form() {
     assert_eq!(store.head_position().await.unwrap(), 1);
 }
 
+/// Commits on PostgreSQL go through one connection held between them (see
+/// `PgStore::commit`). When the server closes it while it is idle (a restart, a
+/// firewall's idle timeout), the next commit still commits: an idle held connection
+/// is tested first and a broken one replaced, as the pool does for every connection
+/// it lends.
+#[tokio::test]
+async fn a_commit_after_the_server_closed_the_idle_committing_connection_commits() {
+    use sqlx::Connection;
+    let name = format!("held_{}", Uuid::new_v4().simple());
+    let url = format!(
+        "{}&application_name={name}",
+        circle_tests::fresh_schema_url().await
+    );
+    let store = Store::postgres(&url, 4).await.unwrap();
+    store.commit_batch(&[append("g1", 0, 1)]).await.unwrap();
+    // Given every connection of this store closed by the server
+    let mut server = sqlx::PgConnection::connect(&circle_tests::database_url())
+        .await
+        .unwrap();
+    let closed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pid FROM pg_stat_activity
+                               WHERE application_name = $1 OFFSET 0) mine
+         WHERE pg_terminate_backend(mine.pid)",
+    )
+    .bind(&name)
+    .fetch_one(&mut server)
+    .await
+    .unwrap();
+    assert!(closed >= 1, "the store's connections were found and closed");
+    // and left idle for longer than a held connection is trusted untested (1 s),
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    // when the next append is committed, then it commits.
+    let results = store.commit_batch(&[append("g1", 1, 1)]).await.unwrap();
+    assert_eq!(
+        results,
+        vec![AppendResult::Committed {
+            version: 2,
+            last_position: 2
+        }]
+    );
+}
+
 /// Events written before the chain existed, straight into a schema at migration 5.
 #[tokio::test]
 async fn postgres_chains_events_written_before_the_chain_on_migration() {

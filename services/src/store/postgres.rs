@@ -8,10 +8,13 @@
 //! call to the `circle_append_batch` function, so one round trip and one commit.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, Postgres};
 use sqlx::{Connection, Row};
 use uuid::Uuid;
 
@@ -81,7 +84,17 @@ const MIGRATIONS: &[(i32, &str)] = &[
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The connection the appender's commits go through, kept between them, and
+    /// when it was last used (see [`PgStore::commit`]).
+    committer: Arc<tokio::sync::Mutex<Option<HeldConnection>>>,
 }
+
+/// A connection kept out of the pool, and when it was last used.
+type HeldConnection = (PoolConnection<Postgres>, Instant);
+
+/// A held committing connection idle this long is tested before its next commit,
+/// as the pool tests every connection it lends: the server may have closed it.
+const HELD_IDLE_TEST: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `payload_text` is what was hashed; the `payload` jsonb beside it is a copy for
 /// SQL queries that Circle itself never reads.
@@ -97,7 +110,10 @@ impl PgStore {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            committer: Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -146,8 +162,33 @@ impl PgStore {
 
     /// One round trip: `circle_append_batch` (migration 0002) locks the head, checks
     /// and inserts every append server-side, and the statement commits on its own.
+    ///
+    /// Commits go through one connection held between them. Borrowed from the pool
+    /// for each commit, a connection costs two more round trips: sqlx tests it when
+    /// lending it, on every command's critical path, and again when it comes back.
+    /// A held connection idle for [`HELD_IDLE_TEST`] is tested first, as the pool
+    /// would; one whose commit failed goes back to the pool, which tests it and
+    /// closes it if it is broken, and the next commit borrows another. A second
+    /// committer while the held connection is busy (an import beside the appender)
+    /// borrows from the pool.
     pub async fn commit(&self, batch: &[Append]) -> Result<Commit, StoreError> {
-        append_batch(&self.pool, batch).await
+        let Ok(mut held) = self.committer.try_lock() else {
+            return append_batch(&self.pool, batch).await;
+        };
+        let connection = match held.take() {
+            Some((connection, used)) if used.elapsed() < HELD_IDLE_TEST => Some(connection),
+            Some((mut connection, _)) => connection.ping().await.is_ok().then_some(connection),
+            None => None,
+        };
+        let mut connection = match connection {
+            Some(connection) => connection,
+            None => self.pool.acquire().await?,
+        };
+        let committed = append_batch(&mut *connection, batch).await;
+        if committed.is_ok() {
+            *held = Some((connection, Instant::now()));
+        }
+        committed
     }
 
     pub async fn load_stream(
