@@ -84,8 +84,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// The connection the appender's commits go through, kept between them, and
-    /// when it was last used (see [`PgStore::commit`]).
+    /// The appender's committing connection (see [`PgStore::commit`]).
     committer: Arc<tokio::sync::Mutex<Option<HeldConnection>>>,
 }
 
@@ -175,12 +174,12 @@ impl PgStore {
         let Ok(mut held) = self.committer.try_lock() else {
             return append_batch(&self.pool, batch).await;
         };
-        let connection = match held.take() {
+        let reusable = match held.take() {
             Some((connection, used)) if used.elapsed() < HELD_IDLE_TEST => Some(connection),
             Some((mut connection, _)) => connection.ping().await.is_ok().then_some(connection),
             None => None,
         };
-        let mut connection = match connection {
+        let mut connection = match reusable {
             Some(connection) => connection,
             None => self.pool.acquire().await?,
         };
