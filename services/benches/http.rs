@@ -157,11 +157,12 @@ impl Connection {
     }
 }
 
-/// One point: `connections` writers for `run_for`; prints rate, p50/p99/max and the
-/// rate in each 10-second window. Each request is a new feedback event; the client
+/// One point: `connections` writers for `run_for`; prints rate, p50/p99/max, the
+/// rate in each 10-second window and how many PostgreSQL checkpoints fell in the
+/// point (the server's, not Circle's: one explains a slow window). Each request is a new feedback event; the client
 /// prepares its paths and bodies before the clock starts, so that the shared cores
 /// go to the server rather than to building the same requests again.
-async fn run(client: Arc<Client>, connections: usize, run_for: Duration) {
+async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Duration) {
     let requests: Arc<Vec<(String, bytes::Bytes)>> = Arc::new(
         (0..GROUPS * MEMBERS)
             .map(|n| {
@@ -178,6 +179,7 @@ async fn run(client: Arc<Client>, connections: usize, run_for: Duration) {
         opened.push(Connection::open(&client).await);
     }
     let commits_before = client.commits().await;
+    let checkpoints_before = support::checkpoints(base).await;
     let started = Instant::now();
     let mut writers = Vec::new();
     for (w, mut connection) in opened.into_iter().enumerate() {
@@ -201,6 +203,12 @@ async fn run(client: Arc<Client>, connections: usize, run_for: Duration) {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let commits_after = client.commits().await;
+    let checkpoints = match (checkpoints_before, support::checkpoints(base).await) {
+        (Some(before), Some(after)) => {
+            format!("; PostgreSQL checkpoints meanwhile: {}", after - before)
+        }
+        _ => String::new(),
+    };
     let commits = (commits_after[1] - commits_before[1]).max(1.0);
     let per_commit = (commits_after[0] - commits_before[0]) / commits;
     let commit_ms = (commits_after[2] - commits_before[2]) / commits * 1e3;
@@ -220,7 +228,7 @@ async fn run(client: Arc<Client>, connections: usize, run_for: Duration) {
         })
         .collect();
     println!(
-        "  {connections:>2} connections: {:>6.0} commands/s ({ok} of {} answered 2xx), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {per_commit:.1} appends per commit ({commit_ms:.2} ms each, {between_ms:.2} ms between); per 10 s: {}",
+        "  {connections:>2} connections: {:>6.0} commands/s ({ok} of {} answered 2xx), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {per_commit:.1} appends per commit ({commit_ms:.2} ms each, {between_ms:.2} ms between); per 10 s: {}{checkpoints}",
         ok as f64 / elapsed,
         samples.len(),
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
@@ -375,7 +383,7 @@ async fn bench() {
         let client = serve(&base, true).await;
         client.setup().await;
         for connections in [8, 32] {
-            run(client.clone(), connections, run_for).await;
+            run(client.clone(), &base, connections, run_for).await;
         }
     }
     access_log_overhead(&base).await;

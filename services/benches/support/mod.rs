@@ -38,6 +38,18 @@ pub fn commit_totals(metrics: &str) -> [f64; 3] {
     ]
 }
 
+/// PostgreSQL's checkpoints so far (timed and requested), where the server says
+/// (`pg_stat_bgwriter` up to PostgreSQL 16): a point that spans one pays for its
+/// full-page writes, which shows as a slow 10-second window.
+#[allow(dead_code)] // only the HTTP benchmark reports them
+pub async fn checkpoints(base: &str) -> Option<i64> {
+    let mut conn = sqlx::PgConnection::connect(base).await.ok()?;
+    sqlx::query_scalar("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
+        .fetch_one(&mut conn)
+        .await
+        .ok()
+}
+
 #[allow(dead_code)] // not every benchmark drops what it made
 pub async fn drop_schema(base: &str, schema: &str) {
     if let Ok(mut conn) = sqlx::PgConnection::connect(base).await {
