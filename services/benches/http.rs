@@ -158,10 +158,11 @@ impl Connection {
 }
 
 /// One point: `connections` writers for `run_for`; prints rate, p50/p99/max, the
-/// rate in each 10-second window and how many PostgreSQL checkpoints fell in the
-/// point (the server's, not Circle's: one explains a slow window). Each request is a new feedback event; the client
-/// prepares its paths and bodies before the clock starts, so that the shared cores
-/// go to the server rather than to building the same requests again.
+/// rate in each 10-second window, and what PostgreSQL's checkpoints did meanwhile
+/// (the server's, not Circle's: one under way explains a slow window). Each request
+/// is a new feedback event; the client prepares its paths and bodies before the
+/// clock starts, so that the shared cores go to the server rather than to building
+/// the same requests again.
 async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Duration) {
     let requests: Arc<Vec<(String, bytes::Bytes)>> = Arc::new(
         (0..GROUPS * MEMBERS)
@@ -204,9 +205,11 @@ async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Durat
     let elapsed = started.elapsed().as_secs_f64();
     let commits_after = client.commits().await;
     let checkpoints = match (checkpoints_before, support::checkpoints(base).await) {
-        (Some(before), Some(after)) => {
-            format!("; PostgreSQL checkpoints meanwhile: {}", after - before)
-        }
+        (Some(before), Some(after)) => format!(
+            "; PostgreSQL meanwhile: {} checkpoints begun, {} buffers written by checkpoints",
+            after.0 - before.0,
+            after.1 - before.1
+        ),
         _ => String::new(),
     };
     let commits = (commits_after[1] - commits_before[1]).max(1.0);

@@ -38,16 +38,19 @@ pub fn commit_totals(metrics: &str) -> [f64; 3] {
     ]
 }
 
-/// PostgreSQL's checkpoints so far (timed and requested), where the server says
-/// (`pg_stat_bgwriter` up to PostgreSQL 16): a point that spans one pays for its
-/// full-page writes, which shows as a slow 10-second window.
+/// PostgreSQL's checkpoints so far (timed and requested) and the buffers they
+/// wrote, where the server says (`pg_stat_bgwriter` up to PostgreSQL 16). A
+/// checkpoint spreads its writes over most of `checkpoint_timeout`, and pages first
+/// changed after it began are logged whole: a point it overlaps is slower for it.
 #[allow(dead_code)] // only the HTTP benchmark reports them
-pub async fn checkpoints(base: &str) -> Option<i64> {
+pub async fn checkpoints(base: &str) -> Option<(i64, i64)> {
     let mut conn = sqlx::PgConnection::connect(base).await.ok()?;
-    sqlx::query_scalar("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
-        .fetch_one(&mut conn)
-        .await
-        .ok()
+    sqlx::query_as(
+        "SELECT checkpoints_timed + checkpoints_req, buffers_checkpoint FROM pg_stat_bgwriter",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .ok()
 }
 
 #[allow(dead_code)] // not every benchmark drops what it made
