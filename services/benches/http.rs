@@ -159,10 +159,10 @@ impl Connection {
 
 /// One point: `connections` writers for `run_for`; prints rate, p50/p99/max, the
 /// rate in each 10-second window, and what PostgreSQL's checkpoints did meanwhile
-/// (the server's, not Circle's: one under way explains a slow window). Each request
-/// is a new feedback event; the client prepares its paths and bodies before the
-/// clock starts, so that the shared cores go to the server rather than to building
-/// the same requests again.
+/// (the server's, not Circle's: one under way may explain a slow window). Each
+/// request is a new feedback event; the client prepares its paths and bodies before
+/// the clock starts, so that the shared cores go to the server rather than to
+/// building the same requests again.
 async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Duration) {
     let requests: Arc<Vec<(String, bytes::Bytes)>> = Arc::new(
         (0..GROUPS * MEMBERS)

@@ -41,7 +41,8 @@ pub fn commit_totals(metrics: &str) -> [f64; 3] {
 /// PostgreSQL's checkpoints so far (timed and requested) and the buffers they
 /// wrote, where the server says (`pg_stat_bgwriter` up to PostgreSQL 16). A
 /// checkpoint spreads its writes over most of `checkpoint_timeout`, and pages first
-/// changed after it began are logged whole: a point it overlaps is slower for it.
+/// changed after it began are logged whole: a point it overlaps may be slower for
+/// it (on a noisy machine windows also vary without one).
 #[allow(dead_code)] // only the HTTP benchmark reports them
 pub async fn checkpoints(base: &str) -> Option<(i64, i64)> {
     let mut conn = sqlx::PgConnection::connect(base).await.ok()?;
