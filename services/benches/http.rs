@@ -181,6 +181,7 @@ async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Durat
     }
     let commits_before = client.commits().await;
     let checkpoints_before = support::checkpoints(base).await;
+    let cpu_before = support::cpu_seconds();
     let started = Instant::now();
     let mut writers = Vec::new();
     for (w, mut connection) in opened.into_iter().enumerate() {
@@ -203,6 +204,7 @@ async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Durat
         samples.extend(writer.await.expect("writer"));
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = support::cpu_seconds();
     let commits_after = client.commits().await;
     let checkpoints = match (checkpoints_before, support::checkpoints(base).await) {
         (Some(before), Some(after)) => format!(
@@ -217,6 +219,18 @@ async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Durat
     let commit_ms = (commits_after[2] - commits_before[2]) / commits * 1e3;
     let between_ms = elapsed / commits * 1e3 - commit_ms;
     let ok = samples.iter().filter(|s| s.2).count();
+    let per_command = |seconds: f64| seconds / ok.max(1) as f64 * 1e6;
+    let cpu = match (cpu_before.1, cpu_after.1) {
+        (Some(before), Some(after)) => format!(
+            "; CPU per command: {:.0} µs in this process (server and client), {:.0} µs in PostgreSQL",
+            per_command(cpu_after.0 - cpu_before.0),
+            per_command(after - before)
+        ),
+        _ => format!(
+            "; CPU per command: {:.0} µs in this process (server and client)",
+            per_command(cpu_after.0 - cpu_before.0)
+        ),
+    };
     // Latencies of the answered writes only: a refusal is counted, not timed.
     let mut latencies: Vec<Duration> = samples.iter().filter(|s| s.2).map(|s| s.1).collect();
     latencies.sort();
@@ -231,7 +245,7 @@ async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Durat
         })
         .collect();
     println!(
-        "  {connections:>2} connections: {:>6.0} commands/s ({ok} of {} answered 2xx), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {per_commit:.1} appends per commit ({commit_ms:.2} ms each, {between_ms:.2} ms between); per 10 s: {}{checkpoints}",
+        "  {connections:>2} connections: {:>6.0} commands/s ({ok} of {} answered 2xx), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {per_commit:.1} appends per commit ({commit_ms:.2} ms each, {between_ms:.2} ms between); per 10 s: {}{cpu}{checkpoints}",
         ok as f64 / elapsed,
         samples.len(),
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,

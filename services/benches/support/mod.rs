@@ -54,6 +54,47 @@ pub async fn checkpoints(base: &str) -> Option<(i64, i64)> {
     .ok()
 }
 
+/// CPU seconds (user and system) spent so far by this process and by the
+/// machine's processes named `postgres`, where /proc shows them (a local server;
+/// `None` otherwise). A point's work per command is steadier than its rate on a
+/// noisy machine: a change that saves work shows here when the rate's noise hides it.
+/// PostgreSQL's figure counts the whole server (its background writers too, and any
+/// other database's sessions), and only processes alive at both readings.
+#[allow(dead_code)] // only the HTTP benchmark reports it
+pub fn cpu_seconds() -> (f64, Option<f64>) {
+    // SAFETY: getrusage writes only the struct it is given.
+    let own = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    };
+    // SAFETY: sysconf reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let postgres = std::fs::read_dir("/proc").ok().and_then(|entries| {
+        let mut found = None;
+        for entry in entries.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: utime and stime are the 14th and 15th fields.
+            let Some((head, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            if !head.ends_with("(postgres") {
+                continue;
+            }
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let used = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+            if let (Some(user), Some(system)) = (used(11), used(12)) {
+                *found.get_or_insert(0.0) += (user + system) / ticks;
+            }
+        }
+        found
+    });
+    (own, postgres)
+}
+
 #[allow(dead_code)] // not every benchmark drops what it made
 pub async fn drop_schema(base: &str, schema: &str) {
     if let Ok(mut conn) = sqlx::PgConnection::connect(base).await {
