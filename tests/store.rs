@@ -908,6 +908,40 @@ async fn postgres_keeps_the_previous_releases_append_form() {
     assert_eq!(store.head_position().await.unwrap(), 1);
 }
 
+/// The append's checks are planned once per connection, not on every call: its
+/// current form runs with generic plans, and the token check it calls is PL/pgSQL,
+/// which keeps its plan (migration 0026). A later migration that replaces either
+/// function drops these unless it says them again; this fails then.
+#[tokio::test]
+async fn postgres_plans_the_append_once_per_connection() {
+    use sqlx::Connection;
+    let url = circle_tests::fresh_schema_url().await;
+    let _store = Store::postgres(&url, 2).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let settings: Option<Vec<String>> = sqlx::query_scalar(
+        "SELECT proconfig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE proname = 'circle_append_batch' AND nspname = current_schema()
+           AND pronargs = 28",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        settings,
+        Some(vec!["plan_cache_mode=force_generic_plan".to_string()])
+    );
+    let language: String = sqlx::query_scalar(
+        "SELECT l.lanname::text FROM pg_proc p
+         JOIN pg_namespace n ON n.oid = p.pronamespace
+         JOIN pg_language l ON l.oid = p.prolang
+         WHERE proname = 'circle_token_live' AND nspname = current_schema()",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(language, "plpgsql");
+}
+
 /// Commits on PostgreSQL go through one connection held between them (see
 /// `PgStore::commit`). When the server closes it while it is idle (a restart, a
 /// firewall's idle timeout), the next commit still commits: an idle held connection

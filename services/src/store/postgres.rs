@@ -79,6 +79,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         25,
         include_str!("migrations/postgres/0025_each_token_checked_once.sql"),
     ),
+    (
+        26,
+        include_str!("migrations/postgres/0026_the_fast_path_planned_once.sql"),
+    ),
 ];
 
 #[derive(Clone)]
