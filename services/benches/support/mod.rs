@@ -59,7 +59,8 @@ pub async fn checkpoints(base: &str) -> Option<(i64, i64)> {
 /// `None` otherwise). A point's work per command is steadier than its rate on a
 /// noisy machine: a change that saves work shows here when the rate's noise hides it.
 /// PostgreSQL's figure counts the whole server (its background writers too, and any
-/// other database's sessions), and only processes alive at both readings.
+/// other database's sessions); a backend that starts or ends between two readings
+/// skews it (the benchmark's Circle keeps its connections open through a point).
 #[allow(dead_code)] // only the HTTP benchmark reports it
 pub fn cpu_seconds() -> (f64, Option<f64>) {
     // SAFETY: getrusage writes only the struct it is given.

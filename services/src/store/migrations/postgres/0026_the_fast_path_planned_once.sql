@@ -4,9 +4,10 @@
 -- settled on the generic plan: pg_stat_statements over the HTTP benchmark at 8
 -- connections showed one plan per call, 0.15 ms of planning beside 0.19 ms of
 -- executing, under the lock on log_head that every writer waits behind. A generic
--- plan is right here whatever the batch: every check is an index lookup per element
--- (client_keys through its index of erased clients, migration 0023), and nothing in
--- the function depends on an estimate of how many elements there are.
+-- plan is right here whatever the batch: each check looks its elements up by an
+-- index (client_keys through its index of erased clients, migration 0023), so none
+-- turns on how many elements there are; a table's new statistics (ANALYZE)
+-- invalidate the cached plan as before.
 ALTER FUNCTION circle_append_batch(text[], text[], bigint[], int[], text[], bytea[], int[],
     text[], text[], text[], bytea[], uuid[], text[], int[], text[], timestamptz[], text[],
     text[], uuid[], uuid[], text[], text[], bigint[], bytea[], boolean, timestamptz,
