@@ -909,37 +909,77 @@ async fn postgres_keeps_the_previous_releases_append_form() {
 }
 
 /// The append's checks are planned once per connection, not on every call: its
-/// current form runs with generic plans, and the token check it calls is PL/pgSQL,
-/// which keeps its plan (migration 0026). A later migration that replaces either
-/// function drops these unless it says them again; this fails then.
+/// PL/pgSQL forms run with generic plans (migration 0026). A generic plan cannot
+/// see the batch, so it must not scan a table that grows with the log; each lookup
+/// goes through an index whatever the table's size. Given a fresh schema, when a
+/// batch takes the fast path and another the per-append loop (with an idempotency
+/// key, a live client required and a caller's token), then no growing table was
+/// scanned whole. Replacing the function drops its settings unless the migration
+/// says them again: the catalog check fails then.
 #[tokio::test]
-async fn postgres_plans_the_append_once_per_connection() {
+async fn postgres_appends_with_generic_plans_that_scan_no_table_whole() {
     use sqlx::Connection;
     let url = circle_tests::fresh_schema_url().await;
     let _store = Store::postgres(&url, 2).await.unwrap();
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    let settings: Option<Vec<String>> = sqlx::query_scalar(
-        "SELECT proconfig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-         WHERE proname = 'circle_append_batch' AND nspname = current_schema()
-           AND pronargs = 28",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(
-        settings,
-        Some(vec!["plan_cache_mode=force_generic_plan".to_string()])
-    );
-    let language: String = sqlx::query_scalar(
-        "SELECT l.lanname::text FROM pg_proc p
+    let forms: Vec<Option<Vec<String>>> = sqlx::query_scalar(
+        "SELECT proconfig FROM pg_proc p
          JOIN pg_namespace n ON n.oid = p.pronamespace
          JOIN pg_language l ON l.oid = p.prolang
-         WHERE proname = 'circle_token_live' AND nspname = current_schema()",
+         WHERE proname = 'circle_append_batch' AND nspname = current_schema()
+           AND lanname = 'plpgsql'",
     )
-    .fetch_one(&mut conn)
+    .fetch_all(&mut conn)
     .await
     .unwrap();
-    assert_eq!(language, "plpgsql");
+    assert!(!forms.is_empty());
+    for settings in forms {
+        let settings = settings.unwrap_or_default();
+        assert!(
+            settings.contains(&"plan_cache_mode=force_generic_plan".to_string()),
+            "{settings:?}"
+        );
+    }
+    // Counted per transaction: pg_stat_xact_user_tables sees this one's scans.
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO api_tokens (token_hash, role, created_at, token_id)
+         VALUES ('live-token-hash', 'admin', now(), 'tok_live')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    for (simple, streams) in [(true, "{g1,g2}"), (false, "{g3,g4}")] {
+        let outcomes: Vec<String> = sqlx::query_scalar(
+            "SELECT outcome FROM circle_append_batch(
+                '{group,group}'::text[], $2::text[], '{0,0}'::bigint[], '{1,1}'::int[],
+                ARRAY[$3, NULL], ARRAY['\\x01'::bytea, NULL], '{201,NULL}'::int[],
+                '{g,NULL}'::text[], '{require,require}'::text[], '{c1,c2}'::text[],
+                '{NULL,NULL}'::bytea[], ARRAY[gen_random_uuid(), gen_random_uuid()],
+                '{SessionCancelled,SessionCancelled}'::text[], '{1,1}'::int[],
+                '{\"{}\",\"{}\"}'::text[], ARRAY[now(), now()], '{dr_a,dr_a}'::text[],
+                '{clinician,clinician}'::text[], ARRAY[gen_random_uuid(), gen_random_uuid()],
+                '{NULL,NULL}'::uuid[], '{group,group}'::text[], $2::text[], '{1,1}'::bigint[],
+                ARRAY['\\x00'::bytea, '\\x00'::bytea], $1, now(), '{false,false}'::boolean[],
+                ARRAY['live-token-hash', NULL])",
+        )
+        .bind(simple)
+        .bind(streams)
+        .bind(format!("key-{streams}"))
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(outcomes, ["committed", "committed"], "simple: {simple}");
+    }
+    let scanned: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT relname::text, seq_scan FROM pg_stat_xact_user_tables
+         WHERE schemaname = current_schema() AND seq_scan > 0
+           AND relname IN ('events', 'idempotency_keys', 'client_keys', 'api_tokens')",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(scanned, []);
 }
 
 /// Commits on PostgreSQL go through one connection held between them (see
