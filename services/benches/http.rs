@@ -220,17 +220,16 @@ async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Durat
     let between_ms = elapsed / commits * 1e3 - commit_ms;
     let ok = samples.iter().filter(|s| s.2).count();
     let per_command = |seconds: f64| seconds / ok.max(1) as f64 * 1e6;
-    let cpu = match (cpu_before.1, cpu_after.1) {
-        (Some(before), Some(after)) => format!(
-            "; CPU per command: {:.0} µs in this process (server and client), {:.0} µs in PostgreSQL",
-            per_command(cpu_after.0 - cpu_before.0),
-            per_command(after - before)
-        ),
-        _ => format!(
-            "; CPU per command: {:.0} µs in this process (server and client)",
-            per_command(cpu_after.0 - cpu_before.0)
-        ),
+    let postgres_cpu = match (cpu_before.1, cpu_after.1) {
+        (Some(before), Some(after)) => {
+            format!(", {:.0} µs in PostgreSQL", per_command(after - before))
+        }
+        _ => String::new(),
     };
+    let cpu = format!(
+        "; CPU per command: {:.0} µs in this process (server and client){postgres_cpu}",
+        per_command(cpu_after.0 - cpu_before.0)
+    );
     // Latencies of the answered writes only: a refusal is counted, not timed.
     let mut latencies: Vec<Duration> = samples.iter().filter(|s| s.2).map(|s| s.1).collect();
     latencies.sort();
