@@ -2,7 +2,9 @@
 //! /api/v1/groups/{id}/sessions/{s}/feedback` with 8 and 32 keep-alive connections,
 //! each request a new event, on a Circle served in-process (the client shares the
 //! machine's cores, as in the figures). Each writer holds one bare HTTP/1.1
-//! keep-alive connection (hyper), as a load balancer would.
+//! keep-alive connection (hyper), as a load balancer would. After each point the
+//! same Circle takes the same commands through its command service, without HTTP,
+//! for 10 s: the ratio of the two, measured a few seconds apart.
 //!
 //! Then the access log's cost: p50/p99 of `GET /api/v1/clients/{id}` under 32
 //! concurrent readers, on two Circles in one run, one with the access log on and one
@@ -18,7 +20,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use circle_events::group::GroupCommand;
+use circle_events::instruments::Score;
 use circle_services::app::Application;
+use circle_services::auth::Principal;
+use circle_services::commands::CommandContext;
 use circle_services::config::{Overrides, Settings};
 use circle_services::crypto::Vault;
 use serde_json::json;
@@ -163,7 +169,7 @@ impl Connection {
 /// request is a new feedback event; the client prepares its paths and bodies before
 /// the clock starts, so that the shared cores go to the server rather than to
 /// building the same requests again.
-async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Duration) {
+async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Duration) -> f64 {
     let requests: Arc<Vec<(String, bytes::Bytes)>> = Arc::new(
         (0..GROUPS * MEMBERS)
             .map(|n| {
@@ -252,6 +258,59 @@ async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Durat
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         windows.join(" / "),
     );
+    ok as f64 / elapsed
+}
+
+/// The direct point beside each HTTP point: long enough to settle, short beside
+/// the HTTP point's minute.
+const DIRECT_FOR: Duration = Duration::from_secs(10);
+
+/// The same commands as [`run`]'s, on the same Circle and groups, but through its
+/// command service in this process, as an HTTP handler calls it: commands/s with
+/// `writers` at once. Run right after the HTTP point, it puts the ratio on the same
+/// machine at the same moment, with the same projector and publisher beside it;
+/// the `commands` benchmark's direct path runs minutes earlier on a bare engine, and
+/// this machine's speed drifts by ±15% over minutes.
+async fn direct(served: &Served, writers: usize, run_for: Duration) -> f64 {
+    let state = served.state.clone();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let state = state.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut n) = (0u64, w);
+            while started.elapsed() < run_for {
+                let group = n % GROUPS;
+                let command = GroupCommand::RecordFeedback {
+                    client_id: format!("g{group}c{}", n % MEMBERS),
+                    session_id: Some("s1".into()),
+                    instrument: "SRS".into(),
+                    items: [90, 90, 95, 90].map(Score::from_tenths).to_vec(),
+                    administered_at: None,
+                };
+                let ctx = CommandContext::new(Principal::system("bench"));
+                let services = &state.0;
+                let done = services
+                    .commands
+                    .execute(
+                        &services.groups,
+                        &format!("g{group}"),
+                        command,
+                        &ctx,
+                        |_| true,
+                    )
+                    .await;
+                ok += u64::from(done.is_ok());
+                n += writers;
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        ok += task.await.expect("direct writer");
+    }
+    ok as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Readers per point of the access-log comparison.
@@ -262,6 +321,7 @@ const READ_CLIENTS: usize = 256;
 /// A Circle serving in this process, and its schema.
 struct Served {
     client: Arc<Client>,
+    state: circle_services::http::AppState,
     schema: String,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -275,6 +335,8 @@ impl Served {
         if let Ok(Err(error)) = self.task.await {
             eprintln!("the benchmark's Circle stopped with an error: {error:#}");
         }
+        // Its store's connections close with the last handle on its state.
+        drop(self.state);
         support::drop_schema(base, &self.schema).await;
     }
 }
@@ -297,6 +359,7 @@ async fn serve(base: &str, access_log: bool) -> Served {
     settings.access_log = access_log;
     let app = Application::build(&settings).await.expect("build Circle");
     let address = app.local_addr().expect("address");
+    let state = app.state();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run(async {
         let _ = stopped.await;
@@ -311,6 +374,7 @@ async fn serve(base: &str, access_log: bool) -> Served {
     });
     Served {
         client,
+        state,
         schema,
         stop,
         task,
@@ -432,7 +496,12 @@ async fn bench() {
         let served = serve(&base, true).await;
         served.client.setup().await;
         for connections in [8, 32] {
-            run(served.client.clone(), &base, connections, run_for).await;
+            let http = run(served.client.clone(), &base, connections, run_for).await;
+            let direct = direct(&served, connections, DIRECT_FOR).await;
+            println!(
+                "      the same Circle's command path, no HTTP, {connections} writers for {DIRECT_FOR:?} right after: {direct:.0} commands/s; HTTP / direct {:.2}×",
+                http / direct.max(1.0)
+            );
         }
         served.close(&base).await;
     }
