@@ -2,9 +2,10 @@
 //! /api/v1/groups/{id}/sessions/{s}/feedback` with 8 and 32 keep-alive connections,
 //! each request a new event, on a Circle served in-process (the client shares the
 //! machine's cores, as in the figures). Each writer holds one bare HTTP/1.1
-//! keep-alive connection (hyper), as a load balancer would. After each point the
-//! same Circle takes the same commands through its command service, without HTTP,
-//! for 10 s: the ratio of the two, measured a few seconds apart.
+//! keep-alive connection (hyper), as a load balancer would. Before and after each
+//! point the same Circle takes the same commands through its command service,
+//! without HTTP, for 10 s: the HTTP rate over their mean is the HTTP layer's cost,
+//! with the machine's drift during the point falling on both sides alike.
 //!
 //! Then the access log's cost: p50/p99 of `GET /api/v1/clients/{id}` under 32
 //! concurrent readers, on two Circles in one run, one with the access log on and one
@@ -23,10 +24,11 @@ use std::time::{Duration, Instant};
 use circle_events::group::GroupCommand;
 use circle_events::instruments::Score;
 use circle_services::app::Application;
-use circle_services::auth::Principal;
+use circle_services::auth::{hash_token, Principal};
 use circle_services::commands::CommandContext;
 use circle_services::config::{Overrides, Settings};
 use circle_services::crypto::Vault;
+use circle_services::store::KeyAction;
 use serde_json::json;
 
 mod support;
@@ -266,29 +268,38 @@ async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Durat
 const DIRECT_FOR: Duration = Duration::from_secs(10);
 
 /// The same commands as [`run`]'s, on the same Circle and groups, but through its
-/// command service in this process, as an HTTP handler calls it: commands/s with
-/// `writers` at once. Run right after the HTTP point, it puts the ratio on the same
-/// machine at the same moment, with the same projector and publisher beside it;
-/// the `commands` benchmark's direct path runs minutes earlier on a bare engine, and
-/// this machine's speed drifts by ±15% over minutes.
-async fn direct(served: &Served, writers: usize, run_for: Duration) -> f64 {
+/// command service in this process, as the HTTP handler calls it (the commit checks
+/// the caller's token and that the client is not erased, as for a request):
+/// commands/s with `writers` at once, how many committed and how many were sent.
+/// Beside the HTTP point it measures the HTTP layer alone, on the same machine at
+/// nearly the same moment, with the same projector beside it. The `commands`
+/// benchmark's direct path is a bare engine (no token or client check at commit, no
+/// projector) measured minutes earlier, and this machine's speed drifts by ±15% over
+/// minutes.
+async fn direct(served: &Served, writers: usize, run_for: Duration) -> (f64, u64, u64) {
     let state = served.state.clone();
+    let token = hash_token(&served.client.admin);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let state = state.clone();
+        let (state, token) = (state.clone(), token.clone());
         tasks.push(tokio::spawn(async move {
-            let (mut ok, mut n) = (0u64, w);
+            let (mut ok, mut sent, mut n) = (0u64, 0u64, w);
             while started.elapsed() < run_for {
                 let group = n % GROUPS;
+                let client_id = format!("g{group}c{}", n % MEMBERS);
+                let mut ctx = CommandContext::new(Principal::system("bench"));
+                ctx.key_action = Some(KeyAction::RequireLive {
+                    client_ids: vec![client_id.clone()],
+                });
+                ctx.check_token = Some(token.clone());
                 let command = GroupCommand::RecordFeedback {
-                    client_id: format!("g{group}c{}", n % MEMBERS),
+                    client_id,
                     session_id: Some("s1".into()),
                     instrument: "SRS".into(),
                     items: [90, 90, 95, 90].map(Score::from_tenths).to_vec(),
                     administered_at: None,
                 };
-                let ctx = CommandContext::new(Principal::system("bench"));
                 let services = &state.0;
                 let done = services
                     .commands
@@ -301,16 +312,19 @@ async fn direct(served: &Served, writers: usize, run_for: Duration) -> f64 {
                     )
                     .await;
                 ok += u64::from(done.is_ok());
+                sent += 1;
                 n += writers;
             }
-            ok
+            (ok, sent)
         }));
     }
-    let mut ok = 0;
+    let (mut ok, mut sent) = (0, 0);
     for task in tasks {
-        ok += task.await.expect("direct writer");
+        let (o, s) = task.await.expect("direct writer");
+        (ok, sent) = (ok + o, sent + s);
     }
-    ok as f64 / started.elapsed().as_secs_f64()
+    let rate = ok as f64 / started.elapsed().as_secs_f64();
+    (rate, ok, sent)
 }
 
 /// Readers per point of the access-log comparison.
@@ -496,11 +510,17 @@ async fn bench() {
         let served = serve(&base, true).await;
         served.client.setup().await;
         for connections in [8, 32] {
+            let before = direct(&served, connections, DIRECT_FOR).await;
             let http = run(served.client.clone(), &base, connections, run_for).await;
-            let direct = direct(&served, connections, DIRECT_FOR).await;
+            let after = direct(&served, connections, DIRECT_FOR).await;
+            let mean = (before.0 + after.0) / 2.0;
             println!(
-                "      the same Circle's command path, no HTTP, {connections} writers for {DIRECT_FOR:?} right after: {direct:.0} commands/s; HTTP / direct {:.2}×",
-                http / direct.max(1.0)
+                "      the same Circle's command path, no HTTP, {connections} writers for {DIRECT_FOR:?} before and after: {:.0} and {:.0} commands/s ({} of {} committed); HTTP / their mean {:.2}×",
+                before.0,
+                after.0,
+                before.1 + after.1,
+                before.2 + after.2,
+                http / mean.max(1.0)
             );
         }
         served.close(&base).await;
