@@ -223,7 +223,7 @@ impl Appender {
 /// it keeps a core busy (for at most `at_most`) rather than sleeping: a timer's
 /// granularity is coarser than the gaps it waits out. On `stop` the
 /// queue refuses new items and what is already queued still arrives; `false` once
-/// it is closed and empty. Shared by the appender (weighing a chain by its appends),
+/// it is closed and empty and `stop` has come. Shared by the appender (weighing a chain by its appends),
 /// the access log's writer and the token lookups (which expect nothing).
 pub(crate) async fn gather<T>(
     incoming: &mut mpsc::Receiver<T>,
@@ -242,6 +242,11 @@ pub(crate) async fn gather<T>(
         }
     };
     let Some(first) = first else {
+        // Every sender is gone (at shutdown the HTTP server, holding the last ones,
+        // can finish before the supervisor stops this worker): nothing more can come,
+        // but the worker ends when it is told to, or its supervisor would take a
+        // clean stop for a task lost and stop the process.
+        stop.cancelled().await;
         return false;
     };
     let mut weighed = weight(&first);
@@ -435,6 +440,33 @@ mod tests {
         .expect("the gather ends");
         assert!(gathered);
         (batch, started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn a_queue_whose_senders_are_gone_ends_its_gatherer_only_when_told_to_stop() {
+        // Given a queue whose every sender has been dropped (the HTTP server that held
+        // them has finished, the supervisor has not yet stopped the worker),
+        let (queue, mut incoming) = mpsc::channel::<u32>(8);
+        drop(queue);
+        let stop = CancellationToken::new();
+        let mut batch = Vec::new();
+        let mut gathering = std::pin::pin!(gather(
+            &mut incoming,
+            &stop,
+            32,
+            Expected::NONE,
+            &mut batch,
+            |_| 1
+        ));
+        // then the gather does not end on its own,
+        let early = tokio::time::timeout(Duration::from_millis(100), &mut gathering).await;
+        assert!(early.is_err(), "ended before stop: {early:?}");
+        // and when stop comes, it ends with nothing gathered.
+        stop.cancel();
+        let gathered = tokio::time::timeout(Duration::from_secs(10), gathering)
+            .await
+            .expect("the gather ends on stop");
+        assert!(!gathered);
     }
 
     #[tokio::test]
