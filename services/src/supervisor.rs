@@ -234,9 +234,52 @@ impl Supervisor {
     }
 }
 
+/// A supervisor dropped without stopping its stages (an `Application` that failed
+/// partway through `build`, or was never run) stops them now. Its workers end only
+/// when told to, even once nothing can send them more work, so without this they
+/// would wait forever, holding their store's connections.
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        for stop in self.stops.values() {
+            stop.cancel();
+        }
+    }
+}
+
 /// A supervised task's state that survives its restarts; see
 /// [`Supervisor::spawn_worker`].
 pub trait Worker: Send + 'static {
     /// Works until `stop`, then finishes what is queued and returns.
     fn run(&mut self, stop: CancellationToken) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that, like the queue workers, ends only when told to stop.
+    struct UntilStopped(tokio::sync::mpsc::Sender<()>);
+
+    impl Worker for UntilStopped {
+        async fn run(&mut self, stop: CancellationToken) -> anyhow::Result<()> {
+            stop.cancelled().await;
+            let _ = self.0.send(()).await;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_supervisor_dropped_without_stopping_stops_its_workers() {
+        // Given a worker supervised by an application that is dropped before it runs
+        // (its build failed partway),
+        let (ended, mut endings) = tokio::sync::mpsc::channel(1);
+        let mut supervisor = Supervisor::new(Metrics::new());
+        let worker = UntilStopped(ended);
+        supervisor.spawn_worker("worker", Stage::Writers, OnExit::Restart, true, worker);
+        // when the supervisor is dropped,
+        drop(supervisor);
+        // then the worker is told to stop, and ends.
+        let ending = tokio::time::timeout(Duration::from_secs(10), endings.recv()).await;
+        assert_eq!(ending, Ok(Some(())), "the worker was never stopped");
+    }
 }
