@@ -90,6 +90,7 @@ fn feedback_event(n: usize) -> GroupEvent {
 
 /// Circle's command path, in process, exactly as the HTTP handlers use it.
 struct Circle {
+    _stop: tokio_util::sync::DropGuard,
     url: String,
     metrics: Metrics,
     store: Store,
@@ -107,9 +108,15 @@ impl Circle {
             256,
             tokio::sync::watch::channel(0).0,
         );
-        // The benchmark lives as long as the process: nothing to stop it for.
-        tokio::spawn(async move { worker.run(Default::default()).await });
+        // Its worker ends when it is told to (not when its queue's senders are gone):
+        // dropping the Circle tells it, so the store's connections go with it.
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move { worker.run(stop).await }
+        });
         Circle {
+            _stop: stop.drop_guard(),
             metrics: metrics.clone(),
             url: url.to_string(),
             // Every group the benchmark touches stays cached, as with the default.
