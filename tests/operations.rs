@@ -258,7 +258,13 @@ async fn sigterm_under_32_writers_loses_no_acknowledged_command_and_exits_cleanl
     assert_eq!(saved, replayed, "reports equal a fresh replay");
     assert!(log.contains("stopped"), "{log}");
     // A clean stop is not a task lost: no worker may end before it is told to.
-    for alarm in ["ended unexpectedly", "task failed", "stopping the process"] {
+    for alarm in [
+        "ended unexpectedly",
+        "task failed",
+        "task panicked",
+        "did not stop in time",
+        "stopping the process",
+    ] {
         assert!(
             !log.contains(alarm),
             "{alarm:?} on a clean stop; log:\n{log}"
