@@ -4,8 +4,9 @@
 //! machine's cores, as in the figures). Each writer holds one bare HTTP/1.1
 //! keep-alive connection (hyper), as a load balancer would. Before and after each
 //! point the same Circle takes the same commands through its command service,
-//! without HTTP, for 10 s: the HTTP rate over their mean is the HTTP layer's cost,
-//! with the machine's drift during the point falling on both sides alike.
+//! without HTTP, for 10 s: the HTTP rate over their mean is the HTTP layer's cost
+//! (its client's share of the cores included), with the machine's drift during the
+//! point falling on both sides alike.
 //!
 //! Then the access log's cost: p50/p99 of `GET /api/v1/clients/{id}` under 32
 //! concurrent readers, on two Circles in one run, one with the access log on and one
