@@ -223,8 +223,9 @@ impl Appender {
 /// it keeps a core busy (for at most `at_most`) rather than sleeping: a timer's
 /// granularity is coarser than the gaps it waits out. On `stop` the
 /// queue refuses new items and what is already queued still arrives; `false` once
-/// it is closed and empty and `stop` has come. Shared by the appender (weighing a chain by its appends),
-/// the access log's writer and the token lookups (which expect nothing).
+/// it is closed and empty and `stop` has come. Shared by the appender (weighing a
+/// chain by its appends), the access log's writer and the token lookups (which
+/// expect nothing).
 pub(crate) async fn gather<T>(
     incoming: &mut mpsc::Receiver<T>,
     stop: &CancellationToken,
