@@ -97,6 +97,16 @@ impl Client {
     }
 }
 
+/// The SRS items of every feedback the benchmark records, in tenths.
+const ITEMS_TENTHS: [i64; 4] = [90, 90, 95, 90];
+
+/// The group and member the `n`-th feedback of a point is for, the same on the HTTP
+/// and the direct path.
+fn nth_feedback(n: usize) -> (String, String) {
+    let group = n % GROUPS;
+    (format!("g{group}"), format!("g{group}c{}", n % MEMBERS))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -176,10 +186,10 @@ async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Durat
     let requests: Arc<Vec<(String, bytes::Bytes)>> = Arc::new(
         (0..GROUPS * MEMBERS)
             .map(|n| {
-                let group = n % GROUPS;
-                let path = format!("/api/v1/groups/g{group}/sessions/s1/feedback");
-                let body = json!({"client_id": format!("g{group}c{}", n % MEMBERS), "instrument": "SRS",
-                                  "items": [9.0, 9.0, 9.5, 9.0]});
+                let (group, client_id) = nth_feedback(n);
+                let path = format!("/api/v1/groups/{group}/sessions/s1/feedback");
+                let items = ITEMS_TENTHS.map(|tenths| tenths as f64 / 10.0);
+                let body = json!({"client_id": client_id, "instrument": "SRS", "items": items});
                 (path, body.to_string().into())
             })
             .collect(),
@@ -287,8 +297,7 @@ async fn direct(served: &Served, writers: usize, run_for: Duration) -> (f64, u64
         tasks.push(tokio::spawn(async move {
             let (mut ok, mut sent, mut n) = (0u64, 0u64, w);
             while started.elapsed() < run_for {
-                let group = n % GROUPS;
-                let client_id = format!("g{group}c{}", n % MEMBERS);
+                let (group, client_id) = nth_feedback(n);
                 let mut ctx = CommandContext::new(Principal::system("bench"));
                 ctx.key_action = Some(KeyAction::RequireLive {
                     client_ids: vec![client_id.clone()],
@@ -298,19 +307,13 @@ async fn direct(served: &Served, writers: usize, run_for: Duration) -> (f64, u64
                     client_id,
                     session_id: Some("s1".into()),
                     instrument: "SRS".into(),
-                    items: [90, 90, 95, 90].map(Score::from_tenths).to_vec(),
+                    items: ITEMS_TENTHS.map(Score::from_tenths).to_vec(),
                     administered_at: None,
                 };
                 let services = &state.0;
                 let done = services
                     .commands
-                    .execute(
-                        &services.groups,
-                        &format!("g{group}"),
-                        command,
-                        &ctx,
-                        |_| true,
-                    )
+                    .execute(&services.groups, &group, command, &ctx, |_| true)
                     .await;
                 ok += u64::from(done.is_ok());
                 sent += 1;
