@@ -585,14 +585,8 @@ async fn step(
     let Some(last) = facts.last() else {
         return Ok(Applied { events: 0, fed });
     };
-    let (position, recorded_at) = (last.position, last.recorded_at);
-    let due = {
-        let mut practice = live.practice.write().unwrap_or_else(|p| p.into_inner());
-        apply_page(Arc::make_mut(&mut practice), &facts, snapshots)
-    };
-    *last_recorded_at = Some(recorded_at);
-    live.position.send_replace(position);
-    save_snapshots(store, due?).await?;
+    *last_recorded_at = Some(last.recorded_at);
+    apply_page(store, &mut &*live, &facts, snapshots).await?;
     Ok(Applied {
         events: facts.len(),
         fed,
@@ -606,38 +600,91 @@ async fn fold_page(
     snapshots: (&mut as_of::Snapshots, bool),
 ) -> Result<usize, ProjectionError> {
     let facts = read_facts(store, practice.position).await?;
-    let due = apply_page(practice, &facts, snapshots)?;
-    save_snapshots(store, due).await?;
+    apply_page(store, practice, &facts, snapshots).await?;
     Ok(facts.len())
 }
 
-/// Applies `facts`, taking the snapshots that fall due on the way (at their exact
-/// positions, so they do not depend on how the log was paged).
-fn apply_page(
-    practice: &mut Practice,
-    facts: &[Fact],
-    (snapshots, keep): (&mut as_of::Snapshots, bool),
-) -> Result<Vec<Snapshot>, ProjectionError> {
-    let mut due = Vec::new();
-    for fact in facts {
-        if fact.position <= practice.position {
-            continue;
-        }
-        practice.apply(fact);
-        due.extend(snapshots.due(practice, fact.recorded_at, keep)?);
-    }
-    Ok(due)
+/// A state pages are applied to: the live reports, behind their lock, or a state
+/// being rebuilt, which nobody else reads.
+trait Folding {
+    /// Applies `facts` in order until one brings a snapshot due, and stops there so
+    /// that it is taken at its exact position (snapshots do not depend on how the
+    /// log was paged). Returns how many facts it went through, and that snapshot.
+    fn apply_until_snapshot(
+        &mut self,
+        facts: &[Fact],
+        snapshots: (&mut as_of::Snapshots, bool),
+    ) -> (usize, Option<as_of::DueSnapshot>);
+
+    fn take(&self, due: as_of::DueSnapshot) -> Result<Snapshot, ProjectionError>;
 }
 
-async fn save_snapshots(store: &Store, due: Vec<Snapshot>) -> Result<(), ProjectionError> {
-    if due.is_empty() {
-        return Ok(());
+impl Folding for Practice {
+    fn apply_until_snapshot(
+        &mut self,
+        facts: &[Fact],
+        (snapshots, keep): (&mut as_of::Snapshots, bool),
+    ) -> (usize, Option<as_of::DueSnapshot>) {
+        for (i, fact) in facts.iter().enumerate() {
+            if fact.position <= self.position {
+                continue;
+            }
+            self.apply(fact);
+            if let Some(due) = snapshots.due(self, fact.recorded_at, keep) {
+                return (i + 1, Some(due));
+            }
+        }
+        (facts.len(), None)
     }
-    for snapshot in &due {
-        store.save_snapshot(snapshot).await?;
+
+    fn take(&self, due: as_of::DueSnapshot) -> Result<Snapshot, ProjectionError> {
+        due.take(self)
     }
-    drop(due);
-    crate::alloc::release_free_memory();
+}
+
+/// The lock is held for writing only while events are applied; a snapshot is
+/// serialized under a read lock, beside the readers.
+impl Folding for &LiveReports {
+    fn apply_until_snapshot(
+        &mut self,
+        facts: &[Fact],
+        snapshots: (&mut as_of::Snapshots, bool),
+    ) -> (usize, Option<as_of::DueSnapshot>) {
+        let (applied, due, position) = {
+            let mut practice = self.practice.write().unwrap_or_else(|p| p.into_inner());
+            let practice = Arc::make_mut(&mut practice);
+            let (applied, due) = practice.apply_until_snapshot(facts, snapshots);
+            (applied, due, practice.position)
+        };
+        self.position.send_replace(position);
+        (applied, due)
+    }
+
+    fn take(&self, due: as_of::DueSnapshot) -> Result<Snapshot, ProjectionError> {
+        self.read(|practice| due.take(practice))
+    }
+}
+
+/// Applies `facts`, writing out each snapshot that falls due on the way before
+/// applying the rest.
+async fn apply_page(
+    store: &Store,
+    state: &mut impl Folding,
+    facts: &[Fact],
+    (snapshots, keep): (&mut as_of::Snapshots, bool),
+) -> Result<(), ProjectionError> {
+    let mut rest = facts;
+    while !rest.is_empty() {
+        let (applied, due) = state.apply_until_snapshot(rest, (&mut *snapshots, keep));
+        rest = &rest[applied..];
+        if let Some(due) = due {
+            let snapshot = state.take(due)?;
+            store.save_snapshot(&snapshot).await?;
+            drop(snapshot);
+            // The snapshot's text was the size of the whole state: give it back.
+            crate::alloc::release_free_memory();
+        }
+    }
     Ok(())
 }
 
@@ -723,6 +770,50 @@ mod tests {
         // A page read from the log, or a full page: step again at once.
         assert!(!read(3).waits(10, 10));
         assert!(!fed(PAGE as usize).waits(10, 10));
+    }
+
+    fn revoked(position: i64) -> Fact {
+        Fact {
+            position,
+            recorded_at: DateTime::from_timestamp(1_000 + position, 0).unwrap_or_default(),
+            aggregate_id: "tokens".into(),
+            event: AnyEvent::Token(circle_events::token::TokenEvent::TokenRevoked {
+                token_id: format!("t{position}"),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_live_reports_take_a_page_in_stretches_that_end_where_a_snapshot_falls_due() {
+        let live = LiveReports {
+            practice: RwLock::new(Arc::new(Practice::new(AlertRules::default()))),
+            position: watch::channel(0).0,
+            stale: AtomicBool::new(false),
+        };
+        let page: Vec<Fact> = (1..=25).map(revoked).collect();
+        let mut leader = as_of::Snapshots::new(10, 0);
+        let mut state = &live;
+
+        let (applied, due) = state.apply_until_snapshot(&page, (&mut leader, true));
+        assert_eq!(applied, 10);
+        assert_eq!(live.position(), 10, "what was applied is published");
+        // Taken from the state as it stands there, with the write lock released.
+        let snapshot = state.take(due.expect("a snapshot at 10")).unwrap();
+        assert_eq!(snapshot.position, 10);
+        let kept: Practice = serde_json::from_str(&snapshot.state).unwrap();
+        assert_eq!(kept.position, 10);
+
+        let (applied, due) = state.apply_until_snapshot(&page[10..], (&mut leader, true));
+        assert_eq!((applied, live.position()), (10, 20));
+        assert_eq!(state.take(due.unwrap()).unwrap().position, 20);
+        let (applied, due) = state.apply_until_snapshot(&page[20..], (&mut leader, true));
+        assert_eq!((applied, live.position(), due.is_none()), (5, 25, true));
+
+        // A follower keeps no snapshots: the page goes in at once.
+        let mut follower = as_of::Snapshots::new(10, 0);
+        let mut fresh = Practice::new(AlertRules::default());
+        let (applied, due) = fresh.apply_until_snapshot(&page, (&mut follower, false));
+        assert_eq!((applied, fresh.position, due.is_none()), (25, 25, true));
     }
 
     #[test]
