@@ -585,8 +585,9 @@ async fn step(
     let Some(last) = facts.last() else {
         return Ok(Applied { events: 0, fed });
     };
-    *last_recorded_at = Some(last.recorded_at);
+    let recorded_at = last.recorded_at;
     apply_page(store, &mut &*live, &facts, snapshots).await?;
+    *last_recorded_at = Some(recorded_at);
     Ok(Applied {
         events: facts.len(),
         fed,
@@ -665,26 +666,33 @@ impl Folding for &LiveReports {
     }
 }
 
-/// Applies `facts`, writing out each snapshot that falls due on the way before
-/// applying the rest.
+/// Applies `facts`, taking each snapshot that falls due on the way before applying
+/// the rest; they are written out once the whole page is in (and published), so a
+/// reader waiting for a position in it does not wait for the database as well.
 async fn apply_page(
     store: &Store,
     state: &mut impl Folding,
     facts: &[Fact],
     (snapshots, keep): (&mut as_of::Snapshots, bool),
 ) -> Result<(), ProjectionError> {
+    let mut taken = Vec::new();
     let mut rest = facts;
     while !rest.is_empty() {
         let (applied, due) = state.apply_until_snapshot(rest, (&mut *snapshots, keep));
         rest = &rest[applied..];
         if let Some(due) = due {
-            let snapshot = state.take(due)?;
-            store.save_snapshot(&snapshot).await?;
-            drop(snapshot);
-            // The snapshot's text was the size of the whole state: give it back.
-            crate::alloc::release_free_memory();
+            taken.push(state.take(due)?);
         }
     }
+    if taken.is_empty() {
+        return Ok(());
+    }
+    for snapshot in &taken {
+        store.save_snapshot(snapshot).await?;
+    }
+    drop(taken);
+    // A snapshot's text is the size of the whole state: give it back.
+    crate::alloc::release_free_memory();
     Ok(())
 }
 
