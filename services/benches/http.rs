@@ -37,6 +37,8 @@ mod support;
 const GROUPS: usize = 64;
 const MEMBERS: usize = 10;
 const WINDOW: Duration = Duration::from_secs(10);
+/// How often the reader beside each HTTP point asks for a report.
+const READ_EVERY: Duration = Duration::from_millis(100);
 
 struct Client {
     http: reqwest::Client,
@@ -54,6 +56,20 @@ impl Client {
             .await
             .map(|r| r.status())
             .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
+    }
+
+    /// GETs `path` and reads the whole answer: whether it was a 2xx.
+    async fn read(&self, path: &str) -> bool {
+        match self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+        {
+            Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+            Err(_) => false,
+        }
     }
 
     /// Appends, group commits and seconds spent committing so far, from Circle's own
@@ -218,10 +234,29 @@ async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Durat
             samples
         }));
     }
+    // Beside the writers, one reader as a clinician's dashboard would be: a group's
+    // attendance report from the live reports, every 100 ms. It waits whenever the
+    // projector holds the reports for writing.
+    let reader = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let mut latencies = Vec::new();
+            while started.elapsed() < run_for {
+                let sent = Instant::now();
+                if client.read("/api/v1/reports/attendance?group_id=g0").await {
+                    latencies.push(sent.elapsed());
+                }
+                tokio::time::sleep(READ_EVERY).await;
+            }
+            latencies
+        }
+    });
     let mut samples = Vec::new();
     for writer in writers {
         samples.extend(writer.await.expect("writer"));
     }
+    let mut reads = reader.await.expect("reader");
+    reads.sort();
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = support::cpu_seconds();
     let commits_after = client.commits().await;
@@ -270,6 +305,15 @@ async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Durat
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         windows.join(" / "),
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "      a reader beside them, a group's attendance report every {} ms: {} answered, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        READ_EVERY.as_millis(),
+        reads.len(),
+        ms(percentile(&reads, 0.5)),
+        ms(percentile(&reads, 0.99)),
+        ms(reads.last().copied().unwrap_or_default()),
     );
     ok as f64 / elapsed
 }
