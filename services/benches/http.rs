@@ -6,7 +6,9 @@
 //! point the same Circle takes the same commands through its command service,
 //! without HTTP, for 10 s: the HTTP rate over their mean is the HTTP layer's cost
 //! (its client's share of the cores included), with the machine's drift during the
-//! point falling on both sides alike.
+//! point falling on both sides alike. Beside the writers, one reader asks for a
+//! group's attendance report every 100 ms, as a clinician's dashboard would: a
+//! projector holding the live reports for writing shows in its latency.
 //!
 //! Then the access log's cost: p50/p99 of `GET /api/v1/clients/{id}` under 32
 //! concurrent readers, on two Circles in one run, one with the access log on and one
