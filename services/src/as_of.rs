@@ -172,11 +172,11 @@ impl Snapshots {
     }
 }
 
-/// A snapshot that fell due at `position`, not yet written out. The state is
-/// serialized apart from the step that applied the events, so the live reports
-/// need not stay locked for writing while it is: at 1,000,000 events that takes
-/// most of a second, and every reader (reports, the dashboard, the NATS publisher)
-/// would wait, each holding a worker thread.
+/// A snapshot that fell due at `position`, not yet serialized. The projector
+/// serializes it once the events up to it are applied and the write lock is
+/// released, under the read lock: at 1,000,000 events that takes most of a second,
+/// during which every reader (reports, the dashboard, the NATS publisher) would
+/// otherwise wait, each holding a worker thread.
 #[derive(Debug)]
 pub struct DueSnapshot {
     position: i64,
@@ -185,7 +185,9 @@ pub struct DueSnapshot {
 }
 
 impl DueSnapshot {
-    /// The snapshot of `practice`, which must still be at the position it fell due.
+    /// Serializes `practice`, which must still be at the position it fell due (a
+    /// snapshot whose state is elsewhere is refused when restored: `restore` checks
+    /// the position).
     pub fn take(self, practice: &Practice) -> Result<Snapshot, ProjectionError> {
         debug_assert_eq!(practice.position, self.position);
         let state = serde_json::to_string(practice).map_err(ProjectionError::State)?;

@@ -585,9 +585,9 @@ async fn step(
     let Some(last) = facts.last() else {
         return Ok(Applied { events: 0, fed });
     };
-    let recorded_at = last.recorded_at;
+    // Set before the snapshots are saved, as the page is in even if a save fails.
+    *last_recorded_at = Some(last.recorded_at);
     apply_page(store, &mut &*live, &facts, snapshots).await?;
-    *last_recorded_at = Some(recorded_at);
     Ok(Applied {
         events: facts.len(),
         fed,
@@ -617,6 +617,7 @@ trait Folding {
         snapshots: (&mut as_of::Snapshots, bool),
     ) -> (usize, Option<as_of::DueSnapshot>);
 
+    /// Serializes the snapshot that fell due, from the state as it now stands.
     fn take(&self, due: as_of::DueSnapshot) -> Result<Snapshot, ProjectionError>;
 }
 
@@ -666,9 +667,10 @@ impl Folding for &LiveReports {
     }
 }
 
-/// Applies `facts`, taking each snapshot that falls due on the way before applying
-/// the rest; they are written out once the whole page is in (and published), so a
-/// reader waiting for a position in it does not wait for the database as well.
+/// Applies `facts`, serializing each snapshot that falls due on the way before
+/// applying the rest; they are saved to the store once the whole page is in (and
+/// published), so a reader waiting for a position in it does not wait for the
+/// database as well.
 async fn apply_page(
     store: &Store,
     state: &mut impl Folding,
