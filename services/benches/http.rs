@@ -125,6 +125,17 @@ fn nth_feedback(n: usize) -> (String, String) {
     (format!("g{group}"), format!("g{group}c{}", n % MEMBERS))
 }
 
+/// "p50 …, p99 …, max …" of latencies sorted in ascending order.
+fn spread(sorted: &[Duration]) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(percentile(sorted, 0.5)),
+        ms(percentile(sorted, 0.99)),
+        ms(sorted.last().copied().unwrap_or_default()),
+    )
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -238,8 +249,8 @@ async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Durat
     }
     // Beside the writers, one reader as a clinician's dashboard would be: a group's
     // attendance report from the live reports, every 100 ms. It waits whenever the
-    // projector holds the reports for writing.
-    // It sleeps after each answer, so a stall shows as one long read, not as many.
+    // projector holds the reports for writing. It sleeps after each answer, so a
+    // stall shows as one long read, not as many.
     let reader = tokio::spawn({
         let client = client.clone();
         async move {
@@ -303,22 +314,17 @@ async fn run(client: Arc<Client>, base: &str, connections: usize, run_for: Durat
         })
         .collect();
     println!(
-        "  {connections:>2} connections: {:>6.0} commands/s ({ok} of {} answered 2xx), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {per_commit:.1} appends per commit ({commit_ms:.2} ms each, {between_ms:.2} ms between); per 10 s: {}{cpu}{checkpoints}",
+        "  {connections:>2} connections: {:>6.0} commands/s ({ok} of {} answered 2xx), {}, {per_commit:.1} appends per commit ({commit_ms:.2} ms each, {between_ms:.2} ms between); per 10 s: {}{cpu}{checkpoints}",
         ok as f64 / elapsed,
         samples.len(),
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        spread(&latencies),
         windows.join(" / "),
     );
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "      a reader beside them, a group's attendance report every {} ms: {} of {reads_tried} answered 2xx, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "      a reader beside them, a group's attendance report every {} ms: {} of {reads_tried} answered 2xx, {}",
         READ_EVERY.as_millis(),
         reads.len(),
-        ms(percentile(&reads, 0.5)),
-        ms(percentile(&reads, 0.99)),
-        ms(reads.last().copied().unwrap_or_default()),
+        spread(&reads),
     );
     ok as f64 / elapsed
 }
