@@ -379,6 +379,7 @@ async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
             max_recorded_at: recorded_by,
             state: serde_json::to_string(&empty_at_head(other_rules)).unwrap(),
             range: None,
+            settings: None,
         })
         .await
         .unwrap();
@@ -400,6 +401,7 @@ async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
             })
             .unwrap(),
             range: None,
+            settings: None,
         })
         .await
         .unwrap();
@@ -458,6 +460,97 @@ async fn a_rebuild_from_zero_equals_the_live_projection_and_a_restart_resumes_it
         report.remove("position");
     }
     assert_eq!(after_restart, before);
+}
+
+/// While snapshots fall due the leader saves no checkpoint beside them (each is the
+/// whole state): a restart resumes from the newest snapshot built under its own
+/// settings when it is beyond the checkpoint, and reports the same.
+#[tokio::test]
+async fn a_restart_resumes_from_the_newest_snapshot_kept_under_its_settings() {
+    let url = fresh_schema_url().await;
+    let every_7 = |settings: &mut circle_services::config::Settings| {
+        settings.as_of_snapshot_every_events = 7;
+    };
+    let app = spawn_app_with(&url, every_7).await;
+    let position = six_mp_group(&app, "g6mp")
+        .await
+        .max(week_of_attendance(&app).await);
+    assert!(
+        app.state
+            .reports
+            .caught_up(position, std::time::Duration::from_secs(5))
+            .await
+    );
+    let store = &app.state.store;
+    let digest = default_projection().digest();
+    let head = app.head().await;
+    assert!(head >= 70, "{head} events");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store
+        .resumable_snapshot(&digest, 0)
+        .await
+        .unwrap()
+        .is_none_or(|s| s.position != head / 7 * 7)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot near {head}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let live_json = app.get("/api/v1/reports/retention", &app.admin).await.body;
+    let restarted = spawn_app_with(&url, every_7).await;
+    let mut after_restart = restarted
+        .get("/api/v1/reports/retention", &restarted.admin)
+        .await
+        .body;
+    let mut before = live_json.clone();
+    for report in [&mut after_restart, &mut before] {
+        let report = report.as_object_mut().unwrap();
+        report.remove("as_of");
+        report.remove("position");
+    }
+    assert_eq!(after_restart, before);
+
+    // The restart really starts there: a doctored, empty snapshot beyond the log
+    // hides everything, unless it was built under other settings.
+    let head = app.head().await;
+    let rules = app.state.reporting.alert_rules;
+    let empty_at = |position, rules| Snapshot {
+        position,
+        max_recorded_at: chrono::Utc::now(),
+        state: serde_json::to_string(&Practice {
+            position,
+            ..Practice::new(rules)
+        })
+        .unwrap(),
+        range: None,
+        settings: Some(digest.clone()),
+    };
+    let other_rules = AlertRules {
+        consecutive_absences: rules.consecutive_absences + 1,
+    };
+    store
+        .save_snapshot(&empty_at(head + 100, rules))
+        .await
+        .unwrap();
+    store
+        .save_snapshot(&Snapshot {
+            settings: Some("other settings".into()),
+            ..empty_at(head + 200, other_rules)
+        })
+        .await
+        .unwrap();
+    let resumed = spawn_app_on(&url).await;
+    let (position, groups, resumed_rules) = resumed
+        .state
+        .reports
+        .read(|p| (p.position, p.groups.len(), p.rules));
+    assert_eq!(
+        (position, groups, resumed_rules),
+        (head + 100, 0, rules),
+        "resumed from the snapshot under its own settings"
+    );
 }
 
 /// Issue 7, item 4: reporting is opt-out. A member who withdrew it is left out of

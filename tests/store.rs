@@ -673,6 +673,7 @@ async fn a_snapshot_is_found_by_the_time_its_events_were_recorded_by(store: Stor
         max_recorded_at: at(max_recorded_at),
         state: format!("{{\"position\":{position}}}"),
         range: None,
+        settings: Some("digest-a".into()),
     };
     let early = snapshot(100, "2026-01-01T10:00:00.000001Z");
     let range = LogRange {
@@ -681,6 +682,7 @@ async fn a_snapshot_is_found_by_the_time_its_events_were_recorded_by(store: Stor
     };
     let late = Snapshot {
         range: Some(range),
+        settings: Some("digest-b".into()),
         ..snapshot(200, "2026-01-02T10:00:00Z")
     };
     store.save_snapshot(&early).await.unwrap();
@@ -695,7 +697,22 @@ async fn a_snapshot_is_found_by_the_time_its_events_were_recorded_by(store: Stor
     assert_eq!(by("2026-01-01T10:00:00.000001Z").await, Some(early.clone()));
     assert_eq!(by("2026-01-02T09:59:59Z").await, Some(early));
     assert_eq!(by("2026-01-03T00:00:00Z").await, Some(late.clone()));
-    assert_eq!(store.latest_snapshot(None).await.unwrap(), Some(late));
+    assert_eq!(
+        store.latest_snapshot(None).await.unwrap(),
+        Some(late.clone())
+    );
+    // A restart resumes from one built under its own settings, beyond its checkpoint.
+    let resumable = |settings: &'static str, after| {
+        let store = store.clone();
+        async move { store.resumable_snapshot(settings, after).await.unwrap() }
+    };
+    assert_eq!(
+        resumable("digest-a", 0).await.map(|s| s.position),
+        Some(100)
+    );
+    assert_eq!(resumable("digest-a", 100).await, None);
+    assert_eq!(resumable("digest-b", 0).await, Some(late));
+    assert_eq!(resumable("digest-c", 0).await, None);
     // Only rows with a range, beyond the position asked.
     assert_eq!(store.snapshot_ranges(0).await.unwrap(), vec![(200, range)]);
     assert_eq!(store.snapshot_ranges(200).await.unwrap(), vec![]);

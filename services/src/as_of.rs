@@ -118,29 +118,38 @@ pub async fn live_position_as_of(
 /// Keeps a snapshot of the fold it is shown at every multiple of `every` events.
 /// The projector shows it its own state as it folds (following or rebuilding), so
 /// snapshots cost no second fold and no second state. Each one also says when the
-/// events since the previous one were recorded at the earliest ([`LogRange`]).
+/// events since the previous one were recorded at the earliest ([`LogRange`]), and
+/// the settings the fold is built under: one of the current settings is also a
+/// point the live reports resume from after a restart.
 #[derive(Clone, Debug)]
 pub struct Snapshots {
     every: i64,
     next: i64,
     range_after: i64,
     range_min: Option<DateTime<Utc>>,
+    settings: String,
 }
 
 impl Snapshots {
-    /// For a fold now at `position`.
-    pub fn new(every: i64, position: i64) -> Snapshots {
+    /// For a fold now at `position`, built under `settings` (their digest).
+    pub fn new(every: i64, position: i64, settings: &str) -> Snapshots {
         let every = every.max(1);
         Snapshots {
             every,
             next: (position / every + 1) * every,
             range_after: position,
             range_min: None,
+            settings: settings.to_string(),
         }
     }
 
     pub fn every(&self) -> i64 {
         self.every
+    }
+
+    /// The position the next snapshot falls due at.
+    pub fn next_due(&self) -> i64 {
+        self.next
     }
 
     /// The fold has just applied an event recorded at `recorded_at`, reaching
@@ -168,6 +177,7 @@ impl Snapshots {
             position: practice.position,
             max_recorded_at,
             range,
+            settings: self.settings.clone(),
         })
     }
 }
@@ -182,6 +192,7 @@ pub struct DueSnapshot {
     position: i64,
     max_recorded_at: DateTime<Utc>,
     range: Option<LogRange>,
+    settings: String,
 }
 
 impl DueSnapshot {
@@ -196,6 +207,7 @@ impl DueSnapshot {
             max_recorded_at: self.max_recorded_at,
             state,
             range: self.range,
+            settings: Some(self.settings),
         })
     }
 }
@@ -230,7 +242,7 @@ mod tests {
     #[test]
     fn snapshots_fall_due_at_each_multiple_passed_and_carry_the_latest_recording_time() {
         let t = |seconds| DateTime::from_timestamp(seconds, 0).unwrap();
-        let mut snapshots = Snapshots::new(10, 3);
+        let mut snapshots = Snapshots::new(10, 3, "settings");
         assert!(snapshots.due(&at(9, 100), t(100), true).is_none());
         let kept = snapshots
             .due(&at(10, 90), t(80), true)
@@ -239,6 +251,7 @@ mod tests {
             .unwrap();
         assert_eq!(kept.position, 10);
         assert_eq!(kept.max_recorded_at.timestamp(), 90);
+        assert_eq!(kept.settings.as_deref(), Some("settings"));
         // Every event it saw since it started (at 3), at the earliest.
         assert_eq!(
             kept.range,

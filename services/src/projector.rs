@@ -289,6 +289,39 @@ impl LiveReports {
     }
 }
 
+/// The newest snapshot kept under the current settings, when it is beyond the
+/// checkpoint: while snapshots fall due, the leader saves no checkpoint beside them
+/// (each is the whole state), so the latest durable state is often a snapshot.
+/// One that cannot be read is passed over for the checkpoint.
+async fn resume_from_snapshot(
+    store: &Store,
+    digest: &str,
+    checkpoint: &Option<(i64, String)>,
+) -> Result<Option<Practice>, ProjectionError> {
+    let after = checkpoint.as_ref().map_or(-1, |(position, _)| *position);
+    let Some(snapshot) = store.resumable_snapshot(digest, after).await? else {
+        return Ok(None);
+    };
+    let position = snapshot.position;
+    match serde_json::from_str::<Practice>(&snapshot.state) {
+        Ok(practice) if practice.position == position => {
+            tracing::info!(position, "resuming the reports from a snapshot");
+            Ok(Some(practice))
+        }
+        Ok(_) => {
+            tracing::warn!(
+                position,
+                "a snapshot's state is at another position; not resumed from"
+            );
+            Ok(None)
+        }
+        Err(error) => {
+            tracing::warn!(%error, position, "a snapshot is unreadable; not resumed from");
+            Ok(None)
+        }
+    }
+}
+
 /// Loads the saved checkpoint. Returns the live reports (served at once) and the
 /// follower that keeps them current, to be run supervised ([`Follower::run`]).
 pub async fn start(
@@ -301,9 +334,12 @@ pub async fn start(
     snapshot_every: i64,
 ) -> Result<(Arc<LiveReports>, Follower), ProjectionError> {
     let digest = settings.digest();
-    let (practice, stale) = match store.load_checkpoint(REPORTS).await? {
-        None => (Practice::new(settings.alert_rules), false),
-        Some((_, text)) => match read_checkpoint(&text, &digest) {
+    let checkpoint = store.load_checkpoint(REPORTS).await?;
+    let resumed = resume_from_snapshot(&store, &digest, &checkpoint).await?;
+    let (practice, stale) = match (resumed, checkpoint) {
+        (Some(practice), _) => (practice, false),
+        (None, None) => (Practice::new(settings.alert_rules), false),
+        (None, Some((_, text))) => match read_checkpoint(&text, &digest) {
             Ok(practice) => (practice, false),
             Err((why, old)) => {
                 tracing::warn!(
@@ -325,7 +361,7 @@ pub async fn start(
         store.head_position().await?,
         None,
     );
-    let snapshots = as_of::Snapshots::new(snapshot_every, practice.position);
+    let snapshots = as_of::Snapshots::new(snapshot_every, practice.position, &digest);
     let (position, _) = watch::channel(practice.position);
     let live = Arc::new(LiveReports {
         practice: RwLock::new(Arc::new(practice)),
@@ -368,6 +404,10 @@ impl Follower {
     /// leading, saves the checkpoint.
     pub async fn run(mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut saved_position = self.live.position();
+        // The last checkpoint's own position (saved_position also moves with the
+        // snapshots): a stop saves the checkpoint beyond it, as the operators'
+        // runbook and the shutdown order expect.
+        let mut checkpointed = saved_position;
         let mut saved_at = Instant::now();
         let mut save_took = Duration::ZERO;
         let mut last_recorded_at: Option<DateTime<Utc>> = None;
@@ -378,8 +418,8 @@ impl Follower {
             .then(|| Practice::new(self.settings.alert_rules));
         // A keeper sees every event of the fold it snapshots, from where it starts.
         let every = self.snapshots.every();
-        self.snapshots = as_of::Snapshots::new(every, self.live.position());
-        let mut fresh_snapshots = as_of::Snapshots::new(every, 0);
+        self.snapshots = as_of::Snapshots::new(every, self.live.position(), &self.digest);
+        let mut fresh_snapshots = as_of::Snapshots::new(every, 0, &self.digest);
         // The newest position this instance's appender had announced at the last step.
         let mut announced = 0;
         while !stop.is_cancelled() {
@@ -403,6 +443,7 @@ impl Follower {
                         self.switch_over(rebuild.take().unwrap_or_default());
                         self.snapshots = fresh_snapshots.clone();
                         saved_position = -1;
+                        checkpointed = -1;
                     }
                 }
                 Ok::<_, ProjectionError>(applied)
@@ -411,17 +452,32 @@ impl Follower {
             .await;
             match step {
                 Ok(step) => {
+                    if let Some(kept) = step.kept {
+                        // A snapshot of the live state under the current settings is
+                        // as good a resume point as a checkpoint (see
+                        // `resume_from_snapshot`): the next checkpoint is due from it.
+                        // (Where the store already held a row at that position, of
+                        // other settings, a restart resumes from an older point:
+                        // slower, never wrong.)
+                        saved_position = saved_position.max(kept.position);
+                        saved_at = Instant::now();
+                        save_took = kept.took;
+                        self.metrics.checkpoint_saved(REPORTS);
+                    }
                     let position = self.live.position();
                     let waits = step.waits(position, announced);
                     let catching_up = step.full_page();
-                    let due = position - saved_position >= SAVE_EVERY_EVENTS
-                        || (!catching_up
-                            && position > saved_position
-                            && saved_at.elapsed() >= SAVE_EVERY.max(save_took * SAVE_DUTY));
+                    let due = checkpoint_due(
+                        (position, saved_position),
+                        catching_up,
+                        (saved_at.elapsed(), save_took),
+                        self.snapshots.next_due(),
+                    );
                     if due && rebuild.is_none() {
                         let started = Instant::now();
                         if self.save().await {
                             saved_position = position;
+                            checkpointed = position;
                             saved_at = Instant::now();
                             save_took = started.elapsed();
                             tracing::debug!(
@@ -472,7 +528,7 @@ impl Follower {
         .events
             > 0
         {}
-        if rebuild.is_none() && self.live.position() > saved_position {
+        if rebuild.is_none() && self.live.position() > checkpointed {
             self.save().await;
         }
         Ok(())
@@ -539,12 +595,47 @@ impl Follower {
     }
 }
 
+/// Whether the live checkpoint is due at `position`, the last save (checkpoint or
+/// snapshot) being at `saved_position`, `since` ago, and having taken `took`; the
+/// next snapshot falls due at `next_snapshot`.
+///
+/// - Every [`SAVE_EVERY_EVENTS`], whatever else.
+/// - Otherwise not while catching up (full pages), and no more often than
+///   [`SAVE_EVERY`] and [`SAVE_DUTY`] allow.
+/// - And not when, at the pace since the last save, the next snapshot comes within
+///   as many events again: under load the snapshots are the saves, and a checkpoint
+///   between them would write the whole state once more. A trickle of events still
+///   gets its checkpoint on the timer. After a switch-over (`saved_position` -1)
+///   the checkpoint is saved at once, under the new settings.
+fn checkpoint_due(
+    (position, saved_position): (i64, i64),
+    catching_up: bool,
+    (since, took): (Duration, Duration),
+    next_snapshot: i64,
+) -> bool {
+    let snapshot_soon = saved_position >= 0 && 2 * position - saved_position >= next_snapshot;
+    position - saved_position >= SAVE_EVERY_EVENTS
+        || (!catching_up
+            && position > saved_position
+            && !snapshot_soon
+            && since >= SAVE_EVERY.max(took * SAVE_DUTY))
+}
+
 /// What one step applied: how many events, and whether they came from the
 /// [`CommitFeed`] rather than the log.
 #[derive(Debug)]
 struct Applied {
     events: usize,
     fed: bool,
+    /// The last snapshot the step kept, if any.
+    kept: Option<Kept>,
+}
+
+/// A snapshot saved to the store: its position and what taking and saving it cost.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Kept {
+    position: i64,
+    took: Duration,
 }
 
 impl Applied {
@@ -583,14 +674,19 @@ async fn step(
         None => (read_facts(store, live.position()).await?, false),
     };
     let Some(last) = facts.last() else {
-        return Ok(Applied { events: 0, fed });
+        return Ok(Applied {
+            events: 0,
+            fed,
+            kept: None,
+        });
     };
     // Set before the snapshots are saved, as the page is in even if a save fails.
     *last_recorded_at = Some(last.recorded_at);
-    apply_page(store, &mut &*live, &facts, snapshots).await?;
+    let kept = apply_page(store, &mut &*live, &facts, snapshots).await?;
     Ok(Applied {
         events: facts.len(),
         fed,
+        kept,
     })
 }
 
@@ -601,6 +697,7 @@ async fn fold_page(
     snapshots: (&mut as_of::Snapshots, bool),
 ) -> Result<usize, ProjectionError> {
     let facts = read_facts(store, practice.position).await?;
+    // The rebuild's snapshots are no resume point of the live state it replaces.
     apply_page(store, practice, &facts, snapshots).await?;
     Ok(facts.len())
 }
@@ -670,32 +767,39 @@ impl Folding for &LiveReports {
 /// Applies `facts`, serializing each snapshot that falls due on the way before
 /// applying the rest; they are saved to the store once the whole page is in (and
 /// published), so a reader waiting for a position in it does not wait for the
-/// database as well.
+/// database as well. Returns the last one saved.
 async fn apply_page(
     store: &Store,
     state: &mut impl Folding,
     facts: &[Fact],
     (snapshots, keep): (&mut as_of::Snapshots, bool),
-) -> Result<(), ProjectionError> {
+) -> Result<Option<Kept>, ProjectionError> {
     let mut taken = Vec::new();
+    let mut took = Duration::ZERO;
     let mut rest = facts;
     while !rest.is_empty() {
         let (applied, due) = state.apply_until_snapshot(rest, (&mut *snapshots, keep));
         rest = &rest[applied..];
         if let Some(due) = due {
+            let started = Instant::now();
             taken.push(state.take(due)?);
+            took += started.elapsed();
         }
     }
-    if taken.is_empty() {
-        return Ok(());
-    }
+    let Some(position) = taken.last().map(|s| s.position) else {
+        return Ok(None);
+    };
+    let started = Instant::now();
     for snapshot in &taken {
         store.save_snapshot(snapshot).await?;
     }
     drop(taken);
     // A snapshot's text is the size of the whole state: give it back.
     crate::alloc::release_free_memory();
-    Ok(())
+    Ok(Some(Kept {
+        position,
+        took: took + started.elapsed(),
+    }))
 }
 
 /// One page of the log after `after`, decoded whole before anything is applied.
@@ -769,8 +873,16 @@ mod tests {
 
     #[test]
     fn after_its_own_commits_the_follower_waits_only_once_it_has_all_it_was_told_of() {
-        let fed = |events| Applied { events, fed: true };
-        let read = |events| Applied { events, fed: false };
+        let fed = |events| Applied {
+            events,
+            fed: true,
+            kept: None,
+        };
+        let read = |events| Applied {
+            events,
+            fed: false,
+            kept: None,
+        };
         // Nothing new: wait for the next commit.
         assert!(read(0).waits(10, 10));
         // Its own commits, up to what the appender announced: wait.
@@ -801,7 +913,7 @@ mod tests {
             stale: AtomicBool::new(false),
         };
         let page: Vec<Fact> = (1..=25).map(revoked).collect();
-        let mut leader = as_of::Snapshots::new(10, 0);
+        let mut leader = as_of::Snapshots::new(10, 0, "d1g3st");
         let mut state = &live;
 
         let (applied, due) = state.apply_until_snapshot(&page, (&mut leader, true));
@@ -810,6 +922,7 @@ mod tests {
         // Taken from the state as it stands there, with the write lock released.
         let snapshot = state.take(due.expect("a snapshot at 10")).unwrap();
         assert_eq!(snapshot.position, 10);
+        assert_eq!(snapshot.settings.as_deref(), Some("d1g3st"));
         let kept: Practice = serde_json::from_str(&snapshot.state).unwrap();
         assert_eq!(kept.position, 10);
 
@@ -820,10 +933,32 @@ mod tests {
         assert_eq!((applied, live.position(), due.is_none()), (5, 25, true));
 
         // A follower keeps no snapshots: the page goes in at once.
-        let mut follower = as_of::Snapshots::new(10, 0);
+        let mut follower = as_of::Snapshots::new(10, 0, "d1g3st");
         let mut fresh = Practice::new(AlertRules::default());
         let (applied, due) = fresh.apply_until_snapshot(&page, (&mut follower, false));
         assert_eq!((applied, fresh.position, due.is_none()), (25, 25, true));
+    }
+
+    #[test]
+    fn under_load_the_snapshots_are_the_saves_and_a_trickle_is_saved_on_the_timer() {
+        let (long, short) = (Duration::from_secs(30), Duration::from_millis(10));
+        let due = |position, saved, since| {
+            checkpoint_due((position, saved), false, (since, short), 50_000)
+        };
+        // A trickle: 5 events since the last save, the next snapshot far off.
+        assert!(due(1_005, 1_000, long));
+        assert!(!due(1_005, 1_000, short), "not before SAVE_EVERY");
+        assert!(!due(1_000, 1_000, long), "nothing new");
+        // Since the snapshot at 30,000, with the next one due at 50,000: on the timer
+        // while it is further off than the events since, not once it is as near.
+        assert!(due(39_999, 30_000, long));
+        assert!(!due(40_000, 30_000, long));
+        assert!(!due(49_999, 30_000, long));
+        // Still every SAVE_EVERY_EVENTS, and at once after a switch-over.
+        assert!(due(30_000 + SAVE_EVERY_EVENTS, 30_000, short));
+        assert!(due(10, -1, long));
+        // Not on the timer while catching up.
+        assert!(!checkpoint_due((1_005, 1_000), true, (long, short), 50_000));
     }
 
     #[test]

@@ -318,6 +318,10 @@ pub struct Snapshot {
     pub state: String,
     /// The stretch of the log since the snapshot its writer kept before this one.
     pub range: Option<LogRange>,
+    /// The digest of the settings its state was built under
+    /// ([`crate::projector::ProjectionSettings::digest`]); `None` for snapshots kept
+    /// before it was recorded, which are never resumed from.
+    pub settings: Option<String>,
 }
 
 /// Every event in `(after, position]` of a snapshot was recorded at or after
@@ -702,7 +706,18 @@ impl Store {
         &self,
         recorded_by: Option<DateTime<Utc>>,
     ) -> Result<Option<Snapshot>, StoreError> {
-        dispatch!(self, s => s.latest_snapshot(recorded_by).await)
+        dispatch!(self, s => s.newest_snapshot(recorded_by, None, -1).await)
+    }
+
+    /// The snapshot at the highest position beyond `after` whose state was built
+    /// under `settings` (a [`crate::projector::ProjectionSettings::digest`]): a
+    /// point the live reports may resume from.
+    pub async fn resumable_snapshot(
+        &self,
+        settings: &str,
+        after: i64,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        dispatch!(self, s => s.newest_snapshot(None, Some(settings), after).await)
     }
 
     /// Reachable and migrated.

@@ -83,6 +83,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         26,
         include_str!("migrations/postgres/0026_the_fast_path_planned_once.sql"),
     ),
+    (
+        27,
+        include_str!("migrations/postgres/0027_snapshot_settings.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -753,23 +757,29 @@ impl PgStore {
         let mut conn = self.pool.acquire().await?;
         sqlx::query(
             "INSERT INTO practice_snapshots
-                 (position, max_recorded_at, state, range_after, range_min_recorded_at)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (position) DO NOTHING",
+                 (position, max_recorded_at, state, range_after, range_min_recorded_at, settings)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (position) DO NOTHING",
         )
         .bind(snapshot.position)
         .bind(snapshot.max_recorded_at)
         .bind(&snapshot.state)
         .bind(snapshot.range.map(|r| r.after))
         .bind(snapshot.range.map(|r| r.min_recorded_at))
+        .bind(&snapshot.settings)
         .execute(&mut *conn)
         .await?;
         conn.shrink_buffers();
         Ok(())
     }
 
-    pub async fn latest_snapshot(
+    /// The snapshot at the highest position beyond `after` whose events were all
+    /// recorded by `recorded_by` and whose state was built under `settings`, each
+    /// filter when given.
+    pub async fn newest_snapshot(
         &self,
         recorded_by: Option<DateTime<Utc>>,
+        settings: Option<&str>,
+        after: i64,
     ) -> Result<Option<Snapshot>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         type Row = (
@@ -778,19 +788,24 @@ impl PgStore {
             String,
             Option<i64>,
             Option<DateTime<Utc>>,
+            Option<String>,
         );
         let row: Option<Row> = sqlx::query_as(
-            "SELECT position, max_recorded_at, state, range_after, range_min_recorded_at
+            "SELECT position, max_recorded_at, state, range_after, range_min_recorded_at,
+                    settings
              FROM practice_snapshots
-             WHERE $1::timestamptz IS NULL OR max_recorded_at <= $1
+             WHERE ($1::timestamptz IS NULL OR max_recorded_at <= $1)
+               AND ($2::text IS NULL OR settings = $2) AND position > $3
              ORDER BY position DESC LIMIT 1",
         )
         .bind(recorded_by)
+        .bind(settings)
+        .bind(after)
         .fetch_optional(&mut *conn)
         .await?;
         conn.shrink_buffers();
-        Ok(
-            row.map(|(position, max_recorded_at, state, after, min)| Snapshot {
+        Ok(row.map(
+            |(position, max_recorded_at, state, after, min, settings)| Snapshot {
                 position,
                 max_recorded_at,
                 state,
@@ -798,8 +813,9 @@ impl PgStore {
                     after,
                     min_recorded_at,
                 }),
-            }),
-        )
+                settings,
+            },
+        ))
     }
 
     pub async fn snapshot_ranges(&self, after: i64) -> Result<Vec<(i64, LogRange)>, StoreError> {

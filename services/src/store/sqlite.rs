@@ -40,6 +40,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("migrations/sqlite/0009_key_check.sql")),
     (10, include_str!("migrations/sqlite/0010_append_only.sql")),
     (11, include_str!("migrations/sqlite/0011_audit_tree.sql")),
+    (
+        12,
+        include_str!("migrations/sqlite/0012_snapshot_settings.sql"),
+    ),
 ];
 
 /// Before this migration makes events append-only, the chain is back-filled.
@@ -624,8 +628,9 @@ impl SqliteStore {
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO practice_snapshots
-                 (position, max_recorded_at, state, created_at, range_after, range_min_recorded_at)
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (position) DO NOTHING",
+                 (position, max_recorded_at, state, created_at, range_after, range_min_recorded_at,
+                  settings)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (position) DO NOTHING",
         )
         .bind(snapshot.position)
         .bind(timestamp(&snapshot.max_recorded_at))
@@ -633,23 +638,38 @@ impl SqliteStore {
         .bind(timestamp(&Utc::now()))
         .bind(snapshot.range.map(|r| r.after))
         .bind(snapshot.range.map(|r| timestamp(&r.min_recorded_at)))
+        .bind(&snapshot.settings)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    pub async fn latest_snapshot(
+    /// See the PostgreSQL store's `newest_snapshot`.
+    pub async fn newest_snapshot(
         &self,
         recorded_by: Option<DateTime<Utc>>,
+        settings: Option<&str>,
+        after: i64,
     ) -> Result<Option<Snapshot>, StoreError> {
-        type Row = (i64, String, String, Option<i64>, Option<String>);
+        type Row = (
+            i64,
+            String,
+            String,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+        );
         let row: Option<Row> = sqlx::query_as(
-            "SELECT position, max_recorded_at, state, range_after, range_min_recorded_at
+            "SELECT position, max_recorded_at, state, range_after, range_min_recorded_at,
+                    settings
              FROM practice_snapshots
-             WHERE ?1 IS NULL OR max_recorded_at <= ?1
+             WHERE (?1 IS NULL OR max_recorded_at <= ?1) AND (?2 IS NULL OR settings = ?2)
+               AND position > ?3
              ORDER BY position DESC LIMIT 1",
         )
         .bind(recorded_by.as_ref().map(timestamp))
+        .bind(settings)
+        .bind(after)
         .fetch_optional(&self.pool)
         .await?;
         let time = |text: &str, what| {
@@ -657,7 +677,7 @@ impl SqliteStore {
                 .map(|t| t.with_timezone(&Utc))
                 .map_err(|e| corrupt(what, e))
         };
-        row.map(|(position, max_recorded_at, state, after, min)| {
+        row.map(|(position, max_recorded_at, state, after, min, settings)| {
             let range = match (after, min) {
                 (Some(after), Some(min)) => Some(LogRange {
                     after,
@@ -670,6 +690,7 @@ impl SqliteStore {
                 max_recorded_at: time(&max_recorded_at, "max_recorded_at")?,
                 state,
                 range,
+                settings,
             })
         })
         .transpose()
