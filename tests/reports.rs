@@ -424,21 +424,12 @@ fn urlencode(text: &str) -> String {
 #[tokio::test]
 async fn a_rebuild_from_zero_equals_the_live_projection_and_a_restart_resumes_it() {
     let app = spawn_app().await;
-    let position = six_mp_group(&app, "g6mp")
-        .await
-        .max(week_of_attendance(&app).await);
-    assert!(
-        app.state
-            .reports
-            .caught_up(position, std::time::Duration::from_secs(5))
-            .await
-    );
+    let position = six_mp_and_a_week_folded(&app).await;
     let live: Practice = app.state.reports.read(|p| p.clone());
     let rebuilt = projector::rebuild(&app.state.store, &default_projection(), |_, _| {})
         .await
         .unwrap();
     assert_eq!(rebuilt, live);
-    let live_json = app.get("/api/v1/reports/retention", &app.admin).await.body;
 
     // A second process on the same database starts from the saved checkpoint.
     let restarted = spawn_app_on(&app.database_url).await;
@@ -447,19 +438,37 @@ async fn a_rebuild_from_zero_equals_the_live_projection_and_a_restart_resumes_it
         position,
         "resumed from the checkpoint"
     );
-    let mut after_restart = restarted
-        .get("/api/v1/reports/retention", &restarted.admin)
+    assert_same_retention(&app, &restarted).await;
+}
+
+/// The 6MP group and a week of attendance, written and folded into the live reports:
+/// the position of the last write.
+async fn six_mp_and_a_week_folded(app: &TestApp) -> i64 {
+    let position = six_mp_group(app, "g6mp")
         .await
-        .body;
-    let mut before = live_json.clone();
-    // The second instance registers its own admin token, which is an event: the log
-    // (and so the report's position) may have moved on by one, its figures not.
-    for report in [&mut after_restart, &mut before] {
-        let report = report.as_object_mut().unwrap();
-        report.remove("as_of");
-        report.remove("position");
+        .max(week_of_attendance(app).await);
+    assert!(
+        app.state
+            .reports
+            .caught_up(position, std::time::Duration::from_secs(5))
+            .await
+    );
+    position
+}
+
+/// The restarted instance's retention report says what the live one's does. The
+/// second instance registers its own admin token, which is an event: the log (and so
+/// the report's position) may have moved on by one, its figures not.
+async fn assert_same_retention(live: &TestApp, restarted: &TestApp) {
+    let mut reports = Vec::new();
+    for app in [live, restarted] {
+        let mut report = app.get("/api/v1/reports/retention", &app.admin).await.body;
+        let fields = report.as_object_mut().unwrap();
+        fields.remove("as_of");
+        fields.remove("position");
+        reports.push(report);
     }
-    assert_eq!(after_restart, before);
+    assert_eq!(reports[0], reports[1]);
 }
 
 /// While snapshots fall due the leader saves no checkpoint beside them (each is the
@@ -472,15 +481,7 @@ async fn a_restart_resumes_from_the_newest_snapshot_kept_under_its_settings() {
         settings.as_of_snapshot_every_events = 7;
     };
     let app = spawn_app_with(&url, every_7).await;
-    let position = six_mp_group(&app, "g6mp")
-        .await
-        .max(week_of_attendance(&app).await);
-    assert!(
-        app.state
-            .reports
-            .caught_up(position, std::time::Duration::from_secs(5))
-            .await
-    );
+    six_mp_and_a_week_folded(&app).await;
     let store = &app.state.store;
     let digest = default_projection().digest();
     let head = app.head().await;
@@ -498,19 +499,8 @@ async fn a_restart_resumes_from_the_newest_snapshot_kept_under_its_settings() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let live_json = app.get("/api/v1/reports/retention", &app.admin).await.body;
     let restarted = spawn_app_with(&url, every_7).await;
-    let mut after_restart = restarted
-        .get("/api/v1/reports/retention", &restarted.admin)
-        .await
-        .body;
-    let mut before = live_json.clone();
-    for report in [&mut after_restart, &mut before] {
-        let report = report.as_object_mut().unwrap();
-        report.remove("as_of");
-        report.remove("position");
-    }
-    assert_eq!(after_restart, before);
+    assert_same_retention(&app, &restarted).await;
 
     // The restart really starts there: a doctored, empty snapshot beyond the log
     // hides everything, unless it was built under other settings.
