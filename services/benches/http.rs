@@ -6,7 +6,10 @@
 //! point the same Circle takes the same commands through its command service,
 //! without HTTP, for 10 s: the HTTP rate over their mean is the HTTP layer's cost
 //! (its client's share of the cores included), with the machine's drift during the
-//! point falling on both sides alike. Beside the writers, one reader asks for a
+//! point falling on both sides alike. Outside those, the bare engine (the `commands`
+//! benchmark's direct path, on a fresh schema of its own) takes the same load for
+//! 10 s before and after: the HTTP rate over their mean is the measure,
+//! taken at nearly the same moment. Beside the writers, one reader asks for a
 //! group's attendance report every 100 ms, as a clinician's dashboard would: a
 //! projector holding the live reports for writing shows in its latency.
 //!
@@ -35,6 +38,8 @@ use circle_services::store::KeyAction;
 use serde_json::json;
 
 mod support;
+
+use support::engine;
 
 const GROUPS: usize = 64;
 const MEMBERS: usize = 10;
@@ -569,9 +574,17 @@ async fn bench() {
         let served = serve(&base, true).await;
         served.client.setup().await;
         for connections in [8, 32] {
+            // The bare engine on a fresh schema of its own, as the `commands`
+            // benchmark runs it, outermost around the point.
+            let (engine_url, engine_schema) =
+                support::fresh_schema(&base, "bench_http_engine").await;
+            let bare = Arc::new(engine::Circle::open(&engine_url).await);
+            engine::setup_pool(bare.as_ref(), "g").await;
+            let bare_before = engine::throughput(bare.clone(), "g", connections, DIRECT_FOR).await;
             let before = direct(&served, connections, DIRECT_FOR).await;
             let http = run(served.client.clone(), &base, connections, run_for).await;
             let after = direct(&served, connections, DIRECT_FOR).await;
+            let bare_after = engine::throughput(bare.clone(), "g", connections, DIRECT_FOR).await;
             let mean = (before.0 + after.0) / 2.0;
             println!(
                 "      the same Circle's command path, no HTTP, {connections} writers for {DIRECT_FOR:?} before and after: {:.0} and {:.0} commands/s ({} of {} committed); HTTP / their mean {:.2}×",
@@ -581,6 +594,16 @@ async fn bench() {
                 before.2 + after.2,
                 http / mean.max(1.0)
             );
+            let bare_mean = (bare_before.per_second + bare_after.per_second) / 2.0;
+            println!(
+                "      the bare engine (the `commands` benchmark's direct path), {connections} writers for {DIRECT_FOR:?} before and after: {:.0} and {:.0} commands/s ({} refused); HTTP / their mean {:.2}× (the goal: at least 0.6×)",
+                bare_before.per_second,
+                bare_after.per_second,
+                bare_before.failed + bare_after.failed,
+                http / bare_mean.max(1.0)
+            );
+            drop(bare);
+            support::drop_schema(&base, &engine_schema).await;
         }
         served.close(&base).await;
     }

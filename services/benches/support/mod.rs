@@ -1,5 +1,7 @@
 //! What the benchmarks share: a PostgreSQL schema of their own for each run.
 
+pub mod engine;
+
 use sqlx::Connection;
 
 /// A new schema named `<prefix>_<uuid>`: the URL that makes it the search path, and
