@@ -685,9 +685,18 @@ async fn a_snapshot_is_found_by_the_time_its_events_were_recorded_by(store: Stor
         settings: Some("digest-b".into()),
         ..snapshot(200, "2026-01-02T10:00:00Z")
     };
-    store.save_snapshot(&early).await.unwrap();
-    store.save_snapshot(&late).await.unwrap();
-    store.save_snapshot(&late).await.unwrap();
+    assert!(store.save_snapshot(&early).await.unwrap());
+    assert!(store.save_snapshot(&late).await.unwrap());
+    // Kept once; saved again, the row is still of its settings.
+    assert!(store.save_snapshot(&late).await.unwrap());
+    let other_settings = Snapshot {
+        settings: Some("digest-c".into()),
+        ..late.clone()
+    };
+    assert!(
+        !store.save_snapshot(&other_settings).await.unwrap(),
+        "the row kept first stays, and is not of these settings"
+    );
     let by = |time: &str| {
         let store = store.clone();
         let time = at(time);

@@ -34,7 +34,9 @@ pub const REPORTS: &str = "reports";
 const PAGE: i64 = 10_000;
 /// A checkpoint is as big as the whole state: while catching up (full pages) it is
 /// saved only every so many events, not on the timer, or saving would take most of
-/// a rebuild's time. A restart re-folds at most that many.
+/// a rebuild's time. A restart re-folds at most that many beyond the newest save,
+/// a checkpoint or a snapshot of the same settings (deleting snapshot rows makes
+/// a restart longer, never wrong).
 const SAVE_EVERY_EVENTS: i64 = 100_000;
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 /// A live checkpoint takes at most about 1/SAVE_DUTY of the time: after a save that
@@ -335,6 +337,7 @@ pub async fn start(
 ) -> Result<(Arc<LiveReports>, Follower), ProjectionError> {
     let digest = settings.digest();
     let checkpoint = store.load_checkpoint(REPORTS).await?;
+    let checkpointed = checkpoint.as_ref().map_or(-1, |(position, _)| *position);
     let resumed = resume_from_snapshot(&store, &digest, &checkpoint).await?;
     let (practice, stale) = match (resumed, checkpoint) {
         (Some(practice), _) => (practice, false),
@@ -378,6 +381,7 @@ pub async fn start(
         settings,
         digest,
         snapshots,
+        checkpointed,
     };
     Ok((live, follower))
 }
@@ -397,6 +401,9 @@ pub struct Follower {
     digest: String,
     /// `as_of` snapshots of the state built under the current settings.
     snapshots: as_of::Snapshots,
+    /// The position of the checkpoint found at start (-1: none), which may be
+    /// behind the state when it resumed from a snapshot.
+    checkpointed: i64,
 }
 
 impl Follower {
@@ -407,7 +414,7 @@ impl Follower {
         // The last checkpoint's own position (saved_position also moves with the
         // snapshots): a stop saves the checkpoint beyond it, as the operators'
         // runbook and the shutdown order expect.
-        let mut checkpointed = saved_position;
+        let mut checkpointed = self.checkpointed;
         let mut saved_at = Instant::now();
         let mut save_took = Duration::ZERO;
         let mut last_recorded_at: Option<DateTime<Utc>> = None;
@@ -456,9 +463,6 @@ impl Follower {
                         // A snapshot of the live state under the current settings is
                         // as good a resume point as a checkpoint (see
                         // `resume_from_snapshot`): the next checkpoint is due from it.
-                        // (Where the store already held a row at that position, of
-                        // other settings, a restart resumes from an older point:
-                        // slower, never wrong.)
                         saved_position = saved_position.max(kept.position);
                         saved_at = Instant::now();
                         save_took = kept.took;
@@ -602,23 +606,24 @@ impl Follower {
 /// - Every [`SAVE_EVERY_EVENTS`], whatever else.
 /// - Otherwise not while catching up (full pages), and no more often than
 ///   [`SAVE_EVERY`] and [`SAVE_DUTY`] allow.
-/// - And not when, at the pace since the last save, the next snapshot comes within
-///   as many events again: under load the snapshots are the saves, and a checkpoint
-///   between them would write the whole state once more. A trickle of events still
-///   gets its checkpoint on the timer. After a switch-over (`saved_position` -1)
-///   the checkpoint is saved at once, under the new settings.
+/// - And not when, at the pace the log has grown since the last save, the next
+///   snapshot comes within that interval again: under load the snapshots are the
+///   saves, and a checkpoint between them would write the whole state once more. As
+///   the log goes quiet the pace falls, and the checkpoint comes on the timer. After
+///   a switch-over (`saved_position` -1) it is saved at once, under the new settings.
 fn checkpoint_due(
     (position, saved_position): (i64, i64),
     catching_up: bool,
     (since, took): (Duration, Duration),
     next_snapshot: i64,
 ) -> bool {
-    let snapshot_soon = saved_position >= 0 && 2 * position - saved_position >= next_snapshot;
+    let interval = SAVE_EVERY.max(took * SAVE_DUTY);
+    // (next - position) / pace <= interval, with pace = events since / since.
+    let snapshot_soon = saved_position >= 0
+        && (next_snapshot - position) as f64 * since.as_secs_f64()
+            <= (position - saved_position) as f64 * interval.as_secs_f64();
     position - saved_position >= SAVE_EVERY_EVENTS
-        || (!catching_up
-            && position > saved_position
-            && !snapshot_soon
-            && since >= SAVE_EVERY.max(took * SAVE_DUTY))
+        || (!catching_up && position > saved_position && !snapshot_soon && since >= interval)
 }
 
 /// What one step applied: how many events, and whether they came from the
@@ -767,7 +772,7 @@ impl Folding for &LiveReports {
 /// Applies `facts`, serializing each snapshot that falls due on the way before
 /// applying the rest; they are saved to the store once the whole page is in (and
 /// published), so a reader waiting for a position in it does not wait for the
-/// database as well. Returns the last one saved.
+/// database as well. Returns the last one the store now holds under these settings.
 async fn apply_page(
     store: &Store,
     state: &mut impl Folding,
@@ -786,17 +791,20 @@ async fn apply_page(
             took += started.elapsed();
         }
     }
-    let Some(position) = taken.last().map(|s| s.position) else {
+    if taken.is_empty() {
         return Ok(None);
-    };
+    }
     let started = Instant::now();
+    let mut kept = None;
     for snapshot in &taken {
-        store.save_snapshot(snapshot).await?;
+        if store.save_snapshot(snapshot).await? {
+            kept = Some(snapshot.position);
+        }
     }
     drop(taken);
     // A snapshot's text is the size of the whole state: give it back.
     crate::alloc::release_free_memory();
-    Ok(Some(Kept {
+    Ok(kept.map(|position| Kept {
         position,
         took: took + started.elapsed(),
     }))
@@ -941,24 +949,35 @@ mod tests {
 
     #[test]
     fn under_load_the_snapshots_are_the_saves_and_a_trickle_is_saved_on_the_timer() {
-        let (long, short) = (Duration::from_secs(30), Duration::from_millis(10));
+        let secs = Duration::from_secs;
+        let took = Duration::from_millis(10); // the interval is SAVE_EVERY, 2 s
         let due = |position, saved, since| {
-            checkpoint_due((position, saved), false, (since, short), 50_000)
+            checkpoint_due((position, saved), false, (since, took), 50_000)
         };
-        // A trickle: 5 events since the last save, the next snapshot far off.
-        assert!(due(1_005, 1_000, long));
-        assert!(!due(1_005, 1_000, short), "not before SAVE_EVERY");
-        assert!(!due(1_000, 1_000, long), "nothing new");
-        // Since the snapshot at 30,000, with the next one due at 50,000: on the timer
-        // while it is further off than the events since, not once it is as near.
-        assert!(due(39_999, 30_000, long));
-        assert!(!due(40_000, 30_000, long));
-        assert!(!due(49_999, 30_000, long));
+        // A trickle: 5 events in 30 s since the last save, the next snapshot far off.
+        assert!(due(1_005, 1_000, secs(30)));
+        assert!(
+            !due(1_005, 1_000, Duration::from_millis(10)),
+            "not before SAVE_EVERY"
+        );
+        assert!(!due(1_000, 1_000, secs(30)), "nothing new");
+        // Since the snapshot at 30,000, with the next one due at 50,000.
+        // 15,000 events in 3 s: the next snapshot is 1 s away, the interval 2 s.
+        assert!(!due(45_000, 30_000, secs(3)));
+        // 10,000 events in 3 s: the next snapshot is 6 s away.
+        assert!(due(40_000, 30_000, secs(3)));
+        // A burst that stopped: the same 15,000 events, 60 s ago.
+        assert!(due(45_000, 30_000, secs(60)));
         // Still every SAVE_EVERY_EVENTS, and at once after a switch-over.
-        assert!(due(30_000 + SAVE_EVERY_EVENTS, 30_000, short));
-        assert!(due(10, -1, long));
+        assert!(due(30_000 + SAVE_EVERY_EVENTS, 30_000, Duration::ZERO));
+        assert!(due(10, -1, secs(30)));
         // Not on the timer while catching up.
-        assert!(!checkpoint_due((1_005, 1_000), true, (long, short), 50_000));
+        assert!(!checkpoint_due(
+            (1_005, 1_000),
+            true,
+            (secs(30), took),
+            50_000
+        ));
     }
 
     #[test]

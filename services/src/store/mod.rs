@@ -691,7 +691,9 @@ impl Store {
     }
 
     /// Keeps a snapshot of the reports fold; one already kept at its position stays.
-    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+    /// Returns whether the row at that position now is of the snapshot's settings
+    /// (one kept by another instance under other settings is not).
+    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool, StoreError> {
         dispatch!(self, s => s.save_snapshot(snapshot).await)
     }
 

@@ -753,9 +753,9 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO practice_snapshots
                  (position, max_recorded_at, state, range_after, range_min_recorded_at, settings)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (position) DO NOTHING",
@@ -769,7 +769,15 @@ impl PgStore {
         .execute(&mut *conn)
         .await?;
         conn.shrink_buffers();
-        Ok(())
+        if inserted.rows_affected() == 1 {
+            return Ok(true);
+        }
+        let held: Option<Option<String>> =
+            sqlx::query_scalar("SELECT settings FROM practice_snapshots WHERE position = $1")
+                .bind(snapshot.position)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(held.is_some_and(|settings| settings == snapshot.settings))
     }
 
     /// The snapshot at the highest position beyond `after` whose events were all

@@ -625,8 +625,8 @@ impl SqliteStore {
         )
     }
 
-    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        sqlx::query(
+    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
             "INSERT INTO practice_snapshots
                  (position, max_recorded_at, state, created_at, range_after, range_min_recorded_at,
                   settings)
@@ -641,7 +641,15 @@ impl SqliteStore {
         .bind(&snapshot.settings)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        if inserted.rows_affected() == 1 {
+            return Ok(true);
+        }
+        let held: Option<Option<String>> =
+            sqlx::query_scalar("SELECT settings FROM practice_snapshots WHERE position = ?")
+                .bind(snapshot.position)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(held.is_some_and(|settings| settings == snapshot.settings))
     }
 
     /// See the PostgreSQL store's `newest_snapshot`.
