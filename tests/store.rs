@@ -596,6 +596,7 @@ async fn stock_cqrs_es_runs_on_the_store(store: Store) {
 
 async fn a_checkpoint_keeps_state_and_position_together(store: Store) {
     assert_eq!(store.load_checkpoint("reports").await.unwrap(), None);
+    assert_eq!(store.checkpoint_position("reports").await.unwrap(), None);
     store
         .save_checkpoint("reports", 7, "{\"a\":1}", None)
         .await
@@ -609,6 +610,8 @@ async fn a_checkpoint_keeps_state_and_position_together(store: Store) {
         store.load_checkpoint("reports").await.unwrap(),
         Some((9, "{\"a\":2}".to_string()))
     );
+    // The position alone, without the state (a start reads a newer snapshot first).
+    assert_eq!(store.checkpoint_position("reports").await.unwrap(), Some(9));
 }
 
 async fn one_holder_leads_at_a_time_and_a_deposed_leader_cannot_save(store: Store) {

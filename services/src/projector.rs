@@ -292,16 +292,15 @@ impl LiveReports {
 }
 
 /// The newest snapshot kept under the current settings, when it is beyond the
-/// checkpoint: while snapshots fall due, the leader saves no checkpoint beside them
-/// (each is the whole state), so the latest durable state is often a snapshot.
-/// One that cannot be read is passed over for the checkpoint.
+/// checkpoint (at `checkpointed`): while snapshots fall due, the leader saves no
+/// checkpoint beside them (each is the whole state), so the latest durable state is
+/// often a snapshot. One that cannot be read is passed over for the checkpoint.
 async fn resume_from_snapshot(
     store: &Store,
     digest: &str,
-    checkpoint: &Option<(i64, String)>,
+    checkpointed: i64,
 ) -> Result<Option<Practice>, ProjectionError> {
-    let after = checkpoint.as_ref().map_or(-1, |(position, _)| *position);
-    let Some(snapshot) = store.resumable_snapshot(digest, after).await? else {
+    let Some(snapshot) = store.resumable_snapshot(digest, checkpointed).await? else {
         return Ok(None);
     };
     let position = snapshot.position;
@@ -336,9 +335,19 @@ pub async fn start(
     snapshot_every: i64,
 ) -> Result<(Arc<LiveReports>, Follower), ProjectionError> {
     let digest = settings.digest();
-    let checkpoint = store.load_checkpoint(REPORTS).await?;
-    let checkpointed = checkpoint.as_ref().map_or(-1, |(position, _)| *position);
-    let resumed = resume_from_snapshot(&store, &digest, &checkpoint).await?;
+    // The checkpoint's position first, and its text only when no newer snapshot is
+    // resumed from: each text is the whole state, and a start that held both at
+    // once would need that much more memory than the instance runs in.
+    let checkpointed = store.checkpoint_position(REPORTS).await?.unwrap_or(-1);
+    let resumed = resume_from_snapshot(&store, &digest, checkpointed).await?;
+    let checkpoint = match resumed {
+        Some(_) => None,
+        None => store.load_checkpoint(REPORTS).await?,
+    };
+    // Another leader may have saved a newer one meanwhile: the one read is resumed from.
+    let checkpointed = checkpoint
+        .as_ref()
+        .map_or(checkpointed, |(position, _)| *position);
     let (practice, stale) = match (resumed, checkpoint) {
         (Some(practice), _) => (practice, false),
         (None, None) => (Practice::new(settings.alert_rules), false),

@@ -657,6 +657,11 @@ impl Store {
         dispatch!(self, s => s.find_tokens(token_hashes).await)
     }
 
+    /// The position a projection's persisted state reflects, without the state.
+    pub async fn checkpoint_position(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, s => s.checkpoint_position(name).await)
+    }
+
     /// A projection's persisted state and the position it reflects.
     pub async fn load_checkpoint(&self, name: &str) -> Result<Option<(i64, String)>, StoreError> {
         dispatch!(self, s => s.load_checkpoint(name).await)

@@ -676,6 +676,15 @@ impl PgStore {
         .collect()
     }
 
+    pub async fn checkpoint_position(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     pub async fn load_checkpoint(&self, name: &str) -> Result<Option<(i64, String)>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let row =

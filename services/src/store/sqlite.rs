@@ -616,6 +616,15 @@ impl SqliteStore {
         .collect()
     }
 
+    pub async fn checkpoint_position(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     pub async fn load_checkpoint(&self, name: &str) -> Result<Option<(i64, String)>, StoreError> {
         Ok(
             sqlx::query_as("SELECT position, state FROM projection_checkpoints WHERE name = ?")
