@@ -318,7 +318,7 @@ async fn as_of_reports_from_snapshots_equal_a_fold_from_the_start() {
     // The leader keeps one at every multiple of 7 it folds past.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let latest = store.latest_snapshot(None).await.unwrap();
+        let latest = store.latest_snapshot(None, None).await.unwrap();
         if latest.is_some_and(|s| s.position == head / 7 * 7) {
             break;
         }
@@ -329,14 +329,16 @@ async fn as_of_reports_from_snapshots_equal_a_fold_from_the_start() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     for moment in &moments[1..] {
-        let kept = store.latest_snapshot(Some(*moment)).await.unwrap();
+        let kept = store.latest_snapshot(Some(*moment), None).await.unwrap();
         assert!(
             kept.is_some_and(|s| s.position % 7 == 0 && s.position > 0),
             "a snapshot recorded by {moment}"
         );
     }
     for as_of in moments {
-        let from_snapshot = as_of::practice_as_of(store, rules, as_of).await.unwrap();
+        let from_snapshot = as_of::practice_as_of(store, &app.state.reporting.projection(), as_of)
+            .await
+            .unwrap();
         let mut from_start = Practice::new(rules);
         projector::fold(store, &mut from_start, Some(as_of), |_, _| {})
             .await
@@ -358,7 +360,8 @@ async fn as_of_reports_from_snapshots_equal_a_fold_from_the_start() {
 }
 
 /// The fold really starts from the snapshot: a doctored, empty one at the head
-/// hides everything before it, unless it was made under other alert rules.
+/// hides everything before it, unless it was made under other settings (here a row
+/// from before snapshots recorded theirs, under other alert rules).
 #[tokio::test]
 async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
     let app = spawn_app().await;
@@ -383,12 +386,12 @@ async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
         })
         .await
         .unwrap();
-    let folded = as_of::practice_as_of(store, rules, recorded_by)
+    let folded = as_of::practice_as_of(store, &app.state.reporting.projection(), recorded_by)
         .await
         .unwrap();
     assert!(
         !folded.groups.is_empty(),
-        "other rules: folded from the start"
+        "other settings: folded from the start"
     );
 
     store
@@ -401,20 +404,71 @@ async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
             })
             .unwrap(),
             range: None,
-            settings: None,
+            settings: Some(app.state.reporting.projection().digest()),
         })
         .await
         .unwrap();
-    let folded = as_of::practice_as_of(store, rules, recorded_by)
+    let folded = as_of::practice_as_of(store, &app.state.reporting.projection(), recorded_by)
         .await
         .unwrap();
     assert!(folded.groups.is_empty(), "started from the snapshot");
     let earlier = recorded_by - chrono::Duration::microseconds(1);
-    let before_it = as_of::practice_as_of(store, rules, earlier).await.unwrap();
+    let before_it = as_of::practice_as_of(store, &app.state.reporting.projection(), earlier)
+        .await
+        .unwrap();
     assert!(
         !before_it.groups.is_empty(),
         "no snapshot covers an earlier time"
     );
+}
+
+/// A snapshot is a fold under one set of settings and one form of the state: one
+/// built under others (an older checkpoint format, whose newer fields read as empty)
+/// is no start for an `as_of` fold, even under the same alert rules, and a rebuild
+/// under the current settings keeps its own at the same position beside it.
+#[tokio::test]
+async fn an_as_of_fold_starts_only_from_a_snapshot_built_under_its_settings() {
+    let app = spawn_app().await;
+    let (store, rules) = (&app.state.store, app.state.reporting.alert_rules);
+    week_of_attendance(&app).await;
+    let head = app.head().await;
+    let recorded_by = chrono::Utc::now();
+    let empty_at_head = |settings: &str| Snapshot {
+        position: head,
+        max_recorded_at: recorded_by,
+        state: serde_json::to_string(&Practice {
+            position: head,
+            ..Practice::new(rules)
+        })
+        .unwrap(),
+        range: None,
+        settings: Some(settings.into()),
+    };
+    assert_eq!(
+        app.state.reporting.projection().digest(),
+        default_projection().digest(),
+        "the projector keeps its snapshots under the digest the reports are read under"
+    );
+    store
+        .save_snapshot(&empty_at_head("an older format"))
+        .await
+        .unwrap();
+    let folded = as_of::practice_as_of(store, &app.state.reporting.projection(), recorded_by)
+        .await
+        .unwrap();
+    assert!(
+        !folded.groups.is_empty(),
+        "built under other settings: folded from the start"
+    );
+    // The current settings' snapshot at the same position is kept beside it.
+    store
+        .save_snapshot(&empty_at_head(&app.state.reporting.projection().digest()))
+        .await
+        .unwrap();
+    let folded = as_of::practice_as_of(store, &app.state.reporting.projection(), recorded_by)
+        .await
+        .unwrap();
+    assert!(folded.groups.is_empty(), "started from its own snapshot");
 }
 
 fn urlencode(text: &str) -> String {

@@ -670,7 +670,7 @@ async fn one_holder_leads_at_a_time_and_a_deposed_leader_cannot_save(store: Stor
 
 async fn a_snapshot_is_found_by_the_time_its_events_were_recorded_by(store: Store) {
     let at = |text: &str| text.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
-    assert_eq!(store.latest_snapshot(None).await.unwrap(), None);
+    assert_eq!(store.latest_snapshot(None, None).await.unwrap(), None);
     let snapshot = |position: i64, max_recorded_at: &str| Snapshot {
         position,
         max_recorded_at: at(max_recorded_at),
@@ -688,30 +688,49 @@ async fn a_snapshot_is_found_by_the_time_its_events_were_recorded_by(store: Stor
         settings: Some("digest-b".into()),
         ..snapshot(200, "2026-01-02T10:00:00Z")
     };
-    assert!(store.save_snapshot(&early).await.unwrap());
-    assert!(store.save_snapshot(&late).await.unwrap());
-    // Kept once; saved again, the row is still of its settings.
-    assert!(store.save_snapshot(&late).await.unwrap());
+    store.save_snapshot(&early).await.unwrap();
+    store.save_snapshot(&late).await.unwrap();
+    // Kept once: saved again, the first row stays.
+    store
+        .save_snapshot(&Snapshot {
+            state: "{\"saved\":\"again\"}".into(),
+            ..late.clone()
+        })
+        .await
+        .unwrap();
+    // Under other settings, kept beside it at the same position.
     let other_settings = Snapshot {
         settings: Some("digest-c".into()),
+        max_recorded_at: at("2026-01-02T09:00:00Z"),
         ..late.clone()
     };
-    assert!(
-        !store.save_snapshot(&other_settings).await.unwrap(),
-        "the row kept first stays, and is not of these settings"
-    );
+    store.save_snapshot(&other_settings).await.unwrap();
     let by = |time: &str| {
         let store = store.clone();
         let time = at(time);
-        async move { store.latest_snapshot(Some(time)).await.unwrap() }
+        async move {
+            store
+                .latest_snapshot(Some(time), Some("digest-b"))
+                .await
+                .unwrap()
+        }
     };
-    assert_eq!(by("2026-01-01T09:59:59Z").await, None);
-    assert_eq!(by("2026-01-01T10:00:00.000001Z").await, Some(early.clone()));
-    assert_eq!(by("2026-01-02T09:59:59Z").await, Some(early));
+    assert_eq!(by("2026-01-02T09:59:59Z").await, None, "of other settings");
     assert_eq!(by("2026-01-03T00:00:00Z").await, Some(late.clone()));
+    let any_by = |time: &str| {
+        let store = store.clone();
+        let time = at(time);
+        async move { store.latest_snapshot(Some(time), None).await.unwrap() }
+    };
+    assert_eq!(any_by("2026-01-01T09:59:59Z").await, None);
     assert_eq!(
-        store.latest_snapshot(None).await.unwrap(),
-        Some(late.clone())
+        any_by("2026-01-01T10:00:00.000001Z").await,
+        Some(early.clone())
+    );
+    assert_eq!(any_by("2026-01-02T08:59:59Z").await, Some(early));
+    assert_eq!(
+        any_by("2026-01-02T09:30:00Z").await,
+        Some(other_settings.clone())
     );
     // A restart resumes from one built under its own settings, beyond its checkpoint.
     let resumable = |settings: &'static str, after| {
@@ -724,7 +743,8 @@ async fn a_snapshot_is_found_by_the_time_its_events_were_recorded_by(store: Stor
     );
     assert_eq!(resumable("digest-a", 100).await, None);
     assert_eq!(resumable("digest-b", 0).await, Some(late));
-    assert_eq!(resumable("digest-c", 0).await, None);
+    assert_eq!(resumable("digest-c", 0).await, Some(other_settings));
+    assert_eq!(resumable("digest-d", 0).await, None);
     // Only rows with a range, beyond the position asked.
     assert_eq!(store.snapshot_ranges(0).await.unwrap(), vec![(200, range)]);
     assert_eq!(store.snapshot_ranges(200).await.unwrap(), vec![]);

@@ -15,13 +15,15 @@
 //!   or after everything they folded, with nothing later recorded by then), they
 //!   answer without a fold ([`live_position_as_of`]).
 //!
-//! Snapshots are a cache: one that cannot be read, or was made under other alert
-//! rules, is ignored and the fold starts from position 0.
+//! Snapshots are a cache: one that cannot be read is ignored, and a fold starts
+//! only from one built under its own settings digest (alert rules, k, catalogue
+//! versions and the state's format: a state of an older format would read its newer
+//! fields as empty); without one it starts from position 0.
 
 use chrono::{DateTime, Utc};
-use circle_projections::practice::{AlertRules, Practice};
+use circle_projections::practice::Practice;
 
-use crate::projector::{self, LiveReports, ProjectionError};
+use crate::projector::{self, LiveReports, ProjectionError, ProjectionSettings};
 use crate::store::{LogRange, Snapshot, Store, Stretch};
 
 const PAGE: i64 = 10_000;
@@ -29,14 +31,14 @@ const PAGE: i64 = 10_000;
 /// The practice as the log stood at `as_of`, from the newest usable snapshot.
 pub async fn practice_as_of(
     store: &Store,
-    rules: AlertRules,
+    settings: &ProjectionSettings,
     as_of: DateTime<Utc>,
 ) -> Result<Practice, ProjectionError> {
     let mut practice = store
-        .latest_snapshot(Some(as_of))
+        .latest_snapshot(Some(as_of), Some(&settings.digest()))
         .await?
-        .and_then(|snapshot| restore(&snapshot, rules))
-        .unwrap_or_else(|| Practice::new(rules));
+        .and_then(|snapshot| restore(&snapshot))
+        .unwrap_or_else(|| Practice::new(settings.alert_rules));
     let ranges = store.snapshot_ranges(practice.position).await?;
     for (after, upto) in stretches_to_read(practice.position, &ranges, as_of) {
         let mut cursor = after;
@@ -212,12 +214,15 @@ impl DueSnapshot {
     }
 }
 
-fn restore(snapshot: &Snapshot, rules: AlertRules) -> Option<Practice> {
+fn restore(snapshot: &Snapshot) -> Option<Practice> {
     let position = snapshot.position;
     match serde_json::from_str::<Practice>(&snapshot.state) {
-        Ok(practice) if practice.rules == rules && practice.position == position => Some(practice),
+        Ok(practice) if practice.position == position => Some(practice),
         Ok(_) => {
-            tracing::info!(position, "snapshot made under other alert rules; not used");
+            tracing::warn!(
+                position,
+                "a snapshot's state is at another position; not used"
+            );
             None
         }
         Err(error) => {

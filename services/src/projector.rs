@@ -804,12 +804,10 @@ async fn apply_page(
         return Ok(None);
     }
     let started = Instant::now();
-    let mut kept = None;
     for snapshot in &taken {
-        if store.save_snapshot(snapshot).await? {
-            kept = Some(snapshot.position);
-        }
+        store.save_snapshot(snapshot).await?;
     }
+    let kept = taken.last().map(|snapshot| snapshot.position);
     drop(taken);
     // A snapshot's text is the size of the whole state: give it back.
     crate::alloc::release_free_memory();

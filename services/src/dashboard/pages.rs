@@ -1064,7 +1064,7 @@ pub(super) async fn audit(
                 .map(|t| t.and_utc())
                 .unwrap_or_else(Utc::now);
             let _slot = state.as_of_limit.try_enter()?;
-            let practice = crate::as_of::practice_as_of(&state.store, state.reporting.alert_rules, at)
+            let practice = crate::as_of::practice_as_of(&state.store, &state.reporting.projection(), at)
                 .await
                 .map_err(|error| {
                     tracing::error!(error = %crate::errors::ErrorChain(&error), "folding the log for the audit page");

@@ -59,6 +59,17 @@ pub struct Reporting {
     pub read_wait_max: std::time::Duration,
 }
 
+impl Reporting {
+    /// The settings the reports are folded under (their digest names the snapshots
+    /// an `as_of` fold may start from).
+    pub fn projection(&self) -> crate::projector::ProjectionSettings {
+        crate::projector::ProjectionSettings {
+            alert_rules: self.alert_rules,
+            reporter_min_count: self.reporter_min_count,
+        }
+    }
+}
+
 pub struct Services {
     pub store: Store,
     pub reports: Arc<LiveReports>,

@@ -176,7 +176,7 @@ async fn live_position_as_of(
 
 /// The practice folded from the log up to `as_of`.
 async fn fold_to(state: &AppState, as_of: DateTime<Utc>) -> Result<Practice, Problem> {
-    as_of::practice_as_of(&state.store, state.reporting.alert_rules, as_of)
+    as_of::practice_as_of(&state.store, &state.reporting.projection(), as_of)
         .await
         .map_err(as_of_unavailable)
 }

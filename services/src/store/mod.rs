@@ -695,10 +695,10 @@ impl Store {
         dispatch!(self, s => s.release_lease(name, holder).await)
     }
 
-    /// Keeps a snapshot of the reports fold; one already kept at its position stays.
-    /// Returns whether the row at that position now is of the snapshot's settings
-    /// (one kept by another instance under other settings is not).
-    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool, StoreError> {
+    /// Keeps a snapshot of the reports fold; one already kept at its position under
+    /// its settings stays (a fold's state at a position is the same whoever took it),
+    /// and one under other settings is kept beside it.
+    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
         dispatch!(self, s => s.save_snapshot(snapshot).await)
     }
 
@@ -712,8 +712,9 @@ impl Store {
     pub async fn latest_snapshot(
         &self,
         recorded_by: Option<DateTime<Utc>>,
+        settings: Option<&str>,
     ) -> Result<Option<Snapshot>, StoreError> {
-        dispatch!(self, s => s.newest_snapshot(recorded_by, None, -1).await)
+        dispatch!(self, s => s.newest_snapshot(recorded_by, settings, -1).await)
     }
 
     /// The snapshot at the highest position beyond `after` whose state was built

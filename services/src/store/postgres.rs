@@ -87,6 +87,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         27,
         include_str!("migrations/postgres/0027_snapshot_settings.sql"),
     ),
+    (
+        28,
+        include_str!("migrations/postgres/0028_snapshots_keyed_by_settings.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -762,12 +766,12 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool, StoreError> {
+    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
-        let inserted = sqlx::query(
+        sqlx::query(
             "INSERT INTO practice_snapshots
                  (position, max_recorded_at, state, range_after, range_min_recorded_at, settings)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (position) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(snapshot.position)
         .bind(snapshot.max_recorded_at)
@@ -778,15 +782,7 @@ impl PgStore {
         .execute(&mut *conn)
         .await?;
         conn.shrink_buffers();
-        if inserted.rows_affected() == 1 {
-            return Ok(true);
-        }
-        let held: Option<Option<String>> =
-            sqlx::query_scalar("SELECT settings FROM practice_snapshots WHERE position = $1")
-                .bind(snapshot.position)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(held.is_some_and(|settings| settings == snapshot.settings))
+        Ok(())
     }
 
     /// The snapshot at the highest position beyond `after` whose events were all
@@ -837,7 +833,7 @@ impl PgStore {
 
     pub async fn snapshot_ranges(&self, after: i64) -> Result<Vec<(i64, LogRange)>, StoreError> {
         let rows: Vec<(i64, i64, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT position, range_after, range_min_recorded_at FROM practice_snapshots
+            "SELECT DISTINCT position, range_after, range_min_recorded_at FROM practice_snapshots
              WHERE position > $1 AND range_after IS NOT NULL
                AND range_min_recorded_at IS NOT NULL
              ORDER BY position",

@@ -44,6 +44,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         12,
         include_str!("migrations/sqlite/0012_snapshot_settings.sql"),
     ),
+    (
+        13,
+        include_str!("migrations/sqlite/0013_snapshots_keyed_by_settings.sql"),
+    ),
 ];
 
 /// Before this migration makes events append-only, the chain is back-filled.
@@ -634,12 +638,12 @@ impl SqliteStore {
         )
     }
 
-    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(
+    pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        sqlx::query(
             "INSERT INTO practice_snapshots
                  (position, max_recorded_at, state, created_at, range_after, range_min_recorded_at,
                   settings)
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (position) DO NOTHING",
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .bind(snapshot.position)
         .bind(timestamp(&snapshot.max_recorded_at))
@@ -650,15 +654,7 @@ impl SqliteStore {
         .bind(&snapshot.settings)
         .execute(&self.pool)
         .await?;
-        if inserted.rows_affected() == 1 {
-            return Ok(true);
-        }
-        let held: Option<Option<String>> =
-            sqlx::query_scalar("SELECT settings FROM practice_snapshots WHERE position = ?")
-                .bind(snapshot.position)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(held.is_some_and(|settings| settings == snapshot.settings))
+        Ok(())
     }
 
     /// See the PostgreSQL store's `newest_snapshot`.
@@ -715,7 +711,7 @@ impl SqliteStore {
 
     pub async fn snapshot_ranges(&self, after: i64) -> Result<Vec<(i64, LogRange)>, StoreError> {
         let rows: Vec<(i64, i64, String)> = sqlx::query_as(
-            "SELECT position, range_after, range_min_recorded_at FROM practice_snapshots
+            "SELECT DISTINCT position, range_after, range_min_recorded_at FROM practice_snapshots
              WHERE position > ? AND range_after IS NOT NULL
                AND range_min_recorded_at IS NOT NULL
              ORDER BY position",
