@@ -235,6 +235,7 @@ fn restore(snapshot: &Snapshot) -> Option<Practice> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use circle_projections::practice::AlertRules;
 
     fn at(position: i64, seconds: i64) -> Practice {
         Practice {
