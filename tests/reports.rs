@@ -336,9 +336,7 @@ async fn as_of_reports_from_snapshots_equal_a_fold_from_the_start() {
         );
     }
     for as_of in moments {
-        let from_snapshot = as_of::practice_as_of(store, &app.state.reporting.projection(), as_of)
-            .await
-            .unwrap();
+        let from_snapshot = folded_as_of(&app, as_of).await;
         let mut from_start = Practice::new(rules);
         projector::fold(store, &mut from_start, Some(as_of), |_, _| {})
             .await
@@ -386,9 +384,7 @@ async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
         })
         .await
         .unwrap();
-    let folded = as_of::practice_as_of(store, &app.state.reporting.projection(), recorded_by)
-        .await
-        .unwrap();
+    let folded = folded_as_of(&app, recorded_by).await;
     assert!(
         !folded.groups.is_empty(),
         "other settings: folded from the start"
@@ -408,14 +404,10 @@ async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
         })
         .await
         .unwrap();
-    let folded = as_of::practice_as_of(store, &app.state.reporting.projection(), recorded_by)
-        .await
-        .unwrap();
+    let folded = folded_as_of(&app, recorded_by).await;
     assert!(folded.groups.is_empty(), "started from the snapshot");
     let earlier = recorded_by - chrono::Duration::microseconds(1);
-    let before_it = as_of::practice_as_of(store, &app.state.reporting.projection(), earlier)
-        .await
-        .unwrap();
+    let before_it = folded_as_of(&app, earlier).await;
     assert!(
         !before_it.groups.is_empty(),
         "no snapshot covers an earlier time"
@@ -453,9 +445,7 @@ async fn an_as_of_fold_starts_only_from_a_snapshot_built_under_its_settings() {
         .save_snapshot(&empty_at_head("an older format"))
         .await
         .unwrap();
-    let folded = as_of::practice_as_of(store, &app.state.reporting.projection(), recorded_by)
-        .await
-        .unwrap();
+    let folded = folded_as_of(&app, recorded_by).await;
     assert!(
         !folded.groups.is_empty(),
         "built under other settings: folded from the start"
@@ -465,10 +455,15 @@ async fn an_as_of_fold_starts_only_from_a_snapshot_built_under_its_settings() {
         .save_snapshot(&empty_at_head(&app.state.reporting.projection().digest()))
         .await
         .unwrap();
-    let folded = as_of::practice_as_of(store, &app.state.reporting.projection(), recorded_by)
-        .await
-        .unwrap();
+    let folded = folded_as_of(&app, recorded_by).await;
     assert!(folded.groups.is_empty(), "started from its own snapshot");
+}
+
+/// The practice as of `at`, folded as an `as_of` report folds it.
+async fn folded_as_of(app: &TestApp, at: chrono::DateTime<chrono::Utc>) -> Practice {
+    as_of::practice_as_of(&app.state.store, &app.state.reporting.projection(), at)
+        .await
+        .unwrap()
 }
 
 fn urlencode(text: &str) -> String {
