@@ -300,7 +300,7 @@ async fn as_of_reports_from_snapshots_equal_a_fold_from_the_start() {
         settings.as_of_snapshot_every_events = 7;
     })
     .await;
-    let (store, rules) = (&app.state.store, app.state.reporting.alert_rules);
+    let (store, rules) = (&app.state.store, app.state.reporting.projection.alert_rules);
     let mut moments = vec![chrono::Utc::now()];
     week_of_attendance(&app).await;
     moments.push(chrono::Utc::now());
@@ -363,7 +363,7 @@ async fn as_of_reports_from_snapshots_equal_a_fold_from_the_start() {
 #[tokio::test]
 async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
     let app = spawn_app().await;
-    let (store, rules) = (&app.state.store, app.state.reporting.alert_rules);
+    let (store, rules) = (&app.state.store, app.state.reporting.projection.alert_rules);
     week_of_attendance(&app).await;
     let head = app.head().await;
     let recorded_by = chrono::Utc::now();
@@ -400,7 +400,7 @@ async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
             })
             .unwrap(),
             range: None,
-            settings: Some(app.state.reporting.projection().digest()),
+            settings: Some(app.state.reporting.projection.digest()),
         })
         .await
         .unwrap();
@@ -421,7 +421,7 @@ async fn an_as_of_fold_starts_from_the_newest_snapshot_recorded_by_then() {
 #[tokio::test]
 async fn an_as_of_fold_starts_only_from_a_snapshot_built_under_its_settings() {
     let app = spawn_app().await;
-    let (store, rules) = (&app.state.store, app.state.reporting.alert_rules);
+    let (store, rules) = (&app.state.store, app.state.reporting.projection.alert_rules);
     week_of_attendance(&app).await;
     let head = app.head().await;
     let recorded_by = chrono::Utc::now();
@@ -437,7 +437,7 @@ async fn an_as_of_fold_starts_only_from_a_snapshot_built_under_its_settings() {
         settings: Some(settings.into()),
     };
     assert_eq!(
-        app.state.reporting.projection().digest(),
+        app.state.reporting.projection.digest(),
         default_projection().digest(),
         "the projector keeps its snapshots under the digest the reports are read under"
     );
@@ -452,7 +452,7 @@ async fn an_as_of_fold_starts_only_from_a_snapshot_built_under_its_settings() {
     );
     // The current settings' snapshot at the same position is kept beside it.
     store
-        .save_snapshot(&empty_at_head(&app.state.reporting.projection().digest()))
+        .save_snapshot(&empty_at_head(&app.state.reporting.projection.digest()))
         .await
         .unwrap();
     let folded = folded_as_of(&app, recorded_by).await;
@@ -461,7 +461,7 @@ async fn an_as_of_fold_starts_only_from_a_snapshot_built_under_its_settings() {
 
 /// The practice as of `at`, folded as an `as_of` report folds it.
 async fn folded_as_of(app: &TestApp, at: chrono::DateTime<chrono::Utc>) -> Practice {
-    as_of::practice_as_of(&app.state.store, &app.state.reporting.projection(), at)
+    as_of::practice_as_of(&app.state.store, &app.state.reporting.projection, at)
         .await
         .unwrap()
 }
@@ -554,7 +554,7 @@ async fn a_restart_resumes_from_the_newest_snapshot_kept_under_its_settings() {
     // The restart really starts there: a doctored, empty snapshot beyond the log
     // hides everything, unless it was built under other settings.
     let head = app.head().await;
-    let rules = app.state.reporting.alert_rules;
+    let rules = app.state.reporting.projection.alert_rules;
     let empty_at = |position, rules| Snapshot {
         position,
         max_recorded_at: chrono::Utc::now(),

@@ -353,8 +353,7 @@ impl Application {
         );
 
         let reporting = Reporting {
-            alert_rules: settings.alert_rules(),
-            reporter_min_count: settings.reporter_min_count,
+            projection: settings.projection(),
             read_wait_max: Duration::from_millis(settings.read_wait_max_ms),
         };
         let (reports, follower) = projector::start(

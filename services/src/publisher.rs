@@ -487,7 +487,7 @@ impl Publisher {
     }
 
     async fn publish_reports(&self, pending: &Pending) -> anyhow::Result<()> {
-        let k = self.reporting.reporter_min_count;
+        let k = self.reporting.projection.reporter_min_count;
         let ns = &self.settings.namespace;
         let messages: Vec<(String, i64, Value)> = self.reports.read(|practice| {
             let now = Utc::now();
@@ -807,7 +807,7 @@ fn answer(
         }
         Err(denial) => return Err(service_error(403, &denial.reason)),
     }
-    let k = reporting.reporter_min_count;
+    let k = reporting.projection.reporter_min_count;
     reports.read(|practice| {
         let now = Utc::now();
         let withdrawn = consent::withdrawn_from_reporting(practice);

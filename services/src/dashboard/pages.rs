@@ -894,7 +894,7 @@ pub(super) async fn practice(
     viewer: Viewer,
 ) -> Result<Response, Problem> {
     let view = allow(&viewer.caller, Action::ReadReport, Resource::Practice)?;
-    let k = state.reporting.reporter_min_count;
+    let k = state.reporting.projection.reporter_min_count;
     let now = Utc::now();
     let body = state.reports.read(|p| practice_view(p, view, k, now));
     let frame = Frame {
@@ -1064,7 +1064,7 @@ pub(super) async fn audit(
                 .map(|t| t.and_utc())
                 .unwrap_or_else(Utc::now);
             let _slot = state.as_of_limit.try_enter()?;
-            let practice = crate::as_of::practice_as_of(&state.store, &state.reporting.projection(), at)
+            let practice = crate::as_of::practice_as_of(&state.store, &state.reporting.projection, at)
                 .await
                 .map_err(|error| {
                     tracing::error!(error = %crate::errors::ErrorChain(&error), "folding the log for the audit page");

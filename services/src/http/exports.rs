@@ -94,7 +94,7 @@ async fn export(
         purpose,
         scope,
         as_of: snapshot.as_of,
-        k: state.reporting.reporter_min_count,
+        k: state.reporting.projection.reporter_min_count,
     };
     let practice = snapshot.practice;
     // The first pass walks every row in scope: off the runtime's threads.

@@ -44,30 +44,19 @@ use crate::commands::{CommandService, Repository};
 use crate::crypto::Vault;
 use crate::errors::ErrorChain;
 use crate::metrics::Metrics;
-use crate::projector::LiveReports;
+use crate::projector::{LiveReports, ProjectionSettings};
 use crate::store::Store;
 use crate::supervisor::Health;
-use circle_projections::practice::AlertRules;
 
 /// How reports are served.
 #[derive(Clone, Debug)]
 pub struct Reporting {
-    pub alert_rules: AlertRules,
-    /// The reporter form's k: a value computed from fewer people is `null`.
-    pub reporter_min_count: u32,
+    /// The settings the reports are folded under: the alert rules and the reporter
+    /// form's k (a value computed from fewer people is `null`); their digest names
+    /// the snapshots an `as_of` fold may start from.
+    pub projection: ProjectionSettings,
     /// Longest wait for `min_position`.
     pub read_wait_max: std::time::Duration,
-}
-
-impl Reporting {
-    /// The settings the reports are folded under (their digest names the snapshots
-    /// an `as_of` fold may start from).
-    pub fn projection(&self) -> crate::projector::ProjectionSettings {
-        crate::projector::ProjectionSettings {
-            alert_rules: self.alert_rules,
-            reporter_min_count: self.reporter_min_count,
-        }
-    }
 }
 
 pub struct Services {

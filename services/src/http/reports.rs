@@ -176,7 +176,7 @@ async fn live_position_as_of(
 
 /// The practice folded from the log up to `as_of`.
 async fn fold_to(state: &AppState, as_of: DateTime<Utc>) -> Result<Practice, Problem> {
-    as_of::practice_as_of(&state.store, &state.reporting.projection(), as_of)
+    as_of::practice_as_of(&state.store, &state.reporting.projection, as_of)
         .await
         .map_err(as_of_unavailable)
 }
@@ -245,7 +245,7 @@ async fn in_form<T: ReporterForm>(
     match form {
         Form::Full => with_practice(state, query, report).await,
         Form::Reporter => {
-            let k = state.reporting.reporter_min_count;
+            let k = state.reporting.projection.reporter_min_count;
             // A live report reads the decisions from the practice it reports on (it
             // has waited for `min_position`); an `as_of` fold, from the live one.
             let live = query
